@@ -1,0 +1,108 @@
+"""The one exception family of caretaker.
+
+Every failure the project raises on purpose is a ``CaretakerError``; third-party
+errors (paramiko, socket, botocore, pydantic) are translated at one boundary each
+and chained with ``raise ... from exc``. A failure carries its evidence.
+
+    CaretakerError
+    ├── InventoryError            a client file is invalid (path, field, what, allowed)
+    ├── ConfigError               a block or setting is missing or unusable
+    ├── RemoteError               anything between us and a host (carries ``host``)
+    │   ├── ConnectError          TCP/SSH transport could not be established (retryable)
+    │   ├── AuthenticationError   the host refused our key
+    │   ├── HostKeyError          the host key is unknown or changed (never retried)
+    │   ├── CommandTimeout        a command ran longer than its bound
+    │   └── CommandFailed         a command ran and exited non-zero (never retried)
+    ├── SnapshotError             a provider could not create/restore/delete a snapshot
+    ├── ApprovalRejected          an approver said no, or the wait timed out
+    ├── VerificationFailed        health checks or expectations failed
+    └── SandboxError              the sandbox estate could not do what was asked
+"""
+
+from __future__ import annotations
+
+
+class CaretakerError(Exception):
+    """Base class of every error caretaker raises on purpose."""
+
+
+class InventoryError(CaretakerError):
+    """An inventory file is invalid.
+
+    ``problems`` holds one line per problem: ``<file>: <field path>: <what is wrong> (<allowed>)``.
+    """
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid inventory {path}:\n{lines}")
+
+
+class ConfigError(CaretakerError):
+    """A block, setting or parameter is missing or unusable."""
+
+
+class RemoteError(CaretakerError):
+    """Something went wrong between caretaker and a host."""
+
+    retryable: bool = False
+
+    def __init__(self, host: str, message: str) -> None:
+        self.host = host
+        super().__init__(f"{host}: {message}")
+
+
+class ConnectError(RemoteError):
+    """The SSH transport could not be established (refused, unreachable, timed out)."""
+
+    retryable = True
+
+
+class AuthenticationError(RemoteError):
+    """The host refused our credentials."""
+
+
+class HostKeyError(RemoteError):
+    """The host key is not in known_hosts, or it changed. Never retried."""
+
+
+class CommandTimeout(RemoteError):
+    """A command ran longer than its timeout."""
+
+    def __init__(self, host: str, command: str, timeout_s: float) -> None:
+        self.command = command
+        self.timeout_s = timeout_s
+        super().__init__(host, f"command timed out after {timeout_s:g}s: {command}")
+
+
+class CommandFailed(RemoteError):
+    """A command ran and exited non-zero. Carries its evidence."""
+
+    def __init__(
+        self, host: str, command: str, exit_code: int, stdout: str = "", stderr: str = ""
+    ) -> None:
+        self.command = command
+        self.exit_code = exit_code
+        self.stdout_tail = stdout[-2000:]
+        self.stderr_tail = stderr[-2000:]
+        detail = (self.stderr_tail or self.stdout_tail).strip().splitlines()[-5:]
+        super().__init__(
+            host, f"command exited {exit_code}: {command}" + ("\n" + "\n".join(detail) if detail else "")
+        )
+
+
+class SnapshotError(CaretakerError):
+    """A snapshot provider could not do what was asked."""
+
+
+class ApprovalRejected(CaretakerError):
+    """The change was rejected, or the approval wait timed out."""
+
+
+class VerificationFailed(CaretakerError):
+    """Health checks or expectations failed on a host."""
+
+
+class SandboxError(CaretakerError):
+    """The sandbox estate could not do what was asked."""

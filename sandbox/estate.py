@@ -1,0 +1,446 @@
+"""The sandbox estate: real Debian hosts with real sshd, each in its own network namespace.
+
+One estate is a bridge ``ctkbr<N>`` with address ``10.213.<N>.1/24`` in the root
+namespace, and per host: a network namespace ``ctk<N>-<host>`` joined to the bridge by
+a veth pair, an overlay root (cached base image + estate layer + the host's own
+upper dir), its own host key, hostname and boot id, and an OpenSSH ``sshd`` as its
+only service. Each host namespace has ``unreachable`` routes for every private
+range and no default route, so nothing a host does can leave the machine.
+
+State lives in ``<cache>/estates/<name>/``; ``up`` and ``down`` are idempotent, and
+``down`` leaves no namespace, link, mount or process behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.errors import SandboxError
+from sandbox import image as image_mod
+from sandbox.paths import estates_dir
+from sandbox.repo import INITIAL, PackageSpec, Repository
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+INIT_SCRIPT = HERE / "host-init.sh"
+SUPERVISE_SCRIPT = HERE / "host-supervise.sh"
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+
+class HostSpec(BaseModel):
+    """One sandbox host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="Host name.")
+    address: str = Field(description="IPv4 address inside the estate's /24.")
+
+
+class AwsInstanceSpec(BaseModel):
+    """A host that the AWS endpoint (moto) knows as an EC2 instance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Name tag, equal to the host name.")
+    region: str = Field(description="AWS region.")
+    client: str = Field(description="Client slug, tagged on the instance.")
+    data_volumes: int = Field(default=1, ge=0, le=4, description="Extra EBS volumes.")
+
+
+class EstateSpec(BaseModel):
+    """What an estate holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9-]{1,20}$", description="Estate name.")
+    net: int = Field(ge=1, le=254, description="N in 10.213.N.0/24.")
+    hosts: list[HostSpec]
+    aws: list[AwsInstanceSpec] = Field(default_factory=list)
+
+    @property
+    def bridge(self) -> str:
+        return f"ctkbr{self.net}"
+
+    @property
+    def gateway(self) -> str:
+        return f"10.213.{self.net}.1"
+
+    def netns(self, host: str) -> str:
+        return f"ctk{self.net}-{host}"
+
+    def veth(self, host: HostSpec) -> str:
+        # Interface names are limited to 15 characters: use the address's last octet.
+        return f"ctk{self.net}h{host.address.rsplit('.', 1)[1]}"
+
+
+def numbered_hosts(name: str, net: int, count: int, prefix: str = "h") -> EstateSpec:
+    """An estate of ``count`` plain hosts ``<prefix>01..``, addresses from .11 upward."""
+    if not 1 <= count <= 200:
+        raise SandboxError(f"an estate holds 1..200 hosts, not {count}")
+    hosts = [
+        HostSpec(name=f"{prefix}{i + 1:02d}", address=f"10.213.{net}.{11 + i}")
+        for i in range(count)
+    ]
+    return EstateSpec(name=name, net=net, hosts=hosts)
+
+
+def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise SandboxError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive for our purposes.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _tcp_open(address: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Estate:
+    """A running (or stoppable) sandbox estate, driven from its on-disk state."""
+
+    def __init__(self, spec: EstateSpec, root: Path | None = None) -> None:
+        self.spec = spec
+        self.dir = root or estates_dir() / spec.name
+        self.repo = Repository(self.dir / "repo")
+
+    # ----- locations -------------------------------------------------------------
+    @property
+    def key_path(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return self.dir / "known_hosts"
+
+    @property
+    def layer_dir(self) -> Path:
+        return self.dir / "layer"
+
+    def host_dir(self, name: str) -> Path:
+        return self.dir / "hosts" / name
+
+    def host(self, name: str) -> HostSpec:
+        for host in self.spec.hosts:
+            if host.name == name:
+                return host
+        raise SandboxError(f"no host {name!r} in estate {self.spec.name!r}")
+
+    def init_pid(self, name: str) -> int | None:
+        """The PID (in the root namespace) of the host's init, or None when down."""
+        unshare = _read_pid(self.host_dir(name) / "unshare.pid")
+        if not _alive(unshare):
+            return None
+        children = Path(f"/proc/{unshare}/task/{unshare}/children")
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            return None
+        return int(pids[0]) if pids else None
+
+    # ----- lifecycle -------------------------------------------------------------
+    def up(self, fresh: bool = False, wait: float = 20.0) -> None:
+        """Bring the estate up; already-running hosts are left as they are.
+
+        Args:
+            fresh: throw away host disks, the repository and the estate layer first.
+            wait: seconds to wait for every sshd to accept connections.
+        """
+        for tool in ("ip", "unshare", "ssh-keygen", "dpkg-deb"):
+            if shutil.which(tool) is None:
+                raise SandboxError(f"{tool} is not installed: run `make setup` first")
+        if fresh:
+            self.down(purge=True)
+        image = image_mod.ensure_image()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "spec.json").write_text(self.spec.model_dump_json(indent=2))
+        if not self.key_path.exists():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"caretaker-{self.spec.name}",
+                  "-f", str(self.key_path)])
+        if not (self.repo.root / "dists").exists():
+            self.repo.reset()
+        self._ensure_layer(image)
+        self._ensure_bridge()
+        lower = f"{self.layer_dir}:{image}"
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda h: self._start_host(h, lower), self.spec.hosts))
+        self._write_known_hosts()
+        self._wait_ssh(self.spec.hosts, wait)
+
+    def down(self, purge: bool = False) -> None:
+        """Stop every host, then remove namespaces, links and the bridge.
+
+        Args:
+            purge: also delete the estate's files (disks, repository, keys).
+        """
+        from sandbox import faults, moto
+
+        faults.release_all(self)
+        moto.stop(self)
+        for host in self.spec.hosts:
+            self._stop_host(host)
+        for host in self.spec.hosts:
+            _run(["ip", "netns", "del", self.spec.netns(host.name)], check=False)
+        _run(["ip", "link", "del", self.spec.bridge], check=False)
+        if purge and self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    def status(self) -> list[dict[str, object]]:
+        """One row per host: name, address, init pid, sshd reachable, boot id."""
+        rows = []
+        for host in self.spec.hosts:
+            pid = self.init_pid(host.name)
+            boot = self.host_dir(host.name) / "boot_id"
+            rows.append(
+                {
+                    "host": host.name,
+                    "address": host.address,
+                    "running": pid is not None,
+                    "ssh": pid is not None and _tcp_open(host.address, 22),
+                    "boot_id": boot.read_text().strip() if boot.exists() else None,
+                }
+            )
+        return rows
+
+    def publish(self, spec: PackageSpec) -> None:
+        """Publish one package version in the estate's repository."""
+        self.repo.publish(spec)
+
+    # ----- pieces ----------------------------------------------------------------
+    def _ensure_layer(self, image: Path) -> None:
+        """The estate layer: the initial packages installed once, shared by all hosts."""
+        marker = self.layer_dir / ".caretaker-layer"
+        if marker.exists():
+            return
+        shutil.rmtree(self.layer_dir, ignore_errors=True)
+        work = self.dir / "layer-work"
+        shutil.rmtree(work, ignore_errors=True)
+        self.layer_dir.mkdir(parents=True)
+        work.mkdir()
+        names = " ".join(p.name for p in INITIAL)
+        script = f"""
+set -eu
+M={self.dir}/layer-mnt; mkdir -p $M
+mount -t overlay overlay -o lowerdir={image},upperdir={self.layer_dir},workdir={work} $M
+mount --bind -o ro {self.repo.root} $M/srv/caretaker-repo
+mount -t proc proc $M/proc
+mount --rbind /dev $M/dev
+mount -t tmpfs tmpfs $M/tmp
+printf '%s' '{Repository.sources_list()}' > $M/etc/apt/sources.list
+chroot $M apt-get -q update
+DEBIAN_FRONTEND=noninteractive chroot $M apt-get -q install -y --no-install-recommends {names}
+chroot $M apt-get clean
+"""
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(self.dir / "layer-mnt", ignore_errors=True)
+        if proc.returncode != 0:
+            raise SandboxError(f"estate layer failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        marker.write_text("ok\n")
+
+    def _ensure_bridge(self) -> None:
+        br = self.spec.bridge
+        if _run(["ip", "link", "show", br], check=False).returncode != 0:
+            _run(["ip", "link", "add", br, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{self.spec.gateway}/24", "dev", br])
+        _run(["ip", "link", "set", br, "up"])
+
+    def _prepare_disk(self, host: HostSpec) -> Path:
+        hdir = self.host_dir(host.name)
+        upper = hdir / "upper"
+        if (hdir / ".prepared").exists():
+            return hdir
+        for sub in ("upper", "work", "root"):
+            (hdir / sub).mkdir(parents=True, exist_ok=True)
+        ssh = upper / "etc/ssh"
+        ssh.mkdir(parents=True, exist_ok=True)
+        key = ssh / "ssh_host_ed25519_key"
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{host.name}", "-f", str(key)])
+        (upper / "etc/hostname").write_text(host.name + "\n")
+        (upper / "etc/hosts").write_text(f"127.0.0.1 localhost\n{host.address} {host.name}\n")
+        (upper / "etc/apt").mkdir(parents=True, exist_ok=True)
+        (upper / "etc/apt/sources.list").write_text(Repository.sources_list())
+        pub = self.key_path.with_suffix(".pub").read_text()
+        for home, owner in (("root", (0, 0)), ("home/ops", self._ops_ids())):
+            sshdir = upper / home / ".ssh"
+            sshdir.mkdir(parents=True, exist_ok=True)
+            (sshdir / "authorized_keys").write_text(pub)
+            os.chmod(sshdir, 0o700)
+            for path in (sshdir, sshdir / "authorized_keys"):
+                os.chown(path, *owner)
+            os.chown(upper / home, *owner)
+        (upper / "root").chmod(0o700)
+        (hdir / ".prepared").write_text("ok\n")
+        return hdir
+
+    def _ops_ids(self) -> tuple[int, int]:
+        passwd = (image_mod.image_path() / "etc/passwd").read_text()
+        for line in passwd.splitlines():
+            parts = line.split(":")
+            if parts[0] == "ops":
+                return int(parts[2]), int(parts[3])
+        raise SandboxError("the base image has no ops user")
+
+    def _start_host(self, host: HostSpec, lower: str) -> None:
+        if self.init_pid(host.name) is not None:
+            return
+        hdir = self._prepare_disk(host)
+        for flag in ("stop", "no-boot"):
+            (hdir / flag).unlink(missing_ok=True)
+        self._plumb(host)
+        with open(hdir / "supervisor.log", "a") as out:
+            proc = subprocess.Popen(
+                ["bash", str(SUPERVISE_SCRIPT), str(hdir), self.spec.netns(host.name), host.name,
+                 lower, str(self.repo.root), str(INIT_SCRIPT)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        (hdir / "supervisor.pid").write_text(f"{proc.pid}\n")
+
+    def _plumb(self, host: HostSpec) -> None:
+        ns = self.spec.netns(host.name)
+        veth = self.spec.veth(host)
+        if _run(["ip", "netns", "pids", ns], check=False).returncode != 0:
+            _run(["ip", "netns", "add", ns])
+        if _run(["ip", "link", "show", veth], check=False).returncode != 0:
+            _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+            _run(["ip", "link", "set", veth, "master", self.spec.bridge])
+        _run(["ip", "link", "set", veth, "up"])
+        inside = ["ip", "netns", "exec", ns]
+        _run([*inside, "ip", "link", "set", "lo", "up"])
+        _run([*inside, "ip", "addr", "replace", f"{host.address}/24", "dev", "eth0"])
+        _run([*inside, "ip", "link", "set", "eth0", "up"])
+        for net in PRIVATE_RANGES:
+            _run([*inside, "ip", "route", "replace", "unreachable", net])
+
+    def _stop_host(self, host: HostSpec) -> None:
+        hdir = self.host_dir(host.name)
+        if not hdir.exists():
+            return
+        (hdir / "stop").write_text("")
+        sup = _read_pid(hdir / "supervisor.pid")
+        unshare = _read_pid(hdir / "unshare.pid")
+        # unshare ignores SIGTERM; SIGKILL on it kills the host's init (--kill-child),
+        # and the PID namespace, its mounts and processes go with it.
+        for pid in (sup, unshare):
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (_alive(sup) or _alive(unshare)):
+            time.sleep(0.05)
+        for name in ("supervisor.pid", "unshare.pid"):
+            (hdir / name).unlink(missing_ok=True)
+
+    def _write_known_hosts(self) -> None:
+        lines = []
+        for host in self.spec.hosts:
+            pub = (self.host_dir(host.name) / "upper/etc/ssh/ssh_host_ed25519_key.pub").read_text()
+            keytype, key = pub.split()[:2]
+            lines.append(f"{host.address} {keytype} {key}\n")
+        self.known_hosts_path.write_text("".join(lines))
+
+    def _wait_ssh(self, hosts: Iterable[HostSpec], wait: float) -> None:
+        pending = {h.address: h.name for h in hosts}
+        deadline = time.monotonic() + wait
+        while pending and time.monotonic() < deadline:
+            for address in list(pending):
+                if _tcp_open(address, 22):
+                    del pending[address]
+            if pending:
+                time.sleep(0.1)
+        if pending:
+            names = ", ".join(sorted(pending.values()))
+            raise SandboxError(
+                f"sshd did not come up within {wait:g}s on: {names} "
+                f"(see {self.dir}/hosts/<host>/console.log)"
+            )
+
+    def reboot(self, name: str) -> None:
+        """Reboot a host the way the host itself would (its init exits)."""
+        pid = self.init_pid(name)
+        if pid is None:
+            raise SandboxError(f"{name} is not running")
+        os.kill(pid, signal.SIGTERM)
+
+
+def load(name: str) -> Estate:
+    """The estate called ``name``, from its saved spec."""
+    spec_file = estates_dir() / name / "spec.json"
+    if not spec_file.exists():
+        raise SandboxError(f"no estate {name!r}: run `python -m sandbox up` first")
+    return Estate(EstateSpec.model_validate_json(spec_file.read_text()))
+
+
+def check_address(spec: EstateSpec, address: str) -> None:
+    """Refuse an address outside the estate's /24 (or the gateway)."""
+    net = ipaddress.ip_network(f"10.213.{spec.net}.0/24")
+    ip = ipaddress.ip_address(address)
+    if ip not in net or str(ip) == spec.gateway or ip == net.broadcast_address:
+        raise SandboxError(f"{address} is not a host address of {net}")
+
+
+__all__ = [
+    "AwsInstanceSpec",
+    "Estate",
+    "EstateSpec",
+    "HostSpec",
+    "PackageSpec",
+    "check_address",
+    "load",
+    "numbered_hosts",
+]
+
+
+def _dump(rows: list[dict[str, object]]) -> str:
+    return json.dumps(rows, indent=2)

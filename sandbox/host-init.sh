@@ -1,0 +1,25 @@
+#!/bin/bash
+# caretaker sandbox: the boot of one host. Runs as PID 1 of a fresh PID, mount and
+# UTS namespace, inside the host's network namespace. Everything mounted here lives
+# in this mount namespace only, so it disappears with the host.
+set -eu
+HOSTDIR=$1; NAME=$2; LOWER=$3; REPO=$4
+ROOT=$HOSTDIR/root
+mkdir -p "$ROOT"
+mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$HOSTDIR/upper,workdir=$HOSTDIR/work" "$ROOT"
+mount -t proc proc "$ROOT/proc"
+mount --rbind /dev "$ROOT/dev"
+mount -t tmpfs -o mode=755 tmpfs "$ROOT/run"
+mkdir -p "$ROOT/run/sshd" "$ROOT/run/lock"
+mount -t tmpfs -o mode=1777 tmpfs "$ROOT/tmp"
+mount --bind -o ro "$REPO" "$ROOT/srv/caretaker-repo"
+# A boot of its own: a fresh boot id each time the host starts.
+cat /proc/sys/kernel/random/uuid > "$HOSTDIR/boot_id"
+mount --bind -o ro "$HOSTDIR/boot_id" "$ROOT/proc/sys/kernel/random/boot_id"
+hostname "$NAME"
+exec chroot "$ROOT" /bin/bash -c '
+  /usr/sbin/sshd -D -e 2>>/var/log/sshd.log &
+  trap "exit 0" TERM
+  # PID 1 reaps every orphan: bash collects any exited child on SIGCHLD.
+  while :; do sleep 1; done
+'
