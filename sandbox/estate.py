@@ -221,6 +221,9 @@ class Estate:
         for host in self.spec.hosts:
             self._stop_host(host)
         for host in self.spec.hosts:
+            # Delete the veth explicitly: a namespace whose last process is still dying
+            # outlives `ip netns del` for a moment, and its veth pair with it.
+            _run(["ip", "link", "del", self.spec.veth(host)], check=False)
             _run(["ip", "netns", "del", self.spec.netns(host.name)], check=False)
         _run(["ip", "link", "del", self.spec.bridge], check=False)
         if purge and self.dir.exists():

@@ -6,14 +6,14 @@ the machines we run on). Nothing here is ever committed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from blocks.settings import settings
 
 
 def cache_dir() -> Path:
     """The root of everything the sandbox builds (images, estates, logs)."""
-    root = os.environ.get("CARETAKER_CACHE") or str(Path.home() / ".cache" / "caretaker")
-    path = Path(root)
+    path = settings().cache
     path.mkdir(parents=True, exist_ok=True)
     return path
 

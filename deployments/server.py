@@ -1,0 +1,99 @@
+"""A local Prefect server for the embedded mode: SQLite, loopback, a free port.
+
+It is started once and reused: its PID and URL are kept in
+``<cache>/prefect/server.json``; its database in ``<cache>/prefect/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from blocks.errors import ConfigError
+from blocks.settings import settings
+
+
+def prefect_home() -> Path:
+    """PREFECT_HOME of the local server (database, logs)."""
+    path = settings().cache / "prefect"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=1) as resp:  # noqa: S310 - loopback
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def running_server() -> str | None:
+    """The URL of the local server if it is up, else None."""
+    state = prefect_home() / "server.json"
+    if not state.exists():
+        return None
+    url = str(json.loads(state.read_text())["url"])
+    return url if _healthy(url) else None
+
+
+def ensure_server(timeout: float = 90.0) -> str:
+    """Start the local Prefect server unless it already runs; return its base URL."""
+    url = running_server()
+    if url:
+        return url
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(prefect_home()),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_API_URL=f"{url}/api",
+    )
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    log = open(prefect_home() / "server.log", "a")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start",
+         "--host", "127.0.0.1", "--port", str(port), "--analytics-off"],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy(url):
+            (prefect_home() / "server.json").write_text(json.dumps({"pid": proc.pid, "url": url}))
+            return url
+        if proc.poll() is not None:
+            raise ConfigError(f"prefect server exited {proc.returncode}: see {prefect_home()}/server.log")
+        time.sleep(0.5)
+    proc.kill()
+    raise ConfigError(f"prefect server did not answer within {timeout:g}s")
+
+
+def stop_server() -> None:
+    """Stop the local server if we started it."""
+    state = prefect_home() / "server.json"
+    if not state.exists():
+        return
+    pid = int(json.loads(state.read_text())["pid"])
+    try:
+        os.killpg(pid, 15)
+    except ProcessLookupError:
+        pass
+    state.unlink()
