@@ -88,7 +88,8 @@ class CommandFailed(RemoteError):
         self.stderr_tail = stderr[-2000:]
         detail = (self.stderr_tail or self.stdout_tail).strip().splitlines()[-5:]
         super().__init__(
-            host, f"command exited {exit_code}: {command}" + ("\n" + "\n".join(detail) if detail else "")
+            host,
+            f"command exited {exit_code}: {command}" + ("\n" + "\n".join(detail) if detail else ""),
         )
 
 

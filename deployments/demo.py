@@ -39,8 +39,11 @@ def say(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m deployments.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--fresh", action="store_true", help="reset the estate's disks first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -51,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     estate = Estate(spec_from_inventory("demo", inventory_dir))
     estate.up(fresh=args.fresh)
     endpoint = moto.start(estate) if estate.spec.aws else None
-    print(f"    {len(estate.spec.hosts)} hosts with real sshd on {estate.spec.bridge}"
-          + (f"; AWS endpoint (moto) at {endpoint}" if endpoint else ""))
+    print(
+        f"    {len(estate.spec.hosts)} hosts with real sshd on {estate.spec.bridge}"
+        + (f"; AWS endpoint (moto) at {endpoint}" if endpoint else "")
+    )
 
     say("local Prefect server")
     url = ensure_server()
@@ -71,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec in DEMO_UPDATES:
         if spec.version not in " ".join(published.get(spec.name, [])):
             estate.publish(spec)
-        print(f"    {spec.name} {spec.version}" + (" (security, asks for a reboot)" if spec.reboot else ""))
+        print(
+            f"    {spec.name} {spec.version}"
+            + (" (security, asks for a reboot)" if spec.reboot else "")
+        )
 
     failures = 0
     for client in sorted(p.stem for p in inventory_dir.glob("*.yaml")):
@@ -87,15 +95,20 @@ def main(argv: list[str] | None = None) -> int:
             if not host.reachable or host.error:
                 print(f"    {host.server:<12} NOT PLANNED: {host.error}")
                 continue
-            changes = ", ".join(
-                f"{c.name} {c.from_version or '(new)'} -> {c.to_version}" for c in host.changes
-            ) or "up to date"
+            changes = (
+                ", ".join(
+                    f"{c.name} {c.from_version or '(new)'} -> {c.to_version}" for c in host.changes
+                )
+                or "up to date"
+            )
             reboot = "; reboot expected" if host.reboot_expected else ""
             print(f"    {host.server:<12} {changes}{reboot}")
         print(f"    run:       {url}/runs/flow-run/{run_id}")
     print(f"    artifacts: {url}/artifacts")
-    say(f"done in {time.monotonic() - started:.0f}s. The estate keeps running: "
-        "`.venv/bin/python -m sandbox status`, `... down` to stop it")
+    say(
+        f"done in {time.monotonic() - started:.0f}s. The estate keeps running: "
+        "`.venv/bin/python -m sandbox status`, `... down` to stop it"
+    )
     return 1 if failures else 0
 
 

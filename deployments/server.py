@@ -64,10 +64,18 @@ def ensure_server(timeout: float = 90.0) -> str:
         PREFECT_API_URL=f"{url}/api",
     )
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    log = open(prefect_home() / "server.log", "a")  # noqa: SIM115 - handed to the child
+    log = open(prefect_home() / "server.log", "a")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("prefect")), "server", "start",
-         "--host", "127.0.0.1", "--port", str(port), "--analytics-off"],
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--analytics-off",
+        ],
         stdout=log,
         stderr=log,
         stdin=subprocess.DEVNULL,
@@ -80,7 +88,9 @@ def ensure_server(timeout: float = 90.0) -> str:
             (prefect_home() / "server.json").write_text(json.dumps({"pid": proc.pid, "url": url}))
             return url
         if proc.poll() is not None:
-            raise ConfigError(f"prefect server exited {proc.returncode}: see {prefect_home()}/server.log")
+            raise ConfigError(
+                f"prefect server exited {proc.returncode}: see {prefect_home()}/server.log"
+            )
         time.sleep(0.5)
     proc.kill()
     raise ConfigError(f"prefect server did not answer within {timeout:g}s")

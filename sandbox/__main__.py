@@ -1,10 +1,11 @@
 """Command line of the sandbox estate.
 
-    python -m sandbox up [--estate demo] [--clients clients] [--hosts N] [--fresh]
-    python -m sandbox status | down [--purge] | env
-    python -m sandbox publish caretaker-agent 1.1 [--security] [--reboot] [--broken]
-    python -m sandbox fault stop-sshd|start-sshd|cut-link|restore-link|hold-lock|release-lock|no-boot|boot HOST
-    python -m sandbox reboot HOST
+python -m sandbox up [--estate demo] [--clients clients] [--hosts N] [--fresh]
+python -m sandbox status | down [--purge] | env
+python -m sandbox publish caretaker-agent 1.1 [--security] [--reboot] [--broken]
+python -m sandbox fault KIND HOST   (KIND: stop-sshd start-sshd cut-link restore-link
+                                         hold-lock release-lock no-boot boot)
+python -m sandbox reboot HOST
 """
 
 from __future__ import annotations
@@ -33,13 +34,20 @@ FAULTS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--estate", default="demo", help="estate name (default: demo)")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring the estate up (idempotent)")
-    up.add_argument("--clients", type=Path, default=None,
-                    help="build the estate from this inventory folder (default for demo: clients/)")
+    up.add_argument(
+        "--clients",
+        type=Path,
+        default=None,
+        help="build the estate from this inventory folder (default for demo: clients/)",
+    )
     up.add_argument("--hosts", type=int, default=None, help="or: this many plain hosts h01..")
     up.add_argument("--net", type=int, default=None, help="N in 10.213.N.0/24 (with --hosts)")
     up.add_argument("--fresh", action="store_true", help="reset disks and repository first")
@@ -76,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             estate = Estate(spec)
             estate.up(fresh=args.fresh)
             url = moto.start(estate) if spec.aws else None
-            print(f"estate {spec.name}: {len(spec.hosts)} hosts up on {spec.bridge} "
-                  f"(10.213.{spec.net}.0/24)" + (f", AWS endpoint {url}" if url else ""))
+            print(
+                f"estate {spec.name}: {len(spec.hosts)} hosts up on {spec.bridge} "
+                f"(10.213.{spec.net}.0/24)" + (f", AWS endpoint {url}" if url else "")
+            )
             return 0
         estate = load(args.estate)
         if args.command == "down":
@@ -85,19 +95,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"estate {args.estate}: down")
         elif args.command == "status":
             for row in estate.status():
-                state = "ssh ok" if row["ssh"] else ("running, no ssh" if row["running"] else "down")
+                state = (
+                    "ssh ok" if row["ssh"] else ("running, no ssh" if row["running"] else "down")
+                )
                 print(f"{row['host']:<16} {row['address']:<15} {state}")
         elif args.command == "env":
-            print(json.dumps({
-                "estate": estate.spec.name,
-                "key": str(estate.key_path),
-                "known_hosts": str(estate.known_hosts_path),
-                "aws_endpoint": moto.endpoint(estate),
-                "repository": str(estate.repo.root),
-            }, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "estate": estate.spec.name,
+                        "key": str(estate.key_path),
+                        "known_hosts": str(estate.known_hosts_path),
+                        "aws_endpoint": moto.endpoint(estate),
+                        "repository": str(estate.repo.root),
+                    },
+                    indent=2,
+                )
+            )
         elif args.command == "publish":
-            estate.publish(PackageSpec(name=args.name, version=args.version, security=args.security,
-                                       reboot=args.reboot, broken=args.broken))
+            estate.publish(
+                PackageSpec(
+                    name=args.name,
+                    version=args.version,
+                    security=args.security,
+                    reboot=args.reboot,
+                    broken=args.broken,
+                )
+            )
             print(f"published {args.name} {args.version}")
         elif args.command == "fault":
             FAULTS[args.kind](estate, args.host)

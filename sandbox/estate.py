@@ -196,8 +196,20 @@ class Estate:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "spec.json").write_text(self.spec.model_dump_json(indent=2))
         if not self.key_path.exists():
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"caretaker-{self.spec.name}",
-                  "-f", str(self.key_path)])
+            _run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"caretaker-{self.spec.name}",
+                    "-f",
+                    str(self.key_path),
+                ]
+            )
         if not (self.repo.root / "dists").exists():
             self.repo.reset()
         self._ensure_layer(image)
@@ -284,7 +296,9 @@ chroot $M apt-get clean
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(self.dir / "layer-mnt", ignore_errors=True)
         if proc.returncode != 0:
-            raise SandboxError(f"estate layer failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            raise SandboxError(
+                f"estate layer failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
         marker.write_text("ok\n")
 
     def _ensure_bridge(self) -> None:
@@ -304,7 +318,20 @@ chroot $M apt-get clean
         ssh = upper / "etc/ssh"
         ssh.mkdir(parents=True, exist_ok=True)
         key = ssh / "ssh_host_ed25519_key"
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{host.name}", "-f", str(key)])
+        _run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"root@{host.name}",
+                "-f",
+                str(key),
+            ]
+        )
         (upper / "etc/hostname").write_text(host.name + "\n")
         (upper / "etc/hosts").write_text(f"127.0.0.1 localhost\n{host.address} {host.name}\n")
         (upper / "etc/apt").mkdir(parents=True, exist_ok=True)
@@ -339,8 +366,16 @@ chroot $M apt-get clean
         self._plumb(host)
         with open(hdir / "supervisor.log", "a") as out:
             proc = subprocess.Popen(
-                ["bash", str(SUPERVISE_SCRIPT), str(hdir), self.spec.netns(host.name), host.name,
-                 lower, str(self.repo.root), str(INIT_SCRIPT)],
+                [
+                    "bash",
+                    str(SUPERVISE_SCRIPT),
+                    str(hdir),
+                    self.spec.netns(host.name),
+                    host.name,
+                    lower,
+                    str(self.repo.root),
+                    str(INIT_SCRIPT),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,

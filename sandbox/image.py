@@ -178,7 +178,9 @@ def _customise(root: Path) -> None:
         capture_output=True,
     )
     # "*" (no password, not locked): sshd refuses key logins to a locked account.
-    subprocess.run(["chroot", str(root), "usermod", "-p", "*", "ops"], check=True, capture_output=True)
+    subprocess.run(
+        ["chroot", str(root), "usermod", "-p", "*", "ops"], check=True, capture_output=True
+    )
     (root / "etc/sudoers.d/ops").write_text("ops ALL=(ALL) NOPASSWD:ALL\n")
     (root / "etc/sudoers.d/ops").chmod(0o440)
     (root / "etc/machine-id").write_text("")

@@ -33,14 +33,16 @@ def spec_from_inventory(name: str, directory: Path) -> EstateSpec:
             octets = str(ip).split(".")
             if octets[:2] != ["10", "213"]:
                 raise SandboxError(
-                    f"{inv.client.slug}/{server.name}: {ip} is outside the sandbox range 10.213.N.0/24"
+                    f"{inv.client.slug}/{server.name}: {ip} is outside the sandbox range "
+                    "10.213.N.0/24"
                 )
             nets.add(int(octets[2]))
             hosts.append(HostSpec(name=server.name, address=str(ip)))
             if server.provider.type == "aws":
                 aws.append(
-                    AwsInstanceSpec(name=server.name, region=server.provider.region,
-                                    client=inv.client.slug)
+                    AwsInstanceSpec(
+                        name=server.name, region=server.provider.region, client=inv.client.slug
+                    )
                 )
     if len(nets) != 1:
         raise SandboxError(f"the inventory's servers span several sandbox networks: {sorted(nets)}")

@@ -55,7 +55,7 @@ def start(estate: Estate) -> str:
         return url
     port = _free_port()
     env = dict(os.environ, MOTO_EC2_LOAD_DEFAULT_AMIS="false")
-    log = open(estate.dir / "moto.log", "a")  # noqa: SIM115 - handed to the child
+    log = open(estate.dir / "moto.log", "a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
@@ -72,7 +72,9 @@ def start(estate: Estate) -> str:
                 break
         except OSError:
             if proc.poll() is not None:
-                raise SandboxError(f"moto exited {proc.returncode}: see {estate.dir}/moto.log") from None
+                raise SandboxError(
+                    f"moto exited {proc.returncode}: see {estate.dir}/moto.log"
+                ) from None
             time.sleep(0.1)
     else:
         proc.kill()

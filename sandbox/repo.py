@@ -145,7 +145,8 @@ class Repository:
                 f"Origin: caretaker\nLabel: caretaker sandbox\nSuite: {suite}\n"
                 f"Codename: {suite}\nDate: {formatdate(usegmt=True)}\n"
                 "Architectures: all amd64 arm64\nComponents: main\n"
-                f"SHA256:\n {hashlib.sha256(body).hexdigest()} {len(body)} main/binary-all/Packages\n"
+                f"SHA256:\n {hashlib.sha256(body).hexdigest()} {len(body)} "
+                "main/binary-all/Packages\n"
             )
 
     def versions(self) -> dict[str, list[str]]:
@@ -154,7 +155,9 @@ class Repository:
         for suite in SUITES:
             for deb in sorted(self.pool(suite).glob("*.deb")):
                 name, version, _ = deb.name.split("_")
-                out.setdefault(name, []).append(version + (" (security)" if "security" in suite else ""))
+                out.setdefault(name, []).append(
+                    version + (" (security)" if "security" in suite else "")
+                )
         return out
 
     @staticmethod

@@ -55,17 +55,34 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         estate.down(purge=True)
 
 
-def ssh(estate: object, host: str, command: str, user: str = "root", timeout: int = 60) -> subprocess.CompletedProcess[str]:
+def ssh(
+    estate: object, host: str, command: str, user: str = "root", timeout: int = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``command`` on a sandbox host with the OpenSSH client (independent of our layer)."""
     from sandbox.estate import Estate
 
     assert isinstance(estate, Estate)
     address = estate.host(host).address
     return subprocess.run(
-        ["ssh", "-i", str(estate.key_path), "-o", f"UserKnownHostsFile={estate.known_hosts_path}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=3",
-         f"{user}@{address}", command],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [
+            "ssh",
+            "-i",
+            str(estate.key_path),
+            "-o",
+            f"UserKnownHostsFile={estate.known_hosts_path}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            f"{user}@{address}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import faults, moto
-from sandbox.estate import AwsInstanceSpec, Estate, HostSpec, EstateSpec, numbered_hosts
+from sandbox.estate import AwsInstanceSpec, Estate, EstateSpec, HostSpec, numbered_hosts
 from sandbox.repo import PackageSpec
 from tests.conftest import sandbox_unavailable, ssh
 
@@ -40,8 +40,12 @@ def test_up_again_changes_nothing_on_running_hosts(fleet: Estate) -> None:
 
 def test_an_upgrade_changes_packages_on_that_host_and_no_other(fleet: Estate) -> None:
     fleet.publish(PackageSpec(name="caretaker-tools", version="2.4"))
-    out = ssh(fleet, "h08", "apt-get -q update && DEBIAN_FRONTEND=noninteractive "
-              "apt-get -y install --only-upgrade caretaker-tools")
+    out = ssh(
+        fleet,
+        "h08",
+        "apt-get -q update && DEBIAN_FRONTEND=noninteractive "
+        "apt-get -y install --only-upgrade caretaker-tools",
+    )
     assert out.returncode == 0, out.stderr
     tools = "dpkg-query -W -f '${Version}' caretaker-tools"
     assert ssh(fleet, "h08", tools).stdout == "2.4"
@@ -86,14 +90,21 @@ def test_a_held_dpkg_lock_blocks_apt_on_that_host(fleet: Estate) -> None:
         assert out.returncode != 0 and "lock" in out.stderr
     finally:
         faults.release_dpkg_lock(fleet, "h05")
-    assert ssh(fleet, "h05", "apt-get -o DPkg::Lock::Timeout=1 -y install caretaker-agent").returncode == 0
+    assert (
+        ssh(fleet, "h05", "apt-get -o DPkg::Lock::Timeout=1 -y install caretaker-agent").returncode
+        == 0
+    )
 
 
 def test_a_broken_package_fails_its_postinst(fleet: Estate) -> None:
     faults.publish_broken(fleet, "caretaker-legacy", "0.9.1")
     try:
-        out = ssh(fleet, "h06", "apt-get -q update && DEBIAN_FRONTEND=noninteractive "
-                  "apt-get -y install --only-upgrade caretaker-legacy")
+        out = ssh(
+            fleet,
+            "h06",
+            "apt-get -q update && DEBIAN_FRONTEND=noninteractive "
+            "apt-get -y install --only-upgrade caretaker-legacy",
+        )
         assert out.returncode != 0
         assert "postinst failed (sandbox fault)" in out.stdout + out.stderr
     finally:
@@ -127,12 +138,18 @@ def test_a_reboot_gives_a_new_boot_id_and_no_boot_keeps_it_down(fleet: Estate) -
 def _leftovers(estate: Estate) -> list[str]:
     found = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found += [f"netns {line.split()[0]}" for line in netns.splitlines()
-              if line.startswith(f"ctk{estate.spec.net}-")]
+    found += [
+        f"netns {line.split()[0]}"
+        for line in netns.splitlines()
+        if line.startswith(f"ctk{estate.spec.net}-")
+    ]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     found += [f"link {m}" for m in re.findall(rf"\d+: (ctk(?:br)?{estate.spec.net}\w*)[@:]", links)]
-    found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
-              if str(estate.dir) in line]
+    found += [
+        f"mount {line.split()[1]}"
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if str(estate.dir) in line
+    ]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
@@ -146,10 +163,15 @@ def _leftovers(estate: Estate) -> list[str]:
 def test_down_leaves_no_namespace_link_mount_or_process() -> None:
     if sandbox_unavailable():
         pytest.skip(sandbox_unavailable())
-    spec = EstateSpec(name="test-down", net=62,
-                      hosts=[HostSpec(name="d1", address="10.213.62.11"),
-                             HostSpec(name="d2", address="10.213.62.12")],
-                      aws=[AwsInstanceSpec(name="d1", region="eu-west-1", client="t")])
+    spec = EstateSpec(
+        name="test-down",
+        net=62,
+        hosts=[
+            HostSpec(name="d1", address="10.213.62.11"),
+            HostSpec(name="d2", address="10.213.62.12"),
+        ],
+        aws=[AwsInstanceSpec(name="d1", region="eu-west-1", client="t")],
+    )
     estate = Estate(spec)
     estate.up(fresh=True)
     moto.start(estate)
@@ -168,7 +190,9 @@ def test_the_aws_endpoint_knows_the_estates_instances_and_volumes() -> None:
     if sandbox_unavailable():
         pytest.skip(sandbox_unavailable())
     spec = numbered_hosts("test-aws", 63, 2).model_copy(
-        update={"aws": [AwsInstanceSpec(name="h01", region="eu-west-1", client="acme", data_volumes=2)]}
+        update={
+            "aws": [AwsInstanceSpec(name="h01", region="eu-west-1", client="acme", data_volumes=2)]
+        }
     )
     estate = Estate(spec)
     estate.dir.mkdir(parents=True, exist_ok=True)

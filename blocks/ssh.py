@@ -1,0 +1,188 @@
+"""The SSH identity block: who caretaker is on a host, and which hosts it trusts.
+
+One ``SshIdentity`` block holds a private key (with its optional passphrase), the
+optional sudo password, and the OpenSSH ``known_hosts`` text that every host key
+is verified against. Secrets stay ``SecretStr`` so they never print; the
+known_hosts text is public and kept as plain text so operators can read and
+update it in the Prefect UI.
+
+The remote layer (``tasks/remote.py``) asks the block for a ``paramiko.PKey``
+(``load_pkey``) and for the parsed host keys (``host_key_entries``); it never
+touches ``~/.ssh``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import paramiko
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from blocks.errors import ConfigError
+
+# Tried in this order: ed25519 is the modern default, so most keys load on the first try.
+_KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (
+    paramiko.Ed25519Key,
+    paramiko.ECDSAKey,
+    paramiko.RSAKey,
+)
+
+
+class SshIdentity(Block):
+    """An SSH identity: private key, optional passphrase and sudo password, trusted host keys.
+
+    Host keys are always verified against ``known_hosts``; a host that is missing
+    or whose key changed is refused (see docs/remote.md for how to fix that).
+
+    Attributes:
+        username: Login user when the inventory gives none for a server.
+        private_key: Private key text (OpenSSH or PEM; ed25519, rsa or ecdsa).
+        passphrase: Passphrase of the private key, if it is encrypted.
+        sudo_password: Password fed to ``sudo -S`` for non-root users, if sudo needs one.
+        known_hosts: OpenSSH known_hosts text; hashed or plain entries, ``[host]:port`` form.
+
+    Example:
+        ```python
+        identity = SshIdentity.load("acme-ops")
+        pkey = identity.load_pkey()
+        ```
+    """
+
+    _block_type_name = "Caretaker SSH Identity"
+    _block_type_slug = "caretaker-ssh-identity"
+    _description = "SSH private key, sudo password and trusted host keys for a client's servers."
+
+    username: str = Field(
+        default="root",
+        description="Login user for servers whose inventory entry names none.",
+    )
+    private_key: SecretStr = Field(
+        description=(
+            "Private key text, OpenSSH ('BEGIN OPENSSH PRIVATE KEY') or PEM "
+            "('BEGIN RSA/EC PRIVATE KEY'); ed25519, rsa or ecdsa."
+        ),
+    )
+    passphrase: SecretStr | None = Field(
+        default=None,
+        description="Passphrase of the private key, if the key is encrypted.",
+    )
+    sudo_password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Password given to sudo on stdin for non-root users; leave empty when "
+            "sudo is passwordless (sudo then runs with -n and never prompts)."
+        ),
+    )
+    known_hosts: str = Field(
+        description=(
+            "OpenSSH known_hosts text the host keys are verified against (hashed or "
+            "plain entries; '[host]:port' for non-22 ports). Unknown or changed keys are refused."
+        ),
+    )
+
+    def load_pkey(self) -> paramiko.PKey:
+        """Parse the private key.
+
+        Returns:
+            The key as a paramiko ``PKey`` (``Ed25519Key``, ``ECDSAKey`` or ``RSAKey``).
+
+        Raises:
+            ConfigError: The key is missing, encrypted without a passphrase, the
+                passphrase is wrong, or the text is no key paramiko reads. The
+                message never contains key material.
+        """
+        # Pasting into a web form often mangles line endings and edge whitespace.
+        text = self.private_key.get_secret_value().replace("\r\n", "\n").strip() + "\n"
+        password = self.passphrase.get_secret_value() if self.passphrase else None
+        if not text.strip():
+            raise ConfigError(f"SSH identity {self._label()}: private_key is empty")
+        if "BEGIN PRIVATE KEY" in text or "BEGIN ENCRYPTED PRIVATE KEY" in text:
+            raise ConfigError(
+                f"SSH identity {self._label()}: PKCS#8 keys are not supported; convert "
+                "with `ssh-keygen -p -f <keyfile>` (writes OpenSSH format) and paste again"
+            )
+        # A PEM header names the type; trying only that class keeps the error message relevant.
+        if "BEGIN RSA PRIVATE KEY" in text:
+            classes: tuple[type[paramiko.PKey], ...] = (paramiko.RSAKey,)
+        elif "BEGIN EC PRIVATE KEY" in text:
+            classes = (paramiko.ECDSAKey,)
+        else:
+            classes = _KEY_CLASSES
+        needs_password = False
+        last: Exception | None = None
+        for key_class in classes:
+            try:
+                return key_class.from_private_key(io.StringIO(text), password=password)
+            except paramiko.PasswordRequiredException as exc:
+                needs_password, last = True, exc
+            except (paramiko.SSHException, ValueError, TypeError, IndexError) as exc:
+                # Each class rejects the other key types; only the last failure matters.
+                last = exc
+        if needs_password and password is None:
+            reason = "the key is encrypted and no passphrase is set"
+        elif password is not None:
+            reason = "the passphrase does not decrypt it, or it is not an ed25519/rsa/ecdsa key"
+        else:
+            reason = "it is not an OpenSSH or PEM ed25519/rsa/ecdsa private key"
+        # Chained for debugging: paramiko/cryptography messages name formats, never key bytes.
+        raise ConfigError(
+            f"SSH identity {self._label()}: cannot read private_key: {reason}"
+        ) from last
+
+    def host_key_entries(self) -> list[HostKeyEntry]:
+        """Parse ``known_hosts`` into paramiko host-key entries.
+
+        Comment lines, blank lines and ``@cert-authority``/``@revoked`` lines are
+        skipped (paramiko verifies plain keys only), as are key types paramiko
+        cannot use; a line that cannot be parsed at all is an error, so a typo
+        never silently turns into "host unknown".
+
+        Returns:
+            One entry per usable line, hostnames as written (hashed ``|1|...`` kept).
+
+        Raises:
+            ConfigError: A line is malformed (names the line number).
+        """
+        entries: list[HostKeyEntry] = []
+        for lineno, raw in enumerate(self.known_hosts.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith(("#", "@")):
+                continue
+            if len(line.split()) < 3:
+                raise ConfigError(
+                    f"SSH identity {self._label()}: known_hosts line {lineno} is malformed "
+                    "(expected '<hosts> <key type> <base64 key>')"
+                )
+            try:
+                entry = HostKeyEntry.from_line(" ".join(line.split()), lineno)
+            except (InvalidHostKey, paramiko.SSHException, ValueError) as exc:
+                raise ConfigError(
+                    f"SSH identity {self._label()}: known_hosts line {lineno} has an unreadable key"
+                ) from exc
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def secrets(self) -> list[str]:
+        """The secret strings that must never leave the layer (for ``redact``).
+
+        Returns:
+            The sudo password, the passphrase and the private key's text and lines.
+        """
+        values = [s.get_secret_value() for s in (self.sudo_password, self.passphrase) if s]
+        key = self.private_key.get_secret_value()
+        # Whole text plus each base64 line, so a partial echo is caught too; header
+        # lines and short lines are public or too short to be meaningful.
+        values.append(key.strip())
+        values.extend(
+            line.strip()
+            for line in key.splitlines()
+            if len(line.strip()) >= 16 and not line.startswith("-----")
+        )
+        return [v for v in values if v]
+
+    def _label(self) -> str:
+        name = getattr(self, "_block_document_name", None)
+        return repr(name) if name else "(unsaved)"

@@ -1,0 +1,787 @@
+"""The remote-execution layer: run shell commands on hosts over SSH (paramiko).
+
+Everything else in caretaker talks to hosts through the small ``RemoteHost``
+interface (``run(command) -> CommandResult``); unit tests pass a scripted fake,
+integration tests and flows pass ``SshRemoteHost``. See docs/remote.md.
+
+Guarantees of ``SshRemoteHost``:
+
+- host keys are always verified against the identity block's known_hosts
+  (``RejectPolicy``; nothing is read from or written to ``~/.ssh``);
+- one SSH connection per host, opened lazily and reused by every command
+  (paramiko channels on one transport run concurrently, so threads may share it);
+- third-party errors are translated in one place, ``translate_error``, into the
+  ``RemoteError`` family and chained with ``raise ... from exc``;
+- only establishing the connection is retried (``ConnectError``); a command
+  that ran is never repeated here;
+- nothing it logs, returns or raises contains the private key, its passphrase
+  or the sudo password (``redact``).
+
+Command strings are built with ``sh_join`` so nothing from the inventory
+reaches a shell unquoted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Never, Protocol, Self, runtime_checkable
+
+import paramiko
+from paramiko.ber import BERException
+from paramiko.hostkeys import InvalidHostKey
+from paramiko.packet import NeedRekeyException
+from paramiko.pkey import UnknownKeyType
+from paramiko.sftp import SFTPError
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.errors import (
+    AuthenticationError,
+    CommandFailed,
+    CommandTimeout,
+    ConfigError,
+    ConnectError,
+    HostKeyError,
+    RemoteError,
+)
+from blocks.ssh import SshIdentity
+
+log = logging.getLogger(__name__)
+
+REDACTED = "********"
+_CHUNK = 65536
+_KEEPALIVE_S = 30
+# RFC 4254 5.1: the server refuses this kind of channel by policy; asking again will not help.
+_OPEN_ADMINISTRATIVELY_PROHIBITED = 1
+
+# What paramiko and the socket layer raise on connect/exec; everything else is a bug
+# and propagates untouched.
+TRANSLATABLE: tuple[type[BaseException], ...] = (
+    paramiko.SSHException,
+    OSError,
+    EOFError,
+    UnknownKeyType,
+    InvalidHostKey,
+    BERException,
+    NeedRekeyException,
+    SFTPError,
+)
+
+
+# --- helpers callers use -----------------------------------------------------------
+
+
+def sh_join(args: Sequence[str]) -> str:
+    """Quote arguments into one POSIX shell command line.
+
+    Every value that comes from the inventory or a parameter goes through this;
+    nothing reaches a remote shell unquoted.
+
+    Args:
+        args: The argv, e.g. ``["apt-mark", "hold", package]``.
+
+    Returns:
+        The command string, e.g. ``"apt-mark hold 'nginx'"``.
+    """
+    return shlex.join(args)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of each secret in ``text`` with ``********``.
+
+    Longer secrets are replaced first so a secret containing another is fully hidden.
+
+    Args:
+        text: Any text derived from user input or remote output.
+        secrets: The secret values; empty strings are ignored.
+
+    Returns:
+        The text with secrets masked.
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def sudo_wrap(command: str, *, with_password: bool) -> str:
+    """Wrap a command to run as root through sudo.
+
+    With a password, sudo reads it from stdin (``-S``) without printing a prompt
+    (``-p ''``); without one, ``-n`` makes sudo fail at once instead of hanging
+    on a prompt. The password itself is never part of the command string.
+
+    Args:
+        command: The shell command to run as root.
+        with_password: Whether the password will be fed on stdin.
+
+    Returns:
+        ``sudo -S -p '' -- sh -c '<command>'`` or ``sudo -n -- sh -c '<command>'``.
+    """
+    flags = ["-S", "-p", ""] if with_password else ["-n"]
+    return sh_join(["sudo", *flags, "--", "sh", "-c", command])
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+class CommandResult(BaseModel):
+    """What a command did on a host: exit code, output, duration."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str = Field(description="Inventory name of the host.")
+    command: str = Field(description="The command as the caller gave it (secrets redacted).")
+    exit_code: int = Field(description="Exit status; -1 if the host reported none (signal).")
+    stdout: str = Field(description="Standard output, UTF-8 decoded with replacement.")
+    stderr: str = Field(description="Standard error, UTF-8 decoded with replacement.")
+    duration_s: float = Field(ge=0, description="Wall time from channel open to exit.")
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited 0."""
+        return self.exit_code == 0
+
+    def check(self) -> CommandResult:
+        """Return self if the command succeeded.
+
+        Returns:
+            This result, unchanged.
+
+        Raises:
+            CommandFailed: The exit code is not 0; carries host, command, exit
+                code and the tails of stdout and stderr.
+        """
+        if not self.ok:
+            raise CommandFailed(self.host, self.command, self.exit_code, self.stdout, self.stderr)
+        return self
+
+
+class SshJump(BaseModel):
+    """A bastion host the target is reached through."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address: str = Field(description="Address of the bastion.")
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port of the bastion.")
+    user: str | None = Field(default=None, description="Login user; default: the identity's.")
+
+
+class SshTarget(BaseModel):
+    """Where and as whom to connect; plain data built by callers from the inventory."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Inventory name of the server (used in errors and results).")
+    address: str = Field(description="Address to connect to, also the known_hosts lookup name.")
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port.")
+    user: str | None = Field(default=None, description="Login user; default: the identity's.")
+    sudo: bool = Field(
+        default=True,
+        description=(
+            "Whether privileged commands (run(..., sudo=True)) may escalate with sudo "
+            "when the login user is not root. False: such a command is a ConfigError."
+        ),
+    )
+    jump: SshJump | None = Field(default=None, description="Bastion to tunnel through, if any.")
+
+
+# --- interface ----------------------------------------------------------------------
+
+
+@runtime_checkable
+class RemoteHost(Protocol):
+    """A host that runs shell commands. ``SshRemoteHost`` or a scripted fake in tests."""
+
+    name: str
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float = 300,
+        sudo: bool = False,
+        check: bool = False,
+        stdin: str | None = None,
+    ) -> CommandResult:
+        """Run a shell command and return what it did (see ``SshRemoteHost.run``)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; the host may be used again afterwards."""
+        ...
+
+
+# --- the one translation boundary ---------------------------------------------------
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    """RejectPolicy's refusal, carrying the offered key so the error can show its fingerprint."""
+
+    def __init__(self, lookup_name: str, key: paramiko.PKey) -> None:
+        super().__init__(f"Server {lookup_name!r} not found in known_hosts")
+        self.lookup_name = lookup_name
+        self.key = key
+
+
+class _RejectUnknownHostKeys(paramiko.RejectPolicy):
+    """Reject unknown host keys like ``RejectPolicy``, but keep the key for the message."""
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> Never:
+        raise _UnknownHostKey(hostname, key)
+
+
+def _keyscan_hint(lookup_name: str, key_type: str) -> str:
+    match = re.fullmatch(r"\[(.+)\]:(\d+)", lookup_name)
+    address, port = (match.group(1), match.group(2)) if match else (lookup_name, "22")
+    short = key_type.removeprefix("ssh-").split("-")[0]  # ssh-ed25519 -> ed25519
+    if short.startswith("ecdsa"):
+        short = "ecdsa"
+    return f"ssh-keyscan -p {port} -t {short} {address}"
+
+
+def _connect_error(host: str, message: str, *, retryable: bool) -> ConnectError:
+    err = ConnectError(host, message)
+    err.retryable = retryable
+    return err
+
+
+def translate_error(
+    exc: BaseException, host: str, *, stage: str = "", secrets: Iterable[str] = ()
+) -> RemoteError:
+    """Map a paramiko/socket/OS exception to the caretaker ``RemoteError`` family.
+
+    The caller raises the result ``from exc``. The table (docs/remote.md) is
+    proven complete by tests/unit/test_remote_errors.py.
+
+    Args:
+        exc: What paramiko or the socket layer raised.
+        host: Inventory name of the host.
+        stage: Where it happened, prefixed to the message (``ssh root@10.0.0.5:22``).
+        secrets: Values masked in the message.
+
+    Returns:
+        A ``RemoteError`` subclass; ``retryable`` is True only where connecting
+        again may succeed.
+    """
+    if isinstance(exc, RemoteError):
+        return exc
+    kind, message, retryable = _classify(exc)
+    prefix = f"{stage}: " if stage else ""
+    err = kind(host, redact(prefix + message, secrets))
+    err.retryable = retryable
+    return err
+
+
+_Verdict = tuple[type[RemoteError], str, bool]
+
+
+def _classify(exc: BaseException) -> _Verdict:
+    """The mapping table: (error class, message, retryable). Subclasses before bases."""
+    if isinstance(exc, paramiko.BadHostKeyException):
+        got, expected = exc.key, exc.expected_key
+        return (
+            HostKeyError,
+            f"host key CHANGED for {exc.hostname!r}: it offered {got.get_name()} "
+            f"{got.fingerprint}, known_hosts has {expected.get_name()} "
+            f"{expected.fingerprint}. If the host was rebuilt, confirm the new fingerprint "
+            "out of band (console: ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub) and replace "
+            "its entry in the known_hosts field of the SSH identity block; otherwise treat "
+            "it as a possible man-in-the-middle and do not connect.",
+            False,
+        )
+    if isinstance(exc, _UnknownHostKey):
+        key_type = exc.key.get_name()
+        return (
+            HostKeyError,
+            f"host key UNKNOWN for {exc.lookup_name!r}: it offered {key_type} "
+            f"{exc.key.fingerprint}, which is not in known_hosts. Confirm the fingerprint "
+            "out of band, then add the line printed by "
+            f"`{_keyscan_hint(exc.lookup_name, key_type)}` to the known_hosts field of the "
+            "SSH identity block.",
+            False,
+        )
+    if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
+        # A plain RejectPolicy refusal, which records no key.
+        return (
+            HostKeyError,
+            f"host key UNKNOWN ({exc}); confirm its fingerprint out of band and add it to "
+            "the known_hosts field of the SSH identity block.",
+            False,
+        )
+    if isinstance(exc, InvalidHostKey):
+        return HostKeyError, "a known_hosts entry is unreadable; fix the SSH identity block", False
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return (
+            AuthenticationError,
+            "the private key is encrypted and no passphrase is set in the SSH identity block",
+            False,
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        # Covers BadAuthenticationType, PartialAuthentication, UnableToAuthenticate, AuthFailure.
+        return (
+            AuthenticationError,
+            f"authentication failed ({exc}); check the login user and that the identity's "
+            "public key is in that user's authorized_keys",
+            False,
+        )
+    if isinstance(exc, paramiko.ChannelException):
+        # The channel never opened, so no command started: safe to try again, unless the
+        # server forbids this channel type (e.g. a bastion without TCP forwarding).
+        return (
+            ConnectError,
+            f"could not open an SSH channel: {exc.text} (code {exc.code})",
+            exc.code != _OPEN_ADMINISTRATIVELY_PROHIBITED,
+        )
+    if isinstance(exc, paramiko.ssh_exception.IncompatiblePeer):
+        return ConnectError, f"no SSH algorithms in common: {exc}", False
+    if isinstance(exc, paramiko.ssh_exception.MessageOrderError):
+        # Strict-kex violation: a broken or tampered stream; repeating will not help.
+        return ConnectError, f"SSH protocol violation: {exc}", False
+    if isinstance(exc, paramiko.ConfigParseError | paramiko.CouldNotCanonicalize):
+        return ConnectError, f"SSH configuration problem: {exc}", False
+    if isinstance(exc, paramiko.SSHException):
+        # Includes "Error reading SSH protocol banner" (sshd busy or still starting),
+        # ProxyCommandFailure and a transport that dropped during the handshake.
+        return ConnectError, f"SSH connection failed: {exc}", True
+    if isinstance(exc, UnknownKeyType | BERException):
+        return ConnectError, f"unusable key or signature data: {exc}", False
+    if isinstance(exc, SFTPError):
+        # Not a transport failure; unused by this layer today but decided, so the table is total.
+        return RemoteError, f"SFTP operation failed: {exc}", False
+    if isinstance(exc, NeedRekeyException):
+        return ConnectError, "the SSH transport needed a re-key mid-handshake", True
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return ConnectError, f"connection refused or host unreachable: {exc}", True
+    if isinstance(exc, socket.gaierror):
+        # EAI_AGAIN is a resolver hiccup; any other answer means the address is wrong.
+        return (
+            ConnectError,
+            f"cannot resolve the address ({exc.strerror}); check the inventory",
+            exc.errno == socket.EAI_AGAIN,
+        )
+    if isinstance(exc, TimeoutError):  # socket.timeout is an alias since 3.10
+        return ConnectError, "timed out connecting or waiting for the host", True
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError, "connection refused (is sshd running?)", True
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        return ConnectError, f"network error {name}: {exc.strerror or exc}", True
+    if isinstance(exc, EOFError):
+        return ConnectError, "the host closed the connection", True
+    return RemoteError, f"unexpected {type(exc).__name__}: {exc}", False
+
+
+# --- the SSH implementation ---------------------------------------------------------
+
+
+class SshRemoteHost:
+    """A ``RemoteHost`` over one reused paramiko SSH connection.
+
+    Connects on the first ``run`` (retrying ``ConnectError`` with exponential
+    backoff), reconnects if the connection died since (a reboot), and runs each
+    command on its own channel of the same transport, so threads may call ``run``
+    concurrently.
+
+    Args:
+        target: Where and as whom to connect.
+        identity: Key, passphrase, sudo password and known_hosts for the target.
+        jump_identity: Identity for the bastion; default: ``identity``.
+        connect_timeout: Seconds for TCP connect, banner, auth and channel open.
+        connect_retries: Extra connection attempts after the first on a retryable error.
+        backoff_s: Sleep before the first retry; doubles each retry.
+    """
+
+    def __init__(
+        self,
+        target: SshTarget,
+        identity: SshIdentity,
+        *,
+        jump_identity: SshIdentity | None = None,
+        connect_timeout: float = 10,
+        connect_retries: int = 3,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.name = target.name
+        self.target = target
+        self.user = target.user or identity.username
+        self.connect_timeout = connect_timeout
+        self.connect_retries = connect_retries
+        self.backoff_s = backoff_s
+        #: How many connection attempts were made so far (observability and tests).
+        self.connect_attempts = 0
+        self._identity = identity
+        self._jump_identity = jump_identity or identity
+        self._secrets = identity.secrets() + (jump_identity.secrets() if jump_identity else [])
+        self._lock = threading.Lock()
+        self._client: paramiko.SSHClient | None = None
+        self._jump_client: paramiko.SSHClient | None = None
+
+    @property
+    def transport(self) -> paramiko.Transport | None:
+        """The live paramiko transport, or None before the first command."""
+        client = self._client
+        return client.get_transport() if client else None
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float = 300,
+        sudo: bool = False,
+        check: bool = False,
+        stdin: str | None = None,
+    ) -> CommandResult:
+        """Run a shell command on the host.
+
+        Args:
+            command: One shell command line; build it with ``sh_join``.
+            timeout: Seconds the command may run; then the channel is closed.
+            sudo: Run as root (wrapped in sudo when the login user is not root).
+            check: Raise ``CommandFailed`` on a non-zero exit.
+            stdin: Text fed to the command's standard input, then EOF.
+
+        Returns:
+            Exit code, stdout, stderr and duration (secrets redacted).
+
+        Raises:
+            ConnectError: The connection could not be made (after retries), or it
+                was lost while the command ran (then ``retryable`` is False: the
+                command may have run).
+            HostKeyError: The host key is unknown or changed.
+            AuthenticationError: The host refused the key.
+            CommandTimeout: The command ran longer than ``timeout``.
+            CommandFailed: ``check`` is set and the command exited non-zero.
+            ConfigError: The identity is unusable, or sudo is needed but not allowed.
+        """
+        shown = redact(command, self._secrets)
+        wire, feed = self._prepare(command, sudo=sudo, stdin=stdin)
+        transport = self._ensure_transport()
+        log.debug("%s: run %s%s", self.name, shown, " (sudo)" if sudo else "")
+        started = time.monotonic()
+        try:
+            channel = transport.open_session(timeout=self.connect_timeout)
+        except TRANSLATABLE as exc:
+            raise translate_error(
+                exc, self.name, stage="opening a session", secrets=self._secrets
+            ) from exc
+        try:
+            out, err, code = self._exchange(channel, wire, feed, started, timeout, shown)
+        finally:
+            channel.close()
+        result = CommandResult(
+            host=self.name,
+            command=shown,
+            exit_code=code,
+            stdout=redact(out.decode("utf-8", errors="replace"), self._secrets),
+            stderr=redact(err.decode("utf-8", errors="replace"), self._secrets),
+            duration_s=time.monotonic() - started,
+        )
+        log.debug("%s: exit %d in %.3fs: %s", self.name, code, result.duration_s, shown)
+        return result.check() if check else result
+
+    def close(self) -> None:
+        """Close the connection (and the bastion's); the next ``run`` reconnects."""
+        with self._lock:
+            self._close_locked()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- connection ------------------------------------------------------------------
+
+    def _ensure_transport(self) -> paramiko.Transport:
+        # The lock makes concurrent first calls share one connection instead of racing.
+        with self._lock:
+            transport = self._client.get_transport() if self._client else None
+            if transport is None or not transport.is_active():
+                if self._client is not None:
+                    log.info("%s: connection was lost; reconnecting", self.name)
+                self._close_locked()
+                self._connect_locked()
+                transport = self._client.get_transport() if self._client else None
+            assert transport is not None
+            return transport
+
+    def _connect_locked(self) -> None:
+        # Configuration problems are not retried: they raise ConfigError here, before the loop.
+        pkey = self._identity.load_pkey()
+        jump_pkey = self._jump_identity.load_pkey() if self.target.jump else None
+        delay = self.backoff_s
+        for attempt in range(1, self.connect_retries + 2):
+            self.connect_attempts += 1
+            try:
+                self._connect_once(pkey, jump_pkey)
+                log.debug("%s: connected on attempt %d", self.name, attempt)
+                return
+            except RemoteError as err:
+                if not err.retryable or attempt > self.connect_retries:
+                    err.add_note(f"{self.name}: gave up after {attempt} connection attempt(s)")
+                    raise
+                log.warning(
+                    "%s: connection attempt %d failed (%s); retrying in %.2fs",
+                    self.name,
+                    attempt,
+                    err,
+                    delay,
+                )
+                time.sleep(delay)
+                delay *= 2
+
+    def _connect_once(self, pkey: paramiko.PKey, jump_pkey: paramiko.PKey | None) -> None:
+        target, jump = self.target, self.target.jump
+        jump_client: paramiko.SSHClient | None = None
+        client: paramiko.SSHClient | None = None
+        sock: paramiko.Channel | None = None
+        stage = ""
+        try:
+            if jump is not None and jump_pkey is not None:
+                jump_user = jump.user or self._jump_identity.username
+                stage = f"jump host ssh {jump_user}@{jump.address}:{jump.port}"
+                jump_client = self._new_client(self._jump_identity)
+                self._dial(jump_client, jump.address, jump.port, jump_user, jump_pkey, None)
+                jump_transport = jump_client.get_transport()
+                assert jump_transport is not None
+                stage = f"tunnel via {jump.address}:{jump.port} to {target.address}:{target.port}"
+                sock = jump_transport.open_channel(
+                    "direct-tcpip",
+                    (target.address, target.port),
+                    ("127.0.0.1", 0),
+                    timeout=self.connect_timeout,
+                )
+            stage = f"ssh {self.user}@{target.address}:{target.port}"
+            client = self._new_client(self._identity)
+            self._dial(client, target.address, target.port, self.user, pkey, sock)
+            transport = client.get_transport()
+            assert transport is not None
+            # Keepalives notice a silently dead peer (link down) instead of hanging a run.
+            transport.set_keepalive(_KEEPALIVE_S)
+        except BaseException as exc:
+            for c in (client, jump_client):
+                if c is not None:
+                    c.close()
+            if isinstance(exc, TRANSLATABLE):
+                raise translate_error(exc, self.name, stage=stage, secrets=self._secrets) from exc
+            raise
+        self._client, self._jump_client = client, jump_client
+
+    def _dial(
+        self,
+        client: paramiko.SSHClient,
+        address: str,
+        port: int,
+        user: str,
+        pkey: paramiko.PKey,
+        sock: paramiko.Channel | None,
+    ) -> None:
+        client.connect(
+            address,
+            port,
+            username=user,
+            pkey=pkey,
+            sock=sock,
+            timeout=self.connect_timeout,
+            banner_timeout=self.connect_timeout,
+            auth_timeout=self.connect_timeout,
+            channel_timeout=self.connect_timeout,
+            # Only the block's key: no agent, no ~/.ssh keys of whoever runs the worker.
+            look_for_keys=False,
+            allow_agent=False,
+        )
+
+    @staticmethod
+    def _new_client(identity: SshIdentity) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        # Only the block's known_hosts; load_system_host_keys is deliberately never called.
+        keys = client.get_host_keys()
+        for entry in identity.host_key_entries():
+            for hostname in entry.hostnames:
+                keys.add(hostname, entry.key.get_name(), entry.key)
+        client.set_missing_host_key_policy(_RejectUnknownHostKeys())
+        return client
+
+    def _close_locked(self) -> None:
+        for client in (self._client, self._jump_client):
+            if client is not None:
+                client.close()
+        self._client = self._jump_client = None
+
+    # -- one command -----------------------------------------------------------------
+
+    def _prepare(self, command: str, *, sudo: bool, stdin: str | None) -> tuple[str, str | None]:
+        if not sudo or self.user == "root":
+            return command, stdin
+        if not self.target.sudo:
+            raise ConfigError(
+                f"{self.name}: a command needs root but user {self.user!r} may not use sudo "
+                "(target.sudo is False)"
+            )
+        secret = self._identity.sudo_password
+        password = secret.get_secret_value() if secret else ""
+        if not password:
+            return sudo_wrap(command, with_password=False), stdin
+        # sudo -S reads the first line of stdin as the password; the rest reaches the command.
+        return sudo_wrap(command, with_password=True), password + "\n" + (stdin or "")
+
+    def _exchange(
+        self,
+        channel: paramiko.Channel,
+        wire: str,
+        feed: str | None,
+        started: float,
+        timeout: float,
+        shown: str,
+    ) -> tuple[bytes, bytes, int]:
+        deadline = started + timeout
+        out: list[bytes] = []
+        err: list[bytes] = []
+        pending = feed.encode() if feed else b""
+        try:
+            # A guard for the blocking calls; the loop below enforces the real deadline.
+            channel.settimeout(max(timeout, 1.0))
+            channel.exec_command(wire)
+            if not pending:
+                channel.shutdown_write()  # commands that read stdin see EOF, not a hang
+            # Drain both streams as data arrives: waiting on one while the other's window
+            # fills is the classic deadlock on large outputs.
+            while True:
+                progressed = False
+                if channel.recv_ready():
+                    out.append(channel.recv(_CHUNK))
+                    progressed = True
+                if channel.recv_stderr_ready():
+                    err.append(channel.recv_stderr(_CHUNK))
+                    progressed = True
+                if pending and channel.send_ready():
+                    sent = channel.send(pending[:_CHUNK])
+                    pending = pending[sent:]
+                    if not pending:
+                        channel.shutdown_write()
+                    progressed = True
+                drained = not channel.recv_ready() and not channel.recv_stderr_ready()
+                if (channel.eof_received or channel.closed) and drained:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandTimeout(self.name, shown, timeout)
+                if not progressed:
+                    # The channel's fileno is readable when either stream has data;
+                    # poll faster while stdin waits for window space.
+                    select.select([channel], [], [], min(remaining, 0.05 if pending else 1.0))
+            while not channel.exit_status_ready():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandTimeout(self.name, shown, timeout)
+                channel.status_event.wait(min(remaining, 1.0))
+            code = channel.recv_exit_status()
+        except TRANSLATABLE as exc:
+            err_ = translate_error(
+                exc, self.name, stage=f"while running {shown}", secrets=self._secrets
+            )
+            err_.retryable = False  # the command may have run: never repeat it blindly
+            raise err_ from exc
+        transport = channel.get_transport()
+        # No exit status: either the process died of a signal (sshd sent EOF and close,
+        # the transport lives) or the connection died under it (no EOF; the transport
+        # thread closes channels just before it marks itself inactive).
+        lost = transport is None or not transport.is_active() or not channel.eof_received
+        if code == -1 and lost:
+            raise _connect_error(
+                self.name,
+                f"connection lost while running {shown}; it may have run (partly)",
+                retryable=False,
+            )
+        return b"".join(out), b"".join(err), code
+
+
+# --- pool ---------------------------------------------------------------------------
+
+
+class SessionPool:
+    """One ``SshRemoteHost`` per target, reused; thread-safe; closes all on exit.
+
+    Args:
+        identity: The identity for every target, or a function choosing one per target.
+        jump_identity: Identity for bastions; default: the target's identity.
+        connect_timeout: Passed to each ``SshRemoteHost``.
+        connect_retries: Passed to each ``SshRemoteHost``.
+        backoff_s: Passed to each ``SshRemoteHost``.
+
+    Example:
+        ```python
+        with SessionPool(identity) as pool:
+            pool.get(target).run(sh_join(["uptime"]), check=True)
+        ```
+    """
+
+    def __init__(
+        self,
+        identity: SshIdentity | Callable[[SshTarget], SshIdentity],
+        *,
+        jump_identity: SshIdentity | None = None,
+        connect_timeout: float = 10,
+        connect_retries: int = 3,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self._identity = identity
+        self._jump_identity = jump_identity
+        self._options = (connect_timeout, connect_retries, backoff_s)
+        self._lock = threading.Lock()
+        self._hosts: dict[SshTarget, SshRemoteHost] = {}
+
+    def get(self, target: SshTarget) -> SshRemoteHost:
+        """The host for ``target``, created on first use (it connects lazily)."""
+        with self._lock:
+            host = self._hosts.get(target)
+            if host is None:
+                identity = (
+                    self._identity
+                    if isinstance(self._identity, SshIdentity)
+                    else self._identity(target)
+                )
+                timeout, retries, backoff = self._options
+                host = SshRemoteHost(
+                    target,
+                    identity,
+                    jump_identity=self._jump_identity,
+                    connect_timeout=timeout,
+                    connect_retries=retries,
+                    backoff_s=backoff,
+                )
+                self._hosts[target] = host
+            return host
+
+    def close_all(self) -> None:
+        """Close every connection and forget the hosts."""
+        with self._lock:
+            hosts, self._hosts = list(self._hosts.values()), {}
+        for host in hosts:
+            host.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_all()

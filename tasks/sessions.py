@@ -1,0 +1,82 @@
+"""SSH sessions for one flow run: one connection per host, reused, closed at the end.
+
+``open_sessions`` loads the SSH identity blocks the selected servers name (once
+each) and hands out a ``RemoteHost`` per server; tasks receive the host, never
+the inventory or the credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from blocks.errors import ConfigError
+from blocks.inventory import ClientInventory, Server
+from blocks.ssh import SshIdentity
+from tasks.remote import RemoteHost, SessionPool, SshJump, SshTarget
+
+
+def ssh_target(server: Server) -> SshTarget:
+    """Where and as whom to reach ``server`` (pure)."""
+    jump = server.jump
+    return SshTarget(
+        name=server.name,
+        address=server.address,
+        port=server.port,
+        user=server.user,
+        sudo=server.sudo,
+        jump=SshJump(address=jump.address, port=jump.port, user=jump.user) if jump else None,
+    )
+
+
+def load_identity(name: str, client: str) -> SshIdentity:
+    """Load an SSH identity block, with an error that says what to do when it is missing."""
+    try:
+        identity = SshIdentity.load(name)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{client}: SSH identity block {name!r} does not exist on this Prefect API; "
+            f"create it (block type 'Caretaker SSH Identity') or fix ssh_block in the inventory"
+        ) from exc
+    assert isinstance(identity, SshIdentity)
+    return identity
+
+
+class FleetSessions:
+    """The hosts of one run, by server name."""
+
+    def __init__(self, pool: SessionPool, servers: Sequence[Server]) -> None:
+        self._pool = pool
+        self._targets = {s.name: ssh_target(s) for s in servers}
+
+    def host(self, server: Server) -> RemoteHost:
+        """The (lazily connecting) host for ``server``."""
+        return self._pool.get(self._targets[server.name])
+
+
+@contextmanager
+def open_sessions(inventory: ClientInventory, servers: Sequence[Server]) -> Iterator[FleetSessions]:
+    """Open the sessions of a run; every connection is closed when the block ends.
+
+    Args:
+        inventory: the client, for error messages.
+        servers: the servers the run works on.
+
+    Yields:
+        The run's hosts.
+    """
+    client = inventory.client.slug
+    blocks = {s.ssh_block for s in servers}
+    for server in servers:
+        if server.jump and server.jump.ssh_block not in (None, server.ssh_block):
+            raise ConfigError(
+                f"{client}/{server.name}: a bastion with its own SSH identity block is not "
+                "supported yet; give the jump host the server's ssh_block"
+            )
+    identities = {name: load_identity(name, client) for name in sorted(blocks)}
+    block_of = {s.name: s.ssh_block for s in servers}
+    pool = SessionPool(lambda target: identities[block_of[target.name]])
+    try:
+        yield FleetSessions(pool, servers)
+    finally:
+        pool.close_all()
