@@ -26,14 +26,14 @@ client:
 schedule: {{cadence: quarterly, window: {{start: "01:00", duration: 4h}}}}
 rollout: {{batch_size: 2, failures_tolerated: 0, on_failure: restore}}
 patch: {{policy: {policy}, hold: [caretaker-legacy], reboot: if-required}}
-defaults: {{ssh_block: {block}, user: root, port: 22, os_family: debian}}
+defaults: {{ssh_block: {block}, user: {user}, port: 22, os_family: debian}}
 servers:
 {servers}
 """
 
 
 def write_client(
-    directory: Path, estate: Estate, slug: str, block: str, policy: str = "all"
+    directory: Path, estate: Estate, slug: str, block: str, policy: str = "all", user: str = "root"
 ) -> None:
     lines = []
     for i, host in enumerate(estate.spec.hosts):
@@ -43,7 +43,7 @@ def write_client(
             f"provider: {{type: sandbox}}, checks: [{{type: tcp, port: 22}}]}}"
         )
     (directory / f"{slug}.yaml").write_text(
-        CLIENT.format(slug=slug, block=block, policy=policy, servers="\n".join(lines))
+        CLIENT.format(slug=slug, block=block, policy=policy, user=user, servers="\n".join(lines))
     )
 
 
@@ -87,6 +87,7 @@ def inventory(
     write_client(directory, estate, "testco", "test-dryrun-ssh")
     write_client(directory, estate, "testsec", "test-dryrun-ssh", policy="security")
     write_client(directory, estate, "testkey", "test-dryrun-badkey")
+    write_client(directory, estate, "testops", "test-dryrun-ssh", user="ops")
     mp = pytest.MonkeyPatch()
     mp.setenv("CARETAKER_INVENTORY_DIR", str(directory))
     yield directory
@@ -208,3 +209,15 @@ def test_secrets_never_reach_the_plan_or_the_artifacts(estate: Estate, inventory
         artifacts = client.read_artifacts()
     assert all(secret_line not in str(a.data) for a in artifacts)
     assert isinstance(ssh_identity(estate).private_key, SecretStr)
+
+
+def test_a_non_root_login_plans_through_sudo(estate: Estate, inventory: Path) -> None:
+    from flows.server_maintenance import server_maintenance
+
+    plan = server_maintenance(client="testops", dry_run=True, scope="h06")
+    (host,) = plan.hosts
+    assert host.reachable and host.error is None
+    assert {c.name for c in host.changes} == {"caretaker-agent", "caretaker-libsec"}
+    # apt-get update ran as root through sudo: the lists it wrote belong to root.
+    owner = ssh(estate, "h06", "stat -c %U /var/lib/apt/lists/lock", user="ops").stdout.strip()
+    assert owner == "root"
