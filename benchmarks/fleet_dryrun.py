@@ -21,6 +21,7 @@ from pathlib import Path
 
 import paramiko
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.facts import build_facts_script, parse_facts, split_facts_output

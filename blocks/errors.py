@@ -15,11 +15,14 @@ and chained with ``raise ... from exc``. A failure carries its evidence.
     │   └── CommandFailed         a command ran and exited non-zero (never retried)
     ├── SnapshotError             a provider could not create/restore/delete a snapshot
     ├── ApprovalRejected          an approver said no, or the wait timed out
+    ├── MaintenanceInProgress     another run of the same client holds its run lock
     ├── VerificationFailed        health checks or expectations failed
     └── SandboxError              the sandbox estate could not do what was asked
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 
 class CaretakerError(Exception):
@@ -99,6 +102,38 @@ class SnapshotError(CaretakerError):
 
 class ApprovalRejected(CaretakerError):
     """The change was rejected, or the approval wait timed out."""
+
+
+class MaintenanceInProgress(CaretakerError):
+    """Another maintenance run of the same client holds the client's run lock.
+
+    Carries the holder's flow run id and change ref, so the refused run can say who is in
+    the way (and an operator can look that run up in Prefect).
+    """
+
+    def __init__(
+        self,
+        client: str,
+        holder_flow_run_id: str,
+        change_ref: str,
+        since: datetime | None = None,
+    ) -> None:
+        self.client = client
+        self.holder_flow_run_id = holder_flow_run_id
+        self.change_ref = change_ref
+        self.since = since
+        held = f" since {since.isoformat()}" if since is not None else ""
+        super().__init__(
+            f"client {client}: maintenance is in progress: flow run {holder_flow_run_id}"
+            f" (change {change_ref}) holds the run lock{held}"
+        )
+
+    def __reduce__(self) -> tuple[type[MaintenanceInProgress], tuple[object, ...]]:
+        # Prefect pickles exceptions into states; rebuild from our own arguments.
+        return (
+            type(self),
+            (self.client, self.holder_flow_run_id, self.change_ref, self.since),
+        )
 
 
 class VerificationFailed(CaretakerError):

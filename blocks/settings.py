@@ -31,6 +31,13 @@ class CaretakerSettings(BaseSettings):
         default=None,
         description="History store and reports; default <cache>/data.",
     )
+    history_store_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the history store (postgresql+psycopg://user@host/db);"
+            " default: the SQLite file <data>/caretaker.db."
+        ),
+    )
 
     @property
     def data(self) -> Path:

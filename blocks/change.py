@@ -1,0 +1,724 @@
+"""The change record: what one maintenance run planned, did, and decided.
+
+One :class:`ChangeRecord` is kept per maintenance run (per Prefect flow run). It is the
+evidence the change-management process asks for: who asked for the change and when, the
+window it ran in, the plan, how it would be backed out and how it was tested, the
+snapshots taken, the packages changed on each host, the reboots, every verification,
+every approval decision (counted or not, and why), the rollbacks, the restore test, the
+hygiene and security findings, the outcome and the post-implementation review.
+
+The record is written by the server-maintenance flow, saved in the history store
+(:mod:`reports.store`, one row per run, upserted as the run progresses) and shown as a
+Prefect markdown artifact rendered by :func:`render_markdown`. Every field is described in
+``docs/change-record.md``.
+
+The parts (snapshots, package changes, ...) are frozen: once something happened it does
+not change. The record itself is mutable, so the flow can append to its lists as the run
+goes on; the store validates it again as a whole before saving.
+
+Every timestamp is timezone-aware and normalised to UTC; a naive datetime is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+from zoneinfo import ZoneInfo
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "OUTCOME_MEANING",
+    "RECORD_VERSION",
+    "Approval",
+    "ChangeRecord",
+    "ChangeWindow",
+    "Finding",
+    "Outcome",
+    "PackageChange",
+    "PlanSummary",
+    "Reboot",
+    "RestoreTestResult",
+    "Rollback",
+    "SnapshotRecord",
+    "Verification",
+    "format_time",
+    "redact",
+    "render_markdown",
+]
+
+#: Version of the record's JSON body as stored in the history store. Bump it (and teach
+#: the store to read the old shape) when a field is renamed or removed.
+RECORD_VERSION: Literal[1] = 1
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+#: A timezone-aware datetime, normalised to UTC (a naive one is a validation error).
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+Server = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class Outcome(StrEnum):
+    """How a maintenance run ended (see :data:`OUTCOME_MEANING`)."""
+
+    COMPLETED = "completed"
+    COMPLETED_WITH_ROLLBACKS = "completed-with-rollbacks"
+    REJECTED = "rejected"
+    APPROVAL_TIMEOUT = "approval-timeout"
+    STAGING_FAILED = "staging-failed"
+    HALTED = "halted"
+    FAILED = "failed"
+    DRY_RUN = "dry-run"
+
+
+#: One sentence per outcome, used by the renderer, the notices and the docs.
+OUTCOME_MEANING: dict[Outcome, str] = {
+    Outcome.COMPLETED: "All planned changes were applied and verified.",
+    Outcome.COMPLETED_WITH_ROLLBACKS: (
+        "The change was applied, but some servers failed verification and were rolled back."
+    ),
+    Outcome.REJECTED: "An approver rejected the change; production was not touched.",
+    Outcome.APPROVAL_TIMEOUT: (
+        "No approval arrived before the deadline; production was not touched."
+    ),
+    Outcome.STAGING_FAILED: (
+        "Staging failed verification; approval was not requested and production was not touched."
+    ),
+    Outcome.HALTED: "The rollout stopped part-way after failures; see rollbacks and verification.",
+    Outcome.FAILED: "The run failed before it could finish; see the outcome detail.",
+    Outcome.DRY_RUN: "Dry run: the plan was made and nothing was changed.",
+}
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChangeWindow(_Part):
+    """The maintenance window a run belongs to, and whether it kept to it."""
+
+    start: UtcDatetime = Field(description="Start of the client's maintenance window (UTC).")
+    end: UtcDatetime = Field(description="End of the client's maintenance window (UTC).")
+    inside: bool = Field(description="Whether the run started inside the window.")
+    override: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description=(
+            "Why the run went ahead outside the window (who allowed it and why);"
+            " None when it ran inside the window or no override was given."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> Self:
+        if self.end <= self.start:
+            raise ValueError(f"window end {self.end} is not after its start {self.start}")
+        return self
+
+
+class PlanSummary(_Part):
+    """What the run planned to change, summarised (the full plan is its own artifact)."""
+
+    scope: str = Field(
+        default="all", description="The run's scope parameter (all, staging, production, names)."
+    )
+    policy: Literal["all", "security"] = Field(
+        description="Patch policy: every update, or security updates only."
+    )
+    staging: tuple[Server, ...] = Field(
+        default=(), description="Staging servers in scope, patched and verified first."
+    )
+    production: tuple[Server, ...] = Field(
+        default=(), description="Production servers in scope, patched after approval."
+    )
+    package_changes: int = Field(
+        default=0, ge=0, description="Number of package changes planned over all servers."
+    )
+    reboots_expected: tuple[Server, ...] = Field(
+        default=(), description="Servers expected to need a reboot."
+    )
+    not_planned: tuple[str, ...] = Field(
+        default=(), description="Servers left out of the plan, each as 'server: why'."
+    )
+    summary: str = Field(default="", description="Free text: anything else worth knowing.")
+
+
+class SnapshotRecord(_Part):
+    """A snapshot taken of one server before it was changed, or the risk accepted instead."""
+
+    server: Server = Field(description="The server the snapshot is of.")
+    provider: Literal["aws", "rackspace", "sandbox", "none"] = Field(
+        description="Snapshot provider from the inventory (none: no snapshots possible)."
+    )
+    ids: tuple[str, ...] = Field(
+        default=(), description="Provider ids (EBS snapshot ids, AMI id, Rackspace image id)."
+    )
+    encrypted: bool | None = Field(
+        default=None, description="Whether every snapshot is encrypted; None when unknown."
+    )
+    state: Literal["completed", "pending", "failed", "skipped"] = Field(
+        description=(
+            "completed: usable for restore; pending: not finished when recorded;"
+            " failed: the provider reported an error; skipped: no snapshot (see accepted_risk)."
+        )
+    )
+    accepted_risk: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Why going ahead without a snapshot was accepted (the inventory's reason for"
+            " provider 'none'); required when state is skipped."
+        ),
+    )
+    detail: str = Field(default="", description="Provider messages, errors, copy ids.")
+
+    @model_validator(mode="after")
+    def _evidence_matches_state(self) -> Self:
+        if self.state == "skipped" and not self.accepted_risk:
+            raise ValueError(f"{self.server}: a skipped snapshot needs an accepted_risk reason")
+        if self.state == "completed" and not self.ids:
+            raise ValueError(f"{self.server}: a completed snapshot needs its ids")
+        return self
+
+
+class PackageChange(_Part):
+    """One package changed on one host (installed, upgraded, downgraded or removed)."""
+
+    server: Server = Field(description="The host the package changed on.")
+    name: str = Field(min_length=1, description="Package name.")
+    from_version: str | None = Field(
+        default=None, description="Version before the change; None when newly installed."
+    )
+    to_version: str | None = Field(
+        default=None, description="Version after the change; None when removed."
+    )
+    security: bool = Field(default=False, description="Whether it came from a security update.")
+
+    @model_validator(mode="after")
+    def _is_a_change(self) -> Self:
+        if self.from_version is None and self.to_version is None:
+            raise ValueError(f"{self.server}: {self.name} has neither a from nor a to version")
+        return self
+
+
+class Reboot(_Part):
+    """A reboot of one host, proven by its boot id changing."""
+
+    server: Server = Field(description="The host that was rebooted.")
+    old_boot_id: str = Field(description="/proc/sys/kernel/random/boot_id before the reboot.")
+    new_boot_id: str | None = Field(
+        default=None, description="boot_id after the reboot; None when the host did not return."
+    )
+    seconds: float | None = Field(
+        default=None, ge=0, description="Seconds from the reboot command until SSH answered."
+    )
+
+    @property
+    def came_back(self) -> bool:
+        """Whether the host answered again with a new boot id."""
+        return self.new_boot_id is not None and self.new_boot_id != self.old_boot_id
+
+
+class Verification(_Part):
+    """The result of verifying one server after its change."""
+
+    server: Server = Field(description="The server verified.")
+    phase: Literal["staging", "production"] = Field(
+        description="staging: before approval; production: during the rollout."
+    )
+    checks: tuple[str, ...] = Field(
+        default=(), description="Health checks run (tcp:22, http:..., systemd unit ...)."
+    )
+    expectations: tuple[str, ...] = Field(
+        default=(),
+        description="Expectations checked (versions as planned, new boot id, no failed units).",
+    )
+    passed: bool = Field(description="True when every check and expectation held.")
+    failures: tuple[str, ...] = Field(
+        default=(), description="What did not hold, one line each, with its evidence."
+    )
+    at: UtcDatetime | None = Field(default=None, description="When the verification ended.")
+
+    @model_validator(mode="after")
+    def _failures_match_result(self) -> Self:
+        if self.passed and self.failures:
+            raise ValueError(f"{self.server}: passed, yet failures are listed")
+        if not self.passed and not self.failures:
+            raise ValueError(f"{self.server}: failed, but no failure says why")
+        return self
+
+
+class Approval(_Part):
+    """One answer to the approval form, whether or not it counted."""
+
+    approver: str = Field(min_length=1, description="Who answered (the form's approver field).")
+    decision: Literal["approve", "reject"] = Field(description="What they decided.")
+    at: UtcDatetime = Field(description="When the answer arrived.")
+    comment: str = Field(default="", description="The approver's comment.")
+    ticket: str | None = Field(
+        default=None, description="Ticket reference given with the answer (change ticket)."
+    )
+    counted: bool = Field(
+        description="Whether the answer counted (only listed approvers, once each, count)."
+    )
+    not_counted_reason: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Why the answer did not count; required when counted is false.",
+    )
+
+    @model_validator(mode="after")
+    def _reason_when_not_counted(self) -> Self:
+        if not self.counted and not self.not_counted_reason:
+            raise ValueError(f"approval by {self.approver}: not counted, but no reason given")
+        if self.counted and self.not_counted_reason:
+            raise ValueError(f"approval by {self.approver}: counted, yet a reason is given")
+        return self
+
+
+class Rollback(_Part):
+    """A server restored from its snapshots after a failed change."""
+
+    server: Server = Field(description="The server rolled back.")
+    snapshot_ids: tuple[str, ...] = Field(default=(), description="Snapshots it was restored from.")
+    restored_ok: bool = Field(description="Whether the provider restore succeeded.")
+    verified_ok: bool = Field(description="Whether the server passed its checks after restore.")
+    detail: str = Field(default="", description="What happened, with evidence.")
+
+
+class RestoreTestResult(_Part):
+    """The restore test: a snapshot restored to a scratch server and verified."""
+
+    server: Server = Field(description="The server whose snapshot was restored.")
+    snapshot_id: str | None = Field(default=None, description="The snapshot restored.")
+    ok: bool = Field(description="Whether the restored copy came up and passed its checks.")
+    rto_s: float | None = Field(
+        default=None, ge=0, description="Seconds from restore start to a verified copy (RTO)."
+    )
+    rto_bound_s: float | None = Field(
+        default=None, ge=0, description="The RTO bound from the inventory (restore_test.timeout)."
+    )
+    detail: str = Field(default="", description="What happened, with evidence.")
+
+
+class Finding(_Part):
+    """One hygiene or security finding."""
+
+    server: str | None = Field(default=None, description="The server; None for the whole client.")
+    severity: Literal["info", "warning", "critical"] = Field(
+        default="warning", description="info: for the record; warning: to fix; critical: now."
+    )
+    summary: str = Field(min_length=1, description="One line: what was found.")
+    detail: str = Field(default="", description="Evidence (command output tail, file, port).")
+
+
+class ChangeRecord(BaseModel):
+    """Everything one maintenance run planned, did and decided.
+
+    Mutable: the flow fills the lists in as the run goes (``record.snapshots.append(...)``)
+    and sets ``outcome`` and ``ended`` last. ``outcome`` is None while the run is going
+    (a record saved early and never finished shows a run that died).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    record_version: Literal[1] = Field(
+        default=RECORD_VERSION, description="Version of this record's shape."
+    )
+    client: str = Field(min_length=1, max_length=64, description="Client slug.")
+    change_ref: str = Field(
+        min_length=1, max_length=128, description="Change reference (ticket) the run implements."
+    )
+    flow_run_id: str = Field(
+        min_length=1, max_length=64, description="The Prefect flow run that did the work."
+    )
+    requester: str = Field(
+        min_length=1,
+        description="Who asked for the run: a user, or 'schedule' for a scheduled run.",
+    )
+    window: ChangeWindow = Field(description="The maintenance window and whether it was kept.")
+    plan: PlanSummary | None = Field(
+        default=None, description="What was planned; None when the run failed before planning."
+    )
+    backout_plan: str = Field(default="", description="How the change is undone (markdown).")
+    test_plan: str = Field(default="", description="How the change is verified (markdown).")
+    snapshots: list[SnapshotRecord] = Field(default_factory=list, description="Snapshots taken.")
+    package_changes: list[PackageChange] = Field(
+        default_factory=list, description="Packages changed, per host."
+    )
+    reboots: list[Reboot] = Field(default_factory=list, description="Reboots, per host.")
+    verifications: list[Verification] = Field(
+        default_factory=list, description="Verification results, staging then production."
+    )
+    approvals_required: int = Field(
+        default=1, ge=0, description="Counted approvals needed (the inventory's setting)."
+    )
+    approvals: list[Approval] = Field(
+        default_factory=list, description="Every approval answer, counted or not."
+    )
+    rollbacks: list[Rollback] = Field(default_factory=list, description="Servers rolled back.")
+    restore_test: RestoreTestResult | None = Field(
+        default=None, description="The restore test; None when it did not run."
+    )
+    hygiene_findings: list[Finding] = Field(
+        default_factory=list, description="Autoremove, malware scan and log review findings."
+    )
+    security_findings: list[Finding] = Field(
+        default_factory=list, description="Security audit findings (ports, users, updates)."
+    )
+    notification_failures: list[str] = Field(
+        default_factory=list, description="Stakeholder notices that could not be sent."
+    )
+    outcome: Outcome | None = Field(
+        default=None, description="How the run ended; None while it is still going."
+    )
+    outcome_detail: str = Field(
+        default="", description="Why the run ended so: the error or decision, in a sentence."
+    )
+    review: str = Field(
+        default="", description="Post-implementation review: what went well, what to change."
+    )
+    started: UtcDatetime = Field(description="When the run started (UTC).")
+    ended: UtcDatetime | None = Field(default=None, description="When the run ended (UTC).")
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> Self:
+        if self.ended is not None and self.ended < self.started:
+            raise ValueError(f"ended {self.ended} is before started {self.started}")
+        return self
+
+    @property
+    def counted_approvals(self) -> list[Approval]:
+        """Approvals that counted and said approve."""
+        return [a for a in self.approvals if a.counted and a.decision == "approve"]
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long the run took, once it ended."""
+        return None if self.ended is None else self.ended - self.started
+
+
+# --------------------------------------------------------------------------- redaction
+
+# Defence in depth: details come from command output and provider errors, and the record
+# goes to the Prefect UI and to stakeholders. Credentials in URLs and key=value secrets
+# are masked wherever record text is rendered.
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+(?::[^/\s@]*)?@")
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b(?P<key>[a-z0-9_-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)"
+    r"[a-z0-9_-]*)(?P<sep>\s*[=:]\s*)(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+)
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S
+)
+
+
+def redact(text: str) -> str:
+    """Mask credentials in ``text``: URL user info, ``password=...``-like pairs, private keys.
+
+    Args:
+        text: any text bound for a person (artifact, notice).
+
+    Returns:
+        The text with secrets replaced by ``***``.
+    """
+    text = _PRIVATE_KEY.sub("***private key***", text)
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m['key']}{m['sep']}***", text)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def format_time(value: datetime | None, tz: tzinfo = UTC) -> str:
+    """``2026-01-01 02:00 UTC`` (or ``... GMT`` etc. in ``tz``); ``-`` for None."""
+    if value is None:
+        return "-"
+    local = value.astimezone(tz)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
+def _duration(delta: timedelta | None) -> str:
+    if delta is None:
+        return "-"
+    seconds = round(delta.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _cell(value: object) -> str:
+    """Text fit for one markdown table cell."""
+    text = redact("" if value is None else str(value))
+    return " ".join(text.split()).replace("|", "\\|") or " "
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _yes_no(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+def _text_block(text: str, empty: str) -> list[str]:
+    return [redact(text).strip() or f"_{empty}_"]
+
+
+def _findings(title: str, findings: Sequence[Finding]) -> list[str]:
+    lines = [f"### {title}", ""]
+    if not findings:
+        return [*lines, "_None._", ""]
+    order = {"critical": 0, "warning": 1, "info": 2}
+    rows = sorted(findings, key=lambda f: (order[f.severity], f.server or ""))
+    return [
+        *lines,
+        *_table(
+            ["severity", "server", "finding", "detail"],
+            [(f.severity, f.server or "(all)", f.summary, f.detail or "-") for f in rows],
+        ),
+        "",
+    ]
+
+
+def render_markdown(record: ChangeRecord, tz: tzinfo | str = UTC) -> str:
+    """The change record as a markdown document (ITIL-style sections), for the Prefect UI.
+
+    Pure: the same record gives the same text. Credentials in free text are masked.
+
+    Args:
+        record: the change record.
+        tz: time zone to show times in (an IANA name or a tzinfo); default UTC.
+
+    Returns:
+        Markdown text ending in a newline.
+    """
+    zone = ZoneInfo(tz) if isinstance(tz, str) else tz
+
+    def when(value: datetime | None) -> str:
+        return format_time(value, zone)
+
+    outcome = record.outcome.value if record.outcome else "in progress"
+    counted = record.counted_approvals
+    changed_hosts = sorted({c.server for c in record.package_changes})
+    lines = [f"# Change {_cell(record.change_ref)} — {_cell(record.client)}: {outcome}", ""]
+
+    lines += ["## Summary", ""]
+    lines += _table(
+        ["", ""],
+        [
+            ("Client", record.client),
+            ("Change ref", record.change_ref),
+            ("Flow run", record.flow_run_id),
+            ("Requester", record.requester),
+            ("Started", when(record.started)),
+            ("Ended", when(record.ended)),
+            ("Duration", _duration(record.duration)),
+            ("Outcome", outcome),
+            (
+                "Changes",
+                f"{len(record.package_changes)} package change(s) on {len(changed_hosts)} host(s),"
+                f" {len(record.reboots)} reboot(s), {len(record.rollbacks)} rollback(s)",
+            ),
+            ("Approvals", f"{len(counted)} of {record.approvals_required} required"),
+        ],
+    )
+    lines.append("")
+
+    window = record.window
+    lines += ["## Window", ""]
+    lines.append(f"{when(window.start)} to {when(window.end)}.")
+    if window.inside:
+        lines.append("The run started inside the window.")
+    elif window.override:
+        lines.append(f"The run started **outside** the window. Override: {_cell(window.override)}")
+    else:
+        lines.append("The run started **outside** the window, and no override was recorded.")
+    lines.append("")
+
+    lines += ["## Plan", ""]
+    plan = record.plan
+    if plan is None:
+        lines += ["_No plan was made._", ""]
+    else:
+        lines += _table(
+            ["", ""],
+            [
+                ("Scope", plan.scope),
+                ("Patch policy", plan.policy),
+                ("Staging", ", ".join(plan.staging) or "none"),
+                ("Production", ", ".join(plan.production) or "none"),
+                ("Package changes planned", plan.package_changes),
+                ("Reboots expected", ", ".join(plan.reboots_expected) or "none"),
+                ("Not planned", "; ".join(plan.not_planned) or "none"),
+            ],
+        )
+        lines.append("")
+        if plan.summary:
+            lines += [*_text_block(plan.summary, ""), ""]
+
+    lines += ["## Backout plan", "", *_text_block(record.backout_plan, "None recorded."), ""]
+    lines += ["## Test plan", "", *_text_block(record.test_plan, "None recorded."), ""]
+
+    lines += ["## Snapshots", ""]
+    if record.snapshots:
+        lines += _table(
+            ["server", "provider", "state", "ids", "encrypted", "accepted risk / detail"],
+            [
+                (
+                    s.server,
+                    s.provider,
+                    s.state,
+                    ", ".join(s.ids) or "-",
+                    "-" if s.state == "skipped" else _yes_no(s.encrypted),
+                    "; ".join(x for x in (s.accepted_risk, s.detail) if x) or "-",
+                )
+                for s in record.snapshots
+            ],
+        )
+    else:
+        lines.append("_No snapshots were taken._")
+    lines.append("")
+
+    lines += ["## Changes per host", ""]
+    hosts = sorted(set(changed_hosts) | {r.server for r in record.reboots})
+    if not hosts:
+        lines += ["_No package was changed and no host was rebooted._", ""]
+    for host in hosts:
+        changes = [c for c in record.package_changes if c.server == host]
+        lines += [f"### {_cell(host)}", ""]
+        if changes:
+            lines += _table(
+                ["package", "from", "to", "security"],
+                [
+                    (
+                        c.name,
+                        c.from_version or "(new)",
+                        c.to_version or "(removed)",
+                        "yes" if c.security else "no",
+                    )
+                    for c in changes
+                ],
+            )
+            lines.append("")
+        for reboot in (r for r in record.reboots if r.server == host):
+            took = f" in {reboot.seconds:.0f} s" if reboot.seconds is not None else ""
+            if reboot.came_back:
+                lines.append(
+                    f"Rebooted{took}: boot id {_cell(reboot.old_boot_id)}"
+                    f" → {_cell(reboot.new_boot_id)}."
+                )
+            else:
+                lines.append(
+                    f"Rebooted, but **did not come back** with a new boot id"
+                    f" (was {_cell(reboot.old_boot_id)})."
+                )
+            lines.append("")
+
+    lines += ["## Verification", ""]
+    if record.verifications:
+        lines += _table(
+            ["server", "phase", "result", "checks", "expectations", "failures"],
+            [
+                (
+                    v.server,
+                    v.phase,
+                    "passed" if v.passed else "**FAILED**",
+                    ", ".join(v.checks) or "-",
+                    ", ".join(v.expectations) or "-",
+                    "; ".join(v.failures) or "-",
+                )
+                for v in record.verifications
+            ],
+        )
+    else:
+        lines.append("_Nothing was verified._")
+    lines.append("")
+
+    lines += ["## Approvals", ""]
+    lines.append(f"Counted approvals: **{len(counted)} of {record.approvals_required}** required.")
+    lines.append("")
+    if record.approvals:
+        lines += _table(
+            ["approver", "decision", "at", "ticket", "counted", "comment"],
+            [
+                (
+                    a.approver,
+                    a.decision,
+                    when(a.at),
+                    a.ticket or "-",
+                    "yes" if a.counted else f"no: {a.not_counted_reason}",
+                    a.comment or "-",
+                )
+                for a in record.approvals
+            ],
+        )
+        lines.append("")
+
+    lines += ["## Rollbacks", ""]
+    if record.rollbacks:
+        lines += _table(
+            ["server", "snapshots", "restored", "verified", "detail"],
+            [
+                (
+                    r.server,
+                    ", ".join(r.snapshot_ids) or "-",
+                    _yes_no(r.restored_ok),
+                    _yes_no(r.verified_ok),
+                    r.detail or "-",
+                )
+                for r in record.rollbacks
+            ],
+        )
+    else:
+        lines.append("_None._")
+    lines.append("")
+
+    lines += ["## Restore test", ""]
+    test = record.restore_test
+    if test is None:
+        lines.append("_Not run._")
+    else:
+        rto = f"{test.rto_s:.0f} s" if test.rto_s is not None else "-"
+        bound = f" (bound {test.rto_bound_s:.0f} s)" if test.rto_bound_s is not None else ""
+        lines += _table(
+            ["server", "snapshot", "result", "RTO", "detail"],
+            [
+                (
+                    test.server,
+                    test.snapshot_id or "-",
+                    "passed" if test.ok else "**FAILED**",
+                    rto + bound,
+                    test.detail or "-",
+                )
+            ],
+        )
+    lines.append("")
+
+    lines += ["## Findings", ""]
+    lines += _findings("Hygiene", record.hygiene_findings)
+    lines += _findings("Security", record.security_findings)
+
+    lines += ["## Outcome and post-implementation review", ""]
+    meaning = OUTCOME_MEANING[record.outcome] if record.outcome else "The run has not finished."
+    lines.append(f"**{outcome}**: {meaning}")
+    if record.outcome_detail:
+        lines += ["", *_text_block(record.outcome_detail, "")]
+    if record.notification_failures:
+        lines += ["", "Notices that could not be sent:", ""]
+        lines += [f"- {_cell(f)}" for f in record.notification_failures]
+    lines += ["", "### Review", "", *_text_block(record.review, "No review written yet.")]
+    return "\n".join(lines).rstrip() + "\n"
