@@ -38,6 +38,29 @@ class CaretakerSettings(BaseSettings):
             " default: the SQLite file <data>/caretaker.db."
         ),
     )
+    approval_poll_s: int = Field(
+        default=10,
+        ge=1,
+        le=300,
+        description="Seconds between checks for an approver's answer while a run is paused.",
+    )
+    reboot_timeout_s: float = Field(
+        default=600,
+        ge=5,
+        le=7200,
+        description="How long a rebooted host may take to come back with a new boot id.",
+    )
+    dpkg_lock_timeout_s: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description="How long apt waits for a dpkg lock held by another process before failing.",
+    )
+    min_free_disk_mb: int = Field(
+        default=500,
+        ge=0,
+        description="Preflight: free space needed on / and /var of every host, in MiB.",
+    )
 
     @property
     def data(self) -> Path:

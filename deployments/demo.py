@@ -2,26 +2,33 @@
 
 1. brings up the sandbox estate the example inventory describes (and its AWS endpoint);
 2. starts a local Prefect server (SQLite) unless one already runs;
-3. saves the sandbox's SSH identity and AWS credentials as Prefect blocks;
+3. saves the sandbox's SSH identity, AWS credentials and a notice webhook as Prefect blocks;
 4. publishes new package versions in the estate's apt repository;
-5. runs ``server-maintenance`` with ``dry_run=true`` for every example client;
-6. prints the plans and where to look in the Prefect UI.
+5. runs ``server-maintenance`` for every example client: a dry run first, then the full
+   procedure, approving through the API as the client's first listed approver; on
+   ``acme`` it holds the dpkg lock of one production host, so its rollback can be seen;
+6. prints the outcomes, where the change records are, and how to approve in the UI.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import threading
 import time
+from typing import Any
 
+from blocks.inventory import load_inventory
 from blocks.settings import settings
 from deployments.server import ensure_server
-from sandbox import moto
+from sandbox import faults, moto
 from sandbox.estate import Estate
 from sandbox.inventory import spec_from_inventory
 from sandbox.repo import PackageSpec
+from sandbox.webhook import WebhookReceiver
 
 # What the demo publishes: a feature update, a security update that asks for a
 # reboot, and a new version of the package the globex client holds.
@@ -30,11 +37,52 @@ DEMO_UPDATES = [
     PackageSpec(name="caretaker-libsec", version="1.0+sec1", security=True, reboot=True),
     PackageSpec(name="caretaker-legacy", version="1.0"),
 ]
+# The production host whose patching fails (its dpkg lock is held), to show a rollback.
+FAILING_HOST = ("acme", "acme-db-1")
 
 
 def say(text: str) -> None:
     """Progress line, bold on a terminal."""
     print(f"\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"==> {text}", flush=True)
+
+
+def approve_when_paused(client: str, approver: str, stop: threading.Event) -> None:
+    """Answer the approval form of ``client``'s paused run through the API, as ``approver``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
+    from prefect.flow_runs import resume_flow_run
+
+    with get_client(sync_client=True) as api:
+        while not stop.is_set():
+            paused = api.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
+                )
+            )
+            for run in paused:
+                if (run.parameters or {}).get("client") != client:
+                    continue
+                print(f"    approval requested: run {run.id} is paused")
+                print(
+                    f"    (in the UI: open the run, click Resume, fill in the form; from a"
+                    f" script: python -m deployments.approve {run.id} --approver {approver})"
+                )
+                print(f"    approving through the API as {approver}, a listed approver")
+                resume_flow_run(
+                    run.id,
+                    run_input={
+                        "decision": "approve",
+                        "approver": approver,
+                        "comment": "approved by the demo",
+                        "ticket": "DEMO-1",
+                    },
+                )
+                return
+            time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,11 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--fresh", action="store_true", help="reset the estate's disks first")
+    parser.add_argument("--dry-run-only", action="store_true", help="only plan (issue 2 demo)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     started = time.monotonic()
+    # Demo pace: short polls and a short dpkg-lock wait, so the rollback shows quickly.
+    os.environ.setdefault("CARETAKER_APPROVAL_POLL_S", "1")
+    os.environ.setdefault("CARETAKER_DPKG_LOCK_TIMEOUT_S", "10")
 
     inventory_dir = settings().inventory_dir
+    clients = load_inventory(inventory_dir)
     say(f"sandbox estate from {inventory_dir}")
     estate = Estate(spec_from_inventory("demo", inventory_dir))
     estate.up(fresh=args.fresh)
@@ -62,19 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     say("local Prefect server")
     url = ensure_server()
     os.environ["PREFECT_API_URL"] = f"{url}/api"
+    os.environ.setdefault("PREFECT_UI_URL", url)
     print(f"    {url}")
 
     # Imported only now, so Prefect reads the API URL above.
     from flows.server_maintenance import server_maintenance
     from sandbox.prefect_blocks import register_blocks
+    from tasks.notify import save_demo_webhook
 
+    inbox = WebhookReceiver()
+    inbox.__enter__()
     say("Prefect blocks for the sandbox")
-    print("    saved: " + ", ".join(register_blocks(estate, endpoint)))
+    saved = register_blocks(estate, endpoint)
+    save_demo_webhook(inbox.url)
+    print("    saved: " + ", ".join([*saved, "caretaker-demo-webhook"]))
 
     say("publishing new package versions in the estate's apt repository")
     published = estate.repo.versions()
     for spec in DEMO_UPDATES:
-        if spec.version not in " ".join(published.get(spec.name, [])):
+        if spec.version not in {v.split()[0] for v in published.get(spec.name, [])}:
             estate.publish(spec)
         print(
             f"    {spec.name} {spec.version}"
@@ -82,10 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     failures = 0
-    for client in sorted(p.stem for p in inventory_dir.glob("*.yaml")):
-        say(f"server-maintenance for {client} (dry run)")
-        state = server_maintenance(client=client, dry_run=True, return_state=True)
-        run_id = state.state_details.flow_run_id
+    for slug, inv in clients.items():
+        say(f"server-maintenance for {slug}: dry run")
+        state = server_maintenance(client=slug, dry_run=True, return_state=True)
         if not state.is_completed():
             failures += 1
             print(f"    FAILED: {state.message}")
@@ -103,7 +161,56 @@ def main(argv: list[str] | None = None) -> int:
             )
             reboot = "; reboot expected" if host.reboot_expected else ""
             print(f"    {host.server:<12} {changes}{reboot}")
-        print(f"    run:       {url}/runs/flow-run/{run_id}")
+        if args.dry_run_only:
+            continue
+
+        say(f"server-maintenance for {slug}: the full procedure")
+        approver = inv.client.approvers[0].name
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=approve_when_paused, args=(slug, approver, stop), daemon=True
+        )
+        thread.start()
+        failing = FAILING_HOST[1] if slug == FAILING_HOST[0] else None
+        if failing:
+            print(f"    fault: holding the dpkg lock on {failing}, so its patching fails")
+            faults.hold_dpkg_lock(estate, failing)
+        try:
+            state = server_maintenance(
+                client=slug,
+                change_ref=f"DEMO-{slug}-{time.strftime('%Y%m%d-%H%M%S')}",
+                window_override="demo run: the sandbox estate has no business hours",
+                return_state=True,
+            )
+        finally:
+            stop.set()
+            if failing:
+                faults.release_dpkg_lock(estate, failing)
+        record: Any = state.result(raise_on_failure=False)
+        outcome = getattr(record, "outcome", None)
+        print(f"    outcome: {outcome.value if outcome else state.name} ({state.message})")
+        for rollback in getattr(record, "rollbacks", []):
+            print(
+                f"    rollback: {rollback.server} restored={rollback.restored_ok} "
+                f"verified={rollback.verified_ok}"
+            )
+        if getattr(record, "restore_test", None):
+            rt = record.restore_test
+            print(f"    restore test: {rt.server} ok={rt.ok} RTO {rt.rto_s or 0:.1f}s")
+        print(
+            f"    change record: {url}/runs/flow-run/{state.state_details.flow_run_id} "
+            f"(artifact), and in {settings().data / 'caretaker.db'}"
+        )
+        if outcome is None:
+            failures += 1
+
+    time.sleep(1)
+    inbox_file = settings().data / "demo-notices.jsonl"
+    with inbox_file.open("a") as out:
+        for message in inbox.received:
+            out.write(json.dumps(message) + "\n")
+    inbox.__exit__(None, None, None)
+    print(f"    notices received by the demo webhook: {len(inbox.received)} (in {inbox_file})")
     print(f"    artifacts: {url}/artifacts")
     say(
         f"done in {time.monotonic() - started:.0f}s. The estate keeps running: "

@@ -1,32 +1,551 @@
 """The ``server-maintenance`` flow: one client, one change.
 
-Orchestration only: which tasks run, in what order and with what concurrency.
-This version produces the exact plan (``dry_run=true``): it connects to every
-selected host in parallel with verified host keys, collects facts and apt's own
-simulation of the upgrade, and reports per host the packages that would change,
-whether a reboot is expected, and which hosts could not be reached.
+Orchestration only: which tasks run, in what order, with what concurrency and
+approval. Every step's IO lives in ``tasks/``; every decision that can be made
+without IO is a pure function beside its task.
+
+With ``dry_run=true`` it only plans: facts and apt's own simulation from every
+host, in parallel, and the exact plan per host. Otherwise it carries out the
+policy's change procedure:
+
+    preflight ─► snapshot every server ─► patch staging ─► verify staging
+      ─► approval (pause with a form) ─► window gate
+      ─► production in rolling batches (verify each; restore failed hosts; halt
+         when the failure budget is spent) ─► restore test ─► snapshot retention
+      ─► change record (history store + artifact) ─► notices
+
+Production is only ever touched after (a) a completed snapshot of it or a recorded
+risk acceptance, (b) a passed staging verification, (c) a recorded approval by
+enough listed approvers and (d) inside the maintenance window or with an override.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, pause_flow_run
+from prefect.exceptions import FlowPauseTimeout
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from reports.expectations import HostVerificationSettings, validate_host_facts
+from tasks.reboot import reboot_host, reboot_needed
 
-from blocks.errors import ConfigError, RemoteError
-from blocks.inventory import load_client_by_slug, select_servers
+from blocks.change import (
+    ChangeRecord,
+    Outcome,
+    PlanSummary,
+    Reboot,
+    Rollback,
+    Verification,
+)
+from blocks.change import PackageChange as RecordedChange
+from blocks.change import RestoreTestResult as RecordedRestoreTest
+from blocks.errors import CaretakerError, RemoteError
+from blocks.inventory import ClientInventory, Server, load_client_by_slug, select_servers
 from blocks.settings import settings
-from tasks.checks import collect_facts
-from tasks.packages import MaintenancePlan, plan_host, unreachable_host
-from tasks.records import publish_plan
-from tasks.sessions import open_sessions
+from reports.store import HistoryStore, open_store
+from tasks.approval import ApprovalForm, ApprovalTally, approval_description, count_answer
+from tasks.checks import collect_facts, run_health_checks, summarize_checks
+from tasks.facts import HostFacts
+from tasks.notify import notice_approval_requested, notice_before_change, notice_end, notify
+from tasks.packages import (
+    HostPlan,
+    MaintenancePlan,
+    apply_updates,
+    plan_host,
+    unreachable_host,
+)
+from tasks.preflight import preflight_problems, read_block_names, run_is_finished
+from tasks.records import (
+    backout_plan,
+    change_window,
+    publish_change_record,
+    publish_plan,
+    recorded_snapshot,
+    requester,
+    run_url,
+    test_plan,
+)
+from tasks.sessions import FleetSessions, open_sessions
+from tasks.snapshots import (
+    SnapshotRecord,
+    apply_snapshot_retention,
+    create_snapshot,
+    restore_from_snapshot,
+    run_restore_test,
+    wait_for_snapshot,
+)
+
+
+Phase = Literal["staging", "production"]
 
 
 def default_change_ref(client: str, now: datetime | None = None) -> str:
     """A change reference for runs started without one: ``CHG-<client>-<UTC time>``."""
     now = now or datetime.now(UTC)
     return f"CHG-{client}-{now:%Y%m%d-%H%M}"
+
+
+class Stop(CaretakerError):
+    """Ends the procedure early with an outcome (not a crash: the record says why)."""
+
+    def __init__(self, outcome: Outcome, detail: str) -> None:
+        self.outcome = outcome
+        self.detail = detail
+        super().__init__(f"{outcome.value}: {detail}")
+
+
+def _states(futures: dict[str, PrefectFuture[Any]]) -> dict[str, State[Any]]:
+    """Wait for every future; map server name -> final state."""
+    for future in futures.values():
+        future.wait()
+    return {name: future.state for name, future in futures.items()}
+
+
+def _error(state: State[Any]) -> str:
+    exc = state.result(raise_on_failure=False)
+    return str(exc) if isinstance(exc, BaseException) else (state.message or state.name or "")
+
+
+class Maintenance:
+    """One run of the procedure: the inventory, the hosts, the record being written."""
+
+    def __init__(
+        self,
+        inventory: ClientInventory,
+        servers: Sequence[Server],
+        sessions: FleetSessions,
+        record: ChangeRecord,
+        store: HistoryStore,
+        window_override: str | None,
+    ) -> None:
+        self.inv = inventory
+        self.servers = list(servers)
+        self.sessions = sessions
+        self.record = record
+        self.store = store
+        self.window_override = window_override
+        self.log = get_run_logger()
+        self.plans: dict[str, HostPlan] = {}
+        self.snapshots: dict[str, SnapshotRecord] = {}
+        self.verify_settings = HostVerificationSettings()
+
+    # ----- helpers --------------------------------------------------------------
+    @property
+    def staging(self) -> list[Server]:
+        return [s for s in self.servers if s.role == "staging"]
+
+    @property
+    def production(self) -> list[Server]:
+        return [s for s in self.servers if s.role == "production"]
+
+    def save(self) -> None:
+        self.store.save_change_record(self.record)
+
+    def _fan_out(
+        self, servers: Sequence[Server], submit: Callable[[Server], PrefectFuture[Any]]
+    ) -> dict[str, State[Any]]:
+        return _states({s.name: submit(s) for s in servers})
+
+    # ----- 1. preflight ---------------------------------------------------------
+    def preflight(self) -> MaintenancePlan:
+        self.inv_blocks_exist()
+        states = self._fan_out(self.servers, lambda s: collect_facts.submit(self.sessions.host(s)))
+        unreachable = {n: _error(st) for n, st in states.items() if not st.is_completed()}
+        if unreachable:
+            lines = "; ".join(f"{n}: {e}" for n, e in unreachable.items())
+            raise Stop(Outcome.FAILED, f"preflight: hosts not reachable, nothing changed: {lines}")
+        facts: dict[str, HostFacts] = {n: st.result() for n, st in states.items()}
+        problems = preflight_problems(facts)
+        if problems:
+            raise Stop(Outcome.FAILED, "preflight: " + "; ".join(problems))
+        for server in self.servers:
+            self.plans[server.name] = plan_host(
+                server=server.name,
+                role=server.role,
+                address=server.address,
+                facts=facts[server.name],
+                policy=self.inv.patch.policy,
+                hold=list(self.inv.patch.hold),
+                reboot_policy=self.inv.patch.reboot,
+            )
+        plan = MaintenancePlan(
+            client=self.inv.slug,
+            change_ref=self.record.change_ref,
+            dry_run=False,
+            policy=self.inv.patch.policy,
+            hosts=list(self.plans.values()),
+        )
+        not_planned = [f"{h.server}: {h.error}" for h in plan.hosts if h.error]
+        if not_planned:
+            raise Stop(Outcome.FAILED, "preflight: cannot plan " + "; ".join(not_planned))
+        self.record.plan = PlanSummary(
+            scope=self.record.plan.scope if self.record.plan else "all",
+            policy=self.inv.patch.policy,
+            staging=tuple(s.name for s in self.staging),
+            production=tuple(s.name for s in self.production),
+            package_changes=plan.change_count,
+            reboots_expected=tuple(h.server for h in plan.hosts if h.reboot_expected),
+        )
+        publish_plan(plan)
+        return plan
+
+    def inv_blocks_exist(self) -> None:
+        from blocks.inventory import check_block_references
+
+        check_block_references(self.inv, None, read_block_names())
+
+    # ----- 2. snapshots ---------------------------------------------------------
+    def snapshot_all(self) -> None:
+        policy = self.inv.snapshots
+        created = self._fan_out(
+            self.servers,
+            lambda s: create_snapshot.submit(s, self.inv.slug, self.record.change_ref, policy),
+        )
+        failures = {n: _error(st) for n, st in created.items() if not st.is_completed()}
+        waiting = {
+            s.name: wait_for_snapshot.submit(s, created[s.name].result(), policy)
+            for s in self.servers
+            if s.name not in failures
+        }
+        for name, state in _states(waiting).items():
+            if state.is_completed():
+                self.snapshots[name] = state.result()
+            else:
+                failures[name] = _error(state)
+        self.record.snapshots = [
+            recorded_snapshot(s, self.snapshots.get(s.name), failures.get(s.name))
+            for s in self.servers
+        ]
+        self.save()
+        if failures:
+            lines = "; ".join(f"{n}: {e}" for n, e in failures.items())
+            raise Stop(Outcome.FAILED, f"snapshots failed, nothing was changed: {lines}")
+
+    # ----- 3-4. patch and verify ------------------------------------------------
+    def patch_and_verify(self, servers: Sequence[Server], phase: Phase) -> dict[str, str]:
+        """Patch, reboot when needed, and verify ``servers``; return failures by name."""
+        failures: dict[str, str] = {}
+        applied = self._fan_out(
+            servers,
+            lambda s: apply_updates.submit(self.sessions.host(s), self.plans[s.name]),
+        )
+        diffs = {}
+        for server in servers:
+            state = applied[server.name]
+            if state.is_completed():
+                diffs[server.name] = state.result()
+            else:
+                failures[server.name] = f"patching failed: {_error(state)}"
+                diff = getattr(state.result(raise_on_failure=False), "diff", None)
+                if diff is not None:
+                    diffs[server.name] = diff
+        for name, diff in diffs.items():
+            security = {c.name for c in self.plans[name].changes if c.security}
+            self.record.package_changes += [
+                RecordedChange(
+                    server=name,
+                    name=c.name,
+                    from_version=c.from_version,
+                    to_version=c.to_version,
+                    security=c.name in security,
+                )
+                for c in diff.changes
+            ]
+        to_reboot = [
+            s
+            for s in servers
+            if s.name in diffs
+            and s.name not in failures
+            and reboot_needed(self.inv.patch.reboot, diffs[s.name])
+        ]
+        rebooted = self._fan_out(
+            to_reboot, lambda s: reboot_host.submit(self.sessions.host(s), s.name)
+        )
+        for server in to_reboot:
+            state = rebooted[server.name]
+            if state.is_completed():
+                result = state.result()
+                self.record.reboots.append(
+                    Reboot(
+                        server=server.name,
+                        old_boot_id=result.old_boot_id,
+                        new_boot_id=result.new_boot_id,
+                        seconds=result.seconds,
+                    )
+                )
+            else:
+                error = state.result(raise_on_failure=False)
+                self.record.reboots.append(
+                    Reboot(server=server.name, old_boot_id=getattr(error, "old_boot_id", "?"))
+                )
+                failures[server.name] = f"reboot: {_error(state)}"
+        survivors = [s for s in servers if s.name not in failures]
+        for name, verification in self.verify(survivors, phase).items():
+            self.record.verifications.append(verification)
+            if not verification.passed:
+                failures[name] = "verification failed: " + "; ".join(verification.failures)
+        for name, why in failures.items():
+            if not any(v.server == name and v.phase == phase for v in self.record.verifications):
+                self.record.verifications.append(
+                    Verification(server=name, phase=phase, passed=False, failures=(why,))
+                )
+        self.save()
+        return failures
+
+    def verify(self, servers: Sequence[Server], phase: Phase) -> dict[str, Verification]:
+        """Health checks and the expectation suite on ``servers``."""
+        if not servers:
+            return {}
+        checks = self._fan_out(
+            servers, lambda s: run_health_checks.submit(s, self.sessions.host(s))
+        )
+        facts = self._fan_out(
+            servers, lambda s: collect_facts.submit(self.sessions.host(s), refresh=False)
+        )
+        collected = {n: st.result() for n, st in facts.items() if st.is_completed()}
+        report = validate_host_facts(
+            collected,
+            {s.name: list(s.allowed_ports) for s in servers},
+            self.verify_settings,
+        )
+        out: dict[str, Verification] = {}
+        for server in servers:
+            failures: list[str] = []
+            names: list[str] = []
+            if checks[server.name].is_completed():
+                results = checks[server.name].result()
+                names = [f"{r.kind}:{r.target}" for r in results]
+                _, check_failures = summarize_checks(results)
+                failures += check_failures
+            else:
+                failures.append(f"health checks did not run: {_error(checks[server.name])}")
+            if server.name not in collected:
+                failures.append(f"facts not collected: {_error(facts[server.name])}")
+            per = report.per_server.get(server.name)
+            if per is not None:
+                failures += per.failures
+            out[server.name] = Verification(
+                server=server.name,
+                phase=phase,
+                checks=tuple(names),
+                expectations=tuple(e.name for e in report.expectations),
+                passed=not failures,
+                failures=tuple(failures),
+                at=datetime.now(UTC),
+            )
+        return out
+
+    # ----- 5. approval ----------------------------------------------------------
+    def approve(self, plan: MaintenancePlan) -> None:
+        timeout = self.inv.schedule.approval_timeout
+        deadline = datetime.now(UTC) + timeout
+        approvers = [a.name for a in self.inv.client.approvers]
+        tally = ApprovalTally(required=self.inv.client.approvals_required)
+        ui = run_url(self.record.flow_run_id)
+        subject, body = notice_approval_requested(
+            self.inv.client.name,
+            self.record.change_ref,
+            self.record.plan or PlanSummary(policy=self.inv.patch.policy),
+            [v for v in self.record.verifications if v.phase == "staging"],
+            approvers,
+            ui,
+            approvals_required=tally.required,
+            deadline=deadline,
+            tz=self.inv.tz,
+        )
+        self.record.notification_failures += notify(self.inv.client.notify, subject, body)
+        staging_text = (
+            "\n".join(
+                f"- {v.server}: {'passed' if v.passed else 'FAILED'}"
+                for v in self.record.verifications
+                if v.phase == "staging"
+            )
+            or "- no staging server in scope"
+        )
+        production_text = (
+            "\n".join(
+                f"- {h.server}: "
+                + (
+                    ", ".join(f"{c.name} {c.from_version} → {c.to_version}" for c in h.changes)
+                    or "no change"
+                )
+                for h in plan.hosts
+                if h.role == "production"
+            )
+            or "- no production server in scope"
+        )
+        round_ = 0
+        while tally.verdict == "pending":
+            remaining = int((deadline - datetime.now(UTC)).total_seconds())
+            if remaining <= 0:
+                raise Stop(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
+            round_ += 1
+            form = ApprovalForm.with_initial_data(
+                description=approval_description(
+                    client=self.inv.client.name,
+                    change_ref=self.record.change_ref,
+                    staging_summary=staging_text,
+                    production_plan=production_text,
+                    tally=tally,
+                    approvers=approvers,
+                    deadline=deadline.astimezone(self.inv.tz),
+                ),
+                decision="approve",
+            )
+            try:
+                answer = pause_flow_run(
+                    wait_for_input=form,
+                    timeout=remaining,
+                    poll_interval=settings().approval_poll_s,
+                    key=f"approval-{round_}",
+                )
+            except FlowPauseTimeout:
+                raise Stop(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}") from None
+            tally = count_answer(tally, answer, approvers, datetime.now(UTC))
+            self.record.approvals = list(tally.answers)
+            self.save()
+            last = tally.answers[-1]
+            if not last.counted:
+                self.log.warning("answer not counted: %s", last.not_counted_reason)
+        if tally.verdict == "rejected":
+            who = next(a for a in tally.counted if a.decision == "reject")
+            raise Stop(Outcome.REJECTED, f"rejected by {who.approver}: {who.comment}")
+
+    # ----- 6. production ----------------------------------------------------------
+    def window_gate(self) -> None:
+        now = datetime.now(UTC)
+        if self.inv.in_window(now):
+            return
+        if self.window_override:
+            self.log.warning(
+                "outside the window: going ahead on override: %s", self.window_override
+            )
+            return
+        nxt = self.inv.next_window_start(now)
+        raise Stop(
+            Outcome.HALTED,
+            f"outside the maintenance window: production not touched; next window starts "
+            f"{nxt:%Y-%m-%d %H:%M %Z} (or rerun with window_override='<reason>')",
+        )
+
+    def roll_out(self) -> None:
+        budget = self.inv.rollout.failures_tolerated
+        failed_total = 0
+        batches = self.inv.rollout.batches(self.production)
+        for index, batch in enumerate(batches, start=1):
+            self.log.info("batch %d/%d: %s", index, len(batches), ", ".join(s.name for s in batch))
+            failures = self.patch_and_verify(batch, "production")
+            for name, why in failures.items():
+                self.log.error("%s failed: %s", name, why)
+                self.roll_back(next(s for s in batch if s.name == name), why)
+            failed_total += len(failures)
+            if failed_total > budget:
+                left = [s.name for b in batches[index:] for s in b]
+                raise Stop(
+                    Outcome.HALTED,
+                    f"{failed_total} production server(s) failed (tolerated: {budget}); "
+                    f"rollout halted after batch {index}/{len(batches)}"
+                    + (f"; untouched: {', '.join(left)}" if left else ""),
+                )
+
+    def roll_back(self, server: Server, why: str) -> None:
+        snapshot = self.snapshots.get(server.name)
+        if (
+            self.inv.rollout.on_failure != "restore"
+            or snapshot is None
+            or snapshot.state != "completed"
+        ):
+            reason = (
+                f"on_failure is {self.inv.rollout.on_failure}"
+                if snapshot is not None
+                else "no snapshot (accepted risk)"
+            )
+            self.record.rollbacks.append(
+                Rollback(
+                    server=server.name,
+                    restored_ok=False,
+                    verified_ok=False,
+                    detail=f"not restored ({reason}); failure: {why}",
+                )
+            )
+            self.save()
+            return
+        state = restore_from_snapshot(server, snapshot, self.inv.snapshots, return_state=True)
+        restored = state.is_completed()
+        verified = False
+        detail = f"failure: {why}"
+        if restored:
+            self.sessions.host(server).close()
+            verification = self.verify([server], "production")[server.name]
+            verified = verification.passed
+            if not verified:
+                detail += "; after restore: " + "; ".join(verification.failures)
+        else:
+            detail += f"; restore failed: {_error(state)}"
+        self.record.rollbacks.append(
+            Rollback(
+                server=server.name,
+                snapshot_ids=tuple(snapshot.ids),
+                restored_ok=restored,
+                verified_ok=verified,
+                detail=detail,
+            )
+        )
+        self.save()
+
+    # ----- 8-9. restore test and retention ------------------------------------
+    def restore_test(self) -> None:
+        if not self.inv.restore_test.enabled:
+            return
+        candidates = [
+            s
+            for s in self.servers
+            if s.name in self.snapshots and self.snapshots[s.name].state == "completed"
+        ]
+        if not candidates:
+            return
+        previous = len(self.store.change_records(self.inv.slug))
+        server = candidates[previous % len(candidates)]
+        bound = self.inv.restore_test.timeout.total_seconds()
+        state = run_restore_test(
+            server, self.snapshots[server.name], self.inv.snapshots, bound, return_state=True
+        )
+        if state.is_completed():
+            result = state.result()
+            self.record.restore_test = RecordedRestoreTest(
+                server=server.name,
+                snapshot_id=",".join(result.snapshot_ids) or None,
+                ok=result.ok,
+                rto_s=result.rto_s,
+                rto_bound_s=bound,
+                detail=result.detail,
+            )
+        else:
+            self.record.restore_test = RecordedRestoreTest(
+                server=server.name, ok=False, rto_bound_s=bound, detail=_error(state)
+            )
+
+    def retention(self) -> None:
+        protect = {i for r in self.snapshots.values() for i in r.ids}
+        for server in self.servers:
+            if server.name in self.snapshots:
+                apply_snapshot_retention.submit(
+                    server, self.inv.slug, self.inv.snapshots, protect
+                ).wait()
+
+
+def _final_state(record: ChangeRecord) -> State[Any]:
+    message = f"{record.outcome.value if record.outcome else 'failed'}: {record.outcome_detail}"
+    if record.outcome == Outcome.COMPLETED:
+        return Completed(message=message, data=record)
+    if record.outcome == Outcome.REJECTED:
+        return Cancelled(message=message, data=record)
+    return Failed(message=message, data=record)
 
 
 @flow(
@@ -37,65 +556,70 @@ def default_change_ref(client: str, now: datetime | None = None) -> str:
 )
 def server_maintenance(
     client: str,
-    dry_run: bool = True,
+    dry_run: bool = False,
     change_ref: str | None = None,
     scope: str = "all",
-) -> MaintenancePlan:
-    """Plan (and, from issue 3 on, carry out) the maintenance of one client's servers.
+    window_override: str | None = None,
+) -> Any:
+    """Maintain one client's servers through the change procedure, or plan it (dry run).
 
     Args:
         client: the client's slug, the name of its file in the inventory (``clients/<slug>.yaml``).
         dry_run: only plan: change nothing on any host (apt's package lists are refreshed).
-        change_ref: the change ticket this run belongs to; generated when empty.
+        change_ref: the change ticket this run belongs to; generated when empty. Rerunning
+            with the same reference reuses its snapshots and skips work already done.
         scope: ``all``, ``staging``, ``production``, or a comma-separated list of server names.
+        window_override: a reason to patch production outside the maintenance window
+            (recorded in the change record); without it production waits for the window.
 
     Returns:
-        The plan: per host the package changes (from, to), the expected reboot, or why
-        the host could not be planned.
+        The plan (dry run), or the change record; a run whose outcome is not
+        ``completed`` ends Failed (Cancelled when rejected) with the record as its data.
     """
-    logger = get_run_logger()
     inventory = load_client_by_slug(settings().inventory_dir, client)
     servers = select_servers(inventory, scope)
-    if not dry_run:
-        raise ConfigError(
-            "this version of server-maintenance plans only: run it with dry_run=true "
-            "(snapshot, patching, approval and rollout are the next step, issue 3)"
-        )
     change_ref = change_ref or default_change_ref(client)
-    logger.info("planning %s for %d server(s) of %s", change_ref, len(servers), client)
+    if dry_run:
+        return _plan_only(inventory, servers, change_ref)
+    return _maintain(inventory, servers, change_ref, scope, window_override)
 
+
+def _plan_only(
+    inventory: ClientInventory, servers: Sequence[Server], change_ref: str
+) -> MaintenancePlan:
+    logger = get_run_logger()
+    logger.info("planning %s for %d server(s) of %s", change_ref, len(servers), inventory.slug)
     with open_sessions(inventory, servers) as sessions:
-        futures = {s.name: collect_facts.submit(sessions.host(s)) for s in servers}
-        hosts = []
-        for server in servers:
-            state = futures[server.name].wait() or futures[server.name].state
-            if state.is_completed():
-                hosts.append(
-                    plan_host(
-                        server=server.name,
-                        role=server.role,
-                        address=server.address,
-                        facts=futures[server.name].result(),
-                        policy=inventory.patch.policy,
-                        hold=list(inventory.patch.hold),
-                        reboot_policy=inventory.patch.reboot,
-                    )
-                )
-                continue
-            error = state.result(raise_on_failure=False)
-            if not isinstance(error, RemoteError):
-                raise error if isinstance(error, BaseException) else RuntimeError(str(error))
-            logger.warning("%s: not planned: %s", server.name, error)
+        states = _states({s.name: collect_facts.submit(sessions.host(s)) for s in servers})
+    hosts = []
+    for server in servers:
+        state = states[server.name]
+        if state.is_completed():
             hosts.append(
-                unreachable_host(
-                    server=server.name, role=server.role, address=server.address, error=str(error)
+                plan_host(
+                    server=server.name,
+                    role=server.role,
+                    address=server.address,
+                    facts=state.result(),
+                    policy=inventory.patch.policy,
+                    hold=list(inventory.patch.hold),
+                    reboot_policy=inventory.patch.reboot,
                 )
             )
-
+            continue
+        error = state.result(raise_on_failure=False)
+        if not isinstance(error, RemoteError):
+            raise error if isinstance(error, BaseException) else RuntimeError(str(error))
+        logger.warning("%s: not planned: %s", server.name, error)
+        hosts.append(
+            unreachable_host(
+                server=server.name, role=server.role, address=server.address, error=str(error)
+            )
+        )
     plan = MaintenancePlan(
-        client=client,
+        client=inventory.slug,
         change_ref=change_ref,
-        dry_run=dry_run,
+        dry_run=True,
         policy=inventory.patch.policy,
         hosts=hosts,
     )
@@ -107,3 +631,85 @@ def server_maintenance(
         len(plan.unreachable),
     )
     return plan
+
+
+def _maintain(
+    inventory: ClientInventory,
+    servers: Sequence[Server],
+    change_ref: str,
+    scope: str,
+    window_override: str | None,
+) -> State[Any]:
+    logger = get_run_logger()
+    run_id = str(flow_run.get_id())
+    now = datetime.now(UTC)
+    record = ChangeRecord(
+        client=inventory.slug,
+        change_ref=change_ref,
+        flow_run_id=run_id,
+        requester=requester(run_id),
+        window=change_window(inventory, now, window_override),
+        plan=PlanSummary(scope=scope, policy=inventory.patch.policy),
+        backout_plan=backout_plan(inventory, servers),
+        test_plan=test_plan(inventory, servers),
+        approvals_required=inventory.client.approvals_required,
+        started=now,
+    )
+    store = open_store()
+    # A row lock in the history store: unlike a deployment concurrency limit, it holds
+    # while the run is paused for approval.
+    store.acquire_run_lock(inventory.slug, run_id, change_ref, is_stale=run_is_finished)
+    try:
+        with open_sessions(inventory, servers) as sessions:
+            run = Maintenance(inventory, servers, sessions, record, store, window_override)
+            try:
+                plan = run.preflight()
+                subject, body = notice_before_change(
+                    inventory.client.name,
+                    change_ref,
+                    record.window,
+                    record.plan or PlanSummary(policy=inventory.patch.policy),
+                    tz=inventory.tz,
+                )
+                record.notification_failures += notify(inventory.client.notify, subject, body)
+                run.snapshot_all()
+                staging_failures = run.patch_and_verify(run.staging, "staging")
+                if staging_failures:
+                    raise Stop(
+                        Outcome.STAGING_FAILED,
+                        "; ".join(f"{n}: {w}" for n, w in staging_failures.items())
+                        + " — no approval asked, production untouched",
+                    )
+                if run.production:
+                    run.approve(plan)
+                    run.window_gate()
+                    run.roll_out()
+                record.outcome = (
+                    Outcome.COMPLETED_WITH_ROLLBACKS if record.rollbacks else Outcome.COMPLETED
+                )
+                record.outcome_detail = (
+                    f"{len(record.package_changes)} package change(s) on "
+                    f"{len({c.server for c in record.package_changes})} server(s)"
+                )
+                run.restore_test()
+                run.retention()
+            except Stop as stop:
+                record.outcome, record.outcome_detail = stop.outcome, stop.detail
+                logger.error("%s", stop)
+            except Exception as exc:  # recorded, then re-raised below as the run's failure
+                record.outcome = Outcome.FAILED
+                record.outcome_detail = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                record.ended = datetime.now(UTC)
+                store.save_change_record(record)
+                publish_change_record(record)
+                subject, body = notice_end(
+                    record, client_name=inventory.client.name, tz=inventory.tz
+                )
+                record.notification_failures += notify(inventory.client.notify, subject, body)
+                store.save_change_record(record)
+    finally:
+        store.release_run_lock(inventory.slug, run_id)
+        store.close()
+    return _final_state(record)

@@ -37,7 +37,7 @@ from tasks.notify import (
     notify,
     save_demo_webhook,
 )
-from tests.integration.webhook_receiver import WebhookReceiver
+from sandbox.webhook import WebhookReceiver
 
 # notify() called outside a flow (as some tests here do) has no flow run to log to.
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted")

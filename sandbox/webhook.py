@@ -1,4 +1,4 @@
-"""A loopback HTTP receiver that collects the JSON POSTed to it (for notification tests).
+"""A loopback HTTP receiver collecting POSTed JSON: the notice inbox of the demo and tests.
 
 It listens on 127.0.0.1 on a free port chosen by the kernel, in a background thread::
 

@@ -1,0 +1,378 @@
+"""The full server-maintenance procedure, end to end on sandbox hosts and a real Prefect API.
+
+Each test runs the flow in the test's thread while an "approver" thread answers the
+approval form through the Prefect API, exactly as a script or the UI would.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from sandbox import faults
+from sandbox.estate import Estate, numbered_hosts
+from sandbox.prefect_blocks import ssh_identity
+from sandbox.repo import PackageSpec
+from tests.conftest import sandbox_unavailable, ssh
+
+pytestmark = pytest.mark.integration
+
+ESTATE = "test-maint"
+CLIENT = """\
+client:
+  slug: {slug}
+  name: Maint Co {slug}
+  timezone: Europe/Paris
+  contact: {{name: Ops, email: ops@maint.example}}
+  approvers: [{{name: alice, email: alice@maint.example}}, {{name: bob, email: bob@maint.example}}]
+  approvals_required: {quorum}
+schedule:
+  cadence: quarterly
+  window: {{start: "{start}", duration: {duration}}}
+  approval_timeout: {approval_timeout}
+rollout: {{batch_size: 2, failures_tolerated: 0, on_failure: restore}}
+patch: {{policy: all, hold: [], reboot: if-required}}
+restore_test: {{enabled: true, timeout: 2m}}
+snapshots: {{retention: 2}}
+defaults: {{ssh_block: test-maint-ssh, user: root, port: 22, os_family: debian}}
+servers:
+{servers}
+"""
+
+
+def write_client(
+    directory: Path,
+    estate: Estate,
+    slug: str,
+    *,
+    quorum: int = 1,
+    approval_timeout: str = "10m",
+    in_window: bool = True,
+) -> None:
+    lines = []
+    for i, host in enumerate(estate.spec.hosts):
+        role = "staging" if i == 0 else "production"
+        lines.append(
+            f"  - {{name: {host.name}, role: {role}, address: {host.address}, "
+            f"provider: {{type: sandbox, estate: {ESTATE}}}, checks: [{{type: tcp, port: 22}}]}}"
+        )
+    if in_window:
+        start, duration = "00:00", "24h"
+    else:
+        # A one-hour window that starts 6 hours from now (Paris time): never now.
+        later = datetime.now(ZoneInfo("Europe/Paris")) + timedelta(hours=6)
+        start, duration = f"{later:%H}:00", "1h"
+    (directory / f"{slug}.yaml").write_text(
+        CLIENT.format(
+            slug=slug,
+            quorum=quorum,
+            start=start,
+            duration=duration,
+            approval_timeout=approval_timeout,
+            servers="\n".join(lines),
+        )
+    )
+
+
+class Approver(threading.Thread):
+    """Answers the approval form of a client's paused run, one answer per pause."""
+
+    def __init__(self, client: str, answers: list[dict[str, str]]) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.answers = list(answers)
+        self.paused_seen = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateName,
+        )
+        from prefect.flow_runs import resume_flow_run
+
+        answered: set[tuple[str, str]] = set()
+        with get_client(sync_client=True) as client:
+            while self.answers and not self.stop.is_set():
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
+                    )
+                )
+                for run in runs:
+                    key = (str(run.id), str(run.state.state_details.pause_key) if run.state else "")
+                    if (run.parameters or {}).get("client") != self.client or key in answered:
+                        continue
+                    answered.add(key)
+                    self.paused_seen += 1
+                    resume_flow_run(run.id, run_input=self.answers.pop(0))
+                    break
+                time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def estate() -> Iterator[Estate]:
+    """Five fresh hosts: h01 staging, h02..h05 production (batches of 2)."""
+    reason = sandbox_unavailable()
+    if reason:
+        pytest.skip(reason)
+    estate = Estate(numbered_hosts(ESTATE, 68, 5))
+    estate.up(fresh=True)
+    try:
+        yield estate
+    finally:
+        estate.down(purge=True)
+
+
+@pytest.fixture()
+def world(
+    estate: Estate, prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    """A fresh repository state per test, the client files and the settings for speed."""
+    estate.repo.reset()
+    for host in estate.spec.hosts:
+        ssh(
+            estate,
+            host.name,
+            "apt-get -q update >/dev/null && apt-get -y -q --allow-downgrades "
+            "install caretaker-agent=1.0 caretaker-libsec=1.0 >/dev/null 2>&1; "
+            "rm -f /var/run/reboot-required*",
+        )
+    estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
+    ssh_identity(estate).save("test-maint-ssh", overwrite=True)
+    inventory = tmp_path / "clients"
+    inventory.mkdir()
+    monkeypatch.setenv("CARETAKER_INVENTORY_DIR", str(inventory))
+    monkeypatch.setenv("CARETAKER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CARETAKER_APPROVAL_POLL_S", "1")
+    monkeypatch.setenv("CARETAKER_REBOOT_TIMEOUT_S", "8")
+    monkeypatch.setenv("CARETAKER_DPKG_LOCK_TIMEOUT_S", "3")
+    yield {"dir": inventory}
+
+
+def agent(estate: Estate, host: str) -> str:
+    return ssh(estate, host, "dpkg-query -W -f '${Version}' caretaker-agent").stdout
+
+
+def run(client: str, answers: list[dict[str, str]], **params: Any) -> tuple[Any, Any, Approver]:
+    """Run the flow with an approver answering; return (final state, record, approver)."""
+    from flows.server_maintenance import server_maintenance
+
+    approver = Approver(client, answers)
+    approver.start()
+    try:
+        state = server_maintenance(client=client, return_state=True, **params)
+    finally:
+        approver.stop.set()
+        approver.join(5)
+    return state, state.result(raise_on_failure=False), approver
+
+
+APPROVE = {"decision": "approve", "approver": "alice", "comment": "go", "ticket": "CAB-1"}
+
+
+def stored_records(client: str) -> list[Any]:
+    from reports.store import open_store
+
+    with open_store() as store:
+        return store.change_records(client)
+
+
+def test_the_happy_path_patches_every_host_after_snapshot_staging_and_approval(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "happy")
+    state, record, approver = run("happy", [APPROVE], change_ref="CHG-100")
+    assert state.is_completed(), state.message
+    assert record.outcome.value == "completed"
+    assert {agent(estate, h.name) for h in estate.spec.hosts} == {"1.1"}
+    snapshots = {s.server: s for s in record.snapshots}
+    assert set(snapshots) == {h.name for h in estate.spec.hosts}
+    assert all(s.state == "completed" and s.ids for s in snapshots.values())
+    for snap in snapshots.values():
+        assert (estate.dir / "snapshots" / snap.ids[0]).is_dir()
+    assert {(c.server, c.name, c.from_version, c.to_version) for c in record.package_changes} == {
+        (h.name, "caretaker-agent", "1.0", "1.1") for h in estate.spec.hosts
+    }
+    assert [a.approver for a in record.counted_approvals] == ["alice"]
+    assert {v.server for v in record.verifications if v.passed} == {
+        h.name for h in estate.spec.hosts
+    }
+    assert record.restore_test is not None and record.restore_test.ok
+    assert record.restore_test.rto_s and record.restore_test.rto_s > 0
+    (stored,) = stored_records("happy")
+    assert stored.change_ref == "CHG-100" and stored.outcome == record.outcome
+
+
+def test_a_rejection_leaves_production_untouched_and_is_recorded(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "reject")
+    answer = {"decision": "reject", "approver": "bob", "comment": "not this week", "ticket": ""}
+    state, record, _ = run("reject", [answer])
+    assert state.is_cancelled()
+    assert record.outcome.value == "rejected" and "bob" in record.outcome_detail
+    assert agent(estate, "h01") == "1.1"  # staging was patched
+    assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
+    assert stored_records("reject")[0].outcome.value == "rejected"
+
+
+def test_an_unlisted_approver_is_not_counted_and_the_run_waits_again(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "quorum", quorum=2)
+    answers = [
+        {"decision": "approve", "approver": "mallory", "comment": "", "ticket": ""},
+        APPROVE,
+        {"decision": "approve", "approver": "alice", "comment": "again", "ticket": ""},
+        {"decision": "approve", "approver": "bob", "comment": "", "ticket": "CAB-2"},
+    ]
+    state, record, approver = run("quorum", answers)
+    assert state.is_completed(), state.message
+    assert approver.paused_seen == 4
+    assert [(a.approver, a.counted) for a in record.approvals] == [
+        ("mallory", False),
+        ("alice", True),
+        ("alice", False),
+        ("bob", True),
+    ]
+    assert "not a listed approver" in (record.approvals[0].not_counted_reason or "")
+
+
+def test_an_approval_timeout_leaves_production_untouched(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "timeout", approval_timeout="4s")
+    state, record, _ = run("timeout", [])
+    assert state.is_failed()
+    assert record.outcome.value == "approval-timeout"
+    assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
+
+
+def test_a_staging_failure_asks_no_approval_and_leaves_production_untouched(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "stagefail")
+    faults.publish_broken(estate, "caretaker-agent", "1.2")
+    state, record, approver = run("stagefail", [APPROVE])
+    assert state.is_failed()
+    assert record.outcome.value == "staging-failed"
+    assert approver.paused_seen == 0, "approval was asked after a staging failure"
+    assert record.approvals == []
+    assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
+
+
+def test_a_failed_production_host_is_restored_and_the_rollout_halts(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "prodfail")
+    faults.hold_dpkg_lock(estate, "h03")
+    try:
+        state, record, _ = run("prodfail", [APPROVE])
+    finally:
+        faults.release_dpkg_lock(estate, "h03")
+    assert state.is_failed()
+    assert record.outcome.value == "halted"
+    (rollback,) = record.rollbacks
+    assert rollback.server == "h03" and rollback.restored_ok and rollback.verified_ok
+    assert agent(estate, "h02") == "1.1"  # same batch, patched
+    assert agent(estate, "h03") == "1.0"  # restored
+    assert {agent(estate, "h04"), agent(estate, "h05")} == {"1.0"}  # next batch never started
+    assert "untouched: h04, h05" in record.outcome_detail
+
+
+def test_a_reboot_that_never_returns_is_bounded_and_recorded(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "noboot")
+    estate.publish(
+        PackageSpec(name="caretaker-libsec", version="1.0+sec1", security=True, reboot=True)
+    )
+    faults.no_boot(estate, "h01")
+    started = time.monotonic()
+    try:
+        state, record, _ = run("noboot", [APPROVE])
+    finally:
+        faults.no_boot(estate, "h01", on=False)
+        estate._wait_ssh([estate.host("h01")], 30)  # its supervisor boots it again
+    assert time.monotonic() - started < 120
+    assert record.outcome.value == "staging-failed"
+    (reboot,) = record.reboots
+    assert reboot.server == "h01" and reboot.new_boot_id is None
+    assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
+
+
+def test_a_rerun_with_the_same_change_ref_takes_no_second_snapshot(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "rerun", approval_timeout="3s")
+    first_state, first, _ = run("rerun", [], change_ref="CHG-RERUN")
+    assert first.outcome.value == "approval-timeout"
+    state, record, _ = run("rerun", [APPROVE], change_ref="CHG-RERUN")
+    assert state.is_completed(), state.message
+    assert {s.ids for s in record.snapshots} == {s.ids for s in first.snapshots}
+    assert all("reused" in s.detail for s in record.snapshots)
+    # staging was patched by the first run: the rerun changed nothing there
+    assert not [c for c in record.package_changes if c.server == "h01"]
+    assert len(list((estate.dir / "snapshots").glob("*"))) >= 5
+
+
+def test_a_second_run_for_the_same_client_is_refused_while_the_first_waits(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    from blocks.errors import MaintenanceInProgress
+    from flows.server_maintenance import server_maintenance
+
+    write_client(world["dir"], estate, "twice", approval_timeout="40s")
+    results: dict[str, Any] = {}
+    first = threading.Thread(
+        target=lambda: results.update(first=server_maintenance(client="twice", return_state=True)),
+        daemon=True,
+    )
+    first.start()
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = [
+                r for r in client.read_flow_runs() if (r.parameters or {}).get("client") == "twice"
+            ]
+            if any(r.state and r.state.is_paused() for r in runs):
+                break
+            time.sleep(0.3)
+    second = server_maintenance(client="twice", return_state=True)
+    assert second.is_failed()
+    assert isinstance(second.result(raise_on_failure=False), MaintenanceInProgress)
+    approver = Approver("twice", [APPROVE])
+    approver.start()
+    first.join(120)
+    approver.stop.set()
+    assert results["first"].is_completed(), results["first"].message
+
+
+def test_outside_the_window_production_waits_unless_overridden(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "window", in_window=False)
+    state, record, _ = run("window", [APPROVE])
+    assert (
+        record.outcome.value == "halted"
+        and "outside the maintenance window" in record.outcome_detail
+    )
+    assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
+    assert record.window.inside is False
+
+    state, record, _ = run("window", [APPROVE], window_override="CAB-9 emergency fix")
+    assert state.is_completed(), state.message
+    assert record.window.override == "CAB-9 emergency fix"
+    assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.1"}
