@@ -1013,10 +1013,23 @@ class RackspaceProvider(_Model):
     credentials_block: BlockName = Field(description="Name of the Rackspace credentials block.")
 
 
+_ESTATE_RE = r"^[a-z0-9-]{1,20}$"
+_ESTATE_ALLOWED = "1-20 characters: lowercase letters, digits and '-'"
+EstateName = Annotated[
+    str,
+    AfterValidator(_identifier("estate name", _ESTATE_RE, "a-z0-9-", _ESTATE_ALLOWED, 20)),
+    _string_schema(_ESTATE_RE, 20),
+]
+
+
 class SandboxProvider(_Model):
     """Snapshots of a host of the local sandbox estate (demo and tests)."""
 
     type: Literal["sandbox"] = Field(description="Provider type.")
+    estate: EstateName = Field(
+        default="demo",
+        description="Name of the sandbox estate the host belongs to (python -m sandbox --estate).",
+    )
 
 
 class NoProvider(_Model):

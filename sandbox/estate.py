@@ -13,6 +13,8 @@ State lives in ``<cache>/estates/<name>/``; ``up`` and ``down`` are idempotent, 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
@@ -22,7 +24,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -451,6 +453,231 @@ chroot $M apt-get clean
             raise SandboxError(f"{name} is not running")
         os.kill(pid, signal.SIGTERM)
 
+    # ----- one host at a time (snapshot restore) ------------------------------------
+    def _lower(self) -> str:
+        """The overlay lower dirs every host of this estate shares: estate layer, base image."""
+        return f"{self.layer_dir}:{image_mod.image_path()}"
+
+    def stop_host(self, name: str, wait: float = 10.0) -> None:
+        """Stop one host (no reboot follows) and wait until every process of it is gone.
+
+        Once this returns, nothing mounts the host's disk any more: its upper dir may be
+        replaced (a restore from a snapshot).
+        """
+        host = self.host(name)
+        init = self.init_pid(name)
+        members = pid_namespace_members(init) if init else []
+        self._stop_host(host)
+        _wait_gone(members, wait, f"host {name}")
+
+    def start_host(self, name: str, wait: float = 20.0) -> None:
+        """Start one stopped host (a no-op if it runs) and wait for its sshd."""
+        host = self.host(name)
+        self._start_host(host, self._lower())
+        self._wait_ssh([host], wait)
+
+    def boot_isolated(
+        self, hostname: str, disk: Path, subnet: ipaddress.IPv4Network | None = None
+    ) -> IsolatedHost:
+        """Boot a throwaway host from ``disk/upper`` that only the root namespace can reach.
+
+        The host gets its own network namespace joined to the root namespace by a veth
+        pair on a /30 of ``ISOLATED_NET`` (no bridge), ``unreachable`` routes for every
+        private range and no default route: it can talk to us and to nothing else. It
+        shares the estate's lower layers read-only; everything it writes lands in
+        ``disk/upper``.
+
+        Args:
+            hostname: Host name inside the copy.
+            disk: A folder holding ``upper/`` (e.g. a copy of a snapshot); ``work/``,
+                ``root/``, ``boot_id`` and ``console.log`` are created beside it.
+            subnet: A /30 to use; default: the first free one of ``ISOLATED_NET``.
+
+        Returns:
+            The running host; call ``teardown()`` when done.
+        """
+        for sub in ("work", "root"):
+            (disk / sub).mkdir(parents=True, exist_ok=True)
+        if not (disk / "upper").is_dir():
+            raise SandboxError(f"{disk}/upper does not exist")
+        with _isolated_net_lock():
+            net = subnet or _free_isolated_subnet()
+            block = int(net.network_address) - int(ISOLATED_NET.network_address)
+            ours, theirs = (str(a) for a in list(net.hosts())[:2])
+            host = IsolatedHost(
+                name=hostname,
+                disk=disk,
+                netns=f"ctkiso-{block}",
+                veth=f"ctkiso{block}",
+                address=theirs,
+                peer=ours,
+            )
+            # A namespace of that name can only be a leftover of a crashed run.
+            _run(["ip", "netns", "del", host.netns], check=False)
+            try:
+                _run(["ip", "netns", "add", host.netns])
+                _run(
+                    [
+                        "ip", "link", "add", host.veth, "type", "veth",
+                        "peer", "name", "eth0", "netns", host.netns,
+                    ]
+                )  # fmt: skip
+                _run(["ip", "addr", "add", f"{ours}/{net.prefixlen}", "dev", host.veth])
+                _run(["ip", "link", "set", host.veth, "up"])
+            except SandboxError:
+                host.teardown()
+                raise
+        try:
+            inside = ["ip", "netns", "exec", host.netns]
+            _run([*inside, "ip", "link", "set", "lo", "up"])
+            _run([*inside, "ip", "addr", "add", f"{theirs}/{net.prefixlen}", "dev", "eth0"])
+            _run([*inside, "ip", "link", "set", "eth0", "up"])
+            for private in PRIVATE_RANGES:
+                _run([*inside, "ip", "route", "replace", "unreachable", private])
+            with open(disk / "console.log", "a") as out:
+                host.process = subprocess.Popen(
+                    [
+                        *inside, "unshare", "--fork", "--pid", "--mount", "--uts",
+                        "--kill-child=SIGKILL", "--propagation", "private",
+                        "/bin/bash", str(INIT_SCRIPT), str(disk), hostname, self._lower(),
+                        str(self.repo.root),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                )  # fmt: skip
+        except (SandboxError, OSError):
+            host.teardown()
+            raise
+        return host
+
+
+# The /24 isolated hosts take their /30s from; estates use 10.213.N.0/24 with N < 250.
+ISOLATED_NET = ipaddress.IPv4Network("10.213.250.0/24")
+
+
+class IsolatedHost:
+    """A throwaway host booted by ``Estate.boot_isolated``; ``teardown`` removes all of it."""
+
+    def __init__(
+        self, *, name: str, disk: Path, netns: str, veth: str, address: str, peer: str
+    ) -> None:
+        self.name = name
+        self.disk = disk
+        self.netns = netns
+        self.veth = veth
+        #: The host's address; ``peer`` is ours on the other end of the veth pair.
+        self.address = address
+        self.peer = peer
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def init_pid(self) -> int | None:
+        """PID (root namespace) of the host's init, or None before it started."""
+        if self.process is None:
+            return None
+        try:
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+            pids = children.read_text().split()
+        except OSError:
+            return None
+        return int(pids[0]) if pids else None
+
+    def teardown(self, wait: float = 10.0) -> list[str]:
+        """Kill every process of the host, delete its veth pair and namespace.
+
+        The disk folder is the caller's. Returns what is still there afterwards (empty
+        when everything is gone), never raises for leftovers.
+        """
+        init = self.init_pid
+        members = pid_namespace_members(init) if init else []
+        if self.process is not None:
+            # unshare ignores SIGTERM; SIGKILL takes its init (--kill-child) and the namespace.
+            try:
+                os.kill(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            _wait_gone(members, wait, f"isolated host {self.name}")
+        except SandboxError:
+            pass
+        _run(["ip", "link", "del", self.veth], check=False)
+        _run(["ip", "netns", "del", self.netns], check=False)
+        return self.leftovers(members)
+
+    def leftovers(self, members: Iterable[int] = ()) -> list[str]:
+        """What of the host still exists: processes, the veth, the namespace."""
+        found = [f"process {pid}" for pid in members if _alive(pid)]
+        if self.process is not None and self.process.poll() is None:
+            found.append(f"process {self.process.pid} (unshare)")
+        if _run(["ip", "link", "show", self.veth], check=False).returncode == 0:
+            found.append(f"link {self.veth}")
+        netns = _run(["ip", "netns", "list"], check=False).stdout.split()
+        if self.netns in netns:
+            found.append(f"netns {self.netns}")
+        return found
+
+
+def pid_namespace_members(pid: int) -> list[int]:
+    """Every process (by root-namespace PID) in the PID namespace of ``pid``."""
+    try:
+        target = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return []
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "pid") == target:
+                members.append(int(entry.name))
+        except OSError:
+            continue  # exited while we looked
+    return sorted(members)
+
+
+def _wait_gone(pids: Iterable[int], wait: float, what: str) -> None:
+    pending = list(pids)
+    deadline = time.monotonic() + wait
+    while pending and time.monotonic() < deadline:
+        pending = [pid for pid in pending if _alive(pid)]
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        raise SandboxError(f"{what}: processes {pending} still alive after {wait:g}s")
+
+
+def _free_isolated_subnet() -> ipaddress.IPv4Network:
+    """The first /30 of ISOLATED_NET with no address on any root-namespace interface."""
+    out = _run(["ip", "-o", "-4", "addr", "show"], check=False).stdout
+    used: set[ipaddress.IPv4Network] = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            interface = ipaddress.IPv4Interface(fields[fields.index("inet") + 1])
+            if interface.ip in ISOLATED_NET:
+                used.add(ipaddress.IPv4Network(f"{interface.ip}/30", strict=False))
+    for subnet in ISOLATED_NET.subnets(new_prefix=30):
+        if subnet not in used:
+            return subnet
+    raise SandboxError(f"no free /30 left in {ISOLATED_NET} for an isolated host")
+
+
+@contextlib.contextmanager
+def _isolated_net_lock() -> Iterator[None]:
+    """An exclusive lock while a /30 is chosen and claimed (parallel restore tests)."""
+    fd = os.open(estates_dir() / ".isolated-net.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
 
 def load(name: str) -> Estate:
     """The estate called ``name``, from its saved spec."""
@@ -469,14 +696,17 @@ def check_address(spec: EstateSpec, address: str) -> None:
 
 
 __all__ = [
+    "ISOLATED_NET",
     "AwsInstanceSpec",
     "Estate",
     "EstateSpec",
     "HostSpec",
+    "IsolatedHost",
     "PackageSpec",
     "check_address",
     "load",
     "numbered_hosts",
+    "pid_namespace_members",
 ]
 
 
