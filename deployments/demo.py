@@ -6,7 +6,7 @@
 4. publishes new package versions in the estate's apt repository;
 5. runs ``server-maintenance`` for every example client: a dry run first, then the full
    procedure, approving through the API as the client's first listed approver; on
-   ``acme`` it holds the dpkg lock of one production host, so its rollback can be seen;
+   ``globex`` it holds the dpkg lock of one production host, so its rollback can be seen;
 6. prints the outcomes, where the change records are, and how to approve in the UI.
 """
 
@@ -38,7 +38,7 @@ DEMO_UPDATES = [
     PackageSpec(name="caretaker-legacy", version="1.0"),
 ]
 # The production host whose patching fails (its dpkg lock is held), to show a rollback.
-FAILING_HOST = ("acme", "acme-db-1")
+FAILING_HOST = ("globex", "glx-app-1")
 
 
 def say(text: str) -> None:
