@@ -117,8 +117,14 @@ class Repository:
         self.reindex()
 
     def reset(self) -> None:
-        """Empty the repository and publish the initial package set."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Empty the repository and publish the initial package set.
+
+        The root folder itself stays: running hosts bind-mount it, and a new folder
+        in its place would be invisible to them.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        for child in self.root.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
         for spec in INITIAL:
             build_deb(spec, self.pool(SUITES[0]))
         self.reindex()
