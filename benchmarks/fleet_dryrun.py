@@ -21,14 +21,12 @@ from pathlib import Path
 
 import paramiko
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tasks.facts import build_facts_script, parse_facts, split_facts_output
 
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.repo import PackageSpec
 from tasks.checks import PLAN_FACTS
+from tasks.facts import build_facts_script, parse_facts, split_facts_output
 from tasks.packages import APT_REFRESH
 
 CLIENT = """\

@@ -12,7 +12,9 @@ and chained with ``raise ... from exc``. A failure carries its evidence.
     │   ├── AuthenticationError   the host refused our key
     │   ├── HostKeyError          the host key is unknown or changed (never retried)
     │   ├── CommandTimeout        a command ran longer than its bound
-    │   └── CommandFailed         a command ran and exited non-zero (never retried)
+    │   ├── CommandFailed         a command ran and exited non-zero (never retried)
+    │   │   └── PatchFailed       apt failed while patching (kind + the diff of what changed)
+    │   └── RebootTimeout         a rebooted host did not come back within its bound
     ├── SnapshotError             a provider could not create/restore/delete a snapshot
     ├── ApprovalRejected          an approver said no, or the wait timed out
     ├── MaintenanceInProgress     another run of the same client holds its run lock
@@ -23,6 +25,9 @@ and chained with ``raise ... from exc``. A failure carries its evidence.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
 
 
 class CaretakerError(Exception):
@@ -94,6 +99,90 @@ class CommandFailed(RemoteError):
             host,
             f"command exited {exit_code}: {command}" + ("\n" + "\n".join(detail) if detail else ""),
         )
+
+
+class PatchFailed(CommandFailed):
+    """apt failed while applying a host's approved plan.
+
+    Besides the command's evidence (exit code, output tails) it says what kind of failure
+    it was (``kind``: ``lock``, ``postinst``, ``network`` or ``unknown``) and carries the
+    diff of what did change on the host before apt stopped (``diff``, a
+    ``tasks.packages.PackageDiff``, or None when the host could not be read afterwards),
+    so the change record shows a half-applied host as it is.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        command: str,
+        exit_code: int,
+        stdout: str = "",
+        stderr: str = "",
+        *,
+        kind: str = "unknown",
+        summary: str = "",
+        diff: BaseModel | None = None,
+    ) -> None:
+        super().__init__(host, command, exit_code, stdout, stderr)
+        self.kind = kind
+        self.summary = summary
+        self.diff = diff
+        if summary:
+            # The summary leads (what happened, in words); the command's evidence follows.
+            evidence = str(self.args[0]).removeprefix(f"{host}: ")
+            self.args = (f"{host}: {summary}\n{evidence}",)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect pickles exceptions into states; rebuild from our own arguments.
+        return (
+            _rebuild_patch_failed,
+            (
+                self.host,
+                self.command,
+                self.exit_code,
+                self.stdout_tail,
+                self.stderr_tail,
+                self.kind,
+                self.summary,
+                self.diff,
+            ),
+        )
+
+
+def _rebuild_patch_failed(
+    host: str,
+    command: str,
+    exit_code: int,
+    stdout: str,
+    stderr: str,
+    kind: str,
+    summary: str,
+    diff: BaseModel | None,
+) -> PatchFailed:
+    return PatchFailed(
+        host, command, exit_code, stdout, stderr, kind=kind, summary=summary, diff=diff
+    )
+
+
+class RebootTimeout(RemoteError):
+    """A host was rebooted and did not come back (a new boot id) within the bound.
+
+    A ``RemoteError`` because it is about reaching the host: the host is down or
+    unreachable, or it never went down. Never retried: rebooting again blindly could
+    interrupt a host that is slowly coming back.
+    """
+
+    def __init__(self, host: str, old_boot_id: str, waited_s: float, last_seen: str = "") -> None:
+        self.old_boot_id = old_boot_id
+        self.waited_s = waited_s
+        self.last_seen = last_seen
+        message = (
+            f"did not come back from a reboot within {waited_s:.1f}s (old boot id {old_boot_id})"
+        )
+        super().__init__(host, message + (f"; last seen: {last_seen}" if last_seen else ""))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.host, self.old_boot_id, self.waited_s, self.last_seen))
 
 
 class SnapshotError(CaretakerError):

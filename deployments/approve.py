@@ -33,8 +33,10 @@ def _list() -> int:
         )
     for run in runs:
         params = run.parameters or {}
-        print(f"{run.id}  {run.name:<24} client={params.get('client')} "
-              f"change_ref={params.get('change_ref')}")
+        print(
+            f"{run.id}  {run.name:<24} client={params.get('client')} "
+            f"change_ref={params.get('change_ref')}"
+        )
     if not runs:
         print("no run is waiting for approval")
     return 0

@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from blocks.inventory import load_inventory
 from blocks.settings import settings
@@ -29,6 +29,9 @@ from sandbox.estate import Estate
 from sandbox.inventory import spec_from_inventory
 from sandbox.repo import PackageSpec
 from sandbox.webhook import WebhookReceiver
+
+if TYPE_CHECKING:
+    from prefect.states import State
 
 # What the demo publishes: a feature update, a security update that asks for a
 # reboot, and a new version of the package the globex client holds.
@@ -143,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for slug, inv in clients.items():
         say(f"server-maintenance for {slug}: dry run")
-        state = server_maintenance(client=slug, dry_run=True, return_state=True)
+        state: State[Any] = cast(
+            "State[Any]", server_maintenance(client=slug, dry_run=True, return_state=True)
+        )
         if not state.is_completed():
             failures += 1
             print(f"    FAILED: {state.message}")
@@ -176,11 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    fault: holding the dpkg lock on {failing}, so its patching fails")
             faults.hold_dpkg_lock(estate, failing)
         try:
-            state = server_maintenance(
-                client=slug,
-                change_ref=f"DEMO-{slug}-{time.strftime('%Y%m%d-%H%M%S')}",
-                window_override="demo run: the sandbox estate has no business hours",
-                return_state=True,
+            state = cast(
+                "State[Any]",
+                server_maintenance(
+                    client=slug,
+                    change_ref=f"DEMO-{slug}-{time.strftime('%Y%m%d-%H%M%S')}",
+                    window_override="demo run: the sandbox estate has no business hours",
+                    return_state=True,
+                ),
             )
         finally:
             stop.set()

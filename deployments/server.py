@@ -2,6 +2,9 @@
 
 It is started once and reused: its PID and URL are kept in
 ``<cache>/prefect/server.json``; its database in ``<cache>/prefect/``.
+
+Every function takes an optional ``home``: another PREFECT_HOME for a server of its
+own (tests start one in a temporary folder, beside any server already running).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from blocks.errors import ConfigError
 from blocks.settings import settings
 
 
-def prefect_home() -> Path:
-    """PREFECT_HOME of the local server (database, logs)."""
-    path = settings().cache / "prefect"
+def prefect_home(home: Path | None = None) -> Path:
+    """PREFECT_HOME of the local server (database, logs): ``home``, or ``<cache>/prefect``."""
+    path = home if home is not None else settings().cache / "prefect"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -40,31 +43,37 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def running_server() -> str | None:
-    """The URL of the local server if it is up, else None."""
-    state = prefect_home() / "server.json"
+def running_server(home: Path | None = None) -> str | None:
+    """The URL of the local server (of ``home``, if given) if it is up, else None."""
+    state = prefect_home(home) / "server.json"
     if not state.exists():
         return None
     url = str(json.loads(state.read_text())["url"])
     return url if _healthy(url) else None
 
 
-def ensure_server(timeout: float = 90.0) -> str:
-    """Start the local Prefect server unless it already runs; return its base URL."""
-    url = running_server()
+def ensure_server(timeout: float = 90.0, home: Path | None = None) -> str:
+    """Start the local Prefect server unless it already runs; return its base URL.
+
+    Args:
+        timeout: seconds to wait for the server to answer.
+        home: PREFECT_HOME of the server (default ``<cache>/prefect``).
+    """
+    home = prefect_home(home)
+    url = running_server(home)
     if url:
         return url
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(
         os.environ,
-        PREFECT_HOME=str(prefect_home()),
+        PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PREFECT_API_URL=f"{url}/api",
     )
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    log = open(prefect_home() / "server.log", "a")
+    log = open(home / "server.log", "a")
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("prefect")),
@@ -85,20 +94,18 @@ def ensure_server(timeout: float = 90.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _healthy(url):
-            (prefect_home() / "server.json").write_text(json.dumps({"pid": proc.pid, "url": url}))
+            (home / "server.json").write_text(json.dumps({"pid": proc.pid, "url": url}))
             return url
         if proc.poll() is not None:
-            raise ConfigError(
-                f"prefect server exited {proc.returncode}: see {prefect_home()}/server.log"
-            )
+            raise ConfigError(f"prefect server exited {proc.returncode}: see {home}/server.log")
         time.sleep(0.5)
     proc.kill()
     raise ConfigError(f"prefect server did not answer within {timeout:g}s")
 
 
-def stop_server() -> None:
-    """Stop the local server if we started it."""
-    state = prefect_home() / "server.json"
+def stop_server(home: Path | None = None) -> None:
+    """Stop the local server (of ``home``, if given) if we started it."""
+    state = prefect_home(home) / "server.json"
     if not state.exists():
         return
     pid = int(json.loads(state.read_text())["pid"])

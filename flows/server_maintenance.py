@@ -26,13 +26,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, pause_flow_run
-from prefect.exceptions import FlowPauseTimeout
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
-from reports.expectations import HostVerificationSettings, validate_host_facts
-from tasks.reboot import reboot_host, reboot_needed
 
 from blocks.change import (
     ChangeRecord,
@@ -47,8 +44,16 @@ from blocks.change import RestoreTestResult as RecordedRestoreTest
 from blocks.errors import CaretakerError, RemoteError
 from blocks.inventory import ClientInventory, Server, load_client_by_slug, select_servers
 from blocks.settings import settings
+from reports.expectations import HostVerificationSettings, validate_host_facts
 from reports.store import HistoryStore, open_store
-from tasks.approval import ApprovalForm, ApprovalTally, approval_description, count_answer
+from tasks.approval import (
+    TIMEOUT_APPROVER,
+    ApprovalDeadline,
+    ApprovalForm,
+    ApprovalTally,
+    approval_description,
+    count_answer,
+)
 from tasks.checks import collect_facts, run_health_checks, summarize_checks
 from tasks.facts import HostFacts
 from tasks.notify import notice_approval_requested, notice_before_change, notice_end, notify
@@ -60,6 +65,7 @@ from tasks.packages import (
     unreachable_host,
 )
 from tasks.preflight import preflight_problems, read_block_names, run_is_finished
+from tasks.reboot import reboot_host, reboot_needed
 from tasks.records import (
     backout_plan,
     change_window,
@@ -79,7 +85,6 @@ from tasks.snapshots import (
     run_restore_test,
     wait_for_snapshot,
 )
-
 
 Phase = Literal["staging", "production"]
 
@@ -217,7 +222,9 @@ class Maintenance:
         }
         for name, state in _states(waiting).items():
             if state.is_completed():
-                self.snapshots[name] = state.result()
+                # "reused" is known where the snapshot was found, not where it was awaited.
+                reused = created[name].result().reused
+                self.snapshots[name] = state.result().model_copy(update={"reused": reused})
             else:
                 failures[name] = _error(state)
         self.record.snapshots = [
@@ -413,15 +420,17 @@ class Maintenance:
                 ),
                 decision="approve",
             )
-            try:
+            # Prefect's own pause timeout is only a backstop; the deadline is kept by
+            # ApprovalDeadline, so that a timeout is recorded rather than failing the run.
+            with ApprovalDeadline(self.record.flow_run_id, remaining):
                 answer = pause_flow_run(
                     wait_for_input=form,
-                    timeout=remaining,
+                    timeout=remaining + 300,
                     poll_interval=settings().approval_poll_s,
                     key=f"approval-{round_}",
                 )
-            except FlowPauseTimeout:
-                raise Stop(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}") from None
+            if answer.approver == TIMEOUT_APPROVER and datetime.now(UTC) >= deadline:
+                raise Stop(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
             tally = count_answer(tally, answer, approvers, datetime.now(UTC))
             self.record.approvals = list(tally.answers)
             self.save()

@@ -10,10 +10,13 @@ and the run waits again. The counting is pure and tested without Prefect.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
+from uuid import UUID
 
+from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +37,44 @@ class ApprovalForm(RunInput):
 
 
 Verdict = Literal["pending", "approved", "rejected"]
+
+#: The name under which caretaker itself ends an approval wait at its deadline.
+TIMEOUT_APPROVER = "caretaker-approval-timeout"
+
+
+class ApprovalDeadline:
+    """Ends a pause at the approval deadline by answering the form as ``TIMEOUT_APPROVER``.
+
+    Prefect fails a run whose own pause timeout expires, before the flow can record
+    anything. So the pause is given a longer timeout, and at the real deadline this
+    watchdog resumes the run with a rejection from ``TIMEOUT_APPROVER``; the flow treats
+    that answer as the timeout (and, arriving before the deadline, as an unlisted name).
+    """
+
+    def __init__(self, flow_run_id: str, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._fire, args=(UUID(flow_run_id),))
+        self._timer.daemon = True
+
+    def _fire(self, run_id: UUID) -> None:
+        try:
+            resume_flow_run(
+                run_id,
+                run_input={
+                    "decision": "reject",
+                    "approver": TIMEOUT_APPROVER,
+                    "comment": "no decision before the approval deadline",
+                    "ticket": "",
+                },
+            )
+        except Exception:  # the run was answered (and resumed) just before: nothing to end
+            return
+
+    def __enter__(self) -> ApprovalDeadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 class ApprovalTally(BaseModel):
@@ -91,16 +132,24 @@ def count_answer(
 
 
 def approval_description(
-    *, client: str, change_ref: str, staging_summary: str, production_plan: str, tally: ApprovalTally,
-    approvers: Sequence[str], deadline: datetime,
+    *,
+    client: str,
+    change_ref: str,
+    staging_summary: str,
+    production_plan: str,
+    tally: ApprovalTally,
+    approvers: Sequence[str],
+    deadline: datetime,
 ) -> str:
     """The markdown shown above the form: staging result, production plan, who may approve."""
+    received = len({a.approver for a in tally.counted})
     lines = [
         f"## Approve production maintenance for {client} — {change_ref}",
         "",
         f"Listed approvers: {', '.join(approvers)}. "
-        f"Approvals needed: {tally.required} (received {len({a.approver for a in tally.counted})}).",
-        f"Waiting until {deadline:%Y-%m-%d %H:%M %Z}; without an answer production stays untouched.",
+        f"Approvals needed: {tally.required} (received {received}).",
+        f"Waiting until {deadline:%Y-%m-%d %H:%M %Z}; "
+        "without an answer production stays untouched.",
         "",
         "### Staging result",
         staging_summary,

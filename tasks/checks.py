@@ -1,17 +1,34 @@
-"""Checks and facts: what a host is and how it is doing, read over SSH.
+"""Checks and facts: what a host is and how it is doing.
 
-The commands and parsers live in ``tasks.facts`` (pure, tested from recorded
-output); the tasks here only run them on a host.
+Facts are read over SSH; their commands and parsers live in ``tasks.facts`` (pure,
+tested from recorded output) and ``collect_facts`` only runs them on a host.
+
+Health checks (``run_health_checks``) are the inventory's checks of one server plus SSH
+reachability: a TCP connect and an HTTP(S) request from the caretaker host (bounded by
+the check's timeout), ``true`` over SSH, and ``systemctl is-active <unit>`` over SSH.
+Each gives a ``CheckResult``; a check that cannot tell (systemd not running, no SSH
+session) is ``ok=False`` with ``unknown=True`` and says why: never healthy by default.
+``parse_systemctl_is_active`` and ``summarize_checks`` are pure. See docs/patching.md.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
 
+from blocks.errors import RemoteError
+from blocks.inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.facts import HostFacts, build_facts_script, parse_facts, split_facts_output
 from tasks.packages import APT_REFRESH
-from tasks.remote import RemoteHost
+from tasks.remote import RemoteHost, sh_join
 
 # Everything the plan and the verification need, gathered in one SSH round trip.
 PLAN_FACTS = (
@@ -49,3 +66,289 @@ def collect_facts(host: RemoteHost, refresh: bool = True) -> HostFacts:
         host.run(APT_REFRESH, sudo=True, timeout=300, check=True)
     result = host.run(build_facts_script(PLAN_FACTS), sudo=True, timeout=120)
     return parse_facts(split_facts_output(result.stdout))
+
+
+# ------------------------------------------------------------------------ health checks
+
+CheckKind = Literal["tcp", "http", "ssh", "systemd"]
+
+#: The SSH reachability probe: a command that does nothing and exits 0.
+SSH_PROBE = "true"
+
+# Bound of the SSH probe and of `systemctl is-active` once connected.
+_SSH_CHECK_TIMEOUT_S = 15.0
+
+# systemctl's words when it cannot reach systemd (containers, our sandbox hosts), or
+# when it is not there at all.
+_NO_SYSTEMD = (
+    "System has not been booted with systemd",
+    "Failed to connect to bus",
+    "Failed to connect to system scope bus",
+)
+_NOT_INSTALLED = ("systemctl: not found", "systemctl: command not found")
+# `systemctl is-active` exits 0 for these (systemd's check_unit_generic), so they are up.
+_ACTIVE_STATES = frozenset({"active", "reloading", "refreshing"})
+# The other ActiveState values systemd documents, plus "unknown" (older systemd's
+# answer for a unit it does not know).
+_INACTIVE_STATES = frozenset(
+    {"inactive", "failed", "activating", "deactivating", "maintenance", "unknown"}
+)
+
+UNKNOWN_NO_SYSTEMD = "unknown: systemd not running"
+
+
+def systemctl_is_active_command(unit: str) -> str:
+    """``systemctl is-active <unit>``, quoted (pure)."""
+    return sh_join(["systemctl", "is-active", unit])
+
+
+class UnitState(BaseModel):
+    """What ``systemctl is-active`` said about one unit."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool = Field(description="The unit is active (or reloading).")
+    unknown: bool = Field(default=False, description="systemd could not be asked.")
+    state: str | None = Field(default=None, description="The unit's ActiveState, if known.")
+    detail: str = Field(description="active, the state, or 'unknown: <why>'.")
+
+
+def parse_systemctl_is_active(exit_code: int, stdout: str, stderr: str) -> UnitState:
+    """Read ``systemctl is-active <unit>``'s answer (pure).
+
+    ``active`` (exit 0) is healthy; ``inactive``, ``failed``, ``activating`` and the
+    other states are not, with the state as detail. When systemd is not running or
+    systemctl is missing, the unit's state is unknown: ``ok=False``, ``unknown=True``
+    and a detail starting with ``unknown: systemd not running``, never healthy.
+
+    Args:
+        exit_code: systemctl's exit status (0 active, 3 not active, 1 cannot tell,
+            127 not installed).
+        stdout: its standard output (the state word).
+        stderr: its standard error.
+
+    Returns:
+        The unit's state.
+    """
+    both = stderr + "\n" + stdout
+    lines = [line.strip() for line in both.splitlines() if line.strip()]
+    evidence = next((ln for ln in lines if any(m in ln for m in _NO_SYSTEMD)), None)
+    if evidence is not None:
+        return UnitState(ok=False, unknown=True, detail=f"{UNKNOWN_NO_SYSTEMD} ({evidence})")
+    if exit_code == 127 or any(m in both for m in _NOT_INSTALLED):
+        return UnitState(
+            ok=False, unknown=True, detail=f"{UNKNOWN_NO_SYSTEMD} (systemctl is not installed)"
+        )
+    words = stdout.split()
+    state = words[0] if len(words) == 1 else None
+    if state in _ACTIVE_STATES and exit_code == 0:
+        return UnitState(ok=True, state=state, detail=state)
+    if state in _INACTIVE_STATES or (state in _ACTIVE_STATES and exit_code != 0):
+        return UnitState(ok=False, state=state, detail=f"{state} (exit {exit_code})")
+    # Anything else (access denied, an unexpected answer) cannot be read as a state.
+    reason = lines[-1] if lines else "no output"
+    return UnitState(ok=False, unknown=True, detail=f"unknown: exit {exit_code}: {reason}")
+
+
+class CheckResult(BaseModel):
+    """The outcome of one health check of one server."""
+
+    model_config = ConfigDict(frozen=True)
+
+    server: str = Field(description="Server name from the inventory.")
+    kind: CheckKind = Field(description="tcp, http, ssh or systemd.")
+    target: str = Field(description="address:port, the URL, or the unit name.")
+    ok: bool = Field(description="The check passed. False when it failed or could not tell.")
+    unknown: bool = Field(
+        default=False, description="The check could not tell (e.g. systemd not running)."
+    )
+    detail: str = Field(description="What was seen: status, state or error.")
+    latency_ms: float | None = Field(
+        default=None, ge=0, description="Connect / response time, when something answered."
+    )
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
+
+
+def _target(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _socket_error(exc: OSError, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout_s:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the address ({exc.strerror})"
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return f"{name}: {exc.strerror or exc}"
+
+
+def check_tcp(server: Server, check: TcpCheck) -> CheckResult:
+    """Connect to ``server.address:check.port`` from here, bounded by the check's timeout."""
+    timeout_s = check.timeout.total_seconds()
+    target = _target(server.address, check.port)
+    started = time.monotonic()
+    try:
+        with socket.create_connection((server.address, check.port), timeout=timeout_s):
+            latency = _ms(started)
+    except OSError as exc:
+        return CheckResult(
+            server=server.name,
+            kind="tcp",
+            target=target,
+            ok=False,
+            detail=_socket_error(exc, timeout_s),
+        )
+    return CheckResult(
+        server=server.name, kind="tcp", target=target, ok=True, detail="open", latency_ms=latency
+    )
+
+
+def check_http(
+    server: Server, check: HttpCheck, transport: httpx.BaseTransport | None = None
+) -> CheckResult:
+    """GET the check's URL from here and compare the status with ``expect_status``.
+
+    Redirects are not followed (a 301 is reported as 301, so it can be expected) and
+    proxy settings from the environment are ignored (``trust_env=False``): the check
+    sees the service itself. TLS certificates are verified.
+
+    Args:
+        server: the server the check belongs to.
+        check: URL, expected status and timeout.
+        transport: an httpx transport for tests (``httpx.MockTransport``); default: the network.
+    """
+    timeout_s = check.timeout.total_seconds()
+    try:
+        with httpx.Client(
+            timeout=timeout_s, follow_redirects=False, trust_env=False, transport=transport
+        ) as client:
+            started = time.monotonic()
+            response = client.get(check.url)
+            latency = _ms(started)
+    except httpx.TimeoutException:
+        detail = f"timed out after {timeout_s:g}s"
+    except httpx.HTTPError as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+    else:
+        ok = response.status_code == check.expect_status
+        detail = f"HTTP {response.status_code}" + (
+            "" if ok else f" (expected {check.expect_status})"
+        )
+        return CheckResult(
+            server=server.name,
+            kind="http",
+            target=check.url,
+            ok=ok,
+            detail=detail,
+            latency_ms=latency,
+        )
+    return CheckResult(server=server.name, kind="http", target=check.url, ok=False, detail=detail)
+
+
+def check_ssh(server: Server, host: RemoteHost) -> CheckResult:
+    """Run ``true`` over the host's SSH session (connecting if needed)."""
+    target = _target(server.address, server.port)
+    started = time.monotonic()
+    try:
+        result = host.run(SSH_PROBE, timeout=_SSH_CHECK_TIMEOUT_S)
+    except RemoteError as exc:
+        return CheckResult(server=server.name, kind="ssh", target=target, ok=False, detail=str(exc))
+    latency = _ms(started)
+    ok = result.ok
+    detail = "ok" if ok else f"`true` exited {result.exit_code}: {result.stderr.strip()[-200:]}"
+    return CheckResult(
+        server=server.name, kind="ssh", target=target, ok=ok, detail=detail, latency_ms=latency
+    )
+
+
+def check_systemd(server: Server, check: SystemdCheck, host: RemoteHost | None) -> CheckResult:
+    """Ask systemd over SSH whether the check's unit is active."""
+    if host is None:
+        return CheckResult(
+            server=server.name,
+            kind="systemd",
+            target=check.unit,
+            ok=False,
+            unknown=True,
+            detail="unknown: no SSH session to ask systemd",
+        )
+    started = time.monotonic()
+    try:
+        result = host.run(systemctl_is_active_command(check.unit), timeout=_SSH_CHECK_TIMEOUT_S)
+    except RemoteError as exc:
+        return CheckResult(
+            server=server.name,
+            kind="systemd",
+            target=check.unit,
+            ok=False,
+            unknown=True,
+            detail=f"unknown: {exc}",
+        )
+    state = parse_systemctl_is_active(result.exit_code, result.stdout, result.stderr)
+    return CheckResult(
+        server=server.name,
+        kind="systemd",
+        target=check.unit,
+        ok=state.ok,
+        unknown=state.unknown,
+        detail=state.detail,
+        latency_ms=_ms(started),
+    )
+
+
+@task(
+    name="run-health-checks",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    task_run_name="health-checks-{server.name}",
+)
+def run_health_checks(server: Server, host: RemoteHost | None) -> list[CheckResult]:
+    """Run a server's health checks and an SSH reachability check.
+
+    Read-only, so retried (on an unexpected error; a failing check is a result, not
+    an error). TCP and HTTP checks run from the caretaker host; the SSH and systemd
+    checks run over ``host``. Every check is bounded by its timeout.
+
+    Args:
+        server: the server, with its checks from the inventory.
+        host: its SSH session; None skips the SSH check, and its systemd checks are
+            reported unknown (never healthy).
+
+    Returns:
+        One result per check: SSH first (when there is a host), then the inventory's
+        checks in order.
+    """
+    results: list[CheckResult] = []
+    if host is not None:
+        results.append(check_ssh(server, host))
+    for check in server.checks:
+        if isinstance(check, TcpCheck):
+            results.append(check_tcp(server, check))
+        elif isinstance(check, HttpCheck):
+            results.append(check_http(server, check))
+        else:
+            results.append(check_systemd(server, check, host))
+    return results
+
+
+def summarize_checks(results: Sequence[CheckResult]) -> tuple[bool, list[str]]:
+    """Whether a server passed its checks, and one line per failed check (pure).
+
+    Args:
+        results: the server's check results.
+
+    Returns:
+        ``(passed, failures)``: passed only when there was at least one check and
+        every one was ok (unknown counts as failed); each failure reads
+        ``<kind> <target>: <detail>``.
+    """
+    failures = [f"{r.kind} {r.target}: {r.detail}" for r in results if not r.ok]
+    if not results:
+        failures.append("no health check ran")
+    return not failures, failures

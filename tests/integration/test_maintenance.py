@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -191,7 +191,7 @@ def test_the_happy_path_patches_every_host_after_snapshot_staging_and_approval(
     estate: Estate, world: dict[str, Any]
 ) -> None:
     write_client(world["dir"], estate, "happy")
-    state, record, approver = run("happy", [APPROVE], change_ref="CHG-100")
+    state, record, _approver = run("happy", [APPROVE], change_ref="CHG-100")
     assert state.is_completed(), state.message
     assert record.outcome.value == "completed"
     assert {agent(estate, h.name) for h in estate.spec.hosts} == {"1.1"}
@@ -300,7 +300,7 @@ def test_a_reboot_that_never_returns_is_bounded_and_recorded(
     faults.no_boot(estate, "h01")
     started = time.monotonic()
     try:
-        state, record, _ = run("noboot", [APPROVE])
+        _state, record, _ = run("noboot", [APPROVE])
     finally:
         faults.no_boot(estate, "h01", on=False)
         estate._wait_ssh([estate.host("h01")], 30)  # its supervisor boots it again
@@ -315,7 +315,7 @@ def test_a_rerun_with_the_same_change_ref_takes_no_second_snapshot(
     estate: Estate, world: dict[str, Any]
 ) -> None:
     write_client(world["dir"], estate, "rerun", approval_timeout="3s")
-    first_state, first, _ = run("rerun", [], change_ref="CHG-RERUN")
+    _first_state, first, _ = run("rerun", [], change_ref="CHG-RERUN")
     assert first.outcome.value == "approval-timeout"
     state, record, _ = run("rerun", [APPROVE], change_ref="CHG-RERUN")
     assert state.is_completed(), state.message

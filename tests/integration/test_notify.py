@@ -28,6 +28,7 @@ from blocks.change import (
 )
 from blocks.errors import ConfigError
 from blocks.inventory import load_client
+from sandbox.webhook import WebhookReceiver
 from tasks.notify import (
     DEMO_WEBHOOK_BLOCK,
     load_notification_block,
@@ -37,7 +38,6 @@ from tasks.notify import (
     notify,
     save_demo_webhook,
 )
-from sandbox.webhook import WebhookReceiver
 
 # notify() called outside a flow (as some tests here do) has no flow run to log to.
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted")

@@ -1,0 +1,318 @@
+"""prefect.yaml deployed for real: a local Prefect server, a process work pool, a worker.
+
+What a user does, step by step, against a real `prefect server` (SQLite, its own
+PREFECT_HOME, a free loopback port): create the work pool, `prefect deploy --all` from
+the repository root, `prefect deployment run 'server-maintenance/<client>' --param
+dry_run=true`, and a worker started elsewhere runs it to completion on a sandbox host.
+Then the serve mode: what starting and stopping `python -m deployments.serve` does to
+the same deployments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blocks.inventory import load_inventory
+from deployments.generate import WORK_POOL, WORK_POOL_TYPE, DeploymentSpec, deployment_specs
+from deployments.server import ensure_server, stop_server
+from tests.conftest import sandbox_unavailable
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+SPECS: list[DeploymentSpec] = deployment_specs(load_inventory(REPO / "clients"))
+
+# The client whose deployment is run: one of prefect.yaml's, with sandbox-style servers.
+CLIENT = "globex"
+SSH_BLOCK = "test-deploy-ssh"
+
+CLIENT_FILE = """\
+client:
+  slug: {slug}
+  name: Deploy Test Co
+  timezone: America/New_York
+  contact: {{name: Ops, email: ops@test.example}}
+  approvers: [{{name: alice, email: alice@test.example}}]
+schedule: {{cadence: monthly, window: {{start: "22:00", duration: 3h}}}}
+patch: {{policy: all, reboot: if-required}}
+defaults: {{ssh_block: {block}, user: root, port: 22, os_family: debian}}
+servers:
+  - {{name: {host}, role: staging, address: {address}, provider: {{type: sandbox}},
+     checks: [{{type: tcp, port: 22}}]}}
+"""
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A running `prefect server` and the environment its clients need."""
+
+    url: str
+    home: Path
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a `prefect` command talking to this server."""
+        env = dict(
+            os.environ,
+            PREFECT_API_URL=self.api,
+            PREFECT_HOME=str(self.home),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            DO_NOT_TRACK="1",
+            PREFECT_CLI_PROMPT="false",
+        )
+        env.update(extra)
+        return env
+
+
+def prefect(server: LocalServer, *args: str, cwd: Path = REPO, timeout: float = 60) -> str:
+    """Run the `prefect` CLI against ``server``; return its output, fail with it on error."""
+    proc = subprocess.run(
+        [PREFECT, *args],
+        cwd=cwd,
+        env=server.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"prefect {' '.join(args)} exited {proc.returncode}:\n{output}"
+    return output
+
+
+@contextmanager
+def api(server: LocalServer) -> Iterator[Any]:
+    """A sync Prefect client of ``server`` (whatever API this test process uses otherwise)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server.api}):
+        with get_client(sync_client=True) as client:
+            yield client
+
+
+def wait_for_final_state(server: LocalServer, run_id: str, timeout: float) -> Any:
+    """The flow run once its state is final (or as it is when ``timeout`` runs out)."""
+    with api(server) as client:
+        deadline = time.monotonic() + timeout
+        flow_run = client.read_flow_run(run_id)
+        while not (flow_run.state and flow_run.state.is_final()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            flow_run = client.read_flow_run(run_id)
+    return flow_run
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """A real `prefect server` of its own: SQLite in a temporary PREFECT_HOME, a free port."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    url = ensure_server(timeout=60, home=home)
+    try:
+        yield LocalServer(url=url, home=home)
+    finally:
+        stop_server(home=home)
+
+
+@pytest.fixture(scope="module")
+def deployed(server: LocalServer) -> LocalServer:
+    """The process work pool, and `prefect deploy --all` run from the repository root."""
+    prefect(server, "work-pool", "create", WORK_POOL, "--type", WORK_POOL_TYPE)
+    prefect(server, "--no-prompt", "deploy", "--all", timeout=120)
+    return server
+
+
+@pytest.fixture(scope="module")
+def estate() -> Iterator[Any]:
+    """One fresh sandbox host with a newer caretaker-agent published."""
+    reason = sandbox_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from sandbox.estate import Estate, numbered_hosts
+    from sandbox.repo import PackageSpec
+
+    estate = Estate(numbered_hosts("test-deploy", 67, 1))
+    estate.up(fresh=True)
+    estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
+    try:
+        yield estate
+    finally:
+        estate.down(purge=True)
+
+
+@pytest.fixture()
+def inventory(estate: Any, server: LocalServer, tmp_path: Path) -> Path:
+    """A client file naming the sandbox host, and its SSH block saved on the server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sandbox.prefect_blocks import ssh_identity
+
+    with temporary_settings({PREFECT_API_URL: server.api}):
+        ssh_identity(estate).save(SSH_BLOCK, overwrite=True)
+    directory = tmp_path / "clients"
+    directory.mkdir()
+    (host,) = estate.spec.hosts
+    (directory / f"{CLIENT}.yaml").write_text(
+        CLIENT_FILE.format(slug=CLIENT, block=SSH_BLOCK, host=host.name, address=host.address)
+    )
+    return directory
+
+
+def test_prefect_deploy_registers_one_scheduled_deployment_per_client(
+    deployed: LocalServer,
+) -> None:
+    with api(deployed) as client:
+        for spec in SPECS:
+            deployment = client.read_deployment_by_name(spec.full_name)
+            assert deployment.work_pool_name == WORK_POOL
+            assert deployment.parameters == dict(spec.parameters)
+            assert deployment.tags == list(spec.tags)
+            assert not deployment.paused
+            # The build step's `pwd` became the absolute repository path the worker uses.
+            assert deployment.pull_steps == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+            ]
+            (schedule,) = deployment.schedules
+            assert schedule.active
+            assert (schedule.schedule.cron, schedule.schedule.timezone) == (
+                spec.cron,
+                spec.timezone,
+            )
+            assert schedule.schedule.day_or == spec.day_or
+
+
+def test_a_worker_runs_a_client_deployment_to_completion_with_its_plan_artifact(
+    deployed: LocalServer, inventory: Path, tmp_path: Path
+) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    started = time.monotonic()
+    output = prefect(
+        deployed, "deployment", "run", f"server-maintenance/{CLIENT}", "--param", "dry_run=true"
+    )
+    match = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert match, output
+    run_id = match.group(1)
+
+    # Started outside the repository: the deployment's pull step must find the code.
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    worker = subprocess.run(
+        [PREFECT, "worker", "start", "--pool", WORK_POOL, "--run-once"],
+        cwd=worker_dir,
+        env=deployed.env(
+            CARETAKER_INVENTORY_DIR=str(inventory), CARETAKER_DATA_DIR=str(tmp_path / "data")
+        ),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    worker_log = worker.stdout + worker.stderr
+
+    flow_run = wait_for_final_state(deployed, run_id, timeout=30)
+    with api(deployed) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+
+    assert flow_run.state is not None and flow_run.state.is_completed(), (
+        f"{flow_run.state!r}\n{worker_log}"
+    )
+    assert flow_run.parameters == {"client": CLIENT, "dry_run": True}
+    assert flow_run.work_pool_name == WORK_POOL
+    tables = [a for a in artifacts if a.type == "table"]
+    assert [a.key for a in tables] == [f"plan-{CLIENT}"]
+    assert "caretaker-agent" in str(tables[0].data)
+    assert time.monotonic() - started < 90
+
+
+def test_serve_unpauses_on_start_pauses_on_stop_and_deploy_hands_back_to_the_worker(
+    deployed: LocalServer, tmp_path: Path
+) -> None:
+    def read_all() -> dict[str, Any]:
+        with api(deployed) as client:
+            return {s.full_name: client.read_deployment_by_name(s.full_name) for s in SPECS}
+
+    def serve_until_polling() -> subprocess.Popen[str]:
+        since = datetime.now(UTC)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deployments.serve"],
+            # Outside the repository: served flows are imported by module path.
+            cwd=tmp_path,
+            # Poll every second, not every ten: the test waits for a served run.
+            env=deployed.env(PREFECT_RUNNER_POLL_FREQUENCY="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            # Polled since start: registered, and the runner's signal handlers are in place.
+            polled = [d.last_polled for d in read_all().values()]
+            if all(p is not None and p > since for p in polled):
+                return proc
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.5)
+        proc.kill()
+        raise AssertionError(f"serve never polled:\n{proc.communicate()[0]}")
+
+    def stop(proc: subprocess.Popen[str]) -> str:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output
+        return output
+
+    served = serve_until_polling()
+    try:
+        deployments = read_all()
+        # A served run executes the flow itself (imported by module path): it gets as far
+        # as refusing a scope that selects no server, without needing any host.
+        output = prefect(
+            deployed,
+            "deployment",
+            "run",
+            SPECS[0].full_name,
+            "--param",
+            "dry_run=true",
+            "--param",
+            "scope=no-such-server",
+        )
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", output)
+        assert run_id, output
+        served_run = wait_for_final_state(deployed, run_id.group(1), timeout=45)
+    finally:
+        output = stop(served)
+    assert served_run.state is not None and served_run.state.is_failed(), output
+    assert "no-such-server" in (served_run.state.message or ""), served_run.state.message
+    assert all(not d.paused for d in deployments.values()), output
+    # Taken over from the work pool: a worker of caretaker-process no longer gets these runs.
+    assert all(d.work_pool_name is None for d in deployments.values()), output
+    assert all(d.paused for d in read_all().values()), "stopping serve left a schedule running"
+
+    served = serve_until_polling()
+    try:
+        assert all(not d.paused for d in read_all().values()), "serve did not resume its schedules"
+    finally:
+        stop(served)
+
+    prefect(deployed, "--no-prompt", "deploy", "--all", timeout=120)
+    for deployment in read_all().values():
+        assert deployment.work_pool_name == WORK_POOL and not deployment.paused
+        assert deployment.pull_steps
