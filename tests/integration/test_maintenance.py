@@ -317,6 +317,7 @@ def test_a_rerun_with_the_same_change_ref_takes_no_second_snapshot(
     write_client(world["dir"], estate, "rerun", approval_timeout="3s")
     _first_state, first, _ = run("rerun", [], change_ref="CHG-RERUN")
     assert first.outcome.value == "approval-timeout"
+    write_client(world["dir"], estate, "rerun", approval_timeout="2m")
     state, record, _ = run("rerun", [APPROVE], change_ref="CHG-RERUN")
     assert state.is_completed(), state.message
     assert {s.ids for s in record.snapshots} == {s.ids for s in first.snapshots}
