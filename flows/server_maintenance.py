@@ -51,6 +51,7 @@ from tasks.approval import (
     ApprovalDeadline,
     ApprovalForm,
     ApprovalTally,
+    RestoreForm,
     approval_description,
     count_answer,
 )
@@ -67,6 +68,7 @@ from tasks.packages import (
 from tasks.preflight import preflight_problems, read_block_names, run_is_finished
 from tasks.reboot import reboot_host, reboot_needed
 from tasks.records import (
+    RolloutProgress,
     backout_plan,
     change_window,
     publish_change_record,
@@ -462,6 +464,7 @@ class Maintenance:
         budget = self.inv.rollout.failures_tolerated
         failed_total = 0
         batches = self.inv.rollout.batches(self.production)
+        progress = RolloutProgress(self.inv.slug, self.record.change_ref, len(self.production))
         for index, batch in enumerate(batches, start=1):
             self.log.info("batch %d/%d: %s", index, len(batches), ", ".join(s.name for s in batch))
             failures = self.patch_and_verify(batch, "production")
@@ -469,6 +472,11 @@ class Maintenance:
                 self.log.error("%s failed: %s", name, why)
                 self.roll_back(next(s for s in batch if s.name == name), why)
             failed_total += len(failures)
+            progress.advance(
+                len(batch),
+                f"batch {index}/{len(batches)} done"
+                + (f", failed: {', '.join(failures)}" if failures else ""),
+            )
             if failed_total > budget:
                 left = [s.name for b in batches[index:] for s in b]
                 raise Stop(
@@ -478,15 +486,47 @@ class Maintenance:
                     + (f"; untouched: {', '.join(left)}" if left else ""),
                 )
 
+    def ask_restore(self, server: Server, why: str) -> tuple[bool, str]:
+        """Pause and ask a listed approver whether to restore a failed server."""
+        approvers = [a.name for a in self.inv.client.approvers]
+        timeout = self.inv.schedule.approval_timeout
+        deadline = datetime.now(UTC) + timeout
+        asked = 0
+        while (remaining := int((deadline - datetime.now(UTC)).total_seconds())) > 0:
+            asked += 1
+            form = RestoreForm.with_initial_data(
+                description=(
+                    f"## {server.name} failed during {self.record.change_ref}\n\n{why}\n\n"
+                    f"Restore it from its pre-change snapshot? Listed approvers: "
+                    f"{', '.join(approvers)}."
+                ),
+                restore=True,
+            )
+            with ApprovalDeadline(self.record.flow_run_id, remaining, form="restore"):
+                answer = pause_flow_run(
+                    wait_for_input=form,
+                    timeout=remaining + 300,
+                    poll_interval=settings().approval_poll_s,
+                    key=f"restore-{server.name}-{asked}",
+                )
+            if answer.approver == TIMEOUT_APPROVER and datetime.now(UTC) >= deadline:
+                break
+            if answer.approver in approvers:
+                verb = "restore" if answer.restore else "leave it"
+                return answer.restore, f"{answer.approver} chose to {verb}: {answer.comment}"
+            self.log.warning("%s is not a listed approver; asking again", answer.approver)
+        return False, f"no decision within {timeout}"
+
     def roll_back(self, server: Server, why: str) -> None:
         snapshot = self.snapshots.get(server.name)
-        if (
-            self.inv.rollout.on_failure != "restore"
-            or snapshot is None
-            or snapshot.state != "completed"
-        ):
+        on_failure = self.inv.rollout.on_failure
+        decision = ""
+        if on_failure == "ask" and snapshot is not None and snapshot.state == "completed":
+            restore, decision = self.ask_restore(server, why)
+            on_failure = "restore" if restore else "halt"
+        if on_failure != "restore" or snapshot is None or snapshot.state != "completed":
             reason = (
-                f"on_failure is {self.inv.rollout.on_failure}"
+                decision or f"on_failure is {on_failure}"
                 if snapshot is not None
                 else "no snapshot (accepted risk)"
             )

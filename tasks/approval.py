@@ -42,30 +42,51 @@ Verdict = Literal["pending", "approved", "rejected"]
 TIMEOUT_APPROVER = "caretaker-approval-timeout"
 
 
+class RestoreForm(RunInput):
+    """Asked when a production server failed and the client's on_failure is ``ask``."""
+
+    restore: bool = Field(
+        default=True, description="Restore the failed server from its pre-change snapshot."
+    )
+    approver: str = Field(
+        min_length=1, max_length=64, description="Your approver name, as listed for the client."
+    )
+    comment: str = Field(default="", max_length=2000, description="Why.")
+
+
+#: What the deadline watchdog answers on each form: a rejection / no restore.
+TIMEOUT_ANSWERS: dict[str, dict[str, object]] = {
+    "approval": {
+        "decision": "reject",
+        "approver": TIMEOUT_APPROVER,
+        "comment": "no decision before the approval deadline",
+        "ticket": "",
+    },
+    "restore": {
+        "restore": False,
+        "approver": TIMEOUT_APPROVER,
+        "comment": "no decision before the deadline: left as it is",
+    },
+}
+
+
 class ApprovalDeadline:
-    """Ends a pause at the approval deadline by answering the form as ``TIMEOUT_APPROVER``.
+    """Ends a pause at its deadline by answering the form as ``TIMEOUT_APPROVER``.
 
     Prefect fails a run whose own pause timeout expires, before the flow can record
     anything. So the pause is given a longer timeout, and at the real deadline this
-    watchdog resumes the run with a rejection from ``TIMEOUT_APPROVER``; the flow treats
+    watchdog resumes the run with a refusal from ``TIMEOUT_APPROVER``; the flow treats
     that answer as the timeout (and, arriving before the deadline, as an unlisted name).
     """
 
-    def __init__(self, flow_run_id: str, seconds: float) -> None:
+    def __init__(self, flow_run_id: str, seconds: float, form: str = "approval") -> None:
+        self._answer = TIMEOUT_ANSWERS[form]
         self._timer = threading.Timer(seconds, self._fire, args=(UUID(flow_run_id),))
         self._timer.daemon = True
 
     def _fire(self, run_id: UUID) -> None:
         try:
-            resume_flow_run(
-                run_id,
-                run_input={
-                    "decision": "reject",
-                    "approver": TIMEOUT_APPROVER,
-                    "comment": "no decision before the approval deadline",
-                    "ticket": "",
-                },
-            )
+            resume_flow_run(run_id, run_input=dict(self._answer))
         except Exception:  # the run was answered (and resumed) just before: nothing to end
             return
 

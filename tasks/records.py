@@ -11,7 +11,12 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_UI_URL
@@ -276,3 +281,26 @@ def publish_change_record(record: ChangeRecord) -> None:
         markdown=render_markdown(record),
         description=f"Change record {record.change_ref} for {record.client}",
     )
+
+
+class RolloutProgress:
+    """A Prefect progress artifact showing how far the production rollout is."""
+
+    def __init__(self, client: str, change_ref: str, servers: int) -> None:
+        self.servers = max(servers, 1)
+        self.done = 0
+        # The sync call returns the id (the stub also admits the async form).
+        self.id: UUID = create_progress_artifact(  # type: ignore[assignment]
+            progress=0.0,
+            key=artifact_key("rollout", client),
+            description=f"Production rollout of {change_ref}: 0/{servers} servers",
+        )
+
+    def advance(self, count: int, note: str) -> None:
+        """Mark ``count`` more servers as done (patched, restored or failed)."""
+        self.done += count
+        update_progress_artifact(  # type: ignore[call-overload,unused-ignore]
+            self.id,
+            progress=round(100.0 * self.done / self.servers, 1),
+            description=f"{self.done}/{self.servers} servers: {note}",
+        )

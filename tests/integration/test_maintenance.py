@@ -20,6 +20,8 @@ from sandbox import faults
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.prefect_blocks import ssh_identity
 from sandbox.repo import PackageSpec
+from sandbox.webhook import WebhookReceiver
+from tasks.notify import save_demo_webhook
 from tests.conftest import sandbox_unavailable, ssh
 
 pytestmark = pytest.mark.integration
@@ -33,6 +35,7 @@ client:
   contact: {{name: Ops, email: ops@maint.example}}
   approvers: [{{name: alice, email: alice@maint.example}}, {{name: bob, email: bob@maint.example}}]
   approvals_required: {quorum}
+  notify: [test-maint-hook]
 schedule:
   cadence: quarterly
   window: {{start: "{start}", duration: {duration}}}
@@ -149,6 +152,8 @@ def world(
         )
     estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
     ssh_identity(estate).save("test-maint-ssh", overwrite=True)
+    inbox = WebhookReceiver().__enter__()
+    save_demo_webhook(inbox.url, name="test-maint-hook")
     inventory = tmp_path / "clients"
     inventory.mkdir()
     monkeypatch.setenv("CARETAKER_INVENTORY_DIR", str(inventory))
@@ -156,7 +161,8 @@ def world(
     monkeypatch.setenv("CARETAKER_APPROVAL_POLL_S", "1")
     monkeypatch.setenv("CARETAKER_REBOOT_TIMEOUT_S", "8")
     monkeypatch.setenv("CARETAKER_DPKG_LOCK_TIMEOUT_S", "3")
-    yield {"dir": inventory}
+    yield {"dir": inventory, "inbox": inbox}
+    inbox.__exit__(None, None, None)
 
 
 def agent(estate: Estate, host: str) -> str:
@@ -211,6 +217,31 @@ def test_the_happy_path_patches_every_host_after_snapshot_staging_and_approval(
     assert record.restore_test.rto_s and record.restore_test.rto_s > 0
     (stored,) = stored_records("happy")
     assert stored.change_ref == "CHG-100" and stored.outcome == record.outcome
+    notices = world["inbox"].wait_for(3)
+    subjects = [n["subject"] for n in notices]
+    assert len(subjects) == 3 and all("CHG-100" in s for s in subjects), subjects
+    assert "approv" in subjects[1].lower()
+    assert "completed" in (subjects[2] + notices[2]["body"]).lower()
+
+
+def test_no_server_is_patched_when_a_snapshot_fails(estate: Estate, world: dict[str, Any]) -> None:
+    write_client(world["dir"], estate, "snapfail")
+    path = world["dir"] / "snapfail.yaml"
+    # h04's snapshot provider points at an estate that does not exist: its snapshot fails.
+    text = path.read_text().replace(
+        "address: 10.213.68.14, provider: {type: sandbox, estate: test-maint}",
+        "address: 10.213.68.14, provider: {type: sandbox, estate: nosuch}",
+    )
+    assert "estate: nosuch" in text
+    path.write_text(text)
+    state, record, approver = run("snapfail", [APPROVE])
+    assert state.is_failed()
+    assert record.outcome.value == "failed" and "snapshot" in record.outcome_detail
+    assert approver.paused_seen == 0
+    assert {agent(estate, h.name) for h in estate.spec.hosts} == {"1.0"}
+    by_server = {s.server: s for s in record.snapshots}
+    assert by_server["h04"].state == "failed"
+    assert by_server["h02"].state == "completed"
 
 
 def test_a_rejection_leaves_production_untouched_and_is_recorded(
