@@ -118,7 +118,7 @@ def test_example_clients_load_with_the_documented_estate() -> None:
         )
         assert server.os_family == "debian"
         assert server.allowed_ports == (22,)
-        assert [c.type for c in server.checks] == ["tcp", "systemd"]
+        assert [c.type for c in server.checks] == ["tcp"]
     for server in acme.servers:
         assert server.provider.type == "aws"
         assert server.provider.region == "eu-west-1"
