@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blocks.settings import settings  # noqa: E402
-from sandbox.estate import Estate, numbered_hosts  # noqa: E402
-from sandbox.repo import PackageSpec  # noqa: E402
+from blocks.settings import settings
+from sandbox.estate import Estate, numbered_hosts
+from sandbox.repo import PackageSpec
 
 CLIENT = """\
 client:
@@ -79,9 +79,17 @@ def reset_hosts(estate: Estate) -> None:
     key, known = estate.key_path, estate.known_hosts_path
     procs = [
         subprocess.Popen(
-            ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "BatchMode=yes",
-             f"root@{h.address}",
-             "apt-get -q -y --allow-downgrades install caretaker-agent=1.0 >/dev/null 2>&1"],
+            [
+                "ssh",
+                "-i",
+                str(key),
+                "-o",
+                f"UserKnownHostsFile={known}",
+                "-o",
+                "BatchMode=yes",
+                f"root@{h.address}",
+                "apt-get -q -y --allow-downgrades install caretaker-agent=1.0 >/dev/null 2>&1",
+            ],
         )
         for h in estate.spec.hosts
     ]
@@ -132,8 +140,12 @@ def approve(stop: threading.Event) -> None:
             for run in runs:
                 resume_flow_run(
                     run.id,
-                    run_input={"decision": "approve", "approver": "alice", "comment": "",
-                               "ticket": ""},
+                    run_input={
+                        "decision": "approve",
+                        "approver": "alice",
+                        "comment": "",
+                        "ticket": "",
+                    },
                 )
                 return
             time.sleep(0.2)
@@ -203,15 +215,22 @@ def main() -> int:
                 total = time.perf_counter() - started
                 stop.set()
                 record = state.result(raise_on_failure=False)
-                print(f"server-maintenance, {args.hosts} hosts, batch {args.batch}: "
-                      f"{total:.1f}s, outcome {record.outcome.value}")
-                for name, seconds in sorted(phases(str(state.state_details.flow_run_id)).items(),
-                                            key=lambda kv: -kv[1]):
-                    print(f"    {name:<28} {seconds:6.1f}s")
+                print(
+                    f"server-maintenance, {args.hosts} hosts, batch {args.batch}: "
+                    f"{total:.1f}s, outcome {record.outcome.value}"
+                )
+                for name, seconds in record.phase_seconds.items():
+                    print(f"    {name:<16} {seconds:6.1f}s")
+                print("  busiest tasks (first start to last end over the run):")
+                spans = phases(str(state.state_details.flow_run_id))
+                for name, seconds in sorted(spans.items(), key=lambda kv: -kv[1])[:5]:
+                    print(f"    {name:<24} {seconds:6.1f}s")
         if not args.skip_ansible:
             reset_hosts(estate)
             seconds = run_ansible(estate, args.batch)
-            print(f"ansible-core playbook (serial: {args.batch}), the upgrade alone: {seconds:.1f}s")
+            print(
+                f"ansible-core playbook (serial: {args.batch}), the upgrade alone: {seconds:.1f}s"
+            )
     finally:
         estate.down(purge=True)
     return 0

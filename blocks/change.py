@@ -386,6 +386,13 @@ class ChangeRecord(BaseModel):
     review: str = Field(
         default="", description="Post-implementation review: what went well, what to change."
     )
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Wall time of each phase that ran (preflight, snapshots, staging, approval wait,"
+            " production, restore test, retention), in seconds."
+        ),
+    )
     started: UtcDatetime = Field(description="When the run started (UTC).")
     ended: UtcDatetime | None = Field(default=None, description="When the run ended (UTC).")
 

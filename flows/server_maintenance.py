@@ -21,7 +21,9 @@ enough listed approvers and (d) inside the maintenance window or with an overrid
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -155,6 +157,18 @@ class Maintenance:
 
     def save(self) -> None:
         self.store.save_change_record(self.record)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase into the change record (what the benchmark and reports read)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            elapsed = time.monotonic() - started
+            self.record.phase_seconds[name] = round(
+                self.record.phase_seconds.get(name, 0.0) + elapsed, 3
+            )
 
     def _fan_out(
         self, servers: Sequence[Server], submit: Callable[[Server], PrefectFuture[Any]]
@@ -728,7 +742,8 @@ def _maintain(
         with open_sessions(inventory, servers) as sessions:
             run = Maintenance(inventory, servers, sessions, record, store, window_override)
             try:
-                plan = run.preflight()
+                with run.phase("preflight"):
+                    plan = run.preflight()
                 subject, body = notice_before_change(
                     inventory.client.name,
                     change_ref,
@@ -737,8 +752,10 @@ def _maintain(
                     tz=inventory.tz,
                 )
                 record.notification_failures += notify(inventory.client.notify, subject, body)
-                run.snapshot_all()
-                staging_failures = run.patch_and_verify(run.staging, "staging")
+                with run.phase("snapshots"):
+                    run.snapshot_all()
+                with run.phase("staging"):
+                    staging_failures = run.patch_and_verify(run.staging, "staging")
                 if staging_failures:
                     raise Stop(
                         Outcome.STAGING_FAILED,
@@ -746,9 +763,11 @@ def _maintain(
                         + " — no approval asked, production untouched",
                     )
                 if run.production:
-                    run.approve(plan)
+                    with run.phase("approval"):
+                        run.approve(plan)
                     run.window_gate()
-                    run.roll_out()
+                    with run.phase("production"):
+                        run.roll_out()
                 record.outcome = (
                     Outcome.COMPLETED_WITH_ROLLBACKS if record.rollbacks else Outcome.COMPLETED
                 )
@@ -756,8 +775,10 @@ def _maintain(
                     f"{len(record.package_changes)} package change(s) on "
                     f"{len({c.server for c in record.package_changes})} server(s)"
                 )
-                run.restore_test()
-                run.retention()
+                with run.phase("restore-test"):
+                    run.restore_test()
+                with run.phase("retention"):
+                    run.retention()
             except Stop as stop:
                 record.outcome, record.outcome_detail = stop.outcome, stop.detail
                 logger.error("%s", stop)
