@@ -85,6 +85,7 @@ from tasks.snapshots import (
     SnapshotRecord,
     apply_snapshot_retention,
     create_snapshot,
+    probe_snapshot_provider,
     restore_from_snapshot,
     run_restore_test,
     wait_for_snapshot,
@@ -185,6 +186,15 @@ class Maintenance:
             raise Stop(Outcome.FAILED, f"preflight failed, nothing changed: {lines}")
         facts: dict[str, HostFacts] = {n: st.result() for n, st in states.items()}
         problems = preflight_problems(facts)
+        probes = self._fan_out(
+            self.servers,
+            lambda s: probe_snapshot_provider.submit(s, self.inv.slug, self.inv.snapshots),
+        )
+        problems += [
+            f"{n}: snapshot provider does not answer: {_error(st)}"
+            for n, st in probes.items()
+            if not st.is_completed()
+        ]
         if problems:
             raise Stop(Outcome.FAILED, "preflight: " + "; ".join(problems))
         for server in self.servers:

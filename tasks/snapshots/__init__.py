@@ -333,3 +333,29 @@ def apply_snapshot_retention(
     """
     provider = provider_for(server, policy, client=client)
     return apply_retention(provider, server, policy.retention, protect_ids)
+
+
+@task(
+    name="probe-snapshot-provider",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=_only_transient,
+    task_run_name="probe-snapshot-provider-{server.name}",
+)
+def probe_snapshot_provider(server: Server, client: str, policy: SnapshotPolicy) -> int:
+    """Preflight: the server's provider answers (credentials load, the API lists).
+
+    Read-only: it lists the server's caretaker snapshots, so a missing credentials
+    block, an unknown instance or an unreachable endpoint fails before anything changes.
+
+    Args:
+        server: The server.
+        client: The client slug.
+        policy: The client's snapshot policy.
+
+    Returns:
+        How many caretaker snapshots of the server the provider holds.
+    """
+    provider = provider_for(server, policy, client=client)
+    return len(provider.list(server))

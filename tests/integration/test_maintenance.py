@@ -239,9 +239,31 @@ def test_no_server_is_patched_when_a_snapshot_fails(estate: Estate, world: dict[
     assert record.outcome.value == "failed" and "snapshot" in record.outcome_detail
     assert approver.paused_seen == 0
     assert {agent(estate, h.name) for h in estate.spec.hosts} == {"1.0"}
-    by_server = {s.server: s for s in record.snapshots}
-    assert by_server["h04"].state == "failed"
-    assert by_server["h02"].state == "completed"
+    # The provider is probed in preflight: the run stops before any snapshot or change.
+    assert "h04" in record.outcome_detail and "provider" in record.outcome_detail
+    assert record.package_changes == [] and record.snapshots == []
+
+
+def test_no_server_is_patched_when_its_snapshot_cannot_be_taken(
+    estate: Estate, world: dict[str, Any]
+) -> None:
+    write_client(world["dir"], estate, "snapcopy")
+    snapshots, aside = estate.dir / "snapshots", estate.dir / "snapshots.aside"
+    if snapshots.exists():
+        snapshots.rename(aside)
+    snapshots.write_text("a file where the snapshot folder should be: every copy fails")
+    try:
+        state, record, approver = run("snapcopy", [APPROVE])
+    finally:
+        snapshots.unlink()
+        if aside.exists():
+            aside.rename(snapshots)
+    assert state.is_failed()
+    assert record.outcome.value == "failed" and "snapshots failed" in record.outcome_detail
+    assert approver.paused_seen == 0
+    assert [s.state for s in record.snapshots] == ["failed"] * 5
+    assert record.package_changes == []
+    assert {agent(estate, h.name) for h in estate.spec.hosts} == {"1.0"}
 
 
 def test_a_rejection_leaves_production_untouched_and_is_recorded(
