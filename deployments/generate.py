@@ -156,13 +156,26 @@ def maintenance_spec(inventory: ClientInventory) -> DeploymentSpec:
     )
 
 
-def deployment_specs(inventories: Mapping[str, ClientInventory]) -> list[DeploymentSpec]:
-    """Every deployment of the inventory, in a stable order (flow, then client slug).
+def health_check_spec() -> DeploymentSpec:
+    """``health-check/all``: every client's servers, every 5 minutes."""
+    return DeploymentSpec(
+        flow_name="health-check",
+        entrypoint="flows/health_check.py:health_check",
+        name="all",
+        parameters={},
+        description="Health checks of every client's servers (state intervals in the store).",
+        tags=("caretaker", "health"),
+        cron="*/5 * * * *",
+        timezone="UTC",
+        day_or=True,
+    )
 
-    Flows that are not per-client (a fleet-wide ``health-check``, say) append their
-    specs here once they exist; only flows that exist are listed.
-    """
-    return [maintenance_spec(inventories[slug]) for slug in sorted(inventories)]
+
+def deployment_specs(inventories: Mapping[str, ClientInventory]) -> list[DeploymentSpec]:
+    """Every deployment of the inventory, in a stable order (flow, then client slug)."""
+    return [maintenance_spec(inventories[slug]) for slug in sorted(inventories)] + [
+        health_check_spec()
+    ]
 
 
 def _yaml_entry(spec: DeploymentSpec) -> dict[str, Any]:

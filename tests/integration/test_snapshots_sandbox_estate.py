@@ -108,7 +108,9 @@ def test_every_process_of_the_host_is_stopped_during_the_copy_and_runs_again_aft
         # (init's `sleep 1` children come and go, so look again rather than reuse a list.)
         members = pid_namespace_members(init)
         assert set(members) <= set(stopped)
-        assert states(members) == {"T"}
+        # A child that exited just before the freeze stays a zombie (Z) until init runs
+        # again: it holds no disk state, so it does not break the copy's consistency.
+        assert states(members) - {"Z"} == {"T"}
     assert "T" not in states(stopped)
     assert on(estate, "snap-a", "hostname") == "snap-a"
 

@@ -36,9 +36,19 @@ DOCUMENT: dict[str, Any] = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8
 DEPLOYMENTS: list[dict[str, Any]] = DOCUMENT["deployments"]
 
 
+MAINTENANCE: list[dict[str, Any]] = [
+    d for d in DEPLOYMENTS if d["entrypoint"] == MAINTENANCE_ENTRYPOINT
+]
+
+
 def each_deployment() -> Any:
     """Parametrize a test over prefect.yaml's deployments, named after them."""
     return pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+
+
+def each_maintenance_deployment() -> Any:
+    """Parametrize a test over the per-client server-maintenance deployments."""
+    return pytest.mark.parametrize("deployment", MAINTENANCE, ids=[d["name"] for d in MAINTENANCE])
 
 
 def load_flow(entrypoint: str) -> Any:
@@ -135,14 +145,14 @@ def test_the_parameters_fit_the_flows_signature(deployment: dict[str, Any]) -> N
     assert deployment["enforce_parameter_schema"] is True
 
 
-@each_deployment()
+@each_maintenance_deployment()
 def test_the_parameters_name_the_client_and_leave_dry_run_to_the_flow(
     deployment: dict[str, Any],
 ) -> None:
     assert deployment["parameters"] == {"client": deployment["name"]}
 
 
-@each_deployment()
+@each_maintenance_deployment()
 def test_the_schedule_opens_the_clients_window_in_its_own_time_zone(
     deployment: dict[str, Any],
 ) -> None:
@@ -169,7 +179,7 @@ def test_the_schedule_opens_the_clients_window_in_its_own_time_zone(
             assert local.month in (1, 4, 7, 10) and local.day == 1
 
 
-@each_deployment()
+@each_maintenance_deployment()
 def test_the_deployment_runs_on_the_process_pool_from_the_repository(
     deployment: dict[str, Any],
 ) -> None:
@@ -247,7 +257,9 @@ def test_the_generator_writes_one_deployment_per_client_with_its_schedule(
     two_clients: Path,
 ) -> None:
     document = yaml.safe_load(render(two_clients))
-    by_name = {d["name"]: d for d in document["deployments"]}
+    by_name = {
+        d["name"]: d for d in document["deployments"] if d["entrypoint"] == MAINTENANCE_ENTRYPOINT
+    }
     assert list(by_name) == ["hooli", "initech"]
     assert by_name["hooli"]["parameters"] == {"client": "hooli"}
     assert by_name["hooli"]["schedules"] == [
@@ -296,3 +308,10 @@ def test_the_generator_refuses_an_invalid_inventory_and_writes_nothing(
     assert main(["--inventory", str(two_clients), "-o", str(output)]) == 2
     assert not output.exists()
     assert "Asia/Tokio" in capsys.readouterr().err
+
+
+def test_health_checks_run_every_five_minutes_for_every_client() -> None:
+    (health,) = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/health_check.py:health_check"]
+    assert health["name"] == "all" and health["parameters"] == {}
+    (item,) = health["schedules"]
+    assert (item["cron"], item["timezone"]) == ("*/5 * * * *", "UTC")

@@ -1,0 +1,815 @@
+"""Health history ingestion: checks compressed into state intervals, daily rollups, import.
+
+Every health check of a server is a :class:`CheckSample` (server, time, ok, error,
+latency). The store does not keep a row per check: consecutive samples of the same state
+are folded into one :class:`Interval` (``check_intervals``), and seconds per state per UTC
+day are kept in ``daily_rollups``. See docs/health-check.md.
+
+* :func:`extend_intervals` is the pure heart: one sample against the server's open
+  interval gives the intervals it closes and the new open interval.
+* :func:`ingest` applies samples to the store in **one transaction**, serialised per
+  server (SQLite: the database write lock, ``BEGIN IMMEDIATE``; PostgreSQL: a
+  transaction-scoped advisory lock per client and server), so two health-check runs
+  writing at once lose nothing. It returns the state changes that passed the
+  confirmation rule, for the flow to publish as Prefect events.
+* :func:`load_samples` / :func:`import_file` / ``python -m reports.ingest import FILE
+  --client SLUG``: history from another monitoring tool (CSV or Parquet with columns
+  ``server, ts, ok`` and optionally ``latency_ms``). Every row is validated first; any bad
+  row rejects the whole file (:class:`ImportRejected`, with line numbers) and nothing is
+  written.
+
+Reports read intervals with :func:`read_intervals` and rollups with :func:`read_rollups`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from blocks.errors import CaretakerError
+from reports.store import HistoryStore, check_intervals, daily_rollups, maintenance_windows
+
+__all__ = [
+    "CONFIRM_AFTER",
+    "DEFAULT_CHECK_INTERVAL",
+    "DEFAULT_MAX_GAP",
+    "CheckSample",
+    "DailyRollup",
+    "ImportRejected",
+    "IngestResult",
+    "Interval",
+    "StateChange",
+    "extend_intervals",
+    "import_file",
+    "ingest",
+    "load_samples",
+    "main",
+    "read_intervals",
+    "read_rollups",
+    "rebuild_rollups",
+    "rollup_seconds",
+    "validate_rows",
+]
+
+State = Literal["up", "down", "unknown"]
+
+#: How often the deployed health-check flow runs.
+DEFAULT_CHECK_INTERVAL = timedelta(minutes=5)
+#: A silence longer than this between two checks of a server is recorded as ``unknown``.
+DEFAULT_MAX_GAP = 3 * DEFAULT_CHECK_INTERVAL
+#: An outage is confirmed after this many consecutive failed checks (DESIGN.md §3).
+CONFIRM_AFTER = 2
+
+_MAX_SERVER = 255
+_MAX_ERROR = 2000
+#: Problems shown in an ImportRejected message (all of them stay in ``.problems``).
+_SHOWN_PROBLEMS = 50
+_TRUE = frozenset({"true", "t", "1", "yes", "y", "up", "ok"})
+_FALSE = frozenset({"false", "f", "0", "no", "n", "down", "fail", "failed"})
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} {value.isoformat()} is naive; give a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class CheckSample:
+    """One health check of one server: did it pass, and if not, why.
+
+    Attributes:
+        server: server name (unique within the client).
+        ts: when the check ran (timezone-aware; stored in UTC).
+        ok: every check of the server passed.
+        error: why it failed (first line of evidence), or None.
+        latency_ms: response time when something answered, or None.
+    """
+
+    server: str
+    ts: datetime
+    ok: bool
+    error: str | None = None
+    latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ts", _utc(self.ts, "sample time"))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A run of checks of one server in one state.
+
+    Attributes:
+        server: server name.
+        state: ``up``, ``down`` or ``unknown`` (no data: a gap between checks).
+        start: the first check of the interval (for ``unknown``: the last check before).
+        end: the last check while open; once closed, the next interval's start.
+        checks: checks folded into the interval (0 for ``unknown``).
+        failures: how many of them failed.
+        first_error: the first failure's message.
+        id: the row id in ``check_intervals``; None until written.
+    """
+
+    server: str
+    state: State
+    start: datetime
+    end: datetime
+    checks: int
+    failures: int
+    first_error: str | None = None
+    id: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Length of the interval in seconds."""
+        return (self.end - self.start).total_seconds()
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A server going down (confirmed) or coming back up.
+
+    Attributes:
+        client: client slug.
+        server: server name.
+        state: ``down`` or ``up``.
+        since: when the change is dated: the first failure of the outage, or the first
+            passing check after it.
+        observed: the check that made the change known (the confirming failure for
+            ``down``; equal to ``since`` for ``up``).
+        checks: consecutive checks in the new state when the change was detected.
+        error: the outage's first error (for ``down``), else None.
+    """
+
+    client: str
+    server: str
+    state: Literal["down", "up"]
+    since: datetime
+    observed: datetime
+    checks: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an :func:`ingest` did.
+
+    Attributes:
+        samples: samples applied.
+        intervals_written: interval rows inserted or updated.
+        changes: confirmed state changes, oldest first per server.
+    """
+
+    samples: int
+    intervals_written: int
+    changes: list[StateChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DailyRollup:
+    """Seconds per state of one server on one UTC day (a ``daily_rollups`` row)."""
+
+    client: str
+    server: str
+    day: date
+    up_s: float
+    down_s: float
+    unknown_s: float
+    maintenance_s: float
+
+
+class ImportRejected(CaretakerError):
+    """An import file has bad rows; nothing was imported.
+
+    Attributes:
+        path: the file.
+        problems: one line per problem, ``line N: ...`` (CSV) or ``row N: ...`` (Parquet).
+    """
+
+    def __init__(self, path: Path | str, problems: Sequence[str]) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        shown = self.problems[:_SHOWN_PROBLEMS]
+        more = len(self.problems) - len(shown)
+        lines = "\n  ".join(shown) + (f"\n  ... and {more} more" if more else "")
+        super().__init__(
+            f"{self.path}: {len(self.problems)} problem(s), nothing imported:\n  {lines}"
+        )
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def _state(sample: CheckSample) -> State:
+    return "up" if sample.ok else "down"
+
+
+def _error(sample: CheckSample) -> str | None:
+    if sample.ok:
+        return None
+    return (sample.error or "check failed")[:_MAX_ERROR]
+
+
+def _opened(sample: CheckSample) -> Interval:
+    return Interval(
+        server=sample.server,
+        state=_state(sample),
+        start=sample.ts,
+        end=sample.ts,
+        checks=1,
+        failures=0 if sample.ok else 1,
+        first_error=_error(sample),
+    )
+
+
+def extend_intervals(
+    open_interval: Interval | None,
+    sample: CheckSample,
+    max_gap: timedelta = DEFAULT_MAX_GAP,
+) -> tuple[list[Interval], Interval]:
+    """Fold one check into a server's open interval (pure).
+
+    * No open interval: the sample opens one (``start = end = ts``).
+    * Same state, within ``max_gap`` of the interval's end: the interval grows
+      (``end = ts``, ``checks + 1``, ``failures + 1`` when down, ``first_error`` kept).
+    * Another state: the open interval is closed at ``ts`` (intervals are contiguous:
+      the change is dated from the first check that saw it) and the sample opens a new one.
+    * More than ``max_gap`` after the interval's end: the interval is closed at its last
+      check, an ``unknown`` interval (0 checks) covers the silence, the sample opens a new one.
+    * Late or duplicate (``ts`` not after the interval's end, e.g. two runs racing): the
+      sample is counted in the open interval (``checks``, ``failures``) without moving
+      its end or changing its state, so no check is lost and time never runs backwards.
+
+    Args:
+        open_interval: the server's latest interval, or None for a new server.
+        sample: the check.
+        max_gap: the longest silence still read as continuity (3 check periods).
+
+    Returns:
+        ``(closed, open)``: the intervals closed by this sample, oldest first (the
+        previous open interval keeps its ``id``), and the new open interval.
+    """
+    if open_interval is None:
+        return [], _opened(sample)
+    if sample.server != open_interval.server:
+        raise ValueError(f"sample of {sample.server!r} given to {open_interval.server!r}")
+    failed = 0 if sample.ok else 1
+    first_error = open_interval.first_error or _error(sample)
+    if sample.ts <= open_interval.end:
+        return [], replace(
+            open_interval,
+            checks=open_interval.checks + 1,
+            failures=open_interval.failures + failed,
+            first_error=first_error,
+        )
+    if sample.ts - open_interval.end > max_gap:
+        gap = Interval(
+            server=sample.server,
+            state="unknown",
+            start=open_interval.end,
+            end=sample.ts,
+            checks=0,
+            failures=0,
+        )
+        return [open_interval, gap], _opened(sample)
+    if _state(sample) == open_interval.state:
+        return [], replace(
+            open_interval,
+            end=sample.ts,
+            checks=open_interval.checks + 1,
+            failures=open_interval.failures + failed,
+            first_error=first_error,
+        )
+    return [replace(open_interval, end=sample.ts)], _opened(sample)
+
+
+def _merge(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _days(start: datetime, end: datetime) -> Iterator[tuple[date, datetime, datetime]]:
+    """``[start, end)`` cut at UTC midnights: (day, piece start, piece end)."""
+    while start < end:
+        midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(), UTC)
+        piece_end = min(end, midnight)
+        yield start.date(), start, piece_end
+        start = piece_end
+
+
+def rollup_seconds(
+    segments: Iterable[tuple[str, State, datetime, datetime]],
+    windows: Mapping[str, Sequence[tuple[datetime, datetime]]] | None = None,
+) -> dict[tuple[str, date], dict[str, float]]:
+    """Seconds per state (and inside maintenance) per server per UTC day (pure).
+
+    Args:
+        segments: ``(server, state, start, end)`` pieces of the timeline, not overlapping
+            for one server.
+        windows: maintenance windows per server (client-wide windows included in each
+            server's list); overlapping windows count once.
+
+    Returns:
+        ``{(server, day): {"up_s", "down_s", "unknown_s", "maintenance_s"}}``.
+    """
+    merged = {server: _merge(spans) for server, spans in (windows or {}).items()}
+    out: dict[tuple[str, date], dict[str, float]] = defaultdict(
+        lambda: {"up_s": 0.0, "down_s": 0.0, "unknown_s": 0.0, "maintenance_s": 0.0}
+    )
+    for server, state, start, end in segments:
+        for day, lo, hi in _days(start, end):
+            bucket = out[(server, day)]
+            bucket[f"{state}_s"] += (hi - lo).total_seconds()
+            for w0, w1 in merged.get(server, ()):
+                overlap = (min(hi, w1) - max(lo, w0)).total_seconds()
+                if overlap > 0:
+                    bucket["maintenance_s"] += overlap
+    return dict(out)
+
+
+# --------------------------------------------------------------------------- store IO
+
+
+def _lock_key(client: str, server: str) -> int:
+    digest = hashlib.blake2b(f"{client}/{server}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _lock_server(conn: Connection, client: str, server: str) -> None:
+    # SQLite: the transaction began IMMEDIATE and already holds the database write lock.
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(client, server))))
+
+
+def _row_interval(row: sa.Row[Any]) -> Interval:
+    return Interval(
+        server=row.server,
+        state=row.state,
+        start=row.start,
+        end=row.end,
+        checks=row.checks,
+        failures=row.failures,
+        first_error=row.first_error,
+        id=row.id,
+    )
+
+
+def _open_interval(conn: Connection, client: str, server: str) -> Interval | None:
+    t = check_intervals
+    row = conn.execute(
+        sa.select(t)
+        .where(t.c.client == client, t.c.server == server)
+        .order_by(t.c.start.desc(), t.c.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else _row_interval(row)
+
+
+def _windows(
+    conn: Connection, client: str, servers: Iterable[str], start: datetime, end: datetime
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    t = maintenance_windows
+    rows = conn.execute(
+        sa.select(t.c.server, t.c.start, t.c.end).where(
+            t.c.client == client, t.c.start < end, t.c.end > start
+        )
+    ).all()
+    out: dict[str, list[tuple[datetime, datetime]]] = {s: [] for s in servers}
+    for row in rows:
+        for server, spans in out.items():
+            if row.server is None or row.server == server:
+                spans.append((row.start, row.end))
+    return out
+
+
+def _add_rollups(
+    conn: Connection, client: str, seconds: Mapping[tuple[str, date], Mapping[str, float]]
+) -> None:
+    if not seconds:
+        return
+    t = daily_rollups
+    insert = postgresql.insert(t) if conn.dialect.name == "postgresql" else sqlite.insert(t)
+    stmt = insert.on_conflict_do_update(
+        index_elements=[t.c.client, t.c.server, t.c.day],
+        set_={
+            name: t.c[name] + insert.excluded[name]
+            for name in ("up_s", "down_s", "unknown_s", "maintenance_s")
+        },
+    )
+    conn.execute(
+        stmt,
+        [
+            {"client": client, "server": server, "day": day, **values}
+            for (server, day), values in sorted(seconds.items())
+        ],
+    )
+
+
+def _row(client: str, interval: Interval) -> dict[str, Any]:
+    return {
+        "client": client,
+        "server": interval.server,
+        "state": interval.state,
+        "start": interval.start,
+        "end": interval.end,
+        "checks": interval.checks,
+        "failures": interval.failures,
+        "first_error": interval.first_error,
+    }
+
+
+def _confirmed_down(interval: Interval | None, confirm_after: int) -> bool:
+    return interval is not None and interval.state == "down" and interval.checks >= confirm_after
+
+
+def ingest(
+    store: HistoryStore,
+    client: str,
+    samples: Iterable[CheckSample],
+    *,
+    max_gap: timedelta = DEFAULT_MAX_GAP,
+    confirm_after: int = CONFIRM_AFTER,
+) -> IngestResult:
+    """Fold samples into the store's intervals and daily rollups, in one transaction.
+
+    For each server (in name order, so concurrent writers lock in the same order): lock
+    the server, read its open interval, apply the samples in time order with
+    :func:`extend_intervals`, update the open row and insert the new ones, and add the
+    seconds the timeline advanced to ``daily_rollups`` (with their overlap with
+    ``maintenance_windows`` recorded so far). Either everything is written or nothing.
+
+    A server goes ``down`` when its down interval reaches ``confirm_after`` checks (dated
+    from the first failure), and ``up`` at the first passing check after a confirmed
+    outage; a shorter blip is stored as a short down interval but is no state change.
+
+    Args:
+        store: the history store.
+        client: client slug.
+        samples: the checks, in any order, for any of the client's servers.
+        max_gap: the longest silence read as continuity; longer is ``unknown``.
+        confirm_after: consecutive failures that confirm an outage (>= 1).
+
+    Returns:
+        How many samples and rows, and the confirmed state changes.
+    """
+    if confirm_after < 1:
+        raise ValueError("confirm_after must be at least 1")
+    by_server: dict[str, list[CheckSample]] = defaultdict(list)
+    count = 0
+    for sample in samples:
+        by_server[sample.server].append(sample)
+        count += 1
+    changes: list[StateChange] = []
+    written = 0
+    t = check_intervals
+    with store.engine.begin() as conn:
+        for server in sorted(by_server):
+            _lock_server(conn, client, server)
+            current = _open_interval(conn, client, server)
+            before = current
+            down = _confirmed_down(current, confirm_after)
+            closed: list[Interval] = []
+            for sample in sorted(by_server[server], key=lambda s: s.ts):
+                done, current = extend_intervals(current, sample, max_gap)
+                closed.extend(done)
+                if current.state == "down" and current.checks >= confirm_after and not down:
+                    down = True
+                    changes.append(
+                        StateChange(
+                            client,
+                            server,
+                            "down",
+                            current.start,
+                            sample.ts,
+                            current.checks,
+                            current.first_error,
+                        )
+                    )
+                elif current.state == "up" and down:
+                    down = False
+                    changes.append(
+                        StateChange(client, server, "up", current.start, sample.ts, current.checks)
+                    )
+            assert current is not None  # at least one sample per server
+            touched = [*closed, current]
+            segments: list[tuple[str, State, datetime, datetime]] = []
+            for interval in touched:
+                if before is not None and interval.id == before.id:
+                    conn.execute(
+                        t.update().where(t.c.id == interval.id).values(**_row(client, interval))
+                    )
+                    segments.append((server, interval.state, before.end, interval.end))
+                else:
+                    segments.append((server, interval.state, interval.start, interval.end))
+            new = [_row(client, i) for i in touched if before is None or i.id != before.id]
+            if new:
+                conn.execute(t.insert(), new)
+            written += len(touched)
+            segments = [s for s in segments if s[3] > s[2]]
+            if segments:
+                lo = min(s[2] for s in segments)
+                hi = max(s[3] for s in segments)
+                windows = _windows(conn, client, [server], lo, hi)
+                _add_rollups(conn, client, rollup_seconds(segments, windows))
+    return IngestResult(samples=count, intervals_written=written, changes=changes)
+
+
+def read_intervals(
+    store: HistoryStore,
+    client: str,
+    server: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[Interval]:
+    """A client's intervals overlapping ``[start, end]``, by server then start.
+
+    Args:
+        store: the history store.
+        client: client slug.
+        server: only this server.
+        start: only intervals ending at or after this time (aware).
+        end: only intervals starting at or before this time (aware).
+    """
+    t = check_intervals
+    query = sa.select(t).where(t.c.client == client)
+    if server is not None:
+        query = query.where(t.c.server == server)
+    if start is not None:
+        query = query.where(t.c.end >= _utc(start, "start"))
+    if end is not None:
+        query = query.where(t.c.start <= _utc(end, "end"))
+    with store.engine.connect() as conn:
+        conn = conn.execution_options(caretaker_read_only=True)
+        with conn.begin():
+            rows = conn.execute(query.order_by(t.c.server, t.c.start, t.c.id)).all()
+    return [_row_interval(row) for row in rows]
+
+
+def read_rollups(store: HistoryStore, client: str, server: str | None = None) -> list[DailyRollup]:
+    """A client's daily rollups, by server then day."""
+    t = daily_rollups
+    query = sa.select(t).where(t.c.client == client)
+    if server is not None:
+        query = query.where(t.c.server == server)
+    with store.engine.connect() as conn:
+        conn = conn.execution_options(caretaker_read_only=True)
+        with conn.begin():
+            rows = conn.execute(query.order_by(t.c.server, t.c.day)).all()
+    return [
+        DailyRollup(
+            client=r.client,
+            server=r.server,
+            day=r.day,
+            up_s=r.up_s,
+            down_s=r.down_s,
+            unknown_s=r.unknown_s,
+            maintenance_s=r.maintenance_s,
+        )
+        for r in rows
+    ]
+
+
+def rebuild_rollups(store: HistoryStore, client: str) -> int:
+    """Recompute a client's daily rollups from its intervals and maintenance windows.
+
+    Ingest counts maintenance time against the windows recorded *at ingest time*; a
+    window recorded later (a run's window is written when the run ends) is picked up
+    by rebuilding. One transaction.
+
+    Returns:
+        The number of rollup rows written.
+    """
+    intervals = read_intervals(store, client)
+    segments = [(i.server, i.state, i.start, i.end) for i in intervals if i.end > i.start]
+    with store.engine.begin() as conn:
+        conn.execute(daily_rollups.delete().where(daily_rollups.c.client == client))
+        if not segments:
+            return 0
+        lo = min(s[2] for s in segments)
+        hi = max(s[3] for s in segments)
+        windows = _windows(conn, client, {s[0] for s in segments}, lo, hi)
+        seconds = rollup_seconds(segments, windows)
+        _add_rollups(conn, client, seconds)
+    return len(seconds)
+
+
+# --------------------------------------------------------------------------- import
+
+#: Columns an import file must have, and the optional one.
+REQUIRED_COLUMNS = ("server", "ts", "ok")
+OPTIONAL_COLUMNS = ("latency_ms",)
+
+
+def _parse_ts(value: object) -> datetime | str:
+    if isinstance(value, datetime):
+        ts = value
+    elif isinstance(value, str) and value.strip():
+        try:
+            ts = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return f"ts {value!r} is not an ISO 8601 timestamp"
+    else:
+        return f"ts {value!r} is missing or not a timestamp"
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        return f"ts {value!s} has no time zone (add Z or +HH:MM)"
+    return ts
+
+
+def _parse_ok(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    return f"ok {value!r} is not a boolean (true/false, 1/0, yes/no, up/down)"
+
+
+def _parse_latency(value: object) -> float | str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        return f"latency_ms {value!r} is not a number"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return f"latency_ms {value!r} is not a number"
+    if not math.isfinite(number) or number < 0:
+        return f"latency_ms {value!r} must be a finite number >= 0"
+    return number
+
+
+def validate_rows(
+    rows: Iterable[tuple[int, Mapping[str, object]]], unit: str = "line"
+) -> tuple[list[CheckSample], list[str]]:
+    """Turn raw rows into samples, collecting every problem (pure).
+
+    Args:
+        rows: ``(number, {column: value})`` with the number shown in problems.
+        unit: ``line`` (CSV: file line numbers) or ``row`` (Parquet: 1-based rows).
+
+    Returns:
+        ``(samples, problems)``: the file is good only when ``problems`` is empty.
+    """
+    samples: list[CheckSample] = []
+    problems: list[str] = []
+    for number, raw in rows:
+        errors: list[str] = []
+        server = raw.get("server")
+        if not isinstance(server, str) or not server.strip():
+            errors.append(f"server {server!r} is empty")
+        elif len(server.strip()) > _MAX_SERVER:
+            errors.append(f"server name is longer than {_MAX_SERVER} characters")
+        ts = _parse_ts(raw.get("ts"))
+        ok = _parse_ok(raw.get("ok"))
+        latency = _parse_latency(raw.get("latency_ms"))
+        errors.extend(v for v in (ts, ok, latency) if isinstance(v, str))
+        if errors:
+            problems.append(f"{unit} {number}: " + "; ".join(errors))
+            continue
+        assert isinstance(server, str) and isinstance(ts, datetime) and isinstance(ok, bool)
+        assert latency is None or isinstance(latency, float)
+        samples.append(CheckSample(server.strip(), ts, ok, latency_ms=latency))
+    return samples, problems
+
+
+def _missing(columns: Iterable[str], where: str) -> list[str]:
+    have = {c.strip() for c in columns if c}
+    gone = [c for c in REQUIRED_COLUMNS if c not in have]
+    return [f"{where}: missing column(s) {', '.join(gone)}"] if gone else []
+
+
+def _csv_rows(path: Path) -> tuple[list[tuple[int, Mapping[str, object]]], list[str]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        problems = _missing(reader.fieldnames or [], "line 1")
+        if problems:
+            return [], problems
+        rows: list[tuple[int, Mapping[str, object]]] = []
+        for raw in reader:
+            # line_num is the line the record ended on (a quoted field may span lines).
+            if None in raw:
+                problems.append(f"line {reader.line_num}: more fields than the header")
+                continue
+            rows.append((reader.line_num, {k.strip(): v for k, v in raw.items()}))
+    return rows, problems
+
+
+def _parquet_rows(path: Path) -> tuple[list[tuple[int, Mapping[str, object]]], list[str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        return [], [f"not a readable Parquet file: {exc}"]
+    problems = _missing(table.column_names, "schema")
+    if problems:
+        return [], problems
+    names = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in table.column_names]
+    columns = {name: table.column(name).to_pylist() for name in names}
+    rows: list[tuple[int, Mapping[str, object]]] = [
+        (index + 1, {name: columns[name][index] for name in names})
+        for index in range(table.num_rows)
+    ]
+    return rows, []
+
+
+def load_samples(path: Path | str) -> list[CheckSample]:
+    """Read and validate an import file (``.csv`` or ``.parquet``) completely.
+
+    Raises:
+        ImportRejected: any bad row, a missing column, an empty or unreadable file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        rows, problems = _csv_rows(path)
+        unit = "line"
+    elif suffix in (".parquet", ".pq"):
+        rows, problems = _parquet_rows(path)
+        unit = "row"
+    else:
+        raise ImportRejected(path, [f"unknown file type {suffix!r} (use .csv or .parquet)"])
+    samples, bad = validate_rows(rows, unit)
+    problems += bad
+    if not problems and not samples:
+        problems.append("the file has no rows")
+    if problems:
+        raise ImportRejected(path, problems)
+    return samples
+
+
+def import_file(
+    store: HistoryStore, client: str, path: Path | str, *, max_gap: timedelta = DEFAULT_MAX_GAP
+) -> IngestResult:
+    """Validate a whole file, then ingest it in one transaction (all or nothing).
+
+    Raises:
+        ImportRejected: the file has problems; the store is unchanged.
+    """
+    return ingest(store, client, load_samples(path), max_gap=max_gap)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m reports.ingest import FILE --client SLUG [--interval S] [--store URL]``."""
+    from reports.store import open_store
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reports.ingest", description="Import check history into the store."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser(
+        "import", help="import a CSV or Parquet file (server, ts, ok[, latency_ms])"
+    )
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--client", required=True, help="client slug the history belongs to")
+    imp.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_CHECK_INTERVAL.total_seconds(),
+        help="seconds between checks in the file; a silence over 3x is unknown (default 300)",
+    )
+    imp.add_argument("--store", default=None, help="history store URL (default: settings)")
+    args = parser.parse_args(argv)
+    try:
+        samples = load_samples(args.file)
+    except ImportRejected as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    with open_store(args.store) as store:
+        result = ingest(store, args.client, samples, max_gap=3 * timedelta(seconds=args.interval))
+    print(
+        f"imported {result.samples} check(s) for {args.client}: "
+        f"{result.intervals_written} interval row(s) written"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
