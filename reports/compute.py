@@ -1,0 +1,904 @@
+"""The report computations: uptime, incidents, daily bars and activity, as pure functions.
+
+Frames in, frames out (STYLE item 10). Nothing here reads the store, calls Prefect or writes
+a file; the ``maintenance-report`` flow loads the frames, validates them
+(:mod:`reports.validate`), calls these functions and hands the tables to
+:mod:`reports.render`. Every number and rule is explained in ``docs/reports.md``.
+
+Inputs (timestamps are timezone-aware; any zone, they are compared as instants):
+
+``intervals``
+    The store's ``check_intervals``: ``server``, ``state`` (``up``, ``down``, ``unknown``),
+    ``start``, ``end``, ``checks``, ``failures``, ``first_error``. A ``down`` row is a run of
+    consecutive failed checks, dated from its first failure. Rows of one server never overlap.
+``windows``
+    Planned maintenance: ``server`` (None/NA: every server of the client), ``start``, ``end``.
+    Both declared windows and recorded maintenance runs go here.
+``servers``
+    ``server``, optionally ``added_at`` (observed only from then) and ``sla_target_pct``.
+
+The pipeline, shared by every table (:func:`compute_report` runs it once):
+
+1. :func:`confirm_outages`: runs of fewer than ``confirm_after`` failed checks become ``up``
+   (blips); confirmed runs get an ``outage_id``. This runs *before* clipping, so a run that
+   began before the period is judged on all its failures.
+2. Each server's rows are clipped to its *scope*: the period, from ``added_at`` if later
+   (:func:`clip_to_period` for the period part).
+3. Gaps in the scope without any row become ``unknown`` (no data).
+4. Time inside a maintenance window is *planned*; outages are split at window edges
+   (:func:`split_planned`).
+
+Times are handled as int64 nanoseconds since the epoch inside, for speed and exactness.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, tzinfo
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from blocks.change import ChangeRecord
+from reports.validate import ReportInputError
+
+__all__ = [
+    "ACTIVITY_COLUMNS",
+    "DAILY_COLUMNS",
+    "INCIDENT_COLUMNS",
+    "SLA_COLUMNS",
+    "STATES",
+    "UPTIME_COLUMNS",
+    "ReportTables",
+    "activity_table",
+    "client_uptime",
+    "clip_to_period",
+    "compute_report",
+    "confirm_outages",
+    "daily_uptime",
+    "incidents_table",
+    "local_midnight",
+    "period_bounds",
+    "sla_table",
+    "split_planned",
+    "uptime_table",
+]
+
+STATES: tuple[str, ...] = ("up", "down", "unknown")
+
+#: uptime.csv, exactly as DESIGN.md §3 fixes it.
+UPTIME_COLUMNS: tuple[str, ...] = (
+    "server",
+    "observed_s",
+    "maintenance_s",
+    "unplanned_down_s",
+    "unknown_s",
+    "uptime_pct",
+    "incidents",
+    "mttr_s",
+    "longest_outage_s",
+    "sla_target_pct",
+    "sla_met",
+)
+#: incidents.csv: one row per piece of a confirmed outage (split at window edges).
+INCIDENT_COLUMNS: tuple[str, ...] = (
+    "start",
+    "end",
+    "duration_s",
+    "server",
+    "planned",
+    "first_error",
+    "outage_id",
+    "began_before_period",
+    "ongoing_at_end",
+)
+#: What did not fit uptime.csv: MTBF, the SLA budget and data coverage.
+SLA_COLUMNS: tuple[str, ...] = (
+    "server",
+    "scope_s",
+    "coverage_pct",
+    "mtbf_s",
+    "allowed_down_s",
+    "budget_used_pct",
+)
+DAILY_COLUMNS: tuple[str, ...] = (
+    "server",
+    "day",
+    "up_s",
+    "unplanned_down_s",
+    "maintenance_s",
+    "unknown_s",
+    "uptime_pct",
+)
+#: activity.csv: one row per maintenance run.
+ACTIVITY_COLUMNS: tuple[str, ...] = (
+    "client",
+    "change_ref",
+    "flow_run_id",
+    "started",
+    "ended",
+    "duration_s",
+    "outcome",
+    "hosts_changed",
+    "packages_changed",
+    "packages_per_host",
+    "reboots",
+    "approvals",
+    "rollbacks",
+    "restore_test_server",
+    "restore_test_ok",
+    "restore_rto_s",
+    "snapshots_taken",
+    "snapshot_ids",
+)
+
+TOTAL_ROW = "(all servers)"
+_NS = 1_000_000_000
+_INTERVAL_COLUMNS = ("server", "state", "start", "end", "checks", "failures", "first_error")
+
+
+# ------------------------------------------------------------------------------ periods
+
+
+def local_midnight(day: date, tz: tzinfo) -> pd.Timestamp:
+    """The first instant of local ``day`` in ``tz``, aware.
+
+    A zone that skips midnight (DST at 00:00) starts the day at the first existing instant;
+    one that repeats it takes the first occurrence.
+    """
+    return pd.Timestamp(day).tz_localize(tz, nonexistent="shift_forward", ambiguous=True)
+
+
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_QUARTER = re.compile(r"^(\d{4})-[Qq]([1-4])$")
+_RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})\s*(?:\.\.|/)\s*(\d{4}-\d{2}-\d{2})$")
+
+
+def _add_months(day: date, months: int) -> date:
+    index = day.year * 12 + day.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def period_bounds(period: str | tuple[date, date], tz: tzinfo) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Turn a period into ``[start, end)`` in the client's timezone, DST-correct.
+
+    Args:
+        period: ``"2026-10"`` (a month), ``"2026-Q3"`` (a quarter), ``"2026-10-01..2026-10-15"``
+            (explicit dates, both days included; ``/`` works too) or a ``(first, last)``
+            tuple of dates, both included.
+        tz: the client's timezone (``ClientInventory.tz``).
+
+    Returns:
+        Aware timestamps in ``tz``: local midnight of the first day and local midnight after
+        the last day. The period's length follows the calendar: October in Europe/London is
+        31 days and 1 hour.
+
+    Raises:
+        ValueError: the period is not one of those forms, or ends before it starts.
+    """
+    if isinstance(period, tuple):
+        first, last = period
+    elif match := _MONTH.match(period.strip()):
+        first = date(int(match[1]), int(match[2]), 1)
+        last = _add_months(first, 1) - timedelta(days=1)
+    elif match := _QUARTER.match(period.strip()):
+        first = date(int(match[1]), 3 * int(match[2]) - 2, 1)
+        last = _add_months(first, 3) - timedelta(days=1)
+    elif match := _RANGE.match(period.strip()):
+        first, last = date.fromisoformat(match[1]), date.fromisoformat(match[2])
+    else:
+        raise ValueError(f"period {period!r}: expected YYYY-MM, YYYY-Qn or YYYY-MM-DD..YYYY-MM-DD")
+    if last < first:
+        raise ValueError(f"period {period!r} ends before it starts")
+    return local_midnight(first, tz), local_midnight(last + timedelta(days=1), tz)
+
+
+def _local_days(start: datetime, end: datetime, tz: tzinfo) -> tuple[list[date], npt.NDArray]:
+    """Local days touching ``[start, end)`` and their boundaries (ns, one more than days)."""
+    first = pd.Timestamp(start).tz_convert(tz).date()
+    last = (pd.Timestamp(end) - pd.Timedelta(1, "ns")).tz_convert(tz).date()
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    bounds = [local_midnight(d, tz).value for d in days]
+    bounds.append(local_midnight(last + timedelta(days=1), tz).value)
+    return days, np.asarray(bounds, dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _ns_array(values: pd.Series | pd.Index, what: str) -> npt.NDArray[np.int64]:
+    """Aware timestamps as int64 ns since the epoch (NaT becomes a ReportInputError)."""
+    if not isinstance(values.dtype, pd.DatetimeTZDtype):
+        if len(values) == 0:
+            return np.empty(0, dtype=np.int64)
+        raise ReportInputError(
+            "timestamps_are_aware", f"{what} must be timezone-aware timestamps, got {values.dtype}"
+        )
+    out = values.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    if (out == np.iinfo(np.int64).min).any():
+        raise ReportInputError("timestamps_not_null", f"{what} has missing timestamps")
+    return out
+
+
+def _ns(value: datetime) -> int:
+    if value.tzinfo is None:
+        raise ValueError(f"period bound {value!r} must be timezone-aware")
+    return int(pd.Timestamp(value).value)
+
+
+def _utc(ns: npt.ArrayLike) -> pd.DatetimeIndex:
+    return pd.to_datetime(np.asarray(ns, dtype=np.int64), utc=True)
+
+
+def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ReportInputError("columns_present", f"{what} lacks columns: {', '.join(missing)}")
+
+
+# ------------------------------------------------------------------------ confirmation
+
+
+def confirm_outages(intervals: pd.DataFrame, confirm_after: int = 2) -> pd.DataFrame:
+    """Apply the confirmation rule to state intervals.
+
+    Touching ``down`` rows of one server (one ends where the next starts) are one run of
+    consecutive failed checks and are merged. A run with at least ``confirm_after`` failures
+    is a confirmed outage, dated from its first failure (its start) and numbered with an
+    ``outage_id``; a shorter run is a *blip* and becomes ``up`` (the server answered on the
+    checks around it). ``unknown`` rows are left alone.
+
+    Args:
+        intervals: state intervals (columns of the store's ``check_intervals``).
+        confirm_after: failures needed to confirm an outage (the inventory's setting).
+
+    Returns:
+        A new frame sorted by server and start with the input columns, ``state`` rewritten,
+        plus ``outage_id`` (Int64, NA unless a confirmed outage).
+    """
+    if confirm_after < 1:
+        raise ValueError("confirm_after must be at least 1")
+    _require(intervals, ("server", "state", "start", "end", "failures"), "intervals")
+    frame = intervals.sort_values(["server", "start"], kind="stable").reset_index(drop=True)
+    if "first_error" not in frame.columns:
+        frame["first_error"] = None
+    if "checks" not in frame.columns:
+        frame["checks"] = frame["failures"]
+    server = frame["server"].to_numpy()
+    down = (frame["state"] == "down").to_numpy()
+    start = _ns_array(frame["start"], "intervals.start")
+    end = _ns_array(frame["end"], "intervals.end")
+    same_server = np.r_[False, server[1:] == server[:-1]]
+    touching = np.r_[False, start[1:] == end[:-1]]
+    continues = down & np.r_[False, down[:-1]] & same_server & touching
+    run = np.cumsum(~continues)
+    if continues.any():
+        grouped = frame.groupby(run, sort=False)
+        merged = grouped.first()
+        merged["end"] = grouped["end"].last()
+        merged["checks"] = grouped["checks"].sum()
+        merged["failures"] = grouped["failures"].sum()
+        merged["first_error"] = grouped["first_error"].first()  # first non-null
+        frame = merged.reset_index(drop=True)
+        down = (frame["state"] == "down").to_numpy()
+    failures = frame["failures"].fillna(0).to_numpy()
+    confirmed = down & (failures >= confirm_after)
+    frame.loc[down & ~confirmed, "state"] = "up"
+    outage = pd.array(np.cumsum(confirmed), dtype="Int64")
+    outage[~confirmed] = pd.NA
+    frame["outage_id"] = outage
+    return frame
+
+
+# ----------------------------------------------------------------------------- clipping
+
+
+def clip_to_period(intervals: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
+    """Keep the part of each interval inside ``[start, end)``.
+
+    Rows entirely outside are dropped; the others get ``start``/``end`` clipped and keep
+    their original bounds in ``orig_start``/``orig_end`` (to tell an outage that began before
+    the period or was still going at its end).
+    """
+    _require(intervals, ("start", "end"), "intervals")
+    lo, hi = _ns(start), _ns(end)
+    s = _ns_array(intervals["start"], "intervals.start")
+    e = _ns_array(intervals["end"], "intervals.end")
+    keep = (e > lo) & (s < hi)
+    out = intervals.loc[keep].copy()
+    out["orig_start"] = _utc(s[keep])
+    out["orig_end"] = _utc(e[keep])
+    out["start"] = _utc(np.clip(s[keep], lo, hi))
+    out["end"] = _utc(np.clip(e[keep], lo, hi))
+    return out.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------ windows
+
+
+def _merged_windows(
+    windows: pd.DataFrame, servers: Sequence[str]
+) -> dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Per server, its windows (own plus client-wide) merged into disjoint sorted spans."""
+    if windows is None or len(windows) == 0:
+        return {}
+    _require(windows, ("start", "end"), "windows")
+    ws = _ns_array(windows["start"], "windows.start")
+    we = _ns_array(windows["end"], "windows.end")
+    who = (
+        windows["server"].to_numpy(dtype=object)
+        if "server" in windows.columns
+        else np.full(len(windows), None, dtype=object)
+    )
+    everyone = pd.isna(who)
+    out: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
+    for name in servers:
+        mask = everyone | (who == name)
+        if not mask.any():
+            continue
+        order = np.argsort(ws[mask], kind="stable")
+        a, b = ws[mask][order], we[mask][order]
+        # Merge: a span starts where its start lies after every earlier end.
+        reach = np.maximum.accumulate(b)
+        new = np.r_[True, a[1:] > reach[:-1]]
+        idx = np.flatnonzero(new)
+        starts = a[idx]
+        ends = np.maximum.reduceat(b, idx)
+        out[name] = (starts, ends)
+    return out
+
+
+def _window_time_before(
+    t: npt.NDArray[np.int64], spans: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
+) -> npt.NDArray[np.int64]:
+    """Window time in ``(-inf, t)`` for each ``t`` (spans disjoint and sorted)."""
+    a, b = spans
+    cum = np.r_[0, np.cumsum(b - a)]
+    k = np.searchsorted(a, t, side="right") - 1
+    kk = np.clip(k, 0, None)
+    inside = np.minimum(t - a[kk], b[kk] - a[kk])
+    return np.where(k < 0, 0, cum[kk] + inside)
+
+
+def _overlap(
+    server: npt.NDArray[Any],
+    s: npt.NDArray[np.int64],
+    e: npt.NDArray[np.int64],
+    spans: Mapping[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]],
+) -> npt.NDArray[np.int64]:
+    """Window time inside each ``[s, e)``."""
+    out = np.zeros(len(s), dtype=np.int64)
+    # Integer codes: comparing ints per server is far cheaper than comparing strings.
+    codes, names = pd.factorize(server)
+    lookup = {str(name): code for code, name in enumerate(names)}
+    for name, span in spans.items():
+        code = lookup.get(name)
+        if code is None:
+            continue
+        mask = codes == code
+        if mask.any():
+            out[mask] = _window_time_before(e[mask], span) - _window_time_before(s[mask], span)
+    return out
+
+
+def split_planned(outages: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """Split outages at maintenance-window edges into planned and unplanned pieces.
+
+    The rule: a piece of an outage inside a window (the server's own or a client-wide one)
+    is planned; a piece outside is unplanned. An outage that starts before a window and
+    runs into it gives an unplanned piece up to the window's start and a planned piece
+    after it; one that outlasts a window gives a planned piece and an unplanned one from
+    the window's end. Overlapping windows are merged first.
+
+    Args:
+        outages: rows with ``server``, ``start``, ``end`` (other columns are carried along).
+        windows: ``server`` (NA for all servers), ``start``, ``end``.
+
+    Returns:
+        One row per piece, in time order per outage, with ``planned`` (bool) and
+        ``duration_s`` added; ``start``/``end`` are the piece's bounds.
+    """
+    _require(outages, ("server", "start", "end"), "outages")
+    names = [str(n) for n in pd.unique(outages["server"])]
+    spans = _merged_windows(windows, names)
+    s_all = _ns_array(outages["start"], "outages.start")
+    e_all = _ns_array(outages["end"], "outages.end")
+    rows: list[dict[str, Any]] = []
+    pieces_s: list[int] = []
+    pieces_e: list[int] = []
+    planned: list[bool] = []
+    records = outages.to_dict("records")
+    for i, row in enumerate(records):
+        s, e = int(s_all[i]), int(e_all[i])
+        a, b = spans.get(str(row["server"]), (np.empty(0, np.int64), np.empty(0, np.int64)))
+        cursor = s
+        lo = int(np.searchsorted(b, s, side="right"))
+        for ws, we in zip(a[lo:], b[lo:], strict=True):
+            if ws >= e:
+                break
+            ws, we = max(int(ws), s), min(int(we), e)
+            if ws > cursor:
+                rows.append(row)
+                pieces_s.append(cursor)
+                pieces_e.append(ws)
+                planned.append(False)
+            rows.append(row)
+            pieces_s.append(ws)
+            pieces_e.append(we)
+            planned.append(True)
+            cursor = we
+        if cursor < e:
+            rows.append(row)
+            pieces_s.append(cursor)
+            pieces_e.append(e)
+            planned.append(False)
+    out = pd.DataFrame(rows, columns=list(outages.columns))
+    out["start"] = _utc(pieces_s)
+    out["end"] = _utc(pieces_e)
+    out["planned"] = np.asarray(planned, dtype=bool)
+    out["duration_s"] = (np.asarray(pieces_e, np.int64) - np.asarray(pieces_s, np.int64)) / _NS
+    return out
+
+
+# ----------------------------------------------------------------------------- timeline
+
+
+def _scopes(
+    servers: pd.DataFrame, start: datetime, end: datetime
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each server's observed scope: the period, from ``added_at`` when that is later."""
+    _require(servers, ("server",), "servers")
+    if servers["server"].duplicated().any():
+        dup = servers.loc[servers["server"].duplicated(), "server"].tolist()
+        raise ReportInputError("servers_unique", f"servers listed twice: {dup}")
+    names = servers["server"].astype(str).to_numpy(dtype=object)
+    lo, hi = _ns(start), _ns(end)
+    scope_start = np.full(len(names), lo, dtype=np.int64)
+    if "added_at" in servers.columns and servers["added_at"].notna().any():
+        added = servers["added_at"]
+        if not isinstance(added.dtype, pd.DatetimeTZDtype):
+            raise ReportInputError("timestamps_are_aware", "servers.added_at must be aware")
+        known = added.notna().to_numpy()
+        added_ns = added.to_numpy(dtype="datetime64[ns]").view(np.int64)
+        scope_start = np.where(known, np.maximum(lo, added_ns), lo)
+    scope_start = np.minimum(scope_start, hi)
+    return names, scope_start, np.full(len(names), hi, dtype=np.int64)
+
+
+def _timeline(
+    intervals: pd.DataFrame,
+    servers: pd.DataFrame,
+    start: datetime,
+    end: datetime,
+    confirm_after: int,
+) -> pd.DataFrame:
+    """Each server's scope cut into disjoint rows covering it exactly (gaps are unknown).
+
+    Columns: ``server`` (object), ``state``, ``s``, ``e`` (int64 ns), ``outage_id`` (int64,
+    -1 unless a confirmed outage), ``first_error``, ``orig_s``, ``orig_e``.
+    """
+    _require(intervals, _INTERVAL_COLUMNS[:4], "intervals")
+    if _ns(start) >= _ns(end):
+        raise ValueError("the period must end after it starts")
+    names, scope_s, scope_e = _scopes(servers, start, end)
+    unknown_servers = sorted(set(intervals["server"].astype(str)) - set(names))
+    if unknown_servers:
+        raise ReportInputError(
+            "interval_server_known", f"intervals of servers not in the inventory: {unknown_servers}"
+        )
+    if "failures" not in intervals.columns:
+        raise ReportInputError("columns_present", "intervals lacks columns: failures")
+    confirmed = confirm_outages(intervals, confirm_after)
+    server = confirmed["server"].astype(str).to_numpy(dtype=object)
+    s = _ns_array(confirmed["start"], "intervals.start")
+    e = _ns_array(confirmed["end"], "intervals.end")
+    if (e <= s).any():
+        raise ReportInputError("interval_start_before_end", "an interval does not end after start")
+    same = np.r_[False, server[1:] == server[:-1]]
+    if (same & np.r_[False, s[1:] < e[:-1]]).any():
+        raise ReportInputError("interval_no_overlap", "intervals of one server overlap")
+
+    index = {name: i for i, name in enumerate(names)}
+    pos = np.fromiter((index[n] for n in server), dtype=np.int64, count=len(server))
+    lo, hi = scope_s[pos], scope_e[pos]
+    keep = (e > lo) & (s < hi)
+    state = confirmed["state"].to_numpy(dtype=object)[keep]
+    outage = confirmed["outage_id"].fillna(-1).to_numpy(dtype=np.int64)[keep]
+    first_error = confirmed["first_error"].to_numpy(dtype=object)[keep]
+    orig_s, orig_e = s[keep], e[keep]
+    pos = pos[keep]
+    cs, ce = np.clip(orig_s, lo[keep], hi[keep]), np.clip(orig_e, lo[keep], hi[keep])
+
+    # Gaps: before each row (from the previous row's end, or the scope start) and after the
+    # last row of each server (to the scope end); servers without rows are all gap.
+    first_of_server = np.r_[True, pos[1:] != pos[:-1]]
+    prev_end = np.where(first_of_server, scope_s[pos], np.r_[0, ce[:-1]])
+    gap = cs > prev_end
+    last_of_server = np.r_[pos[1:] != pos[:-1], True] if len(pos) else np.empty(0, bool)
+    tail = last_of_server & (ce < scope_e[pos])
+    empty = np.setdiff1d(np.arange(len(names)), pos)
+    empty = empty[scope_s[empty] < scope_e[empty]]
+
+    g_pos = np.r_[pos[gap], pos[tail], empty]
+    g_s = np.r_[prev_end[gap], ce[tail], scope_s[empty]]
+    g_e = np.r_[cs[gap], scope_e[pos[tail]], scope_e[empty]]
+    n_gap = len(g_pos)
+    out = pd.DataFrame(
+        {
+            "pos": np.r_[pos, g_pos],
+            "state": np.r_[state, np.full(n_gap, "unknown", dtype=object)],
+            "s": np.r_[cs, g_s],
+            "e": np.r_[ce, g_e],
+            "outage_id": np.r_[outage, np.full(n_gap, -1, dtype=np.int64)],
+            "first_error": np.r_[first_error, np.full(n_gap, None, dtype=object)],
+            "orig_s": np.r_[orig_s, g_s],
+            "orig_e": np.r_[orig_e, g_e],
+        }
+    )
+    out = out.sort_values(["pos", "s"], kind="stable").reset_index(drop=True)
+    out.insert(0, "server", names[out["pos"].to_numpy()])
+    return out.drop(columns="pos")
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What the tables share: the timeline and its window overlaps."""
+
+    timeline: pd.DataFrame
+    spans: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]
+    servers: pd.DataFrame
+    start: datetime
+    end: datetime
+
+
+def _parts(
+    intervals: pd.DataFrame,
+    windows: pd.DataFrame | None,
+    servers: pd.DataFrame,
+    start: datetime,
+    end: datetime,
+    confirm_after: int,
+) -> _Parts:
+    timeline = _timeline(intervals, servers, start, end, confirm_after)
+    names = [str(n) for n in servers["server"]]
+    spans = _merged_windows(windows if windows is not None else pd.DataFrame(), names)
+    return _Parts(timeline, spans, servers, start, end)
+
+
+def _classify(
+    server: npt.NDArray[Any],
+    state: npt.NDArray[Any],
+    s: npt.NDArray[np.int64],
+    e: npt.NDArray[np.int64],
+    spans: Mapping[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]],
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Seconds of up, unplanned down, maintenance and unknown in each row."""
+    duration = e - s
+    planned = _overlap(server, s, e, spans)
+    unknown = state == "unknown"
+    down = state == "down"
+    known_outside = np.where(unknown, 0, duration - planned)
+    return {
+        "up_s": np.where(down, 0, known_outside) / _NS,
+        "unplanned_down_s": np.where(down, known_outside, 0) / _NS,
+        "maintenance_s": np.where(unknown, 0, planned) / _NS,
+        "unknown_s": np.where(unknown, duration, 0) / _NS,
+    }
+
+
+def _pct(up: pd.Series, down: pd.Series) -> pd.Series:
+    """Uptime percent: up / (up + unplanned down), NaN when there is no such time."""
+    denominator = up + down
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (100.0 * (1.0 - down / denominator)).where(denominator > 0)
+
+
+# ------------------------------------------------------------------------------- tables
+
+
+def _incidents(parts: _Parts) -> pd.DataFrame:
+    t = parts.timeline
+    outages = t.loc[t["outage_id"] >= 0]
+    frame = pd.DataFrame(
+        {
+            "server": outages["server"].to_numpy(),
+            "start": _utc(outages["s"]),
+            "end": _utc(outages["e"]),
+            "first_error": outages["first_error"].to_numpy(),
+            "outage_id": outages["outage_id"].to_numpy(),
+            "began_before_period": (outages["orig_s"] < outages["s"]).to_numpy(),
+            "ongoing_at_end": (outages["orig_e"] > outages["e"]).to_numpy(),
+        }
+    )
+    windows = _spans_frame(parts.spans)
+    pieces = split_planned(frame, windows)
+    pieces = pieces.sort_values(["start", "server"], kind="stable").reset_index(drop=True)
+    pieces["outage_id"] = pieces["outage_id"].astype("int64")
+    return pieces[list(INCIDENT_COLUMNS)]
+
+
+def _spans_frame(
+    spans: Mapping[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]],
+) -> pd.DataFrame:
+    names = [n for n, (a, _) in spans.items() for _ in range(len(a))]
+    starts = np.concatenate([a for a, _ in spans.values()]) if spans else np.empty(0, np.int64)
+    ends = np.concatenate([b for _, b in spans.values()]) if spans else np.empty(0, np.int64)
+    return pd.DataFrame({"server": names, "start": _utc(starts), "end": _utc(ends)})
+
+
+def _uptime(parts: _Parts, incidents: pd.DataFrame) -> pd.DataFrame:
+    t = parts.timeline
+    seconds = _classify(
+        t["server"].to_numpy(),
+        t["state"].to_numpy(),
+        t["s"].to_numpy(),
+        t["e"].to_numpy(),
+        parts.spans,
+    )
+    sums = pd.DataFrame({"server": t["server"].to_numpy(), **seconds}).groupby("server").sum()
+    names = parts.servers["server"].astype(str)
+    sums = sums.reindex(names, fill_value=0.0)
+    unplanned = incidents.loc[~incidents["planned"]]
+    per_outage = unplanned.groupby(["server", "outage_id"])["duration_s"].sum()
+    count = per_outage.groupby(level="server").size().reindex(names, fill_value=0)
+    longest = per_outage.groupby(level="server").max().reindex(names, fill_value=0.0)
+    out = pd.DataFrame(index=names)
+    out["observed_s"] = sums["up_s"] + sums["unplanned_down_s"] + sums["maintenance_s"]
+    out["maintenance_s"] = sums["maintenance_s"]
+    out["unplanned_down_s"] = sums["unplanned_down_s"]
+    out["unknown_s"] = sums["unknown_s"]
+    out["uptime_pct"] = _pct(sums["up_s"], sums["unplanned_down_s"])
+    out["incidents"] = count.astype("int64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["mttr_s"] = (out["unplanned_down_s"] / out["incidents"]).where(out["incidents"] > 0)
+    out["longest_outage_s"] = longest.astype("float64")
+    if "sla_target_pct" in parts.servers.columns:
+        target = pd.to_numeric(parts.servers["sla_target_pct"]).to_numpy(dtype="float64")
+    else:
+        target = np.full(len(names), np.nan)
+    out["sla_target_pct"] = target
+    out["sla_met"] = _sla_met(out["uptime_pct"], out["sla_target_pct"])
+    return out.rename_axis("server").reset_index()[list(UPTIME_COLUMNS)]
+
+
+def _sla_met(uptime_pct: pd.Series, target: pd.Series) -> pd.Series:
+    """Met when uptime >= target; NA when either is unknown (never a guess)."""
+    met = pd.array(uptime_pct.to_numpy() >= target.to_numpy(), dtype="boolean")
+    met[(uptime_pct.isna() | target.isna()).to_numpy()] = pd.NA
+    return pd.Series(met, index=uptime_pct.index)
+
+
+def uptime_table(
+    intervals: pd.DataFrame,
+    windows: pd.DataFrame | None,
+    servers: pd.DataFrame,
+    start: datetime,
+    end: datetime,
+    *,
+    confirm_after: int = 2,
+) -> pd.DataFrame:
+    """Uptime per server: exactly the columns of uptime.csv (:data:`UPTIME_COLUMNS`).
+
+    ``observed_s`` is time with data (up, down or in maintenance), ``unknown_s`` time
+    without; ``uptime_pct = 100 * (1 - unplanned_down_s / (observed_s - maintenance_s))``,
+    NaN when that denominator is 0. ``incidents`` counts confirmed outages with unplanned
+    time; ``mttr_s`` is unplanned downtime per incident; ``longest_outage_s`` the longest
+    unplanned time of one outage. ``sla_met`` is NA when uptime or target is unknown.
+    """
+    parts = _parts(intervals, windows, servers, start, end, confirm_after)
+    return _uptime(parts, _incidents(parts))
+
+
+def incidents_table(
+    intervals: pd.DataFrame,
+    windows: pd.DataFrame | None,
+    servers: pd.DataFrame,
+    start: datetime,
+    end: datetime,
+    *,
+    confirm_after: int = 2,
+) -> pd.DataFrame:
+    """Confirmed outages in the period, split at window edges (:data:`INCIDENT_COLUMNS`)."""
+    return _incidents(_parts(intervals, windows, servers, start, end, confirm_after))
+
+
+def _daily(parts: _Parts, tz: tzinfo) -> pd.DataFrame:
+    t = parts.timeline
+    days, bounds = _local_days(parts.start, parts.end, tz)
+    s, e = t["s"].to_numpy(), t["e"].to_numpy()
+    # Each row is cut at every local midnight inside it.
+    first = np.searchsorted(bounds, s, side="right") - 1
+    last = np.searchsorted(bounds, e, side="left") - 1
+    count = last - first + 1
+    rep = np.repeat(np.arange(len(t)), count)
+    offset = np.arange(len(rep)) - np.repeat(np.cumsum(count) - count, count)
+    day = first[rep] + offset
+    ps = np.maximum(s[rep], bounds[day])
+    pe = np.minimum(e[rep], bounds[day + 1])
+    server = t["server"].to_numpy()[rep]
+    seconds = _classify(server, t["state"].to_numpy()[rep], ps, pe, parts.spans)
+    frame = pd.DataFrame({"server": server, "day_index": day, **seconds})
+    sums = frame.groupby(["server", "day_index"], sort=False).sum()
+    names = parts.servers["server"].astype(str).tolist()
+    full = pd.MultiIndex.from_product([names, range(len(days))], names=["server", "day_index"])
+    sums = sums.reindex(full, fill_value=0.0).reset_index()
+    sums["day"] = [days[i] for i in sums["day_index"]]
+    sums["uptime_pct"] = _pct(sums["up_s"], sums["unplanned_down_s"])
+    return sums[list(DAILY_COLUMNS)]
+
+
+def daily_uptime(
+    intervals: pd.DataFrame,
+    windows: pd.DataFrame | None,
+    servers: pd.DataFrame,
+    start: datetime,
+    end: datetime,
+    tz: tzinfo,
+    *,
+    confirm_after: int = 2,
+) -> pd.DataFrame:
+    """Per server per local day (in ``tz``): seconds by kind and uptime (:data:`DAILY_COLUMNS`).
+
+    Days follow the client's clock: a DST day is 23 or 25 hours long. A day before a
+    server's ``added_at`` has no time at all (all zeros, uptime NaN).
+    """
+    return _daily(_parts(intervals, windows, servers, start, end, confirm_after), tz)
+
+
+def client_uptime(uptime: pd.DataFrame, sla_target_pct: float | None = None) -> pd.DataFrame:
+    """The client's total row, with the columns of uptime.csv and server ``(all servers)``.
+
+    Seconds and incidents are summed over servers, so uptime is time-weighted; the longest
+    outage is the longest of any server. The target is ``sla_target_pct`` if given, else
+    the servers' common target; when their targets differ it is NaN and ``sla_met`` NA.
+    """
+    total: dict[str, Any] = {"server": TOTAL_ROW}
+    for column in ("observed_s", "maintenance_s", "unplanned_down_s", "unknown_s"):
+        total[column] = float(uptime[column].sum())
+    up = total["observed_s"] - total["maintenance_s"] - total["unplanned_down_s"]
+    total["uptime_pct"] = float(
+        _pct(pd.Series([up]), pd.Series([total["unplanned_down_s"]])).iloc[0]
+    )
+    total["incidents"] = int(uptime["incidents"].sum())
+    total["mttr_s"] = (
+        total["unplanned_down_s"] / total["incidents"] if total["incidents"] else np.nan
+    )
+    total["longest_outage_s"] = float(uptime["longest_outage_s"].max()) if len(uptime) else 0.0
+    if sla_target_pct is None:
+        targets = uptime["sla_target_pct"].dropna().unique()
+        all_set = uptime["sla_target_pct"].notna().all()
+        sla_target_pct = float(targets[0]) if len(targets) == 1 and all_set else np.nan
+    total["sla_target_pct"] = sla_target_pct
+    out = pd.DataFrame([total])
+    out["sla_met"] = _sla_met(out["uptime_pct"], out["sla_target_pct"])
+    return out[list(UPTIME_COLUMNS)]
+
+
+def sla_table(uptime: pd.DataFrame) -> pd.DataFrame:
+    """MTBF, the SLA budget and data coverage, per row of an uptime table (:data:`SLA_COLUMNS`).
+
+    - ``scope_s`` = observed + unknown: the time the server was in the report;
+    - ``coverage_pct`` = observed / scope: how much of it had data;
+    - ``mtbf_s`` = up time (observed - maintenance - unplanned) / incidents (NaN without);
+    - ``allowed_down_s`` = (1 - target / 100) * (observed - maintenance);
+    - ``budget_used_pct`` = unplanned / allowed * 100 (over 100: the SLA was missed; inf
+      when the target is 100 % and there was downtime, 0 without downtime).
+    """
+    out = pd.DataFrame({"server": uptime["server"]})
+    out["scope_s"] = uptime["observed_s"] + uptime["unknown_s"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["coverage_pct"] = (100.0 * uptime["observed_s"] / out["scope_s"]).where(
+            out["scope_s"] > 0
+        )
+        up = uptime["observed_s"] - uptime["maintenance_s"] - uptime["unplanned_down_s"]
+        out["mtbf_s"] = (up / uptime["incidents"]).where(uptime["incidents"] > 0)
+        basis = uptime["observed_s"] - uptime["maintenance_s"]
+        out["allowed_down_s"] = (1.0 - uptime["sla_target_pct"] / 100.0) * basis
+        used = 100.0 * uptime["unplanned_down_s"] / out["allowed_down_s"]
+        used = used.where(uptime["unplanned_down_s"] > 0, 0.0)
+        out["budget_used_pct"] = used.where(uptime["sla_target_pct"].notna())
+    return out[list(SLA_COLUMNS)]
+
+
+# ----------------------------------------------------------------------------- activity
+
+
+def _seconds(delta: timedelta | None) -> float | None:
+    return None if delta is None else delta.total_seconds()
+
+
+def activity_table(change_records: Sequence[ChangeRecord]) -> pd.DataFrame:
+    """One row per maintenance run, from its change record (:data:`ACTIVITY_COLUMNS`).
+
+    Lists are flattened into readable cells: ``packages_per_host`` is ``"web1: 3; web2: 5"``,
+    ``approvals`` ``"alice 2026-10-04T09:12:00+00:00"`` (counted approvals only),
+    ``rollbacks`` the servers rolled back, ``snapshot_ids`` the ids of completed snapshots.
+    """
+    rows: list[dict[str, Any]] = []
+    for record in sorted(change_records, key=lambda r: r.started):
+        per_host: dict[str, int] = {}
+        for change in record.package_changes:
+            per_host[change.server] = per_host.get(change.server, 0) + 1
+        taken = [s for s in record.snapshots if s.state == "completed"]
+        restore = record.restore_test
+        rows.append(
+            {
+                "client": record.client,
+                "change_ref": record.change_ref,
+                "flow_run_id": record.flow_run_id,
+                "started": pd.Timestamp(record.started),
+                "ended": pd.Timestamp(record.ended) if record.ended else pd.NaT,
+                "duration_s": _seconds(record.duration),
+                "outcome": record.outcome.value if record.outcome else None,
+                "hosts_changed": len(per_host),
+                "packages_changed": len(record.package_changes),
+                "packages_per_host": "; ".join(f"{h}: {n}" for h, n in sorted(per_host.items())),
+                "reboots": len(record.reboots),
+                "approvals": "; ".join(
+                    f"{a.approver} {a.at.isoformat()}" for a in record.counted_approvals
+                ),
+                "rollbacks": "; ".join(r.server for r in record.rollbacks),
+                "restore_test_server": restore.server if restore else None,
+                "restore_test_ok": restore.ok if restore else None,
+                "restore_rto_s": restore.rto_s if restore else None,
+                "snapshots_taken": sum(len(s.ids) for s in taken),
+                "snapshot_ids": "; ".join(i for s in taken for i in s.ids),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(ACTIVITY_COLUMNS))
+    for column in ("started", "ended"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    frame["restore_test_ok"] = frame["restore_test_ok"].astype("boolean")
+    frame["duration_s"] = frame["duration_s"].astype("float64")
+    frame["restore_rto_s"] = frame["restore_rto_s"].astype("float64")
+    return frame
+
+
+# ------------------------------------------------------------------------------- bundle
+
+
+@dataclass(frozen=True)
+class ReportTables:
+    """Every table of one report, computed from one timeline."""
+
+    uptime: pd.DataFrame
+    total: pd.DataFrame
+    sla: pd.DataFrame
+    incidents: pd.DataFrame
+    daily: pd.DataFrame
+    activity: pd.DataFrame
+
+
+def compute_report(
+    intervals: pd.DataFrame,
+    windows: pd.DataFrame | None,
+    servers: pd.DataFrame,
+    start: datetime,
+    end: datetime,
+    tz: tzinfo,
+    *,
+    change_records: Sequence[ChangeRecord] = (),
+    confirm_after: int = 2,
+    client_sla_target_pct: float | None = None,
+) -> ReportTables:
+    """All report tables at once (the timeline is built once).
+
+    Validate the frames first (:func:`reports.validate.validate_inputs`); this function
+    only re-checks what would make a number silently wrong (overlaps, unknown servers).
+    """
+    parts = _parts(intervals, windows, servers, start, end, confirm_after)
+    incidents = _incidents(parts)
+    uptime = _uptime(parts, incidents)
+    total = client_uptime(uptime, client_sla_target_pct)
+    return ReportTables(
+        uptime=uptime,
+        total=total,
+        sla=sla_table(pd.concat([uptime, total], ignore_index=True)),
+        incidents=incidents,
+        daily=_daily(parts, tz),
+        activity=activity_table(change_records),
+    )
