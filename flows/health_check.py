@@ -22,9 +22,8 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
@@ -35,9 +34,14 @@ from blocks.inventory import ClientInventory, load_client_by_slug, load_inventor
 from blocks.settings import settings
 from reports.ingest import CheckSample, StateChange, ingest
 from reports.store import open_store
-from tasks.checks import CheckResult, run_health_checks, summarize_checks
-from tasks.facts import HostFacts, build_facts_script, parse_facts, split_facts_output
-from tasks.remote import RemoteHost
+from tasks.checks import (
+    METRIC_FACTS,
+    CheckResult,
+    collect_metrics,
+    run_health_checks,
+    summarize_checks,
+)
+from tasks.facts import HostFacts
 from tasks.sessions import FleetSessions, open_sessions
 
 __all__ = [
@@ -53,38 +57,14 @@ __all__ = [
 ]
 
 #: The facts read as performance metrics: one light SSH round trip, no apt.
-METRIC_FACTS = ("load", "memory", "disks")
 #: Events emitted on confirmed state changes (see docs/health-check.md).
 EVENT_DOWN = "caretaker.server.down"
 EVENT_UP = "caretaker.server.up"
-
-_METRICS_TIMEOUT_S = 20.0
 
 
 def server_resource_id(client: str, server: str) -> str:
     """The Prefect resource id of a server: ``caretaker.server.<client>.<server>``."""
     return f"caretaker.server.{client}.{server}"
-
-
-# TODO(issue 4): belongs in tasks/checks.py beside collect_facts (not this change's file).
-@task(
-    name="collect-metrics",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=2,
-    task_run_name="collect-metrics-{host.name}",
-)
-def collect_metrics(host: RemoteHost) -> HostFacts:
-    """Read load, memory and disk usage over SSH (read-only, so retried once).
-
-    Args:
-        host: the server's open session.
-
-    Returns:
-        Facts with ``load``, ``memory`` and ``disks`` set (or named in ``errors``).
-    """
-    result = host.run(build_facts_script(METRIC_FACTS), timeout=_METRICS_TIMEOUT_S)
-    return parse_facts(split_facts_output(result.stdout))
 
 
 class ServerHealth(BaseModel):

@@ -30,6 +30,10 @@ from tasks.facts import HostFacts, build_facts_script, parse_facts, split_facts_
 from tasks.packages import APT_REFRESH
 from tasks.remote import RemoteHost, sh_join
 
+# What a health check reads besides its checks: cheap, bounded, one round trip.
+METRIC_FACTS = ("load", "memory", "disks")
+_METRICS_TIMEOUT_S = 20.0
+
 # Everything the plan and the verification need, gathered in one SSH round trip.
 PLAN_FACTS = (
     "os",
@@ -352,3 +356,23 @@ def summarize_checks(results: Sequence[CheckResult]) -> tuple[bool, list[str]]:
     if not results:
         failures.append("no health check ran")
     return not failures, failures
+
+
+@task(
+    name="collect-metrics",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=2,
+    task_run_name="collect-metrics-{host.name}",
+)
+def collect_metrics(host: RemoteHost) -> HostFacts:
+    """Read load, memory and disk usage over SSH (read-only, so retried once).
+
+    Args:
+        host: the server's open session.
+
+    Returns:
+        Facts with ``load``, ``memory`` and ``disks`` set (or named in ``errors``).
+    """
+    result = host.run(build_facts_script(METRIC_FACTS), timeout=_METRICS_TIMEOUT_S)
+    return parse_facts(split_facts_output(result.stdout))
