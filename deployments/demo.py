@@ -7,7 +7,9 @@
 5. runs ``server-maintenance`` for every example client: a dry run first, then the full
    procedure, approving through the API as the client's first listed approver; on
    ``globex`` it holds the dpkg lock of one production host, so its rollback can be seen;
-6. prints the outcomes, where the change records are, and how to approve in the UI.
+6. prints the outcomes, where the change records are, and how to approve in the UI;
+7. runs ``maintenance-report`` for every example client for the current month and prints
+   where each report.html is.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from blocks.inventory import load_inventory
@@ -211,6 +214,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         if outcome is None:
             failures += 1
+
+    from flows.maintenance_report import maintenance_report
+
+    for slug, inv in clients.items():
+        month = datetime.now(inv.tz).strftime("%Y-%m")
+        say(f"maintenance-report for {slug}: {month}")
+        report = cast(
+            "State[Any]", maintenance_report(client=slug, period=month, return_state=True)
+        )
+        if not report.is_completed():
+            failures += 1
+            print(f"    FAILED: {report.message}")
+            continue
+        made = report.result()
+        uptime = "n/a" if made.uptime_pct is None else f"{made.uptime_pct:.3f} %"
+        print(f"    uptime {uptime}, {made.incidents} incident(s), {made.maintenance_runs} run(s)")
+        print(f"    {made.report_html}")
 
     time.sleep(1)
     inbox_file = settings().data / "demo-notices.jsonl"

@@ -7,6 +7,12 @@ and the client's schedule: the cron expression of its cadence at the start of it
 maintenance window, read in the client's IANA time zone (``day_or`` as the inventory
 computes it, so "the first Saturday of the quarter" means days 1-7 AND Saturday).
 
+Each client also gets two ``maintenance-report`` deployments, in its own time zone:
+``maintenance-report/<slug>-monthly`` (06:00 on the 1st of each month, parameters
+``{client}``: the flow reports the previous full month) and
+``maintenance-report/<slug>-quarterly`` (06:30 on the 1st of January, April, July and
+October, ``{client, period: last-quarter}``). ``health-check/all`` runs every 5 minutes.
+
 The same :class:`DeploymentSpec` values feed ``prefect.yaml`` (worker mode) and
 ``deployments.serve`` (the embedded serve mode), so the two modes cannot drift apart.
 
@@ -24,7 +30,7 @@ import argparse
 import difflib
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,8 @@ __all__ = [
     "MAINTENANCE_FLOW",
     "PREFECT_YAML",
     "PULL_STEPS",
+    "REPORT_ENTRYPOINT",
+    "REPORT_FLOW",
     "SCHEDULE_SLUG",
     "WORK_POOL",
     "WORK_POOL_TYPE",
@@ -49,6 +57,7 @@ __all__ = [
     "maintenance_spec",
     "prefect_yaml",
     "render",
+    "report_specs",
 ]
 
 #: The generated file, at the repository root where ``prefect deploy`` looks for it.
@@ -60,6 +69,8 @@ WORK_POOL_TYPE = "process"
 
 MAINTENANCE_FLOW = "server-maintenance"
 MAINTENANCE_ENTRYPOINT = "flows/server_maintenance.py:server_maintenance"
+REPORT_FLOW = "maintenance-report"
+REPORT_ENTRYPOINT = "flows/maintenance_report.py:maintenance_report"
 
 #: The slug of each deployment's one schedule: with a slug, a redeploy updates that
 #: schedule in place instead of replacing it (its id, and so its history, survive).
@@ -171,11 +182,42 @@ def health_check_spec() -> DeploymentSpec:
     )
 
 
+def report_specs(inventory: ClientInventory) -> list[DeploymentSpec]:
+    """``maintenance-report/<slug>-monthly`` and ``-quarterly``, in the client's time zone.
+
+    The monthly one passes no period (the flow reports the previous full month); the
+    quarterly one passes ``last-quarter``. They run early on the 1st, once the period is over.
+    """
+    name = inventory.client.name
+    monthly = DeploymentSpec(
+        flow_name=REPORT_FLOW,
+        entrypoint=REPORT_ENTRYPOINT,
+        name=f"{inventory.slug}-monthly",
+        parameters={"client": inventory.slug},
+        description=f"Monthly uptime and maintenance report for {name} (the previous month).",
+        tags=("caretaker", "report", f"client:{inventory.slug}"),
+        cron="0 6 1 * *",
+        timezone=inventory.client.timezone,
+        day_or=True,
+    )
+    quarterly = replace(
+        monthly,
+        name=f"{inventory.slug}-quarterly",
+        parameters={"client": inventory.slug, "period": "last-quarter"},
+        description=f"Quarterly uptime and maintenance report for {name} (the previous quarter).",
+        cron="30 6 1 1,4,7,10 *",
+    )
+    return [monthly, quarterly]
+
+
 def deployment_specs(inventories: Mapping[str, ClientInventory]) -> list[DeploymentSpec]:
     """Every deployment of the inventory, in a stable order (flow, then client slug)."""
-    return [maintenance_spec(inventories[slug]) for slug in sorted(inventories)] + [
-        health_check_spec()
-    ]
+    slugs = sorted(inventories)
+    return (
+        [maintenance_spec(inventories[slug]) for slug in slugs]
+        + [health_check_spec()]
+        + [spec for slug in slugs for spec in report_specs(inventories[slug])]
+    )
 
 
 def _yaml_entry(spec: DeploymentSpec) -> dict[str, Any]:
@@ -246,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m deployments.generate [--check]``; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m deployments.generate",
-        description="Write prefect.yaml (one deployment per client) from the inventory.",
+        description="Write prefect.yaml (the deployments of every client) from the inventory.",
     )
     parser.add_argument(
         "--check",

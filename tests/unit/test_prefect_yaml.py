@@ -22,6 +22,7 @@ from blocks.inventory import load_inventory
 from deployments.generate import (
     MAINTENANCE_ENTRYPOINT,
     MAINTENANCE_FLOW,
+    REPORT_ENTRYPOINT,
     SCHEDULE_SLUG,
     WORK_POOL,
     main,
@@ -315,3 +316,31 @@ def test_health_checks_run_every_five_minutes_for_every_client() -> None:
     assert health["name"] == "all" and health["parameters"] == {}
     (item,) = health["schedules"]
     assert (item["cron"], item["timezone"]) == ("*/5 * * * *", "UTC")
+
+
+def test_every_client_gets_a_monthly_and_a_quarterly_report_in_its_own_time_zone() -> None:
+    from prefect.server.schemas.schedules import CronSchedule
+
+    from tasks.report_inputs import resolve_period
+
+    inventories = load_inventory(CLIENTS)
+    reports = {d["name"]: d for d in DEPLOYMENTS if d["entrypoint"] == REPORT_ENTRYPOINT}
+    assert sorted(reports) == sorted(
+        f"{slug}-{kind}" for slug in inventories for kind in ("monthly", "quarterly")
+    )
+    for slug, inventory in inventories.items():
+        monthly, quarterly = reports[f"{slug}-monthly"], reports[f"{slug}-quarterly"]
+        assert monthly["parameters"] == {"client": slug}
+        assert quarterly["parameters"] == {"client": slug, "period": "last-quarter"}
+        for deployment, months in ((monthly, set(range(1, 13))), (quarterly, {1, 4, 7, 10})):
+            (item,) = deployment["schedules"]
+            assert item["timezone"] == inventory.client.timezone
+            schedule = CronSchedule(cron=item["cron"], timezone=item["timezone"])
+            runs = asyncio.run(schedule.get_dates(n=12, start=datetime(2026, 1, 1, tzinfo=UTC)))
+            for run in runs:
+                local = datetime.fromtimestamp(run.timestamp(), inventory.tz)
+                assert local.day == 1 and local.month in months and local.hour == 6
+        # What the runs report: the period that has just ended, in the client's clock.
+        first_of_april = datetime(2026, 4, 1, 6, 0, tzinfo=inventory.tz)
+        assert resolve_period(None, inventory.tz, first_of_april).label == "2026-03"
+        assert resolve_period("last-quarter", inventory.tz, first_of_april).label == "2026-Q1"

@@ -1,0 +1,169 @@
+"""The ``maintenance-report`` flow: one client, one period, uptime and maintenance activity.
+
+Orchestration only:
+
+    resolve the period (client timezone; default: the previous full month)
+      ─► read_report_inputs (store: intervals, windows, change records; inventory: declared
+         windows) and read_maintenance_runs (Prefect's history, a complement only)
+      ─► validate_inputs (great-expectations; a failure stops the report with the reason)
+      ─► compute_report ─► write_report (report.html, uptime.csv, incidents.csv, activity.csv)
+      ─► publish_report_artifacts (markdown summary + uptime table)
+
+The store is the source of truth: if Prefect's API cannot be read, the report is still
+made, with a note saying so. Every number is explained in docs/reports.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from blocks.inventory import load_client_by_slug
+from blocks.settings import settings
+from reports.compute import compute_report
+from reports.ingest import CONFIRM_AFTER
+from reports.render import ReportContext, write_report
+from reports.validate import validate_inputs
+from tasks.report_inputs import (
+    MaintenanceRun,
+    complement_activity,
+    publish_report_artifacts,
+    read_maintenance_runs,
+    read_report_inputs,
+    resolve_period,
+    summary_markdown,
+    uptime_rows,
+)
+
+__all__ = ["ReportResult", "default_out_dir", "maintenance_report"]
+
+
+class ReportResult(BaseModel):
+    """Where a report was written and its headline numbers (the client total)."""
+
+    client: str = Field(description="Client slug.")
+    period: str = Field(description="The period's canonical label (2026-10, 2026-Q3, a..b).")
+    start: datetime = Field(description="The period's start (client timezone).")
+    end: datetime = Field(description="The period's end, exclusive.")
+    out_dir: str = Field(description="The folder holding the files.")
+    files: dict[str, str] = Field(description="Written paths by file name (report.html, ...).")
+    artifacts: list[str] = Field(description="Keys of the Prefect artifacts published.")
+    uptime_pct: float | None = Field(description="The client's uptime, %; None without data.")
+    unplanned_down_s: float = Field(description="Unplanned downtime, all servers, seconds.")
+    unknown_s: float = Field(description="Time without data, all servers, seconds.")
+    incidents: int = Field(description="Confirmed outages with unplanned time.")
+    maintenance_runs: int = Field(description="Rows of activity.csv.")
+    notes: list[str] = Field(default_factory=list, description="Caveats shown in the report.")
+
+    @property
+    def report_html(self) -> Path:
+        """The path of report.html."""
+        return Path(self.files["report.html"])
+
+
+def default_out_dir(client: str, period_label: str) -> Path:
+    """``<data>/reports/<client>/<period>/``."""
+    return settings().data / "reports" / client / period_label
+
+
+def _float(value: Any) -> float | None:
+    number = float(value)
+    return None if number != number else number  # NaN: no data outside windows
+
+
+@flow(name="maintenance-report", validate_parameters=True)
+def maintenance_report(
+    client: str, period: str | None = None, out_dir: str | None = None
+) -> ReportResult:
+    """Report one client's uptime, incidents and maintenance activity for one period.
+
+    Args:
+        client: the client's slug (``clients/<slug>.yaml``).
+        period: ``2026-10``, ``2026-Q3``, ``2026-10-01..2026-10-15``, ``last-month`` or
+            ``last-quarter``, in the client's timezone; default: the previous full month.
+        out_dir: where the files go; default ``<data>/reports/<client>/<period>/``.
+
+    Returns:
+        The written paths and the headline numbers.
+
+    Raises:
+        ReportInputError: the store's data failed validation (the message names every
+            failed expectation and rows); nothing is written.
+    """
+    logger = get_run_logger()
+    inventory = load_client_by_slug(settings().inventory_dir, client)
+    resolved = resolve_period(period, inventory.tz)
+    logger.info(
+        "%s: report for %s (%s to %s)", client, resolved.label, resolved.start, resolved.end
+    )
+
+    inputs = read_report_inputs(inventory, resolved.start, resolved.end)
+    notes: list[str] = []
+    runs_state = read_maintenance_runs(client, resolved.start, resolved.end, return_state=True)
+    runs: list[MaintenanceRun] = []
+    if runs_state.is_completed():
+        runs = runs_state.result()
+    else:
+        notes.append(
+            "Prefect's run history could not be read; maintenance activity is from the"
+            f" history store only ({runs_state.message})."
+        )
+        logger.warning(notes[-1])
+
+    validate_inputs(inputs.intervals, inputs.windows, inputs.servers, resolved.start, resolved.end)
+    tables = compute_report(
+        inputs.intervals,
+        inputs.windows,
+        inputs.servers,
+        resolved.start,
+        resolved.end,
+        inventory.tz,
+        change_records=inputs.change_records,
+        confirm_after=CONFIRM_AFTER,
+    )
+    tables = dataclasses.replace(tables, activity=complement_activity(tables.activity, runs))
+
+    directory = Path(out_dir) if out_dir else default_out_dir(client, resolved.label)
+    context = ReportContext(
+        client=client,
+        client_name=inventory.client.name,
+        period=resolved.label,
+        start=resolved.start,
+        end=resolved.end,
+        tz=inventory.tz,
+        tables=tables,
+        confirm_after=CONFIRM_AFTER,
+        notes=tuple(notes),
+    )
+    files = {name: str(path) for name, path in write_report(directory, context).items()}
+    artifacts = publish_report_artifacts(
+        client,
+        resolved.label,
+        summary_markdown(inventory.client.name, resolved, tables, files, notes),
+        uptime_rows(tables),
+    )
+    total = tables.total.iloc[0]
+    result = ReportResult(
+        client=client,
+        period=resolved.label,
+        start=resolved.start,
+        end=resolved.end,
+        out_dir=str(directory),
+        files=files,
+        artifacts=artifacts,
+        uptime_pct=_float(total["uptime_pct"]),
+        unplanned_down_s=float(total["unplanned_down_s"]),
+        unknown_s=float(total["unknown_s"]),
+        incidents=int(total["incidents"]),
+        maintenance_runs=len(tables.activity),
+        notes=notes,
+    )
+    logger.info(
+        "%s %s: uptime %s, written to %s", client, resolved.label, result.uptime_pct, directory
+    )
+    return result
