@@ -215,7 +215,17 @@ def main(argv: list[str] | None = None) -> int:
         if outcome is None:
             failures += 1
 
+    from flows.health_check import health_check
     from flows.maintenance_report import maintenance_report
+
+    say("health-check, three rounds (deployed, it runs every 5 minutes)")
+    for _ in range(3):
+        summary: Any = cast("State[Any]", health_check(return_state=True)).result(
+            raise_on_failure=False
+        )
+        down = getattr(summary, "down", None)
+        print(f"    {len(getattr(summary, 'servers', []))} servers checked, down: {down or 'none'}")
+        time.sleep(2)
 
     for slug, inv in clients.items():
         month = datetime.now(inv.tz).strftime("%Y-%m")
