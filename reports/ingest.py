@@ -28,6 +28,7 @@ import csv
 import hashlib
 import math
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,12 +53,16 @@ __all__ = [
     "IngestResult",
     "Interval",
     "StateChange",
+    "bulk_import_intervals",
+    "bulk_import_parquet",
     "extend_intervals",
     "import_file",
     "ingest",
     "load_samples",
     "main",
+    "parquet_to_intervals",
     "read_intervals",
+    "read_intervals_frame",
     "read_rollups",
     "rebuild_rollups",
     "rollup_seconds",
@@ -774,6 +779,245 @@ def import_file(
         ImportRejected: the file has problems; the store is unchanged.
     """
     return ingest(store, client, load_samples(path), max_gap=max_gap)
+
+
+# --------------------------------------------------------------------------- bulk path
+
+
+def _arrow_checks(
+    table: Any, first_row: int, validate_latency: bool = True
+) -> tuple[Any, Any, Any, list[str]]:
+    """Validate one Arrow batch vectorised.
+
+    Returns ``((names, name index per row), ts ns, ok, problems with row numbers)``.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    problems: list[str] = []
+    server = table.column("server")
+    ts = table.column("ts")
+    ok = table.column("ok")
+    if not pa.types.is_timestamp(ts.type) or ts.type.tz is None:
+        problems.append(f"schema: ts must be a timezone-aware timestamp, not {ts.type}")
+    if not pa.types.is_boolean(ok.type):
+        problems.append(f"schema: ok must be boolean, not {ok.type}")
+    if problems:
+        return None, None, None, problems
+    encoded = server.combine_chunks()
+    if not pa.types.is_dictionary(encoded.type):
+        encoded = encoded.cast(pa.string()).dictionary_encode()
+    # Server names are checked once per distinct name, not once per row.
+    names_ok = pc.and_(
+        pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(encoded.dictionary)), 0),
+        pc.less_equal(pc.utf8_length(encoded.dictionary), _MAX_SERVER),
+    ).fill_null(False)
+    bad_name = np.r_[~names_ok.to_numpy(zero_copy_only=False), True]
+    indices = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
+    bad = bad_name[indices] if bad_name[:-1].any() or encoded.null_count else None
+    if ts.null_count or ok.null_count:
+        nulls = pc.or_(pc.is_null(ts), pc.is_null(ok)).to_numpy(zero_copy_only=False)
+        bad = nulls if bad is None else bad | nulls
+    bad_rows = np.flatnonzero(bad) if bad is not None else np.empty(0, np.int64)
+    if validate_latency and "latency_ms" in table.column_names:
+        latency = table.column("latency_ms").cast(pa.float64())
+        wrong = pc.or_kleene(pc.less(latency, 0), pc.is_nan(latency)).fill_null(False)
+        bad_rows = np.union1d(bad_rows, np.flatnonzero(wrong.to_numpy(zero_copy_only=False)))
+    problems.extend(
+        f"row {first_row + int(i) + 1}: missing or invalid server, ts, ok or latency_ms"
+        for i in bad_rows
+    )
+    if problems:
+        return None, None, None, problems
+    # Codes are local to the batch: ``names`` (shared by threads) is filled by the caller.
+    names = [str(n).strip() for n in encoded.dictionary.to_pylist()]
+    codes = (np.asarray(names, dtype=object), encoded.indices.to_numpy(zero_copy_only=False))
+    ts_ns = ts.combine_chunks().cast(pa.timestamp("ns", tz="UTC")).to_numpy().view(np.int64)
+    return codes, ts_ns, ok.combine_chunks().to_numpy(zero_copy_only=False), []
+
+
+def parquet_to_intervals(
+    path: Path | str,
+    max_gap: timedelta = DEFAULT_MAX_GAP,
+    *,
+    threads: int = 2,
+    check_latency: bool = True,
+) -> Any:
+    """Read a Parquet import file by row group and fold it into intervals, vectorised.
+
+    Only ``server``, ``ts``, ``ok`` (and ``latency_ms`` for validation, unless
+    ``check_latency`` is False, as for a report that does not use it) are read. Row groups
+    are validated and compressed independently, ``threads`` at a time, so memory is
+    bounded by a few row groups; a server whose rows span several row groups is
+    recompressed from all its rows (correct, but that server's rows are then held
+    at once). Same semantics as :func:`extend_intervals` per check.
+
+    Returns:
+        A pandas frame with the columns of ``check_intervals`` (see
+        :func:`reports.compute.raw_checks_to_intervals`).
+
+    Raises:
+        ImportRejected: any bad row (1-based row numbers), a missing column, an unreadable
+            or empty file.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from reports.compute import intervals_from_arrays
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise ImportRejected(path, [f"not a readable Parquet file: {exc}"]) from exc
+    problems = _missing(pf.schema_arrow.names, "schema")
+    if problems:
+        raise ImportRejected(path, problems)
+    wanted = ("server", "ts", "ok", "latency_ms") if check_latency else ("server", "ts", "ok")
+    columns = [c for c in wanted if c in pf.schema_arrow.names]
+    offsets = np.r_[
+        0, np.cumsum([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+    ]
+    local = threading.local()
+
+    def read(i: int) -> tuple[Any, list[str]]:
+        # One ParquetFile per thread: sharing one between threads can deadlock.
+        if not hasattr(local, "file"):
+            local.file = pq.ParquetFile(path)
+        table = local.file.read_row_group(i, columns=columns, use_threads=False)
+        codes, ts_ns, ok, bad = _arrow_checks(table, int(offsets[i]), check_latency)
+        if bad:
+            return None, bad
+        # Compressed right away, so only the batch's intervals outlive it.
+        batch_names, rows = codes
+        frame = intervals_from_arrays(rows.astype(np.int64), ts_ns, ok, batch_names, max_gap)
+        return frame, []
+
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        results = list(pool.map(read, range(pf.num_row_groups)))
+    for _, bad in results:
+        problems.extend(bad)
+    if problems:
+        raise ImportRejected(path, problems)
+    if offsets[-1] == 0:
+        raise ImportRejected(path, ["the file has no rows"])
+    frames = [frame for frame, _ in results]
+    per_batch = pd.concat([pd.Series(f["server"].unique()) for f in frames], ignore_index=True)
+    if per_batch.duplicated().any():
+        # A server split across row groups: fold its checks again, all together.
+        table = pf.read(columns=columns)
+        codes, ts_ns, ok, _ = _arrow_checks(table, 0, False)
+        names, rows = codes
+        return intervals_from_arrays(rows.astype(np.int64), ts_ns, ok, names, max_gap)
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["server", "start"], kind="stable").reset_index(drop=True)
+
+
+def bulk_import_intervals(store: HistoryStore, client: str, intervals: Any) -> int:
+    """Insert compressed intervals (a fresh history) and their daily rollups, one transaction.
+
+    For servers with no interval in the store yet (an import of another tool's history):
+    a server that already has intervals is refused (use :func:`import_file`, which folds
+    checks into its open interval), and nothing is written.
+
+    Returns:
+        Interval rows written.
+
+    Raises:
+        ValueError: a server in ``intervals`` already has intervals for ``client``.
+    """
+    t = check_intervals
+    servers = sorted(str(s) for s in intervals["server"].unique())
+    rows = [
+        {
+            "client": client,
+            "server": server,
+            "state": state,
+            "start": start,
+            "end": end,
+            "checks": int(checks),
+            "failures": int(failures),
+            "first_error": first_error,
+        }
+        for server, state, start, end, checks, failures, first_error in zip(
+            intervals["server"].tolist(),
+            intervals["state"].tolist(),
+            intervals["start"].dt.to_pydatetime().tolist(),
+            intervals["end"].dt.to_pydatetime().tolist(),
+            intervals["checks"].tolist(),
+            intervals["failures"].tolist(),
+            intervals["first_error"].tolist(),
+            strict=True,
+        )
+    ]
+    with store.engine.begin() as conn:
+        for server in servers:
+            _lock_server(conn, client, server)
+        taken = conn.execute(
+            sa.select(t.c.server).where(t.c.client == client, t.c.server.in_(servers)).limit(1)
+        ).first()
+        if taken is not None:
+            raise ValueError(f"{taken.server} already has intervals; use import_file")
+        for i in range(0, len(rows), 50_000):
+            conn.execute(t.insert(), rows[i : i + 50_000])
+        segments = [
+            (r["server"], r["state"], r["start"], r["end"]) for r in rows if r["end"] > r["start"]
+        ]
+        if segments:
+            lo = min(s[2] for s in segments)
+            hi = max(s[3] for s in segments)
+            windows = _windows(conn, client, servers, lo, hi)
+            _add_rollups(conn, client, rollup_seconds(segments, windows))
+    return len(rows)
+
+
+def bulk_import_parquet(
+    store: HistoryStore, client: str, path: Path | str, *, max_gap: timedelta = DEFAULT_MAX_GAP
+) -> int:
+    """The vectorised import: validate and compress the file, then insert (all or nothing).
+
+    Raises:
+        ImportRejected: the file has problems; the store is unchanged.
+        ValueError: a server of the file already has intervals (see
+            :func:`bulk_import_intervals`); the store is unchanged.
+    """
+    return bulk_import_intervals(store, client, parquet_to_intervals(path, max_gap))
+
+
+def read_intervals_frame(
+    store: HistoryStore, client: str, start: datetime | None = None, end: datetime | None = None
+) -> Any:
+    """A client's intervals overlapping ``[start, end]`` as a pandas frame (columns of
+    ``check_intervals`` without ``id``/``client``), read with one query and vectorised
+    timestamp parsing: the report's input, without one Python object per row.
+    """
+    import pandas as pd
+
+    t = check_intervals
+    # Timestamps come back as the driver gives them (ISO text on SQLite) and are parsed
+    # column-wise below, not one datetime object per row.
+    raw_start = sa.type_coerce(t.c.start, sa.String).label("start")
+    raw_end = sa.type_coerce(t.c.end, sa.String).label("end")
+    cols = [t.c.server, t.c.state, raw_start, raw_end, t.c.checks, t.c.failures, t.c.first_error]
+    query = sa.select(*cols).where(t.c.client == client)
+    if start is not None:
+        query = query.where(t.c.end >= _utc(start, "start"))
+    if end is not None:
+        query = query.where(t.c.start <= _utc(end, "end"))
+    query = query.order_by(t.c.server, t.c.start, t.c.id)
+    names = ["server", "state", "start", "end", "checks", "failures", "first_error"]
+    with store.engine.connect() as conn:
+        conn = conn.execution_options(caretaker_read_only=True)
+        with conn.begin():
+            frame = pd.DataFrame(conn.execute(query).all(), columns=names)
+    for column in ("start", "end"):
+        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+    errors = frame["first_error"].astype(object)
+    frame["first_error"] = errors.where(errors.notna(), None)
+    return frame
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,8 @@ Tables and columns are documented in ``docs/store.md``.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -407,6 +409,25 @@ def default_store_url() -> str:
     return f"sqlite:///{current.data / 'caretaker.db'}"
 
 
+def _use_wal(dbapi_connection: DBAPIConnection) -> None:
+    """Put the database in WAL mode, which lets readers (reports) proceed while a writer
+    (health checks) holds the lock. The mode is persistent, so this only changes a new file;
+    the switch needs an exclusive lock and SQLite answers "locked" at once (without its busy
+    timeout) when several processes open a fresh store together, so retry briefly."""
+    cursor = dbapi_connection.cursor()
+    try:
+        for attempt in range(100):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05)
+    finally:
+        cursor.close()
+
+
 def _sqlite_engine(url: URL) -> Engine:
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -423,10 +444,7 @@ def _sqlite_engine(url: URL) -> Engine:
         # Take BEGIN away from the sqlite3 module, which would skip it for SELECT and DDL:
         # we issue our own (below) so reads are repeatable and DDL is transactional.
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # WAL lets readers (reports) proceed while a writer (health checks) holds the lock.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.close()
+        _use_wal(dbapi_connection)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -447,3 +447,109 @@ def test_naive_timestamps_are_refused() -> None:
     h["start"] = h["start"].dt.tz_localize(None)
     with pytest.raises(ReportInputError, match="timezone-aware"):
         validate_inputs(h, NO_WINDOWS, fleet("web1"), at(1), at(2))
+
+
+# ------------------------------------------- vectorised against simple references
+
+
+def reference_split(outages: pd.DataFrame, wins: pd.DataFrame) -> list[tuple[Any, ...]]:
+    """Split each outage minute by minute-free: walk its merged windows in a plain loop."""
+    out = []
+    for row in outages.itertuples(index=False):
+        spans = sorted(
+            (w.start, w.end)
+            for w in wins.itertuples(index=False)
+            if pd.isna(w.server) or w.server == row.server
+        )
+        merged: list[list[pd.Timestamp]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        cursor = row.start
+        for a, b in merged:
+            if b <= row.start or a >= row.end:
+                continue
+            a, b = max(a, row.start), min(b, row.end)
+            if a > cursor:
+                out.append((row.server, cursor, a, False))
+            out.append((row.server, a, b, True))
+            cursor = b
+        if cursor < row.end:
+            out.append((row.server, cursor, row.end, False))
+    return out
+
+
+def reference_confirm(h: pd.DataFrame, confirm_after: int) -> list[tuple[Any, ...]]:
+    """Merge touching down rows, then keep runs with enough failures, in a plain loop."""
+    rows: list[list[Any]] = []
+    for r in h.sort_values(["server", "start"], kind="stable").itertuples(index=False):
+        last = rows[-1] if rows else None
+        if (
+            last is not None
+            and r.state == "down"
+            and last[1] == "down"
+            and last[0] == r.server
+            and last[3] == r.start
+        ):
+            last[3] = r.end
+            last[4] += r.failures
+        else:
+            rows.append([r.server, r.state, r.start, r.end, r.failures])
+    out = []
+    for server, state, start, end, failures in rows:
+        if state == "down" and failures < confirm_after:
+            state = "up"
+        out.append((server, state, start, end, failures))
+    return out
+
+
+def random_history(rng: Any, servers: tuple[str, ...]) -> pd.DataFrame:
+    rows = []
+    for server in servers:
+        t = at(1) + pd.Timedelta(minutes=int(rng.integers(0, 120)))
+        for _ in range(int(rng.integers(0, 12))):
+            length = pd.Timedelta(minutes=5 * int(rng.integers(1, 30)))
+            state = rng.choice(["up", "down", "down", "unknown"])
+            failures = int(rng.integers(1, 5)) if state == "down" else 0
+            rows.append((server, state, t, t + length, failures))
+            t += length + pd.Timedelta(minutes=5 * int(rng.choice([0, 0, 0, 3])))
+    return history(*rows)
+
+
+def random_windows(rng: Any, servers: tuple[str, ...]) -> pd.DataFrame:
+    rows = []
+    for _ in range(int(rng.integers(0, 6))):
+        who = rng.choice([*servers, None])
+        start = at(1) + pd.Timedelta(minutes=5 * int(rng.integers(0, 200)))
+        rows.append((who, start, start + pd.Timedelta(minutes=5 * int(rng.integers(1, 40)))))
+    return windows(*rows)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_vectorised_split_and_confirmation_match_plain_loops_on_random_histories(
+    seed: int,
+) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    servers = ("web1", "web2", "db1")
+    h = random_history(rng, servers)
+    wins = random_windows(rng, servers)
+    confirm_after = int(rng.integers(1, 4))
+
+    confirmed = confirm_outages(h, confirm_after)
+    got = [
+        (r.server, r.state, r.start, r.end, r.failures) for r in confirmed.itertuples(index=False)
+    ]
+    assert got == reference_confirm(h, confirm_after)
+
+    outages = confirmed.loc[confirmed["state"] == "down", ["server", "start", "end"]]
+    pieces = split_planned(outages.reset_index(drop=True), wins)
+    got_pieces = [
+        (r.server, r.start, r.end, bool(r.planned)) for r in pieces.itertuples(index=False)
+    ]
+    assert got_pieces == reference_split(outages, wins)
+    durations = (pieces["end"] - pieces["start"]).dt.total_seconds().tolist()
+    assert pieces["duration_s"].tolist() == durations

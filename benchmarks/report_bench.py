@@ -1,0 +1,222 @@
+"""Benchmark: the report tables from the interval store and from raw Parquet checks.
+
+Each measurement runs in a fresh child process; the figures are its wall time (inside
+the child, around the measured step only) and its peak resident memory
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the child, which includes the
+interpreter and imported libraries, ~150 MB for pandas + pyarrow).
+
+Steps, per data set from ``benchmarks/report_data.py``:
+
+* ``import``: ``reports.ingest.bulk_import_parquet`` into a fresh SQLite file in the cache
+  (vectorised validation and compression, one transaction, rollups included);
+* ``store``: ``read_intervals_frame`` + ``compute_report`` (all tables) from that store;
+* ``raw``: ``parquet_to_intervals`` (only server/ts/ok read, by row group, 2 threads) +
+  ``compute_report``;
+* ``polars`` / ``duckdb``: the same raw -> intervals -> per-server uptime computation
+  in each engine (in ``<cache>/bench-venv``, benchmark-only dependencies).
+
+    .venv/bin/python benchmarks/report_bench.py [--set small|26m|263m ...] [--skip-import]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report_data import SETS, data_dir, path_for  # noqa: E402
+
+MAX_GAP_MIN = 3  # 1-minute checks: a silence over 3 minutes is unknown
+
+CHILD_PRELUDE = f"""
+import json, resource, sys, time
+from datetime import UTC, datetime, timedelta
+sys.path.insert(0, {str(ROOT)!r})
+"""
+
+PANDAS_COMMON = """
+import pandas as pd
+from reports.compute import compute_report
+from reports.ingest import parquet_to_intervals, read_intervals_frame, bulk_import_parquet
+from reports.store import open_store
+DAYS = {days}
+START = datetime(2026, 1, 1, tzinfo=UTC)
+END = START + timedelta(days=DAYS)
+windows = pd.read_parquet({windows!r})
+windows = windows[(windows["start"] < pd.Timestamp(END))]
+def report(intervals):
+    # A single check before a silence (or the last one) is a zero-length interval: no time.
+    intervals = intervals[intervals["end"] > intervals["start"]]
+    names = sorted(intervals["server"].unique())
+    servers = pd.DataFrame({{"server": names, "sla_target_pct": 99.9}})
+    return compute_report(intervals, windows, servers, START, END, UTC)
+"""
+
+STEPS = {
+    "import": """
+store = open_store({db!r})
+t = time.perf_counter()
+rows = bulk_import_parquet(store, "bench", {path!r}, max_gap=timedelta(minutes={gap}))
+took = time.perf_counter() - t
+extra = f"{{rows:,}} interval rows"
+""",
+    "store": """
+store = open_store({db!r})
+t = time.perf_counter()
+intervals = read_intervals_frame(store, "bench", START, END)
+t_read = time.perf_counter() - t
+tables = report(intervals)
+took = time.perf_counter() - t
+extra = f"read {{t_read:.2f}} s + compute {{took - t_read:.2f}} s; {{len(intervals):,}} intervals"
+""",
+    "raw": """
+t = time.perf_counter()
+intervals = parquet_to_intervals({path!r}, timedelta(minutes={gap}), check_latency=False)
+t_read = time.perf_counter() - t
+tables = report(intervals)
+took = time.perf_counter() - t
+extra = f"raw->intervals {{t_read:.2f}} s + tables {{took - t_read:.2f}} s"
+""",
+    "polars": """
+import polars as pl
+t = time.perf_counter()
+gap = {gap} * 60_000_000
+lf = pl.scan_parquet({path!r}).select(
+    pl.col("server").cast(pl.String),
+    pl.col("ts").dt.epoch("us").alias("t"),  # microseconds, like the DuckDB query
+    "ok",
+)
+runs = (
+    lf.with_columns(
+        prev_t=pl.col("t").shift(1).over("server"),
+        prev_ok=pl.col("ok").shift(1).over("server"),
+    )
+    .with_columns(gap=(pl.col("t") - pl.col("prev_t")) > gap)
+    .with_columns(
+        new=pl.col("prev_t").is_null() | pl.col("gap") | (pl.col("ok") != pl.col("prev_ok"))
+    )
+    .with_columns(run=pl.col("new").cum_sum().over("server"))
+    .group_by("server", "run")
+    .agg(ok=pl.col("ok").first(), start=pl.col("t").first(), last=pl.col("t").last(),
+         checks=pl.len(), gap=pl.col("gap").first())
+    .sort("server", "run")
+    .with_columns(nxt=pl.col("start").shift(-1).over("server"),
+                  nxt_gap=pl.col("gap").shift(-1).over("server"))
+    .with_columns(end=pl.when(pl.col("nxt").is_not_null() & ~pl.col("nxt_gap").fill_null(True))
+                  .then(pl.col("nxt")).otherwise(pl.col("last")))
+    .with_columns(unknown=pl.when(pl.col("nxt_gap").fill_null(False))
+                  .then(pl.col("nxt") - pl.col("last")).otherwise(0))
+    .with_columns(confirmed=~pl.col("ok") & (pl.col("checks") >= 2))
+    .group_by("server")
+    .agg(down_ns=(pl.col("end") - pl.col("start")).filter(pl.col("confirmed")).sum(),
+         observed_ns=(pl.col("end") - pl.col("start")).sum(),
+         unknown_ns=pl.col("unknown").sum(),
+         incidents=pl.col("confirmed").sum())
+    .collect()
+)
+took = time.perf_counter() - t
+extra = f"{{runs.height}} servers (per-server uptime only; no windows, no daily table)"
+""",
+    "duckdb": """
+import duckdb
+t = time.perf_counter()
+con = duckdb.connect()
+con.execute("SET threads=2")
+gap = {gap} * 60_000_000
+res = con.execute(f'''
+WITH c AS (
+  SELECT server::VARCHAR AS server, epoch_us(ts) AS t, ok FROM read_parquet('{path}')
+), l AS (
+  SELECT *, lag(t) OVER w AS prev_t, lag(ok) OVER w AS prev_ok
+  FROM c WINDOW w AS (PARTITION BY server ORDER BY t)
+), f AS (
+  SELECT *, (t - prev_t) > {{gap}} AS gap,
+         prev_t IS NULL OR (t - prev_t) > {{gap}} OR ok <> prev_ok AS new FROM l
+), r AS (
+  SELECT *, sum(new::INT) OVER (PARTITION BY server ORDER BY t ROWS UNBOUNDED PRECEDING) AS run
+  FROM f
+), g AS (
+  SELECT server, run, first(ok ORDER BY t) AS ok, min(t) AS start, max(t) AS last,
+         count(*) AS checks, first(gap ORDER BY t) AS gap FROM r GROUP BY server, run
+), e AS (
+  SELECT *, lead(start) OVER (PARTITION BY server ORDER BY run) AS nxt,
+            lead(gap) OVER (PARTITION BY server ORDER BY run) AS nxt_gap FROM g
+)
+SELECT server,
+  sum(CASE WHEN NOT ok AND checks >= 2 THEN (CASE WHEN nxt IS NOT NULL AND NOT nxt_gap
+      THEN nxt ELSE last END) - start ELSE 0 END) AS down_us,
+  sum(CASE WHEN nxt_gap THEN nxt - last ELSE 0 END) AS unknown_us,
+  sum(CASE WHEN NOT ok AND checks >= 2 THEN 1 ELSE 0 END) AS incidents
+FROM e GROUP BY server
+''').fetchall()
+took = time.perf_counter() - t
+extra = f"{{len(res)}} servers (per-server uptime only; no windows, no daily table)"
+""",
+}
+
+CHILD_EPILOGUE = """
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT " + json.dumps({"seconds": took, "peak_mib": peak, "note": extra}))
+"""
+
+
+def bench_python() -> str:
+    from blocks.settings import settings
+
+    venv = settings().cache / "bench-venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def run_step(step: str, name: str) -> dict[str, object]:
+    _, days = SETS[name]
+    path = str(path_for(name))
+    db = f"sqlite:///{data_dir() / f'store-{name}.db'}"
+    fields = {
+        "path": path,
+        "db": db,
+        "gap": MAX_GAP_MIN,
+        "days": days,
+        "windows": str(data_dir() / "windows.parquet"),
+    }
+    body = STEPS[step].format(**fields)
+    if step in ("polars", "duckdb"):
+        code = CHILD_PRELUDE + body + CHILD_EPILOGUE
+        python = bench_python()
+    else:
+        code = CHILD_PRELUDE + PANDAS_COMMON.format(**fields) + body + CHILD_EPILOGUE
+        python = str(ROOT / ".venv" / "bin" / "python")
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        return {
+            "seconds": float("nan"),
+            "peak_mib": float("nan"),
+            "note": "FAILED: " + done.stderr.strip().splitlines()[-1],
+        }
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="report benchmarks")
+    parser.add_argument("--set", action="append", choices=list(SETS), dest="sets")
+    parser.add_argument("--steps", default="import,store,raw,polars,duckdb")
+    args = parser.parse_args()
+    print(f"{'set':6} {'step':8} {'seconds':>8} {'peak MiB':>9}  note")
+    for name in args.sets or ["26m"]:
+        if "import" in args.steps:
+            (data_dir() / f"store-{name}.db").unlink(missing_ok=True)
+        for step in args.steps.split(","):
+            r = run_step(step, name)
+            print(
+                f"{name:6} {step:8} {r['seconds']:8.2f} {r['peak_mib']:9.0f}  {r['note']}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
