@@ -50,6 +50,7 @@ from pydantic import (
     PlainSerializer,
     PrivateAttr,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StringConstraints,
     ValidationError,
@@ -1081,6 +1082,30 @@ class SystemdCheck(_Model):
 
 Check = Annotated[TcpCheck | HttpCheck | SystemdCheck, Field(discriminator="type")]
 
+#: An uptime target in percent: 99.9 allows 0.1 % of the observed, unplanned time down.
+SlaTarget = Annotated[StrictFloat, Field(gt=0, le=100)]
+
+
+class Monitoring(_Model):
+    """How health checks are judged, and the uptime the contract promises."""
+
+    confirm_after: StrictInt = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description=(
+            "Consecutive failed checks that confirm an outage (dated from the first failure);"
+            " fewer are a blip and count as up."
+        ),
+    )
+    sla_target_pct: SlaTarget | None = Field(
+        default=None,
+        description=(
+            "Contracted uptime, % (e.g. 99.9); reports say whether it was met and how much of"
+            " the allowed downtime was used. Unset: reports show the target as n/a."
+        ),
+    )
+
 
 class JumpHost(_Model):
     """A bastion the SSH connection goes through."""
@@ -1145,6 +1170,16 @@ class Server(_Model):
         ),
     )
     jump: JumpHost | None = Field(default=None, description="Optional bastion to connect through.")
+    added: date | None = Field(
+        default=None,
+        description=(
+            "Day the server came under contract (YYYY-MM-DD, client time zone); reports count"
+            " it from that day's start. Unset: for as long as the report period."
+        ),
+    )
+    sla_target_pct: SlaTarget | None = Field(
+        default=None, description="This server's uptime target, %; default: monitoring's."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -1206,6 +1241,10 @@ class ClientInventory(_Model):
     )
     snapshots: SnapshotPolicy = Field(
         default_factory=SnapshotPolicy, description="Snapshot settings."
+    )
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring,
+        description="Outage confirmation and the contracted uptime target.",
     )
     defaults: ServerDefaults = Field(
         default_factory=ServerDefaults,

@@ -72,8 +72,9 @@ MAINTENANCE_ENTRYPOINT = "flows/server_maintenance.py:server_maintenance"
 REPORT_FLOW = "maintenance-report"
 REPORT_ENTRYPOINT = "flows/maintenance_report.py:maintenance_report"
 
-#: The slug of each deployment's one schedule: with a slug, a redeploy updates that
-#: schedule in place instead of replacing it (its id, and so its history, survive).
+#: The slug of a maintenance deployment's one schedule: with a slug, a redeploy updates
+#: that schedule in place instead of replacing it (its id, and so its history, survive).
+#: Health-check and report schedules have their own slugs (``DeploymentSpec.schedule_slug``).
 SCHEDULE_SLUG = "maintenance-window"
 
 # Where workers find the code. A relative `set_working_directory` does not work for a
@@ -124,6 +125,7 @@ class DeploymentSpec:
         cron: 5-field cron expression, read in ``timezone``.
         timezone: IANA time zone of the schedule (the client's).
         day_or: cron's day-of-month/day-of-week combination: OR (True) or AND (False).
+        schedule_slug: the schedule's stable slug (what it is for, e.g. ``monthly-report``).
     """
 
     flow_name: str
@@ -135,6 +137,7 @@ class DeploymentSpec:
     cron: str
     timezone: str
     day_or: bool
+    schedule_slug: str = SCHEDULE_SLUG
 
     @property
     def full_name(self) -> str:
@@ -179,6 +182,7 @@ def health_check_spec() -> DeploymentSpec:
         cron="*/5 * * * *",
         timezone="UTC",
         day_or=True,
+        schedule_slug="every-5-minutes",
     )
 
 
@@ -199,6 +203,7 @@ def report_specs(inventory: ClientInventory) -> list[DeploymentSpec]:
         cron="0 6 1 * *",
         timezone=inventory.client.timezone,
         day_or=True,
+        schedule_slug="monthly-report",
     )
     quarterly = replace(
         monthly,
@@ -206,6 +211,7 @@ def report_specs(inventory: ClientInventory) -> list[DeploymentSpec]:
         parameters={"client": inventory.slug, "period": "last-quarter"},
         description=f"Quarterly uptime and maintenance report for {name} (the previous quarter).",
         cron="30 6 1 1,4,7,10 *",
+        schedule_slug="quarterly-report",
     )
     return [monthly, quarterly]
 
@@ -241,7 +247,7 @@ def _yaml_entry(spec: DeploymentSpec) -> dict[str, Any]:
                 "timezone": spec.timezone,
                 "day_or": spec.day_or,
                 "active": True,
-                "slug": SCHEDULE_SLUG,
+                "slug": spec.schedule_slug,
             }
         ],
     }

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from blocks.inventory import load_inventory
 from blocks.settings import settings
-from deployments.generate import SCHEDULE_SLUG, DeploymentSpec, deployment_specs
+from deployments.generate import DeploymentSpec, deployment_specs
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -80,7 +80,7 @@ def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
         # whose schedules have slugs, and with it the schedule keeps its id.
         schedule=CronSchedule(cron=spec.cron, timezone=spec.timezone, day_or=spec.day_or),
         active=True,
-        slug=SCHEDULE_SLUG,
+        slug=spec.schedule_slug,
     )
     deployment = flow_from_entrypoint(spec.entrypoint).to_deployment(
         name=spec.name,

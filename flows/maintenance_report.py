@@ -26,7 +26,6 @@ from pydantic import BaseModel, Field
 from blocks.inventory import load_client_by_slug
 from blocks.settings import settings
 from reports.compute import compute_report
-from reports.ingest import CONFIRM_AFTER
 from reports.render import ReportContext, write_report
 from reports.validate import validate_inputs
 from tasks.report_inputs import (
@@ -124,7 +123,8 @@ def maintenance_report(
         resolved.end,
         inventory.tz,
         change_records=inputs.change_records,
-        confirm_after=CONFIRM_AFTER,
+        confirm_after=inventory.monitoring.confirm_after,
+        client_sla_target_pct=inventory.monitoring.sla_target_pct,
     )
     tables = dataclasses.replace(tables, activity=complement_activity(tables.activity, runs))
 
@@ -137,7 +137,7 @@ def maintenance_report(
         end=resolved.end,
         tz=inventory.tz,
         tables=tables,
-        confirm_after=CONFIRM_AFTER,
+        confirm_after=inventory.monitoring.confirm_after,
         notes=tuple(notes),
     )
     files = {name: str(path) for name, path in write_report(directory, context).items()}

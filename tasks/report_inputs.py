@@ -128,11 +128,18 @@ def resolve_period(period: str | None, tz: tzinfo, now: datetime | None = None) 
 
 
 def intervals_frame(intervals: Sequence[Interval]) -> pd.DataFrame:
-    """The store's intervals as the frame :mod:`reports.compute` reads (UTC, aware)."""
+    """The store's intervals as the frame :mod:`reports.compute` reads (UTC, aware).
+
+    Zero-length intervals are left out: the store holds one whenever the latest check
+    changed a server's state (or preceded a silence) and no later check has extended it
+    yet. It carries no time, so no number changes; the report's validation would refuse
+    it (``interval_start_before_end``), which must not stop a report made mid-outage.
+    """
     frame = pd.DataFrame(
         [
             (i.server, i.state, i.start, i.end, i.checks, i.failures, i.first_error)
             for i in intervals
+            if i.end != i.start
         ],
         columns=list(_INTERVAL_COLUMNS),
     )
@@ -170,10 +177,29 @@ def windows_frame(
 def servers_frame(inventory: ClientInventory) -> pd.DataFrame:
     """The client's servers, one row each, in inventory order.
 
-    The inventory has neither an addition date nor an SLA target per server yet: every
-    server is in scope for the whole period and its target is unknown (``sla_met`` n/a).
+    ``added_at`` is the start of the server's ``added`` day in the client's time zone (NaT:
+    in scope for the whole period); ``sla_target_pct`` is the server's own target, else the
+    client's ``monitoring.sla_target_pct`` (NaN: no target, ``sla_met`` n/a).
     """
-    return pd.DataFrame({"server": [s.name for s in inventory.servers]})
+    client_target = inventory.monitoring.sla_target_pct
+    tz = inventory.tz
+    added = [
+        None if s.added is None else datetime.combine(s.added, datetime.min.time(), tzinfo=tz)
+        for s in inventory.servers
+    ]
+    targets = [
+        s.sla_target_pct if s.sla_target_pct is not None else client_target
+        for s in inventory.servers
+    ]
+    return pd.DataFrame(
+        {
+            "server": [s.name for s in inventory.servers],
+            "added_at": pd.to_datetime(pd.Series(added, dtype="object"), utc=True),
+            "sla_target_pct": pd.Series(
+                [math.nan if t is None else float(t) for t in targets], dtype="float64"
+            ),
+        }
+    )
 
 
 # ------------------------------------------------------------------------------ store

@@ -277,3 +277,46 @@ def test_prefect_history_adds_a_run_that_died_before_saving_its_record(report_en
     assert activity["change_ref"] == "CHG-LOST"
     assert activity["outcome"] == "prefect:Failed"
     assert result.uptime_pct is None and result.unknown_s > 0  # no data is not uptime
+
+
+def test_inventory_sets_confirmation_sla_target_and_the_day_a_server_was_added(
+    report_env: str,
+) -> None:
+    """The same history under ``monitoring: {confirm_after: 1, sla_target_pct: 99}``, with
+    web-1 ``added: 2026-06-11`` and the latest check (06-11 23:00Z) a fresh failure.
+
+    web-1 is in scope from 2026-06-11 00:00 London (06-10 23:00Z): 86 400 s. Unknown 7200;
+    observed 79 200; planned: the 06-11 window 01:00-02:00Z, 3600 (the 06-10 window and run
+    are before it was added); unplanned: 00:30-01:00Z, 1800 (the 06-10 outage and the blip,
+    an outage under confirm_after 1, are before it was added). Uptime = 1 - 1800 / 75 600
+    = 97.619 %; target 99 % not met; allowed 1 % of 75 600 = 756 s, used 238.1 %.
+    stg-1: 100 %, target 99 % met; the client as a whole meets it. The zero-length down
+    row (the latest check, not yet extended by another) carries no time and does not stop
+    the report.
+    """
+    from flows.maintenance_report import maintenance_report
+
+    clients = Path(report_env.removeprefix("sqlite:///")).parent.parent / "clients"
+    text = CLIENT.replace(
+        "defaults:", "monitoring: {confirm_after: 1, sla_target_pct: 99}\ndefaults:"
+    ).replace("address: 10.0.0.2,", "address: 10.0.0.2, added: 2026-06-11,")
+    (clients / f"{SLUG}.yaml").write_text(text)
+    insert_intervals(
+        report_env, [*HISTORY, ("web-1", "down", "06-11 23:00", "06-11 23:00", 1, 1, "refused")]
+    )
+
+    state = maintenance_report(client=SLUG, period=PERIOD, return_state=True)
+    assert state.is_completed(), state.message
+    uptime = {row["server"]: row for row in read_csv(state.result().files["uptime.csv"])}
+    web, stg = uptime["web-1"], uptime["stg-1"]
+    assert float(web["observed_s"]) == 79_200 and float(web["maintenance_s"]) == 3600
+    assert float(web["unplanned_down_s"]) == 1800 and float(web["unknown_s"]) == 7200
+    assert float(web["uptime_pct"]) == pytest.approx(100 * (1 - 1800 / 75_600))
+    assert web["incidents"] == "1"
+    assert float(web["sla_target_pct"]) == 99 and web["sla_met"] == "False"
+    assert float(stg["uptime_pct"]) == 100 and stg["sla_met"] == "True"
+    total = uptime["(all servers)"]  # 1 - 1800 / (252 000 - 10 800) = 99.254 %: met
+    assert float(total["uptime_pct"]) == pytest.approx(100 * (1 - 1800 / 241_200))
+    assert float(total["sla_target_pct"]) == 99 and total["sla_met"] == "True"
+    html = Path(state.result().files["report.html"]).read_text(encoding="utf-8")
+    assert "238" in html, "the share of the allowed downtime used is shown"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -565,6 +565,30 @@ BAD_INPUTS: list[tuple[str, str, list[str], str | None]] = [
         "contact:",
     ),
     (
+        "SLA target above 100 %",
+        edit("patch:\n", "monitoring: {sla_target_pct: 100.5}\npatch:\n"),
+        ["monitoring.sla_target_pct", "less than or equal to 100", "allowed: 0..100"],
+        "monitoring:",
+    ),
+    (
+        "SLA target as text",
+        edit("patch:\n", 'monitoring: {sla_target_pct: "99.9%"}\npatch:\n'),
+        ["monitoring.sla_target_pct", "Input should be a valid number"],
+        "monitoring:",
+    ),
+    (
+        "confirm_after zero",
+        edit("patch:\n", "monitoring: {confirm_after: 0}\npatch:\n"),
+        ["monitoring.confirm_after", "greater than or equal to 1"],
+        "monitoring:",
+    ),
+    (
+        "server added with a time of day",
+        edit("    address: 10.0.0.1\n", "    address: 10.0.0.1\n    added: 2026-10-14T10:00:00\n"),
+        ["servers[0].added", "zero time"],
+        "added:",
+    ),
+    (
         "duplicate YAML key",
         edit("    role: production\n", "    role: production\n    role: staging\n"),
         ["servers[1].role", "duplicate key 'role' (first on line 29)", "allowed: each key once"],
@@ -989,3 +1013,20 @@ def test_cli_schema_writes_the_file(tmp_path: Path) -> None:
 
     assert main(["schema", "-o", str(target)]) == 0
     assert json.loads(target.read_text())["title"].startswith("caretaker client inventory")
+
+
+def test_monitoring_defaults_and_per_server_target_and_added_day(tmp_path: Path) -> None:
+    assert load_client(write(tmp_path, BASE)).monitoring.model_dump() == {
+        "confirm_after": 2,
+        "sla_target_pct": None,
+    }
+    text = edit("patch:\n", "monitoring: {confirm_after: 3, sla_target_pct: 99.9}\npatch:\n")
+    text = edit("    address: 10.0.0.1\n", "    address: 10.0.0.1\n    added: 2026-10-14\n", text)
+    text = edit("    user: deploy\n", "    user: deploy\n    sla_target_pct: 99\n", text)
+    inventory = load_client(write(tmp_path, text))
+
+    assert inventory.monitoring.confirm_after == 3
+    assert inventory.monitoring.sla_target_pct == 99.9
+    stg, web = inventory.servers
+    assert stg.added == date(2026, 10, 14) and stg.sla_target_pct is None
+    assert web.added is None and web.sla_target_pct == 99.0

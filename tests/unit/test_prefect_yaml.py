@@ -332,6 +332,8 @@ def test_every_client_gets_a_monthly_and_a_quarterly_report_in_its_own_time_zone
         monthly, quarterly = reports[f"{slug}-monthly"], reports[f"{slug}-quarterly"]
         assert monthly["parameters"] == {"client": slug}
         assert quarterly["parameters"] == {"client": slug, "period": "last-quarter"}
+        assert monthly["schedules"][0]["slug"] == "monthly-report"
+        assert quarterly["schedules"][0]["slug"] == "quarterly-report"
         for deployment, months in ((monthly, set(range(1, 13))), (quarterly, {1, 4, 7, 10})):
             (item,) = deployment["schedules"]
             assert item["timezone"] == inventory.client.timezone
