@@ -105,6 +105,7 @@ def test_no_checks_give_no_intervals() -> None:
 
 def test_the_bulk_parquet_import_writes_what_row_by_row_ingest_writes(tmp_path: Path) -> None:
     from reports.ingest import (
+        HistoryExists,
         bulk_import_parquet,
         ingest,
         load_samples,
@@ -132,8 +133,35 @@ def test_the_bulk_parquet_import_writes_what_row_by_row_ingest_writes(tmp_path: 
             read_intervals_frame(a, "acme"), read_intervals_frame(b, "acme")
         )
         assert read_rollups(a, "acme") == read_rollups(b, "acme")
-        with pytest.raises(ValueError, match="already has intervals"):
+        with pytest.raises(HistoryExists, match="already has intervals"):
             bulk_import_parquet(b, "acme", path, max_gap=MAX_GAP)
+
+
+def test_import_file_takes_the_bulk_path_for_a_fresh_history_and_folds_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reports.ingest import import_file, ingest, main, read_intervals_frame, read_rollups
+    from reports.store import open_store
+
+    first = [CheckSample("web1", T0 + timedelta(minutes=i), i % 7 != 3) for i in range(30)]
+    later = [CheckSample("web1", T0 + timedelta(minutes=30 + i), i != 2) for i in range(10)]
+    paths = []
+    for name, samples in (("first", first), ("later", later)):
+        paths.append(tmp_path / f"{name}.parquet")
+        as_frame(samples).to_parquet(paths[-1])
+    bulk_url, folded_url = f"sqlite:///{tmp_path}/bulk.db", f"sqlite:///{tmp_path}/fold.db"
+
+    # The command line on a fresh store: the bulk path, every check counted.
+    assert main(["import", str(paths[0]), "--client", "acme", "--store", bulk_url]) == 0
+    assert "imported 30 check(s)" in capsys.readouterr().out
+    with open_store(bulk_url) as bulk, open_store(folded_url) as folded:
+        # web1 now has history: the second file is folded into its open interval.
+        assert import_file(bulk, "acme", paths[1], max_gap=MAX_GAP).samples == 10
+        ingest(folded, "acme", first + later, max_gap=MAX_GAP)
+        pd.testing.assert_frame_equal(
+            read_intervals_frame(bulk, "acme"), read_intervals_frame(folded, "acme")
+        )
+        assert read_rollups(bulk, "acme") == read_rollups(folded, "acme")
 
 
 def test_a_bad_row_rejects_the_whole_bulk_import(tmp_path: Path) -> None:
