@@ -7,6 +7,8 @@ Orchestration only:
          windows) and read_maintenance_runs (Prefect's history, a complement only)
       ─► validate_inputs (great-expectations; a failure stops the report with the reason)
       ─► compute_report ─► write_report (report.html, uptime.csv, incidents.csv, activity.csv)
+      ─► write_pdf (report.pdf from report.html with headless chromium; skipped, with a
+         warning saying why, when there is no chromium or it fails)
       ─► publish_report_artifacts (markdown summary + uptime table)
 
 The store is the source of truth: if Prefect's API cannot be read, the report is still
@@ -26,7 +28,7 @@ from pydantic import BaseModel, Field
 from blocks.inventory import load_client_by_slug
 from blocks.settings import settings
 from reports.compute import compute_report
-from reports.render import ReportContext, write_report
+from reports.render import PdfNotMade, ReportContext, write_pdf, write_report
 from reports.validate import validate_inputs
 from tasks.report_inputs import (
     MaintenanceRun,
@@ -141,6 +143,10 @@ def maintenance_report(
         notes=tuple(notes),
     )
     files = {name: str(path) for name, path in write_report(directory, context).items()}
+    try:
+        files["report.pdf"] = str(write_pdf(files["report.html"]))
+    except PdfNotMade as reason:  # the PDF is a convenience: the report stands without it
+        logger.warning("%s %s: no report.pdf made: %s", client, resolved.label, reason)
     artifacts = publish_report_artifacts(
         client,
         resolved.label,

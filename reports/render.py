@@ -8,6 +8,8 @@ Two separate steps (STYLE item 10):
   offline and in a mail client.
 - :func:`write_report` writes ``report.html``, ``uptime.csv``, ``incidents.csv`` and
   ``activity.csv`` into a directory.
+- :func:`write_pdf` prints report.html to ``report.pdf`` (A4 landscape) with headless
+  chromium when a chromium binary is on PATH; otherwise it raises :class:`PdfNotMade`.
 
 uptime.csv has exactly the columns of DESIGN.md §3 (:data:`reports.compute.UPTIME_COLUMNS`):
 one row per server, then the client total row (``(all servers)``).
@@ -15,9 +17,16 @@ one row per server, then the client total row (``(all servers)``).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +34,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup, escape
 
+from blocks.errors import CaretakerError
 from reports.compute import (
     ACTIVITY_COLUMNS,
     INCIDENT_COLUMNS,
@@ -33,11 +43,18 @@ from reports.compute import (
 )
 
 __all__ = [
+    "CHROMIUM_NAMES",
     "CSV_FILES",
+    "PdfNotMade",
     "ReportContext",
     "daily_bars_svg",
+    "day_step",
+    "find_chromium",
+    "label_every",
+    "label_width",
     "render_files",
     "render_html",
+    "write_pdf",
     "write_report",
 ]
 
@@ -49,12 +66,21 @@ CSV_FILES: dict[str, tuple[str, ...]] = {
     "activity.csv": ACTIVITY_COLUMNS,
 }
 
-# Daily bars: one column per day, height proportional to uptime.
-_BAR_W = 10
-_BAR_GAP = 2
+# Daily bars: one column per day, height proportional to uptime. Sizes are SVG user units
+# (CSS px at 100 %); the page scales the whole drawing down when its box is narrower.
 _BAR_H = 40
-_LABEL_W = 150
 _ROW_GAP = 8
+_LABEL_W = 150  # the server names' column
+_SERVER_CHARS = 20  # longer names are cut (the full name is in a tooltip)
+_CHART_W = 900  # the bars' area for a long period
+_MAX_STEP = 48.0  # one day's column at most, so that a few days are not one huge bar each
+_DAY_FONT = 10  # px, the date labels
+# A date label's width estimate, per character, in em: at least the average of the widest
+# label in DejaVu Sans, the widest common sans-serif ("30 May": 3.66 em, 0.61 per
+# character), so that the estimate errs on the wide side.
+_DAY_CHAR_EM = 0.64
+_DAY_LABEL_GAP = 6  # px, at least, between two date labels
+_AXIS_H = 22  # ticks and date labels under the rows
 
 
 @dataclass(frozen=True)
@@ -115,6 +141,28 @@ def fmt_duration(value: Any) -> str:
     return f"{days} d {clock}" if days else clock
 
 
+def fmt_seconds(value: Any) -> str:
+    """A short measured time such as an RTO: ``0.4 s``, ``12.3 s`` below a minute (a clock
+    would round it to ``00:00:00``), else as :func:`fmt_duration`."""
+    if _missing(value):
+        return "n/a"
+    seconds = float(value)
+    return f"{seconds:.1f} s" if 0 <= seconds < 59.95 else fmt_duration(seconds)
+
+
+def fmt_restore(server: Any, ok: Any) -> str:
+    """A restore test cell: ``web-1: ok`` / ``web-1: FAILED``; empty when the run had none."""
+    if _missing(server) or not str(server):
+        return ""
+    return f"{server}: {'n/a' if _missing(ok) else ('ok' if bool(ok) else 'FAILED')}"
+
+
+def _tie_units(text: str) -> str:
+    """For the HTML: a no-break space ties a number to its unit, so that a narrow column
+    wraps ``2 d`` / ``03:04:05``, never ``2`` / ``d 03:04:05``, and keeps ``99.954 %`` whole."""
+    return text.replace(" %", "\u00a0%").replace(" d ", "\u00a0d ")
+
+
 def _fmt_time(tz: tzinfo) -> Any:
     def fmt(value: Any) -> str:
         if _missing(value):
@@ -147,48 +195,105 @@ def _bar_colour(pct: float, target: float) -> str:
     return "#d83933"
 
 
+def day_label(day: date) -> str:
+    """A date label under the bars: ``1 Oct``."""
+    return f"{day.day} {day:%b}"
+
+
+def day_step(n_days: int, chart_width: float = _CHART_W) -> float:
+    """One day's column width: the chart width shared by the days, at most ``_MAX_STEP``."""
+    return min(_MAX_STEP, chart_width / max(1, n_days))
+
+
+def label_width(text: str, font_size: float = _DAY_FONT) -> float:
+    """An upper estimate of a label's drawn width, px."""
+    return len(text) * _DAY_CHAR_EM * font_size
+
+
+def label_every(n_days: int, chart_width: float = _CHART_W, widest: str = "30 Sep") -> int:
+    """Label every Nth day so that date labels never collide: the smallest N whose spacing
+    (N day columns) holds the widest label plus a gap."""
+    step = day_step(n_days, chart_width)
+    return max(1, math.ceil((label_width(widest) + _DAY_LABEL_GAP) / step))
+
+
+def _minutes(seconds: Any) -> str:
+    if _missing(seconds):
+        return "n/a"
+    minutes = float(seconds) / 60
+    return f"{minutes:.0f}" if minutes == round(minutes) else f"{minutes:.1f}"
+
+
+def _num(value: float) -> str:
+    """A coordinate without trailing zeros."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _bar_title(server: str, item: Any, pct: float) -> str:
+    uptime = "no data" if math.isnan(pct) else f"{pct:.3f} % up"
+    return (
+        f"{server} {item.day}: {uptime}; down {_minutes(item.unplanned_down_s)} min,"
+        f" unknown {_minutes(item.unknown_s)} min, planned {_minutes(item.maintenance_s)} min"
+    )
+
+
 def daily_bars_svg(daily: pd.DataFrame, targets: dict[str, float]) -> str:
     """The daily uptime bars as one inline ``<svg>`` element (no external references).
 
     One row per server, one bar per local day: the bar's height is the day's uptime
     (0 to 100 %), its colour green at 100 %, light green at or above the SLA target, red
     below it, and grey for a day without data (uptime unknown). Each bar has a ``<title>``
-    with the day and the exact figure.
+    tooltip: server, day, uptime and the day's unplanned down, unknown and planned minutes.
+
+    The drawing is at most ``_LABEL_W + _CHART_W`` wide whatever the period (a day's column
+    shrinks as days are added); every Nth day is labelled under the bars (:func:`label_every`)
+    so that the labels never overlap, on a short period as on a long one.
     """
-    servers = list(dict.fromkeys(daily["server"]))
-    days = list(dict.fromkeys(daily["day"]))
-    width = _LABEL_W + len(days) * (_BAR_W + _BAR_GAP)
-    height = len(servers) * (_BAR_H + _ROW_GAP) + 16
+    servers = [str(s) for s in dict.fromkeys(daily["server"])]
+    days: list[date] = list(dict.fromkeys(daily["day"]))
+    step = day_step(len(days))
+    gap = step * 0.2
+    labels = [day_label(d) for d in days]
+    widest = max(labels, key=len, default="")
+    every = label_every(len(days), widest=widest) if days else 1
+    pad = label_width(widest) / 2 + 4  # room for the last label, centred on its day
+    width = math.ceil(_LABEL_W + len(days) * step + pad)
+    rows_h = len(servers) * (_BAR_H + _ROW_GAP)
+    height = rows_h + _AXIS_H
     parts = [
         f'<svg role="img" width="{width}" height="{height}"'
         f' viewBox="0 0 {width} {height}" aria-label="daily uptime per server">'
     ]
-    by_server = {name: frame for name, frame in daily.groupby("server", sort=False)}
+    by_server = {str(name): frame for name, frame in daily.groupby("server", sort=False)}
     for row, server in enumerate(servers):
         top = row * (_BAR_H + _ROW_GAP)
+        shown_name = server
+        if len(server) > _SERVER_CHARS:
+            shown_name = server[: _SERVER_CHARS - 1] + "…"
         parts.append(
-            f'<text x="0" y="{top + _BAR_H // 2 + 4}" font-size="12">{escape(server)}</text>'
+            f'<text class="server" x="0" y="{top + _BAR_H // 2 + 4}" font-size="12">'
+            f"<title>{escape(server)}</title>{escape(shown_name)}</text>"
         )
         target = targets.get(server, math.nan)
         for col, item in enumerate(by_server[server].itertuples(index=False)):
             pct = float(item.uptime_pct) if not _missing(item.uptime_pct) else math.nan
             shown = 100.0 if math.isnan(pct) else pct
             h = max(1.0, _BAR_H * shown / 100.0)
-            x = _LABEL_W + col * (_BAR_W + _BAR_GAP)
+            x = _LABEL_W + col * step + gap / 2
             y = top + _BAR_H - h
-            label = f"{item.day}: {'no data' if math.isnan(pct) else f'{pct:.3f} %'}"
             parts.append(
-                f'<rect x="{x}" y="{y:.1f}" width="{_BAR_W}" height="{h:.1f}"'
+                f'<rect x="{_num(x)}" y="{_num(y)}" width="{_num(step - gap)}" height="{_num(h)}"'
                 f' fill="{_bar_colour(pct, target)}"><title>'
-                f"{escape(label)}</title></rect>"
+                f"{escape(_bar_title(server, item, pct))}</title></rect>"
             )
-    if days:
-        bottom = len(servers) * (_BAR_H + _ROW_GAP) + 12
-        parts.append(f'<text x="{_LABEL_W}" y="{bottom}" font-size="10">{days[0]}</text>')
-        last_x = _LABEL_W + (len(days) - 1) * (_BAR_W + _BAR_GAP)
+    for col in range(0, len(days), every):
+        centre = _LABEL_W + (col + 0.5) * step
         parts.append(
-            f'<text x="{last_x + _BAR_W}" y="{bottom}" font-size="10"'
-            f' text-anchor="end">{days[-1]}</text>'
+            f'<line x1="{_num(centre)}" y1="{rows_h - _ROW_GAP + 1}" x2="{_num(centre)}"'
+            f' y2="{rows_h - _ROW_GAP + 5}" stroke="#888" stroke-width="1"/>'
+            f'<text class="day" x="{_num(centre)}" y="{rows_h + 8}" font-size="{_DAY_FONT}"'
+            f' text-anchor="middle">'
+            f"{escape(labels[col])}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -206,12 +311,14 @@ def _environment(tz: tzinfo) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        pct=fmt_pct,
-        duration=fmt_duration,
+        pct=lambda value, digits=3: _tie_units(fmt_pct(value, digits)),
+        duration=lambda value: _tie_units(fmt_duration(value)),
+        seconds=lambda value: _tie_units(fmt_seconds(value)),
         when=_fmt_time(tz),
         yesno=fmt_bool,
         text=fmt_text,
     )
+    env.globals["restore"] = fmt_restore
     return env
 
 
@@ -276,3 +383,126 @@ def write_report(out_dir: Path | str, context: ReportContext) -> dict[str, Path]
         path.write_text(text, encoding="utf-8")
         written[name] = path
     return written
+
+
+# -------------------------------------------------------------------------------- pdf
+
+#: Browser binaries tried, in order, on PATH (Debian's package is ``chromium``).
+CHROMIUM_NAMES: tuple[str, ...] = ("chromium", "chromium-browser", "google-chrome")
+#: Seconds a PDF rendering may take before the browser is killed.
+PDF_TIMEOUT_S = 120.0
+
+
+class PdfNotMade(CaretakerError):
+    """report.pdf was not made; the message says why (no browser, a timeout, a failure).
+
+    The HTML report and the CSV files do not depend on it.
+    """
+
+
+def find_chromium(names: Sequence[str] | None = None) -> str | None:
+    """The first of ``names`` (default :data:`CHROMIUM_NAMES`) found on PATH, or None."""
+    for name in CHROMIUM_NAMES if names is None else names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def write_pdf(
+    html: Path | str,
+    pdf: Path | str | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    timeout: float = PDF_TIMEOUT_S,
+) -> Path:
+    """Print ``html`` (report.html) to ``pdf`` (default: ``report.pdf`` beside it), A4.
+
+    Headless chromium prints the page with its print stylesheet (A4, page numbers, no
+    browser header or footer). Nothing is fetched: the page references nothing outside
+    itself. The PDF is written under a temporary name and renamed when complete, so a
+    ``report.pdf`` is always whole and belongs to this HTML (an older one is removed first).
+
+    Args:
+        html: the HTML file.
+        pdf: the PDF to write; default ``report.pdf`` in the HTML's folder.
+        names: browser binaries to look for on PATH (default :data:`CHROMIUM_NAMES`).
+        timeout: seconds before the browser (and every process it started) is killed.
+
+    Returns:
+        The PDF's path.
+
+    Raises:
+        PdfNotMade: no browser found, it failed or timed out, or its output is not a PDF.
+    """
+    source = Path(html).resolve()
+    target = Path(pdf) if pdf is not None else source.with_suffix(".pdf")
+    target.unlink(missing_ok=True)
+    looked_for = CHROMIUM_NAMES if names is None else tuple(names)
+    browser = find_chromium(looked_for)
+    if browser is None:
+        raise PdfNotMade(
+            f"no chromium binary on PATH (looked for {', '.join(looked_for)});"
+            " install Debian's chromium package to get report.pdf"
+        )
+    partial = target.with_name(f".{target.name}.partial")
+    partial.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="caretaker-chromium-") as profile:
+        command = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-extensions",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--no-pdf-header-footer",
+            f"--print-to-pdf={partial}",
+            source.as_uri(),
+        ]
+        # Its own session, so that a timeout kills the renderer and helpers too.
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError as error:  # not executable, vanished since the lookup
+            raise PdfNotMade(f"{browser} could not be started: {error}") from error
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            partial.unlink(missing_ok=True)
+            raise PdfNotMade(f"{browser} did not print the PDF within {timeout:g} s") from None
+        finally:
+            _kill_group(process)  # helpers left behind, if any
+    try:
+        with partial.open("rb") as handle:
+            head = handle.read(5)
+    except FileNotFoundError:
+        head = b""
+    if process.returncode != 0 or head != b"%PDF-":
+        partial.unlink(missing_ok=True)
+        tail = " | ".join(stderr.strip().splitlines()[-3:]) if stderr else ""
+        raise PdfNotMade(
+            f"{browser} exited with {process.returncode} and"
+            f" {'no PDF' if not head else 'output that is not a PDF'}: {tail}"
+        )
+    partial.replace(target)
+    return target
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """Kill what is left of the process group ``process`` leads (it was started alone)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.returncode is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=10)

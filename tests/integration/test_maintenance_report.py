@@ -31,6 +31,7 @@ uptime = 1 - 3600 / 322 200 = 98.882681... %, incidents 2.
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 import pytest
 
 from blocks.change import Approval, ChangeRecord, ChangeWindow, Outcome, PackageChange
+from reports.render import find_chromium
 from reports.store import check_intervals, open_store
 
 pytestmark = pytest.mark.integration
@@ -182,7 +184,11 @@ def test_the_report_writes_hand_checked_uptime_incidents_and_activity(seeded: st
     # The default folder: <data>/reports/<client>/<period>/, with the four files.
     expected_dir = Path(seeded.removeprefix("sqlite:///")).parent.parent / "data" / "reports"
     assert Path(result.out_dir) == expected_dir / SLUG / PERIOD
-    assert sorted(result.files) == ["activity.csv", "incidents.csv", "report.html", "uptime.csv"]
+    made = ["activity.csv", "incidents.csv", "report.html", "uptime.csv"]
+    if find_chromium():  # report.pdf too (./run test installs chromium)
+        made = sorted([*made, "report.pdf"])
+        assert Path(result.files["report.pdf"]).read_bytes().startswith(b"%PDF-")
+    assert sorted(result.files) == made
     assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in result.files.values())
 
     uptime = {row["server"]: row for row in read_csv(result.files["uptime.csv"])}
@@ -235,6 +241,26 @@ def test_the_report_writes_hand_checked_uptime_incidents_and_activity(seeded: st
     assert summary.type == "markdown" and "98.883 %" in str(summary.data)
     table = artifacts[result.artifacts[1]]
     assert table.type == "table" and "web-1" in str(table.data)
+
+
+def test_without_chromium_the_report_is_made_without_a_pdf_and_says_why(
+    seeded: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flows.maintenance_report import maintenance_report
+
+    monkeypatch.setattr("reports.render.CHROMIUM_NAMES", ("no-such-chromium-here",))
+    with caplog.at_level(logging.WARNING):
+        state = maintenance_report(client=SLUG, period=PERIOD, return_state=True)
+
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert sorted(result.files) == ["activity.csv", "incidents.csv", "report.html", "uptime.csv"]
+    assert not (Path(result.out_dir) / "report.pdf").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "no report.pdf made: no chromium binary on PATH (looked for no-such-chromium-here)" in w
+        for w in warnings
+    ), warnings
 
 
 def test_overlapping_intervals_stop_the_report_with_the_reason(report_env: str) -> None:
