@@ -15,7 +15,11 @@ Steps, per data set from ``benchmarks/report_data.py``:
 * ``polars`` / ``duckdb``: the same raw -> intervals -> per-server uptime computation
   in each engine (in ``<cache>/bench-venv``, benchmark-only dependencies).
 
-    .venv/bin/python benchmarks/report_bench.py [--set small|26m|263m ...] [--skip-import]
+    .venv/bin/python benchmarks/report_bench.py [--set small|26m|263m ...] [--steps ...]
+        [--max-mib MIB] [--timeout S]
+
+``--max-mib`` / ``--timeout`` stop a step whose resident memory (sampled every 50 ms)
+passes the bound or that runs longer; the figure is then where it was stopped.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,7 +178,45 @@ def bench_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def run_step(step: str, name: str) -> dict[str, object]:
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a running process (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), "VmRSS: 0 kB")
+    return int(line.split()[1]) / 1024
+
+
+def _watched(
+    argv: list[str], max_mib: float | None, timeout: float | None
+) -> tuple[int, str, str, dict[str, object] | None]:
+    """Run ``argv``; stop it when its resident memory passes ``max_mib`` or it runs longer
+    than ``timeout`` seconds. Returns (exit code, stdout, stderr, the figure if stopped)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.monotonic()
+        child = subprocess.Popen(argv, stdout=out, stderr=err, text=True, cwd=ROOT)
+        peak, stopped = 0.0, None
+        while child.poll() is None:
+            peak = max(peak, _rss_mib(child.pid))
+            took = time.monotonic() - started
+            if max_mib is not None and peak > max_mib:
+                stopped = f"stopped: resident memory over {max_mib:,.0f} MiB after {took:.1f} s"
+            elif timeout is not None and took > timeout:
+                stopped = f"stopped: still running after {timeout:.0f} s"
+            if stopped:
+                child.kill()
+                child.wait()
+                return -9, "", "", {"seconds": took, "peak_mib": peak, "note": stopped}
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        return child.returncode, out.read(), err.read(), None
+
+
+def run_step(
+    step: str, name: str, max_mib: float | None = None, timeout: float | None = None
+) -> dict[str, object]:
     _, days = SETS[name]
     path = str(path_for(name))
     db = f"sqlite:///{data_dir() / f'store-{name}.db'}"
@@ -190,14 +234,16 @@ def run_step(step: str, name: str) -> dict[str, object]:
     else:
         code = CHILD_PRELUDE + PANDAS_COMMON.format(**fields) + body + CHILD_EPILOGUE
         python = str(ROOT / ".venv" / "bin" / "python")
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
+    returncode, stdout, stderr, stopped = _watched([python, "-c", code], max_mib, timeout)
+    if stopped is not None:
+        return stopped
+    if returncode != 0:
         return {
             "seconds": float("nan"),
             "peak_mib": float("nan"),
-            "note": "FAILED: " + done.stderr.strip().splitlines()[-1],
+            "note": "FAILED: " + (stderr.strip().splitlines() or ["?"])[-1],
         }
-    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line.removeprefix("RESULT "))
 
 
@@ -205,13 +251,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="report benchmarks")
     parser.add_argument("--set", action="append", choices=list(SETS), dest="sets")
     parser.add_argument("--steps", default="import,store,raw,polars,duckdb")
+    parser.add_argument(
+        "--max-mib", type=float, help="stop a step whose resident memory passes this"
+    )
+    parser.add_argument("--timeout", type=float, help="stop a step running longer (seconds)")
     args = parser.parse_args()
     print(f"{'set':6} {'step':8} {'seconds':>8} {'peak MiB':>9}  note")
     for name in args.sets or ["26m"]:
         if "import" in args.steps:
             (data_dir() / f"store-{name}.db").unlink(missing_ok=True)
         for step in args.steps.split(","):
-            r = run_step(step, name)
+            r = run_step(step, name, args.max_mib, args.timeout)
             print(
                 f"{name:6} {step:8} {r['seconds']:8.2f} {r['peak_mib']:9.0f}  {r['note']}",
                 flush=True,

@@ -34,7 +34,7 @@ Times are handled as int64 nanoseconds since the epoch inside, for speed and exa
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
@@ -60,7 +60,9 @@ __all__ = [
     "compute_report",
     "confirm_outages",
     "daily_uptime",
+    "fold_checks",
     "incidents_table",
+    "intervals_frame",
     "intervals_from_arrays",
     "local_midnight",
     "period_bounds",
@@ -233,7 +235,11 @@ def _ns(value: datetime) -> int:
 
 
 def _utc(ns: npt.ArrayLike) -> pd.DatetimeIndex:
-    return pd.to_datetime(np.asarray(ns, dtype=np.int64), utc=True)
+    values = np.asarray(ns, dtype=np.int64)
+    if len(values) == 0:  # the dtype pandas gives an empty one (datetime64[s, UTC])
+        return pd.to_datetime(values, utc=True)
+    # A view of the integers, localised: pd.to_datetime on int64 took a per-object path.
+    return pd.DatetimeIndex(values.view("datetime64[ns]")).tz_localize("UTC")
 
 
 def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -385,14 +391,21 @@ def _pair_search(
 ) -> npt.NDArray[np.int64]:
     """``searchsorted`` on (code, value) pairs, ``keys`` sorted by code then value.
 
-    Values are replaced by their rank among all values, so the pair packs into one int64
-    key without overflow (times in ns times server codes would not fit).
+    Values are replaced by their rank among the keys' distinct values, so the pair packs
+    into one int64 key without overflow (times in ns times server codes would not fit).
+    A query value ranks where it would be inserted among them (right: after equal keys,
+    minus one, so an equal key counts as "not after"; left: before equal keys), which
+    keeps each comparison with a key as it was. Only the few keys are sorted; the many
+    queries are searched, not sorted.
     """
-    ranks = np.unique(np.r_[keys_val, val], return_inverse=True)[1].astype(np.int64)
-    width = int(ranks.max()) + 1 if len(ranks) else 1
-    key = keys_code * width + ranks[: len(keys_val)]
-    query = code * width + ranks[len(keys_val) :]
-    return np.searchsorted(key, query, side=side).astype(np.int64)  # type: ignore[call-overload]
+    distinct = np.unique(keys_val)
+    width = len(distinct) + 1
+    key = keys_code * width + np.searchsorted(distinct, keys_val)
+    if side == "right":
+        rank = np.searchsorted(distinct, val, side="right") - 1
+    else:
+        rank = np.searchsorted(distinct, val, side="left")
+    return np.searchsorted(key, code * width + rank, side=side).astype(np.int64)  # type: ignore[call-overload]
 
 
 def _window_time_before(
@@ -418,11 +431,29 @@ def _overlap(
     e: npt.NDArray[np.int64],
     spans: _Spans,
 ) -> npt.NDArray[np.int64]:
-    """Window time inside each ``[s, e)`` of server ``code`` (all rows at once)."""
+    """Window time inside each ``[s, e)`` of server ``code`` (all rows at once).
+
+    Only rows that meet a window of *some* server are searched per server: windows are
+    short and few, so most rows are ruled out by one search among the merged union of
+    all windows (a small array).
+    """
+    out = np.zeros(len(s), dtype=np.int64)
     if len(spans) == 0 or len(s) == 0:
-        return np.zeros(len(s), dtype=np.int64)
-    both = _window_time_before(np.r_[code, code], np.r_[e, s], spans)
-    return both[: len(s)] - both[len(s) :]
+        return out
+    order = np.argsort(spans.a, kind="stable")
+    a, b = spans.a[order], spans.b[order]
+    reach = np.maximum.accumulate(b)
+    heads = np.flatnonzero(np.r_[True, a[1:] > reach[:-1]])
+    union_a, union_b = a[heads], np.maximum.reduceat(b, heads)
+    k = np.searchsorted(union_b, s, side="right")  # the first union span ending after s
+    near = k < len(union_a)
+    near[near] = union_a[k[near]] < e[near]
+    rows = np.flatnonzero(near)
+    if len(rows):
+        c = code[rows]
+        both = _window_time_before(np.r_[c, c], np.r_[e[rows], s[rows]], spans)
+        out[rows] = both[: len(rows)] - both[len(rows) :]
+    return out
 
 
 def split_planned(outages: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
@@ -512,46 +543,122 @@ def _scopes(
     return names, scope_start, np.full(len(names), hi, dtype=np.int64)
 
 
+_UP, _DOWN, _UNKNOWN = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """Each server's scope cut into disjoint rows covering it exactly (gaps are unknown),
+    as arrays sorted by ``pos`` (the server's row in ``servers``) then ``s``.
+
+    ``state`` is ``_UP``, ``_DOWN`` or ``_UNKNOWN``; ``s``, ``e`` the row clipped to the
+    server's scope and ``orig_s``, ``orig_e`` before clipping (int64 ns); ``outage_id``
+    is -1 unless the row is a confirmed outage; ``first_error`` (object) its first error.
+    """
+
+    pos: npt.NDArray[np.int64]
+    state: npt.NDArray[np.int8]
+    s: npt.NDArray[np.int64]
+    e: npt.NDArray[np.int64]
+    outage_id: npt.NDArray[np.int64]
+    first_error: npt.NDArray[Any]
+    orig_s: npt.NDArray[np.int64]
+    orig_e: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+
+def _confirmed(
+    intervals: pd.DataFrame, code: npt.NDArray[np.int64], confirm_after: int
+) -> tuple[npt.NDArray[Any], ...]:
+    """:func:`confirm_outages` on arrays, for the timeline (no frame, no string per row).
+
+    ``code`` is each row's server as its rank in name order, so sorting by (code, start)
+    is the stable sort by (server, start) of :func:`confirm_outages`, and outages are
+    numbered in the same order. Returns ``code, state, s, e, outage_id, first_error``
+    sorted so, touching down rows merged and unconfirmed runs turned ``_UP``.
+    """
+    column = intervals["state"]
+    state = np.where(
+        (column == "down").to_numpy(dtype=bool),
+        _DOWN,
+        np.where((column == "unknown").to_numpy(dtype=bool), _UNKNOWN, _UP),
+    ).astype(np.int8)
+    s = _ns_array(intervals["start"], "intervals.start")
+    e = _ns_array(intervals["end"], "intervals.end")
+    failures = intervals["failures"].fillna(0).to_numpy(dtype=np.float64)
+    if "first_error" in intervals.columns:
+        first_error = intervals["first_error"].to_numpy(dtype=object)
+    else:
+        first_error = np.full(len(s), None, dtype=object)
+    n = len(s)
+    if n > 1 and not bool(
+        ((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (s[1:] >= s[:-1]))).all()
+    ):
+        order = np.lexsort((s, code))  # stable
+        code, state, s, e = code[order], state[order], s[order], e[order]
+        failures, first_error = failures[order], first_error[order]
+    down = state == _DOWN
+    continues = np.r_[False, down[1:] & down[:-1] & (code[1:] == code[:-1]) & (s[1:] == e[:-1])]
+    if continues.any():
+        # A run of touching down rows is one row: the first's start and state, the last's
+        # end, the failures summed, the first error that is not missing.
+        heads = np.flatnonzero(~continues)
+        bounds = np.r_[heads, n]
+        found = np.minimum.reduceat(np.where(pd.isna(first_error), n, np.arange(n)), heads)
+        first_error = first_error[np.where(found < bounds[1:], found, heads)]
+        e = e[bounds[1:] - 1]
+        failures = np.add.reduceat(failures, heads)
+        code, state, s = code[heads], state[heads], s[heads]
+    down = state == _DOWN
+    confirmed = down & (failures >= confirm_after)
+    state = np.where(down & ~confirmed, _UP, state).astype(np.int8)
+    outage_id = np.where(confirmed, np.cumsum(confirmed), -1).astype(np.int64)
+    return code, state, s, e, outage_id, first_error
+
+
 def _timeline(
     intervals: pd.DataFrame,
     servers: pd.DataFrame,
     start: datetime,
     end: datetime,
     confirm_after: int,
-) -> pd.DataFrame:
-    """Each server's scope cut into disjoint rows covering it exactly (gaps are unknown).
-
-    Columns: ``server`` (object), ``pos`` (the server's row in ``servers``), ``state``,
-    ``s``, ``e`` (int64 ns), ``outage_id`` (int64, -1 unless a confirmed outage),
-    ``first_error``, ``orig_s``, ``orig_e``; sorted by ``pos`` then ``s``.
-    """
+) -> _Timeline:
+    """Each server's scope cut into disjoint rows covering it exactly (see :class:`_Timeline`)."""
     _require(intervals, _INTERVAL_COLUMNS[:4], "intervals")
     if _ns(start) >= _ns(end):
         raise ValueError("the period must end after it starts")
     names, scope_s, scope_e = _scopes(servers, start, end)
-    unknown_servers = sorted(set(intervals["server"].astype(str)) - set(names))
+    # Servers as codes once (factorize is columnar); no string per row after this.
+    code, uniques = pd.factorize(intervals["server"].astype(str), sort=True)
+    unknown_servers = sorted(set(uniques.tolist()) - set(names))
     if unknown_servers:
         raise ReportInputError(
             "interval_server_known", f"intervals of servers not in the inventory: {unknown_servers}"
         )
     if "failures" not in intervals.columns:
         raise ReportInputError("columns_present", "intervals lacks columns: failures")
-    confirmed = confirm_outages(intervals, confirm_after)
-    server = confirmed["server"].astype(str).to_numpy(dtype=object)
-    s = _ns_array(confirmed["start"], "intervals.start")
-    e = _ns_array(confirmed["end"], "intervals.end")
+    if confirm_after < 1:
+        raise ValueError("confirm_after must be at least 1")
+    code, state, s, e, outage, first_error = _confirmed(
+        intervals, code.astype(np.int64), confirm_after
+    )
     if (e <= s).any():
         raise ReportInputError("interval_start_before_end", "an interval does not end after start")
-    same = np.r_[False, server[1:] == server[:-1]]
-    if (same & np.r_[False, s[1:] < e[:-1]]).any():
+    same = code[1:] == code[:-1]
+    if (same & (s[1:] < e[:-1])).any():
         raise ReportInputError("interval_no_overlap", "intervals of one server overlap")
 
-    pos = pd.Index(names).get_indexer(server).astype(np.int64)
+    pos = pd.Index(names).get_indexer(uniques).astype(np.int64)[code]
+    if len(pos) > 1 and not bool((pos[1:] >= pos[:-1]).all()):
+        # Servers listed out of name order: put each server's rows (a block) in list order.
+        order = np.argsort(pos, kind="stable")
+        pos, state, s, e = pos[order], state[order], s[order], e[order]
+        outage, first_error = outage[order], first_error[order]
     lo, hi = scope_s[pos], scope_e[pos]
     keep = (e > lo) & (s < hi)
-    state = confirmed["state"].to_numpy(dtype=object)[keep]
-    outage = confirmed["outage_id"].fillna(-1).to_numpy(dtype=np.int64)[keep]
-    first_error = confirmed["first_error"].to_numpy(dtype=object)[keep]
+    state, outage, first_error = state[keep], outage[keep], first_error[keep]
     orig_s, orig_e = s[keep], e[keep]
     pos = pos[keep]
     cs, ce = np.clip(orig_s, lo[keep], hi[keep]), np.clip(orig_e, lo[keep], hi[keep])
@@ -569,33 +676,50 @@ def _timeline(
     g_pos = np.r_[pos[gap], pos[tail], empty]
     g_s = np.r_[prev_end[gap], ce[tail], scope_s[empty]]
     g_e = np.r_[cs[gap], scope_e[pos[tail]], scope_e[empty]]
-    n_gap = len(g_pos)
-    out = pd.DataFrame(
-        {
-            "pos": np.r_[pos, g_pos],
-            "state": np.r_[state, np.full(n_gap, "unknown", dtype=object)],
-            "s": np.r_[cs, g_s],
-            "e": np.r_[ce, g_e],
-            "outage_id": np.r_[outage, np.full(n_gap, -1, dtype=np.int64)],
-            "first_error": np.r_[first_error, np.full(n_gap, None, dtype=object)],
-            "orig_s": np.r_[orig_s, g_s],
-            "orig_e": np.r_[orig_e, g_e],
-        }
+    # Rows are in (pos, s) order; each gap goes in before its row, each tail after its
+    # server's last row, each empty server before the first row of a later server. With
+    # row i at 4i + 2, those are 4i + 1, 4i + 3 and 4j: the gaps (few) are sorted, the
+    # rows are not (a merge, not a sort of everything).
+    n, rows = len(pos), np.arange(len(pos), dtype=np.int64)
+    g_key = np.r_[4 * rows[gap] + 1, 4 * rows[tail] + 3, 4 * np.searchsorted(pos, empty)]
+    g_order = np.argsort(g_key, kind="stable")
+    g_key = g_key[g_order]
+    row_at = rows + np.searchsorted(g_key, 4 * rows + 2)
+    gap_at = np.arange(len(g_key)) + np.clip((g_key + 1) // 4, 0, n)
+
+    def merged(row_values: npt.NDArray[Any], gap_values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        out = np.empty(n + len(g_key), dtype=row_values.dtype)
+        out[row_at] = row_values
+        out[gap_at] = gap_values[g_order]
+        return out
+
+    n_gap = len(g_key)
+    return _Timeline(
+        pos=merged(pos, g_pos.astype(np.int64)),
+        state=merged(state, np.full(n_gap, _UNKNOWN, dtype=np.int8)),
+        s=merged(cs, g_s.astype(np.int64)),
+        e=merged(ce, g_e.astype(np.int64)),
+        outage_id=merged(outage, np.full(n_gap, -1, dtype=np.int64)),
+        first_error=merged(first_error, np.full(n_gap, None, dtype=object)),
+        orig_s=merged(orig_s, g_s.astype(np.int64)),
+        orig_e=merged(orig_e, g_e.astype(np.int64)),
     )
-    out = out.sort_values(["pos", "s"], kind="stable").reset_index(drop=True)
-    out.insert(0, "server", names[out["pos"].to_numpy()])
-    return out
 
 
 @dataclass(frozen=True)
 class _Parts:
     """What the tables share: the timeline and its window overlaps."""
 
-    timeline: pd.DataFrame
+    timeline: _Timeline
     spans: _Spans
     servers: pd.DataFrame
     start: datetime
     end: datetime
+
+    @property
+    def names(self) -> npt.NDArray[Any]:
+        """Server names in the order of ``servers`` (``timeline.pos`` indexes them)."""
+        return self.servers["server"].astype(str).to_numpy(dtype=object)
 
 
 def _parts(
@@ -617,7 +741,7 @@ _KINDS = ("up_s", "unplanned_down_s", "maintenance_s", "unknown_s")
 
 def _classify(
     code: npt.NDArray[np.int64],
-    state: npt.NDArray[Any],
+    state: npt.NDArray[np.int8],
     s: npt.NDArray[np.int64],
     e: npt.NDArray[np.int64],
     spans: _Spans,
@@ -628,28 +752,26 @@ def _classify(
     """
     duration = e - s
     planned = _overlap(code, s, e, spans)
-    unknown = state == "unknown"
-    down = state == "down"
+    unknown = state == _UNKNOWN
+    down = state == _DOWN
     known_outside = np.where(unknown, 0, duration - planned)
-    return np.column_stack(
-        (
-            np.where(down, 0, known_outside),
-            np.where(down, known_outside, 0),
-            np.where(unknown, 0, planned),
-            np.where(unknown, duration, 0),
-        )
-    ).astype(np.int64)
+    out = np.zeros((len(s), 4), dtype=np.int64)
+    out[:, 0] = np.where(down, 0, known_outside)
+    out[:, 1] = np.where(down, known_outside, 0)
+    out[:, 2] = np.where(unknown, 0, planned)
+    out[:, 3] = np.where(unknown, duration, 0)
+    return out
 
 
 def _sum_sorted(
     key: npt.NDArray[np.int64], values: npt.NDArray[np.int64], size: int
-) -> npt.NDArray[np.float64]:
-    """Seconds per key in ``range(size)``: exact int64 sums of rows with non-decreasing keys."""
+) -> npt.NDArray[np.int64]:
+    """Exact int64 sums per key in ``range(size)`` of rows with non-decreasing keys."""
     out = np.zeros((size, values.shape[1]), dtype=np.int64)
     if len(key):
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         out[key[starts]] = np.add.reduceat(values, starts, axis=0)
-    return out / _NS
+    return out
 
 
 def _pct(up: pd.Series, down: pd.Series) -> pd.Series:
@@ -664,16 +786,17 @@ def _pct(up: pd.Series, down: pd.Series) -> pd.Series:
 
 def _incidents(parts: _Parts) -> pd.DataFrame:
     t = parts.timeline
-    outages = t.loc[t["outage_id"] >= 0]
+    rows = np.flatnonzero(t.outage_id >= 0)
+    s, e = t.s[rows], t.e[rows]
     frame = pd.DataFrame(
         {
-            "server": outages["server"].to_numpy(),
-            "start": _utc(outages["s"]),
-            "end": _utc(outages["e"]),
-            "first_error": outages["first_error"].to_numpy(),
-            "outage_id": outages["outage_id"].to_numpy(),
-            "began_before_period": (outages["orig_s"] < outages["s"]).to_numpy(),
-            "ongoing_at_end": (outages["orig_e"] > outages["e"]).to_numpy(),
+            "server": parts.names[t.pos[rows]],
+            "start": _utc(s),
+            "end": _utc(e),
+            "first_error": t.first_error[rows],
+            "outage_id": t.outage_id[rows],
+            "began_before_period": t.orig_s[rows] < s,
+            "ongoing_at_end": t.orig_e[rows] > e,
         }
     )
     pieces = split_planned(frame, _spans_frame(parts.spans))
@@ -687,12 +810,16 @@ def _spans_frame(spans: _Spans) -> pd.DataFrame:
     return pd.DataFrame({"server": names, "start": _utc(spans.a), "end": _utc(spans.b)})
 
 
-def _uptime(parts: _Parts, incidents: pd.DataFrame) -> pd.DataFrame:
+def _uptime(
+    parts: _Parts, incidents: pd.DataFrame, ns: npt.NDArray[np.int64] | None = None
+) -> pd.DataFrame:
+    """``ns``: the servers' nanoseconds by kind when the caller has them (the daily sums
+    added up over days: the same exact integers)."""
     t = parts.timeline
-    pos = t["pos"].to_numpy()
-    ns = _classify(pos, t["state"].to_numpy(), t["s"].to_numpy(), t["e"].to_numpy(), parts.spans)
     names = parts.servers["server"].astype(str)
-    sums = pd.DataFrame(_sum_sorted(pos, ns, len(names)), index=names, columns=list(_KINDS))
+    if ns is None:
+        ns = _sum_sorted(t.pos, _classify(t.pos, t.state, t.s, t.e, parts.spans), len(names))
+    sums = pd.DataFrame(ns / _NS, index=names, columns=list(_KINDS))
     unplanned = incidents.loc[~incidents["planned"]]
     per_outage = unplanned.groupby(["server", "outage_id"])["duration_s"].sum()
     count = per_outage.groupby(level="server").size().reindex(names, fill_value=0)
@@ -757,10 +884,12 @@ def incidents_table(
     return _incidents(_parts(intervals, windows, servers, start, end, confirm_after))
 
 
-def _daily(parts: _Parts, tz: tzinfo) -> pd.DataFrame:
+def _daily_ns(parts: _Parts, tz: tzinfo) -> tuple[list[date], npt.NDArray[np.int64]]:
+    """The local days and, per server and day, nanoseconds by kind: an int64 array of
+    shape ``(servers, days, 4)``."""
     t = parts.timeline
     days, bounds = _local_days(parts.start, parts.end, tz)
-    s, e = t["s"].to_numpy(), t["e"].to_numpy()
+    s, e = t.s, t.e
     # Each row is cut at every local midnight inside it.
     first = np.searchsorted(bounds, s, side="right") - 1
     last = np.searchsorted(bounds, e, side="left") - 1
@@ -770,15 +899,24 @@ def _daily(parts: _Parts, tz: tzinfo) -> pd.DataFrame:
     day = first[rep] + offset
     ps = np.maximum(s[rep], bounds[day])
     pe = np.minimum(e[rep], bounds[day + 1])
-    pos = t["pos"].to_numpy()[rep]
-    ns = _classify(pos, t["state"].to_numpy()[rep], ps, pe, parts.spans)
-    names = parts.servers["server"].astype(str).to_numpy(dtype=object)
-    n_days = len(days)
+    pos = t.pos[rep]
+    ns = _classify(pos, t.state[rep], ps, pe, parts.spans)
+    n_servers, n_days = len(parts.servers), len(days)
     # Rows are sorted by server then time, so (server, day) keys never decrease.
-    sums = pd.DataFrame(
-        _sum_sorted(pos * n_days + day, ns, len(names) * n_days), columns=list(_KINDS)
-    )
-    sums.insert(0, "server", np.repeat(names, n_days))
+    sums = _sum_sorted(pos * n_days + day, ns, n_servers * n_days)
+    return days, sums.reshape(n_servers, n_days, len(_KINDS))
+
+
+def _daily(
+    parts: _Parts, tz: tzinfo, daily_ns: tuple[list[date], npt.NDArray[np.int64]] | None = None
+) -> pd.DataFrame:
+    days, ns = daily_ns if daily_ns is not None else _daily_ns(parts, tz)
+    names = parts.names
+    n_days = len(days)
+    sums = pd.DataFrame(ns.reshape(-1, len(_KINDS)) / _NS, columns=list(_KINDS))
+    # Taken from a small column of names (no string object per row for pandas to convert).
+    server = pd.Series(names).array.take(np.repeat(np.arange(len(names)), n_days))
+    sums.insert(0, "server", server)
     sums.insert(1, "day", np.tile(np.asarray(days, dtype=object), len(names)))
     sums["uptime_pct"] = _pct(sums["up_s"], sums["unplanned_down_s"])
     return sums[list(DAILY_COLUMNS)]
@@ -944,15 +1082,17 @@ def compute_report(
     only re-checks what would make a number silently wrong (overlaps, unknown servers).
     """
     parts = _parts(intervals, windows, servers, start, end, confirm_after)
+    daily_ns = _daily_ns(parts, tz)
     incidents = _incidents(parts)
-    uptime = _uptime(parts, incidents)
+    # Per-server sums are the daily sums added up (exact integers): one classification.
+    uptime = _uptime(parts, incidents, daily_ns[1].sum(axis=1))
     total = client_uptime(uptime, client_sla_target_pct)
     return ReportTables(
         uptime=uptime,
         total=total,
         sla=sla_table(pd.concat([uptime, total], ignore_index=True)),
         incidents=incidents,
-        daily=_daily(parts, tz),
+        daily=_daily(parts, tz, daily_ns),
         activity=activity_table(change_records),
     )
 
@@ -961,14 +1101,18 @@ def compute_report(
 
 
 def _compress_sorted(
-    code: npt.NDArray[np.int64],
+    code: npt.NDArray[np.int64] | None,
     ts: npt.NDArray[np.int64],
     ok: npt.NDArray[np.bool_],
-    max_gap_ns: int,
+    max_gap: int,
+    step: npt.NDArray[np.int64] | None = None,
+    distinct: bool = False,
 ) -> dict[str, npt.NDArray[Any]]:
     """Checks sorted by (code, ts) folded into intervals, as arrays (see
-    :func:`raw_checks_to_intervals`). ``first_failure`` is the row of the run's first
-    failed check, or -1.
+    :func:`raw_checks_to_intervals`). ``code`` None: all rows are one server (code 0).
+    ``ts`` and ``max_gap`` are in one unit, any; ``step``: ``np.diff(ts)`` when the caller
+    has it; ``distinct``: no step is 0 (no duplicate). ``first_failure`` is the row of the
+    run's first failed check, or -1. A handful of passes over the rows, the rest is per run.
     """
     n = len(ts)
     if n == 0:
@@ -983,45 +1127,67 @@ def _compress_sorted(
             "first_failure": empty,
             "unknown": np.empty(0, bool),
         }
-    first = np.r_[True, code[1:] != code[:-1]]
-    dup = ~first & np.r_[False, ts[1:] == ts[:-1]]
-    # A late or duplicate check joins the open interval without changing its state: the
-    # interval's state is that of the latest check that was not a duplicate.
     down = ~ok
-    if dup.any():
-        real = np.flatnonzero(~dup)
-        eff = down[real[np.searchsorted(real, np.arange(n), side="right") - 1]]
+    # Flags of row i + 1 against row i (n - 1 of them).
+    if step is None:
+        step = np.diff(ts)
+    new_server = None if code is None else code[1:] != code[:-1]
+    dup = None if distinct else step == 0
+    gap = step > max_gap
+    del step
+    if new_server is not None:
+        gap &= ~new_server
+        if dup is not None:
+            dup &= ~new_server
+    if dup is not None and dup.any():
+        # A late or duplicate check joins the open interval without changing its state:
+        # the interval's state is that of the latest check that was not a duplicate.
+        latest = np.where(np.r_[False, dup], 0, np.arange(n))
+        eff = down[np.maximum.accumulate(latest)]
+        change = down[1:] != eff[:-1]
+        change &= ~dup
+        del eff, latest
     else:
-        eff = down
-    step = ~first & ~dup
-    gap = step & (np.diff(ts, prepend=ts[0]) > max_gap_ns)
-    change = step & ~gap & (down != np.r_[False, eff[:-1]])
-    opens = np.flatnonzero(first | gap | change)
-    last = np.r_[opens[1:], n] - 1
-    checks = np.diff(np.r_[opens, n])
-    failures = np.add.reduceat(down.astype(np.int64), opens)
-    # Closed by a change: ends at the next run's first check; otherwise at its last check.
-    nxt = np.r_[opens[1:], n - 1]
-    by_change = np.r_[change[opens[1:]], False]
-    end = np.where(by_change, ts[nxt], ts[last])
+        change = down[1:] != down[:-1]
+    # Runs open at a silence, a change of state, or a new server.
+    change |= gap
+    if new_server is not None:
+        change |= new_server
+    opens = np.flatnonzero(change)
+    del change
+    opens += 1
+    opens = np.r_[0, opens]
+    bounds = np.r_[opens, n]
+    last = bounds[1:] - 1
+    checks = np.diff(bounds)
     fail_rows = np.flatnonzero(down)
-    k = np.searchsorted(fail_rows, opens, side="left")
-    kk = np.clip(k, 0, max(len(fail_rows) - 1, 0))
-    has = (k < len(fail_rows)) & (fail_rows[kk] <= last) if len(fail_rows) else k < 0
-    first_failure = np.where(has, fail_rows[kk] if len(fail_rows) else 0, -1)
+    before = np.asarray(np.searchsorted(fail_rows, bounds), dtype=np.int64)
+    failures = np.diff(before)
+    if len(fail_rows):
+        first_failure = np.where(
+            failures > 0, fail_rows[np.minimum(before[:-1], len(fail_rows) - 1)], -1
+        )
+    else:
+        first_failure = np.full(len(opens), -1, np.int64)
+    # Closed by a change: ends at the next run's first check; otherwise at its last check.
+    by_change = np.r_[~gap[opens[1:] - 1], False]
+    if new_server is not None:
+        by_change[:-1] &= ~new_server[opens[1:] - 1]
+    end = np.where(by_change, ts[np.r_[opens[1:], n - 1]], ts[last])
+    run_code = np.zeros(len(opens), np.int64) if code is None else code[opens]
     run = {
-        "code": code[opens],
+        "code": run_code,
         "state_down": down[opens],
         "start": ts[opens],
         "end": end,
         "checks": checks.astype(np.int64),
-        "failures": failures,
+        "failures": failures.astype(np.int64),
         "first_failure": first_failure.astype(np.int64),
     }
     # An unknown interval covers each silence: from the last check before it to the next.
-    g = np.flatnonzero(gap)
+    g = np.flatnonzero(gap) + 1
     unknown = {
-        "code": code[g],
+        "code": np.zeros(len(g), np.int64) if code is None else code[g],
         "state_down": np.zeros(len(g), bool),
         "start": ts[g - 1],
         "end": ts[g],
@@ -1029,7 +1195,7 @@ def _compress_sorted(
         "failures": np.zeros(len(g), np.int64),
         "first_failure": np.full(len(g), -1, np.int64),
     }
-    # Order: every run, and each gap right after the run it closes (sort key: row index).
+    # Order: every run, and each gap right before the run it opens (sort key: row index).
     order = np.argsort(np.r_[2 * opens, 2 * g - 1], kind="stable")
     out = {name: np.r_[run[name], unknown[name]][order] for name in run}
     out["unknown"] = np.r_[np.zeros(len(opens), bool), np.ones(len(g), bool)][order]
@@ -1071,6 +1237,72 @@ def raw_checks_to_intervals(checks: pd.DataFrame, max_gap: timedelta) -> pd.Data
     )
 
 
+def fold_checks(
+    code: npt.NDArray[np.int64] | None,
+    ts: npt.NDArray[np.int64],
+    ok: npt.NDArray[np.bool_],
+    max_gap: int,
+    *,
+    errors: npt.NDArray[Any] | None = None,
+) -> dict[str, npt.NDArray[Any]]:
+    """Checks folded into intervals as arrays, the core of :func:`raw_checks_to_intervals`.
+
+    ``code`` is the server per row (None: all rows are one server, code 0); ``ts`` and
+    ``max_gap`` are integers in one unit, any (the caller scales ``start``/``end``). Rows
+    may come in any order; input already sorted (by code, then time) is not re-sorted.
+
+    Returns:
+        Per interval, by code then start: ``code``, ``state`` (object), ``start``, ``end``,
+        ``checks``, ``failures``, ``first_error`` (object; None when no check failed).
+    """
+    step = None
+    if code is None:
+        # One pass gives both: in time order (no step below 0).
+        step = np.diff(ts)
+        least = int(step.min()) if len(step) else 1
+        in_order = least >= 0
+    elif len(code) == 0 or bool((code == code[0]).all()):
+        in_order = bool((ts[1:] >= ts[:-1]).all())
+    else:
+        in_order = bool(
+            (code[1:] >= code[:-1]).all() and ((ts[1:] >= ts[:-1]) | (code[1:] != code[:-1])).all()
+        )
+    if not in_order:
+        order = np.argsort(ts, kind="stable") if code is None else np.lexsort((ts, code))
+        ts, ok = ts[order], ok[order]
+        code = code[order] if code is not None else None
+        errors = errors[order] if errors is not None else None
+        step = None
+    parts = _compress_sorted(code, ts, ok, max_gap, step, step is not None and least > 0)
+    first_failure = parts.pop("first_failure")
+    if errors is not None and len(errors):
+        picked = errors[np.clip(first_failure, 0, None)]
+        picked = np.where(pd.isna(picked), "check failed", picked)
+    else:
+        picked = np.full(len(first_failure), "check failed", dtype=object)
+    parts["first_error"] = np.asarray(np.where(first_failure >= 0, picked, None), dtype=object)
+    unknown = parts.pop("unknown")
+    parts["state"] = np.where(unknown, "unknown", np.where(parts["state_down"], "down", "up"))
+    parts["state"] = parts["state"].astype(object)
+    del parts["state_down"]
+    return parts
+
+
+def intervals_frame(parts: Mapping[str, npt.NDArray[Any]], names: npt.NDArray[Any]) -> pd.DataFrame:
+    """:func:`fold_checks` arrays (``start``/``end`` in ns) as the frame of
+    :func:`raw_checks_to_intervals`, server ``names[code]``."""
+    return pd.DataFrame(
+        {
+            "server": np.asarray(names, dtype=object)[parts["code"]],
+            "state": parts["state"],
+            "start": _utc(parts["start"]),
+            "end": _utc(parts["end"]),
+            "checks": parts["checks"],
+            "failures": parts["failures"],
+        }
+    ).assign(first_error=pd.Series(parts["first_error"], dtype=object))
+
+
 def intervals_from_arrays(
     code: npt.NDArray[np.int64],
     ts_ns: npt.NDArray[np.int64],
@@ -1084,34 +1316,5 @@ def intervals_from_arrays(
 
     Rows may come in any order; already sorted input (by code, then time) is not re-sorted.
     """
-    one_server = len(code) == 0 or bool((code == code[0]).all())
-    if one_server:
-        in_order = bool((ts_ns[1:] >= ts_ns[:-1]).all())
-    else:
-        in_order = bool(
-            (code[1:] >= code[:-1]).all()
-            and ((ts_ns[1:] >= ts_ns[:-1]) | (code[1:] != code[:-1])).all()
-        )
-    if not in_order:
-        order = np.lexsort((ts_ns, code))
-        code, ts_ns, ok = code[order], ts_ns[order], ok[order]
-        errors = errors[order] if errors is not None else None
-    parts = _compress_sorted(code, ts_ns, ok, int(pd.Timedelta(max_gap).value))
-    first_failure = parts["first_failure"]
-    if errors is not None and len(errors):
-        picked = errors[np.clip(first_failure, 0, None)]
-        picked = np.where(pd.isna(picked), "check failed", picked)
-    else:
-        picked = np.full(len(first_failure), "check failed", dtype=object)
-    first_error = np.where(first_failure >= 0, picked, None)
-    state = np.where(parts["unknown"], "unknown", np.where(parts["state_down"], "down", "up"))
-    return pd.DataFrame(
-        {
-            "server": np.asarray(names, dtype=object)[parts["code"]],
-            "state": state.astype(object),
-            "start": _utc(parts["start"]),
-            "end": _utc(parts["end"]),
-            "checks": parts["checks"],
-            "failures": parts["failures"],
-        }
-    ).assign(first_error=pd.Series(first_error, dtype=object))
+    parts = fold_checks(code, ts_ns, ok, int(pd.Timedelta(max_gap).value), errors=errors)
+    return intervals_frame(parts, names)

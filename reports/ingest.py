@@ -18,7 +18,10 @@ day are kept in ``daily_rollups``. See docs/health-check.md.
   row rejects the whole file (:class:`ImportRejected`, with line numbers) and nothing is
   written.
 
-Reports read intervals with :func:`read_intervals` and rollups with :func:`read_rollups`.
+Reports read intervals with :func:`read_intervals` (or :func:`read_intervals_frame`, for
+pandas) and rollups with :func:`read_rollups`. Performance metrics (load, memory, disk)
+are written with :func:`record_metrics` and read with :func:`read_metrics` and
+:func:`read_daily_metrics` (``metrics`` table, schema version 3).
 """
 
 from __future__ import annotations
@@ -41,18 +44,27 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from blocks.errors import CaretakerError
-from reports.store import HistoryStore, check_intervals, daily_rollups, maintenance_windows
+from reports.store import (
+    HistoryStore,
+    check_intervals,
+    daily_rollups,
+    maintenance_windows,
+    metrics,
+    to_epoch_us,
+)
 
 __all__ = [
     "CONFIRM_AFTER",
     "DEFAULT_CHECK_INTERVAL",
     "DEFAULT_MAX_GAP",
     "CheckSample",
+    "DailyMetrics",
     "DailyRollup",
     "HistoryExists",
     "ImportRejected",
     "IngestResult",
     "Interval",
+    "MetricSample",
     "StateChange",
     "bulk_import_intervals",
     "bulk_import_parquet",
@@ -62,10 +74,13 @@ __all__ = [
     "load_samples",
     "main",
     "parquet_to_intervals",
+    "read_daily_metrics",
     "read_intervals",
     "read_intervals_frame",
+    "read_metrics",
     "read_rollups",
     "rebuild_rollups",
+    "record_metrics",
     "rollup_seconds",
     "validate_rows",
 ]
@@ -199,6 +214,66 @@ class DailyRollup:
     down_s: float
     unknown_s: float
     maintenance_s: float
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """Performance metrics of one server at one time (a ``metrics`` row).
+
+    Attributes:
+        server: server name (unique within the client).
+        ts: when they were measured (timezone-aware; stored in UTC).
+        load1: 1-minute load average, or None.
+        memory_used_pct: memory in use, %, or None.
+        disk_used_pct: the fullest filesystem, % used, or None.
+    """
+
+    server: str
+    ts: datetime
+    load1: float | None = None
+    memory_used_pct: float | None = None
+    disk_used_pct: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ts", _utc(self.ts, "metric time"))
+        for name in ("load1", "memory_used_pct", "disk_used_pct"):
+            value = getattr(self, name)
+            if value is not None:
+                value = float(value)
+                # NaN means "not measured" (pandas); an infinity is a broken probe.
+                object.__setattr__(self, name, None if math.isnan(value) else value)
+                if math.isinf(value):
+                    raise ValueError(f"{self.server}: {name} is {value}")
+
+    @property
+    def empty(self) -> bool:
+        """No metric at all (the server could not be measured)."""
+        return self.load1 is None and self.memory_used_pct is None and self.disk_used_pct is None
+
+
+@dataclass(frozen=True)
+class DailyMetrics:
+    """One server's metrics summarised over one UTC day.
+
+    Attributes:
+        client: client slug.
+        server: server name.
+        day: the UTC day.
+        samples: metric rows that day.
+        load1_avg: mean 1-minute load over the samples that have it (None: none has).
+        load1_max: highest 1-minute load.
+        memory_used_pct_max: highest memory use, %.
+        disk_used_pct_max: highest disk use (fullest filesystem), %.
+    """
+
+    client: str
+    server: str
+    day: date
+    samples: int
+    load1_avg: float | None
+    load1_max: float | None
+    memory_used_pct_max: float | None
+    disk_used_pct_max: float | None
 
 
 class ImportRejected(CaretakerError):
@@ -628,6 +703,163 @@ def rebuild_rollups(store: HistoryStore, client: str) -> int:
     return len(seconds)
 
 
+# --------------------------------------------------------------------------- metrics
+
+
+def record_metrics(store: HistoryStore, client: str, samples: Iterable[MetricSample]) -> int:
+    """Write a batch of metric samples of a client's servers, in one transaction.
+
+    A sample without any metric (the server could not be measured) is not stored. A
+    sample for a server and time already stored replaces it (a retried task writes
+    the same samples again without doubling them).
+
+    Args:
+        store: the history store.
+        client: client slug.
+        samples: the samples, any servers of the client, any order.
+
+    Returns:
+        Rows written.
+    """
+    rows = [
+        {
+            "client": client,
+            "server": sample.server,
+            "ts": sample.ts,
+            "load1": sample.load1,
+            "memory_used_pct": sample.memory_used_pct,
+            "disk_used_pct": sample.disk_used_pct,
+        }
+        for sample in samples
+        if not sample.empty
+    ]
+    if not rows:
+        return 0
+    t = metrics
+    with store.engine.begin() as conn:
+        insert = postgresql.insert(t) if conn.dialect.name == "postgresql" else sqlite.insert(t)
+        statement = insert.on_conflict_do_update(
+            index_elements=[t.c.client, t.c.server, t.c.ts],
+            set_={
+                name: insert.excluded[name]
+                for name in ("load1", "memory_used_pct", "disk_used_pct")
+            },
+        )
+        for i in range(0, len(rows), 10_000):
+            conn.execute(statement, rows[i : i + 10_000])
+    return len(rows)
+
+
+def _metrics_where(
+    client: str, server: str | None, start: datetime | None, end: datetime | None
+) -> list[sa.ColumnElement[bool]]:
+    t = metrics
+    where = [t.c.client == client]
+    if server is not None:
+        where.append(t.c.server == server)
+    if start is not None:
+        where.append(t.c.ts >= _utc(start, "start"))
+    if end is not None:
+        where.append(t.c.ts < _utc(end, "end"))
+    return where
+
+
+def read_metrics(
+    store: HistoryStore,
+    client: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    server: str | None = None,
+) -> list[MetricSample]:
+    """A client's metric samples in ``[start, end)``, by server then time.
+
+    Args:
+        store: the history store.
+        client: client slug.
+        start: only samples at or after this time (aware).
+        end: only samples before this time (aware).
+        server: only this server.
+    """
+    t = metrics
+    query = (
+        sa.select(t).where(*_metrics_where(client, server, start, end)).order_by(t.c.server, t.c.ts)
+    )
+    with store.engine.connect() as conn:
+        conn = conn.execution_options(caretaker_read_only=True)
+        with conn.begin():
+            rows = conn.execute(query).all()
+    return [MetricSample(r.server, r.ts, r.load1, r.memory_used_pct, r.disk_used_pct) for r in rows]
+
+
+_US_PER_DAY = 86_400_000_000
+
+
+def read_daily_metrics(
+    store: HistoryStore,
+    client: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    server: str | None = None,
+) -> list[DailyMetrics]:
+    """Per server per UTC day: mean and highest load, highest memory and disk use.
+
+    Computed by the database (one row per server and day comes back, however many
+    samples there are). Samples in ``[start, end)``; a day cut by ``start`` or ``end``
+    summarises only its samples inside. Days without samples are absent.
+
+    Args:
+        store: the history store.
+        client: client slug.
+        start: only samples at or after this time (aware).
+        end: only samples before this time (aware).
+        server: only this server.
+
+    Returns:
+        The summaries, by server then day.
+    """
+    t = metrics
+    if store.dialect == "sqlite":
+        # Epoch microseconds (schema version 4): the UTC day is a floor division.
+        # SQLite's integer division truncates: floor by hand before 1970.
+        us = sa.type_coerce(t.c.ts, sa.BigInteger)
+        day: Any = sa.case((us >= 0, us // _US_PER_DAY), else_=(us + 1) // _US_PER_DAY - 1)
+    else:
+        day = sa.cast(sa.func.timezone("UTC", t.c.ts), sa.Date)
+    day = day.label("day")
+    query = (
+        sa.select(
+            t.c.server,
+            day,
+            sa.func.count().label("samples"),
+            sa.func.avg(t.c.load1).label("load1_avg"),
+            sa.func.max(t.c.load1).label("load1_max"),
+            sa.func.max(t.c.memory_used_pct).label("memory_used_pct_max"),
+            sa.func.max(t.c.disk_used_pct).label("disk_used_pct_max"),
+        )
+        .where(*_metrics_where(client, server, start, end))
+        .group_by(t.c.server, day)
+        .order_by(t.c.server, day)
+    )
+    with store.engine.connect() as conn:
+        conn = conn.execution_options(caretaker_read_only=True)
+        with conn.begin():
+            rows = conn.execute(query).all()
+    epoch = date(1970, 1, 1)
+    return [
+        DailyMetrics(
+            client=client,
+            server=r.server,
+            day=r.day if isinstance(r.day, date) else epoch + timedelta(days=int(r.day)),
+            samples=int(r.samples),
+            load1_avg=None if r.load1_avg is None else float(r.load1_avg),
+            load1_max=r.load1_max,
+            memory_used_pct_max=r.memory_used_pct_max,
+            disk_used_pct_max=r.disk_used_pct_max,
+        )
+        for r in rows
+    ]
+
+
 # --------------------------------------------------------------------------- import
 
 #: Columns an import file must have, and the optional one.
@@ -808,19 +1040,42 @@ def import_file(
 # --------------------------------------------------------------------------- bulk path
 
 
+#: Nanoseconds per unit of an Arrow timestamp.
+_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
+def _one_server(meta: Any, column: int) -> str | None:
+    """The server of a row group whose statistics say every row has the same valid name.
+
+    None (read the column) when the statistics are missing, show a null or several names,
+    or the name would be rejected or trimmed by the row-wise validation.
+    """
+    stats = meta.column(column).statistics
+    if stats is None or not stats.has_min_max or not stats.has_null_count or stats.null_count:
+        return None
+    name = stats.min
+    if not isinstance(name, str) or name != stats.max:
+        return None
+    if not name or name != name.strip() or len(name) > _MAX_SERVER:
+        return None
+    return name
+
+
 def _arrow_checks(
-    table: Any, first_row: int, validate_latency: bool = True
-) -> tuple[Any, Any, Any, list[str]]:
+    table: Any, first_row: int, validate_latency: bool = True, server: str | None = None
+) -> tuple[Any, Any, Any, int, list[str]]:
     """Validate one Arrow batch vectorised.
 
-    Returns ``((names, name index per row), ts ns, ok, problems with row numbers)``.
+    ``server``: every row is this (valid) server and the table has no ``server`` column.
+
+    Returns ``((names, name index per row or None), ts as int64, ok, ns per ts unit,
+    problems with row numbers)``.
     """
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     problems: list[str] = []
-    server = table.column("server")
     ts = table.column("ts")
     ok = table.column("ok")
     if not pa.types.is_timestamp(ts.type) or ts.type.tz is None:
@@ -828,18 +1083,20 @@ def _arrow_checks(
     if not pa.types.is_boolean(ok.type):
         problems.append(f"schema: ok must be boolean, not {ok.type}")
     if problems:
-        return None, None, None, problems
-    encoded = server.combine_chunks()
-    if not pa.types.is_dictionary(encoded.type):
-        encoded = encoded.cast(pa.string()).dictionary_encode()
-    # Server names are checked once per distinct name, not once per row.
-    names_ok = pc.and_(
-        pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(encoded.dictionary)), 0),
-        pc.less_equal(pc.utf8_length(encoded.dictionary), _MAX_SERVER),
-    ).fill_null(False)
-    bad_name = np.r_[~names_ok.to_numpy(zero_copy_only=False), True]
-    indices = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
-    bad = bad_name[indices] if bad_name[:-1].any() or encoded.null_count else None
+        return None, None, None, 1, problems
+    bad = None
+    if server is None:
+        encoded = table.column("server").combine_chunks()
+        if not pa.types.is_dictionary(encoded.type):
+            encoded = encoded.cast(pa.string()).dictionary_encode()
+        # Server names are checked once per distinct name, not once per row.
+        names_ok = pc.and_(
+            pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(encoded.dictionary)), 0),
+            pc.less_equal(pc.utf8_length(encoded.dictionary), _MAX_SERVER),
+        ).fill_null(False)
+        bad_name = np.r_[~names_ok.to_numpy(zero_copy_only=False), True]
+        indices = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
+        bad = bad_name[indices] if bad_name[:-1].any() or encoded.null_count else None
     if ts.null_count or ok.null_count:
         nulls = pc.or_(pc.is_null(ts), pc.is_null(ok)).to_numpy(zero_copy_only=False)
         bad = nulls if bad is None else bad | nulls
@@ -853,12 +1110,33 @@ def _arrow_checks(
         for i in bad_rows
     )
     if problems:
-        return None, None, None, problems
-    # Codes are local to the batch: ``names`` (shared by threads) is filled by the caller.
-    names = [str(n).strip() for n in encoded.dictionary.to_pylist()]
-    codes = (np.asarray(names, dtype=object), encoded.indices.to_numpy(zero_copy_only=False))
-    ts_ns = ts.combine_chunks().cast(pa.timestamp("ns", tz="UTC")).to_numpy().view(np.int64)
-    return codes, ts_ns, ok.combine_chunks().to_numpy(zero_copy_only=False), []
+        return None, None, None, 1, problems
+    if server is None:
+        # Codes are local to the batch; the caller maps them to the file's names.
+        names = [str(n).strip() for n in encoded.dictionary.to_pylist()]
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        if len(set(names)) < len(names):
+            # Entries equal once trimmed ("web1", "web1 ") are one server.
+            unique, first = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+            names, indices = list(unique), first[indices]
+        codes = (np.asarray(names, dtype=object), indices)
+    else:
+        codes = (np.asarray([server], dtype=object), None)
+    # Timestamps stay in the file's unit (no conversion pass); ok becomes one byte a row.
+    ts_int = ts.combine_chunks().view(pa.int64()).to_numpy()
+    return codes, ts_int, _bools(ok.combine_chunks()), _UNIT_NS[ts.type.unit], []
+
+
+def _bools(values: Any) -> Any:
+    """A null-free Arrow boolean array as a numpy bool array: the bitmap unpacked at once
+    (``to_numpy`` is ~10x slower)."""
+    import numpy as np
+
+    offset, n = values.offset, len(values)
+    if n == 0:
+        return np.zeros(0, bool)
+    bits = np.frombuffer(values.buffers()[1], np.uint8)
+    return np.unpackbits(bits, count=offset + n, bitorder="little")[offset:].view(bool)
 
 
 def parquet_to_intervals(
@@ -871,14 +1149,21 @@ def parquet_to_intervals(
     """Read a Parquet import file by row group and fold it into intervals, vectorised.
 
     Only ``server``, ``ts``, ``ok`` (and ``latency_ms`` for validation, unless
-    ``check_latency`` is False, as for a report that does not use it) are read. Row groups
-    are validated and compressed independently, ``threads`` at a time, so memory is
-    bounded by a few row groups; a server whose rows span several row groups is
-    recompressed from all its rows (correct, but that server's rows are then held
-    at once). Same semantics as :func:`extend_intervals` per check.
+    ``check_latency`` is False, as for a report that does not use it) are read, ``threads``
+    units at a time:
+
+    * a row group whose statistics show one server (min = max, no null; what a writer
+      grouping rows by server gives) is read without its ``server`` column, and the row
+      groups of one such server are folded together;
+    * any other row group is read whole (names validated once per dictionary entry) and
+      folded alone; a server found in several units is folded again from the rows of the
+      row groups that hold it (so memory is bounded by those row groups).
+
+    Timestamps stay int64 in the file's unit until the intervals are formed. Same
+    semantics as :func:`extend_intervals` per check.
 
     Returns:
-        A pandas frame with the columns of ``check_intervals`` (see
+        A pandas frame with the columns of ``check_intervals``, by server then start (see
         :func:`reports.compute.raw_checks_to_intervals`).
 
     Raises:
@@ -888,56 +1173,157 @@ def parquet_to_intervals(
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
-    import pandas as pd
     import pyarrow.parquet as pq
 
-    from reports.compute import intervals_from_arrays
+    from reports.compute import fold_checks, intervals_frame
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise ImportRejected(path, [f"not a readable Parquet file: {exc}"]) from exc
-    problems = _missing(pf.schema_arrow.names, "schema")
+    schema = pf.schema_arrow.names
+    problems = _missing(schema, "schema")
     if problems:
         raise ImportRejected(path, problems)
     wanted = ("server", "ts", "ok", "latency_ms") if check_latency else ("server", "ts", "ok")
-    columns = [c for c in wanted if c in pf.schema_arrow.names]
-    offsets = np.r_[
-        0, np.cumsum([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
-    ]
+    columns = [c for c in wanted if c in schema]
+    meta = pf.metadata
+    groups = range(meta.num_row_groups)
+    offsets = np.r_[0, np.cumsum([meta.row_group(i).num_rows for i in groups])]
+    if "server" in pf.schema.names:
+        server_column = pf.schema.names.index("server")
+        single = [_one_server(meta.row_group(i), server_column) for i in groups]
+    else:
+        single = [None for _ in groups]
+    # Units of work: all row groups of one server known from statistics, or one row group.
+    by_server: dict[str, list[int]] = defaultdict(list)
+    units: list[tuple[list[int], str | None]] = []
+    for i, name in enumerate(single):
+        if name is None:
+            units.append(([i], None))
+        elif name not in by_server:
+            units.append((by_server[name], name))
+        if name is not None:
+            by_server[name].append(i)
+    max_gap_ns = max_gap // timedelta(microseconds=1) * 1000
     local = threading.local()
 
-    def read(i: int) -> tuple[Any, list[str]]:
-        # One ParquetFile per thread: sharing one between threads can deadlock.
-        if not hasattr(local, "file"):
-            local.file = pq.ParquetFile(path)
-        table = local.file.read_row_group(i, columns=columns, use_threads=False)
-        codes, ts_ns, ok, bad = _arrow_checks(table, int(offsets[i]), check_latency)
+    def fold(unit: tuple[list[int], str | None]) -> tuple[Any, Any, list[str]]:
+        # Nothing shared between threads (a shared ParquetFile can deadlock): each thread
+        # parses the footer once, each unit maps the file (no read copy) and unmaps it
+        # after (mapped pages would otherwise count in the resident memory until the end).
+        if not hasattr(local, "meta"):
+            local.meta = pq.read_metadata(path)
+        rgs, name = unit
+        read = columns if name is None else [c for c in columns if c != "server"]
+        pieces, bad, unit_ns = [], [], 1
+        with pq.ParquetFile(path, memory_map=True, metadata=local.meta) as file:
+            for i in rgs:
+                table = file.read_row_group(i, columns=read, use_threads=False)
+                checks = _arrow_checks(table, int(offsets[i]), check_latency, name)
+                del table
+                bad.extend(checks[4])
+                pieces.append(checks[:3])
+                unit_ns = checks[3]
         if bad:
-            return None, bad
-        # Compressed right away, so only the batch's intervals outlive it.
-        batch_names, rows = codes
-        frame = intervals_from_arrays(rows.astype(np.int64), ts_ns, ok, batch_names, max_gap)
-        return frame, []
+            return None, None, bad
+        if len(pieces) == 1:
+            (names, code), ts, ok = pieces[0]
+        else:
+            names, code = pieces[0][0]
+            ts = np.concatenate([p[1] for p in pieces])
+            ok = np.concatenate([p[2] for p in pieces])
+        del pieces
+        parts = fold_checks(
+            None if code is None else code.astype(np.int64), ts, ok, max_gap_ns // unit_ns
+        )
+        return names, _in_ns(parts, unit_ns, path, rgs), []
 
     with ThreadPoolExecutor(max(threads, 1)) as pool:
-        results = list(pool.map(read, range(pf.num_row_groups)))
-    for _, bad in results:
+        results = list(pool.map(fold, units))
+    for _, _, bad in results:
         problems.extend(bad)
     if problems:
         raise ImportRejected(path, problems)
     if offsets[-1] == 0:
         raise ImportRejected(path, ["the file has no rows"])
-    frames = [frame for frame, _ in results]
-    per_batch = pd.concat([pd.Series(f["server"].unique()) for f in frames], ignore_index=True)
-    if per_batch.duplicated().any():
-        # A server split across row groups: fold its checks again, all together.
-        table = pf.read(columns=columns)
-        codes, ts_ns, ok, _ = _arrow_checks(table, 0, False)
-        names, rows = codes
-        return intervals_from_arrays(rows.astype(np.int64), ts_ns, ok, names, max_gap)
-    out = pd.concat(frames, ignore_index=True)
-    return out.sort_values(["server", "start"], kind="stable").reset_index(drop=True)
+    # Local codes -> one sorted list of names for the file.
+    seen: dict[str, int] = defaultdict(int)
+    for names, parts, _ in results:
+        for n in np.unique(names[parts["code"]]):
+            seen[str(n)] += 1
+    split = {n for n, count in seen.items() if count > 1}
+    if split:
+        # A server in several units: drop its pieces and fold all its checks together.
+        rgs = sorted(
+            i
+            for unit, (names, parts, _) in zip(units, results, strict=True)
+            if split.intersection(names[parts["code"]].tolist())
+            for i in unit[0]
+        )
+        results = [_without(names, parts, split) for names, parts, _ in results]
+        results.append(_fold_servers(path, columns, rgs, split, max_gap_ns))
+    all_names = np.asarray(sorted(seen), dtype=object)
+    lookup = {n: k for k, n in enumerate(all_names)}
+    codes, chunks = [], []
+    for names, parts, *_ in results:
+        local_to_global = np.asarray([lookup.get(str(n), -1) for n in names], dtype=np.int64)
+        codes.append(local_to_global[parts["code"]])
+        chunks.append(parts)
+    merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    merged["code"] = np.concatenate(codes)
+    order = np.lexsort((merged["start"], merged["code"]))
+    return intervals_frame({k: v[order] for k, v in merged.items()}, all_names)
+
+
+def _in_ns(parts: dict[str, Any], unit_ns: int, path: Path | str, rgs: list[int]) -> Any:
+    """``start``/``end`` of :func:`reports.compute.fold_checks` output scaled to ns."""
+    import numpy as np
+
+    if unit_ns != 1 and len(parts["start"]):
+        limit = np.iinfo(np.int64).max // unit_ns
+        if parts["start"].min() < -limit or parts["end"].max() > limit:
+            raise ImportRejected(
+                path, [f"row group(s) {rgs}: ts outside what nanoseconds can hold"]
+            )
+        parts["start"] = parts["start"] * unit_ns
+        parts["end"] = parts["end"] * unit_ns
+    return parts
+
+
+def _without(names: Any, parts: dict[str, Any], servers: set[str]) -> tuple[Any, Any, list[str]]:
+    """A unit's intervals without those of ``servers``."""
+    import numpy as np
+
+    keep = ~np.isin(names.astype(str), list(servers))[parts["code"]]
+    return names, {k: v[keep] for k, v in parts.items()}, []
+
+
+def _fold_servers(
+    path: Path | str, columns: list[str], rgs: list[int], servers: set[str], max_gap_ns: int
+) -> tuple[Any, Any, list[str]]:
+    """All checks of ``servers`` (rows already validated) from row groups ``rgs``, folded."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from reports.compute import fold_checks
+
+    names = np.asarray(sorted(servers), dtype=object)
+    lookup = {n: k for k, n in enumerate(names)}
+    pf = pq.ParquetFile(path)
+    code, ts, ok, unit_ns = [], [], [], 1
+    for i in rgs:
+        table = pf.read_row_group(i, columns=[c for c in columns if c != "latency_ms"])
+        (local, rows), t, o, unit_ns, _ = _arrow_checks(table, 0, False)
+        mine = np.asarray([lookup.get(n, -1) for n in local], dtype=np.int64)[rows]
+        keep = mine >= 0
+        code.append(mine[keep])
+        ts.append(t[keep])
+        ok.append(o[keep])
+    parts = fold_checks(
+        np.concatenate(code), np.concatenate(ts), np.concatenate(ok), max_gap_ns // unit_ns
+    )
+    return names, _in_ns(parts, unit_ns, path, rgs), []
 
 
 def bulk_import_intervals(store: HistoryStore, client: str, intervals: Any) -> int:
@@ -1011,37 +1397,127 @@ def bulk_import_parquet(
     return bulk_import_intervals(store, client, parquet_to_intervals(path, max_gap))
 
 
+def _strings(codes: Any, values: Any) -> Any:
+    """``values[codes]`` as a pandas string column, decoded by Arrow (no str per row)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    decoded = pa.DictionaryArray.from_arrays(
+        pa.array(codes, pa.int32()), pa.array(list(values), pa.large_string())
+    ).cast(pa.large_string())
+    return pd.array(decoded, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+
+
 def read_intervals_frame(
     store: HistoryStore, client: str, start: datetime | None = None, end: datetime | None = None
 ) -> Any:
-    """A client's intervals overlapping ``[start, end]`` as a pandas frame (columns of
-    ``check_intervals`` without ``id``/``client``), read with one query and vectorised
-    timestamp parsing: the report's input, without one Python object per row.
+    """A client's intervals overlapping ``[start, end]`` as a pandas frame, by server
+    (code-point order), start and row id: the report's input.
+
+    Columns: ``server``, ``state`` (str), ``start``, ``end`` (``datetime64[us, UTC]``),
+    ``checks``, ``failures`` (int64), ``first_error`` (object, None when no check failed).
+
+    One query, and no Python object per row and column: the database aggregates each
+    server's rows into one text per column (``group_concat`` / ``string_agg`` of integers,
+    timestamps as epoch microseconds; the errors as one JSON array), and numpy parses each
+    text at once. The aggregates of one group see the rows in the same order, so the
+    columns line up; the rows are then put in order with numpy.
     """
+    import json
+
+    import numpy as np
     import pandas as pd
 
     t = check_intervals
-    # Timestamps come back as the driver gives them (ISO text on SQLite) and are parsed
-    # column-wise below, not one datetime object per row.
-    raw_start = sa.type_coerce(t.c.start, sa.String).label("start")
-    raw_end = sa.type_coerce(t.c.end, sa.String).label("end")
-    cols = [t.c.server, t.c.state, raw_start, raw_end, t.c.checks, t.c.failures, t.c.first_error]
-    query = sa.select(*cols).where(t.c.client == client)
+    on_sqlite = store.dialect == "sqlite"
+
+    def micros(column: Any) -> Any:
+        if on_sqlite:  # epoch microseconds already (schema version 4)
+            return sa.type_coerce(column, sa.BigInteger)
+        # extract() is numeric on PostgreSQL >= 14: exact.
+        return sa.cast(sa.extract("epoch", column) * 1_000_000, sa.BigInteger)
+
+    # Constants are written into the SQL: a bound separator is copied for every row of
+    # every aggregate (measured 1.7x slower on SQLite).
+    comma: Any = sa.literal_column("','")
+
+    def joined(values: Any) -> Any:
+        if on_sqlite:
+            return sa.func.group_concat(values, comma)
+        return sa.func.string_agg(sa.cast(values, sa.Text), comma)
+
+    state = sa.case(
+        (t.c.state == sa.literal_column("'up'"), sa.literal_column("0")),
+        (t.c.state == sa.literal_column("'down'"), sa.literal_column("1")),
+        else_=sa.literal_column("2"),
+    )
+    errors = (sa.func.json_group_array if on_sqlite else sa.func.json_agg)(t.c.first_error)
+    # The row id and the state travel as one number (id * 4 + state): one aggregate less.
+    packed = t.c.id * sa.literal_column("4") + state
+    numbers = (packed, micros(t.c.start), micros(t.c.end), t.c.checks, t.c.failures)
+    where = [t.c.client == client]
+    # On SQLite the bounds compare integers with "+ 0", which keeps the planner on the
+    # (client, server, start) index: grouping by server then needs no sort.
     if start is not None:
-        query = query.where(t.c.end >= _utc(start, "start"))
+        lo = _utc(start, "start")
+        where.append(
+            micros(t.c.end) + sa.literal_column("0") >= to_epoch_us(lo)
+            if on_sqlite
+            else t.c.end >= lo
+        )
     if end is not None:
-        query = query.where(t.c.start <= _utc(end, "end"))
-    query = query.order_by(t.c.server, t.c.start, t.c.id)
-    names = ["server", "state", "start", "end", "checks", "failures", "first_error"]
+        hi = _utc(end, "end")
+        where.append(
+            micros(t.c.start) + sa.literal_column("0") <= to_epoch_us(hi)
+            if on_sqlite
+            else t.c.start <= hi
+        )
+    query = (
+        sa.select(t.c.server, sa.func.count(), *(joined(v) for v in numbers), errors)
+        .where(*where)
+        .group_by(t.c.server)
+    )
     with store.engine.connect() as conn:
         conn = conn.execution_options(caretaker_read_only=True)
         with conn.begin():
-            frame = pd.DataFrame(conn.execute(query).all(), columns=names)
-    for column in ("start", "end"):
-        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
-    errors = frame["first_error"].astype(object)
-    frame["first_error"] = errors.where(errors.notna(), None)
-    return frame
+            groups = sorted(tuple(row) for row in conn.execute(query))
+    names = np.array([g[0] for g in groups], dtype=object)
+    counts = np.array([g[1] for g in groups], dtype=np.int64)
+    n = int(counts.sum())
+    id_state, starts, ends, checks, failures = (
+        np.fromstring(",".join(g[2 + k] for g in groups), dtype=np.int64, sep=",")
+        for k in range(len(numbers))
+    )
+    first_error = np.empty(n, dtype=object)
+    if on_sqlite:  # one JSON text per server: parse them as one array
+        first_error[:] = json.loads("[" + ",".join(g[-1][1:-1] for g in groups) + "]")
+    else:  # psycopg has parsed json_agg already
+        first_error[:] = [e for g in groups for e in g[-1]]
+    code = np.repeat(np.arange(len(groups)), counts)
+    # Rows by server, start, id (id_state orders as id): usually already so (the index
+    # order); sort when not.
+    if n > 1:
+        same = starts[1:] == starts[:-1]
+        later = (starts[1:] > starts[:-1]) | (same & (id_state[1:] > id_state[:-1]))
+        if not bool(((code[1:] != code[:-1]) | later).all()):
+            order = np.lexsort((id_state, starts, code))
+            id_state, starts, ends, checks, failures = (
+                a[order] for a in (id_state, starts, ends, checks, failures)
+            )
+            first_error = first_error[order]
+    states = id_state & 3
+    return pd.DataFrame(
+        {
+            "server": _strings(code, names),
+            "state": _strings(states, np.array(["up", "down", "unknown"], dtype=object)),
+            "start": pd.to_datetime(starts, unit="us", utc=True),
+            "end": pd.to_datetime(ends, unit="us", utc=True),
+            "checks": checks,
+            "failures": failures,
+            "first_error": pd.Series(first_error, dtype=object),
+        }
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

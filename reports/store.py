@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,9 +55,11 @@ __all__ = [
     "StoredWindow",
     "UtcDateTime",
     "default_store_url",
+    "from_epoch_us",
     "metadata",
     "migrate",
     "open_store",
+    "to_epoch_us",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,31 +88,66 @@ def _require_aware(value: datetime, what: str = "timestamp") -> datetime:
     return value.astimezone(UTC)
 
 
+#: The Unix epoch, aware.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_epoch_us(value: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (exact)."""
+    return (_require_aware(value) - EPOCH) // _MICROSECOND
+
+
+def from_epoch_us(value: int) -> datetime:
+    """Integer microseconds since the Unix epoch as an aware UTC datetime (exact)."""
+    return EPOCH + timedelta(microseconds=value)
+
+
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
     """A timestamp stored in UTC and always returned timezone-aware (UTC).
 
-    PostgreSQL stores ``timestamptz``. SQLite has no timestamp type: SQLAlchemy stores an
-    ISO string, written here in UTC without an offset, so that strings sort as times and
-    range queries work.
+    PostgreSQL stores ``timestamptz``. SQLite has no timestamp type: it stores an integer,
+    microseconds since the Unix epoch (schema version 4; before, SQLAlchemy's ISO text).
+    Integers sort as times, range queries work, and a reader that wants numbers (reports,
+    :func:`reports.ingest.read_intervals_frame`) reads them without parsing text.
     """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        """Refuse naive datetimes; store UTC (naive UTC on SQLite)."""
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        """``BIGINT`` on SQLite, ``timestamp with time zone`` elsewhere."""
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.BigInteger())
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(
+        self, value: datetime | None, dialect: sa.Dialect
+    ) -> datetime | int | None:
+        """Refuse naive datetimes; store UTC (epoch microseconds on SQLite)."""
         if value is None:
             return None
-        utc = _require_aware(value)
-        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+        if dialect.name == "sqlite":
+            return to_epoch_us(value)
+        return _require_aware(value)
 
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+    def process_result_value(
+        self, value: datetime | int | None, dialect: sa.Dialect
+    ) -> datetime | None:
         """Return UTC, timezone-aware."""
         if value is None:
             return None
+        if isinstance(value, int):
+            return from_epoch_us(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+#: The timestamp column type of the frozen DDL of versions 1 to 3: on SQLite ``DATETIME``
+#: (ISO text, naive UTC, as SQLAlchemy writes it), on PostgreSQL ``timestamptz``.
+#: Version 4 rebuilt every SQLite timestamp column as ``BIGINT`` epoch microseconds.
+_V1_TIMESTAMP = sa.DateTime(timezone=True)
 
 
 def _json() -> sa.types.TypeEngine[Any]:
@@ -201,7 +238,7 @@ check_intervals = sa.Table(
     sa.Column("failures", sa.Integer, nullable=False),
     sa.Column("first_error", sa.Text, nullable=True),
     sa.CheckConstraint("state IN ('up', 'down', 'unknown')", name="ck_check_intervals_state"),
-    sa.Index("ix_check_intervals_server_start", "server", "start"),
+    sa.Index("ix_check_intervals_client_server_start", "client", "server", "start"),
     sa.Index("ix_check_intervals_client_start", "client", "start"),
 )
 
@@ -215,6 +252,19 @@ daily_rollups = sa.Table(
     sa.Column("down_s", sa.Float, nullable=False),
     sa.Column("unknown_s", sa.Float, nullable=False),
     sa.Column("maintenance_s", sa.Float, nullable=False),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("client", sa.String(_CLIENT), nullable=False),
+    sa.Column("server", sa.String(_SERVER), nullable=False),
+    sa.Column("ts", UtcDateTime, nullable=False),
+    sa.Column("load1", sa.Float, nullable=True),
+    sa.Column("memory_used_pct", sa.Float, nullable=True),
+    sa.Column("disk_used_pct", sa.Float, nullable=True),
+    sa.Index("ux_metrics_client_server_ts", "client", "server", "ts", unique=True),
 )
 
 
@@ -247,10 +297,10 @@ def _v1_runs(conn: Connection) -> None:
         sa.Column("change_ref", sa.String(_REF), nullable=False),
         sa.Column("flow_run_id", sa.String(_RUN_ID), nullable=False),
         sa.Column("outcome", sa.String(32), nullable=True),
-        sa.Column("started", UtcDateTime, nullable=False),
-        sa.Column("ended", UtcDateTime, nullable=True),
+        sa.Column("started", _V1_TIMESTAMP, nullable=False),
+        sa.Column("ended", _V1_TIMESTAMP, nullable=True),
         sa.Column("body", _json(), nullable=False),
-        sa.Column("saved_at", UtcDateTime, nullable=False),
+        sa.Column("saved_at", _V1_TIMESTAMP, nullable=False),
         sa.UniqueConstraint("client", "change_ref", "flow_run_id", name="uq_change_records_run"),
         sa.Index("ix_change_records_client_started", "client", "started"),
     )
@@ -260,11 +310,11 @@ def _v1_runs(conn: Connection) -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("client", sa.String(_CLIENT), nullable=False),
         sa.Column("server", sa.String(_SERVER), nullable=True),
-        sa.Column("start", UtcDateTime, nullable=False),
-        sa.Column("end", UtcDateTime, nullable=False),
+        sa.Column("start", _V1_TIMESTAMP, nullable=False),
+        sa.Column("end", _V1_TIMESTAMP, nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("change_ref", sa.String(_REF), nullable=True),
-        sa.Column("recorded_at", UtcDateTime, nullable=False),
+        sa.Column("recorded_at", _V1_TIMESTAMP, nullable=False),
         sa.CheckConstraint("kind IN ('planned', 'run')", name="ck_maintenance_windows_kind"),
         sa.Index("ix_maintenance_windows_client_start", "client", "start"),
     )
@@ -274,7 +324,7 @@ def _v1_runs(conn: Connection) -> None:
         sa.Column("client", sa.String(_CLIENT), primary_key=True),
         sa.Column("holder_flow_run_id", sa.String(_RUN_ID), nullable=False),
         sa.Column("change_ref", sa.String(_REF), nullable=False),
-        sa.Column("acquired_at", UtcDateTime, nullable=False),
+        sa.Column("acquired_at", _V1_TIMESTAMP, nullable=False),
     )
     md.create_all(conn)
 
@@ -291,7 +341,7 @@ def _v2_lock_events_and_health(conn: Connection) -> None:
         sa.Column("change_ref", sa.String(_REF), nullable=False),
         sa.Column("previous_holder", sa.String(_RUN_ID), nullable=True),
         sa.Column("previous_change_ref", sa.String(_REF), nullable=True),
-        sa.Column("at", UtcDateTime, nullable=False),
+        sa.Column("at", _V1_TIMESTAMP, nullable=False),
         sa.CheckConstraint(
             "event IN ('acquired', 'released', 'taken-over')", name="ck_run_lock_events_event"
         ),
@@ -304,8 +354,8 @@ def _v2_lock_events_and_health(conn: Connection) -> None:
         sa.Column("client", sa.String(_CLIENT), nullable=False),
         sa.Column("server", sa.String(_SERVER), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
-        sa.Column("start", UtcDateTime, nullable=False),
-        sa.Column("end", UtcDateTime, nullable=False),
+        sa.Column("start", _V1_TIMESTAMP, nullable=False),
+        sa.Column("end", _V1_TIMESTAMP, nullable=False),
         sa.Column("checks", sa.Integer, nullable=False),
         sa.Column("failures", sa.Integer, nullable=False),
         sa.Column("first_error", sa.Text, nullable=True),
@@ -327,10 +377,228 @@ def _v2_lock_events_and_health(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v3_metrics(conn: Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "metrics",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("client", sa.String(_CLIENT), nullable=False),
+        sa.Column("server", sa.String(_SERVER), nullable=False),
+        sa.Column("ts", _V1_TIMESTAMP, nullable=False),
+        sa.Column("load1", sa.Float, nullable=True),
+        sa.Column("memory_used_pct", sa.Float, nullable=True),
+        sa.Column("disk_used_pct", sa.Float, nullable=True),
+        sa.Index("ux_metrics_client_server_ts", "client", "server", "ts", unique=True),
+    )
+    md.create_all(conn)
+
+
+def _v4_sqlite_tables() -> list[tuple[sa.Table, tuple[str, ...]]]:
+    """Version 4 of every SQLite table with a timestamp, and its timestamp columns.
+
+    Frozen DDL: timestamps are ``BIGINT`` microseconds since the Unix epoch.
+    """
+    md = sa.MetaData()
+    us = sa.BigInteger
+    return [
+        (
+            sa.Table(
+                "schema_version",
+                md,
+                sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+                sa.Column("description", sa.Text, nullable=False),
+                sa.Column("applied_at", us, nullable=False),
+            ),
+            ("applied_at",),
+        ),
+        (
+            sa.Table(
+                "change_records",
+                md,
+                sa.Column("id", sa.Integer, primary_key=True),
+                sa.Column("client", sa.String(_CLIENT), nullable=False),
+                sa.Column("change_ref", sa.String(_REF), nullable=False),
+                sa.Column("flow_run_id", sa.String(_RUN_ID), nullable=False),
+                sa.Column("outcome", sa.String(32), nullable=True),
+                sa.Column("started", us, nullable=False),
+                sa.Column("ended", us, nullable=True),
+                sa.Column("body", _json(), nullable=False),
+                sa.Column("saved_at", us, nullable=False),
+                sa.UniqueConstraint(
+                    "client", "change_ref", "flow_run_id", name="uq_change_records_run"
+                ),
+                sa.Index("ix_change_records_client_started", "client", "started"),
+            ),
+            ("started", "ended", "saved_at"),
+        ),
+        (
+            sa.Table(
+                "maintenance_windows",
+                md,
+                sa.Column("id", sa.Integer, primary_key=True),
+                sa.Column("client", sa.String(_CLIENT), nullable=False),
+                sa.Column("server", sa.String(_SERVER), nullable=True),
+                sa.Column("start", us, nullable=False),
+                sa.Column("end", us, nullable=False),
+                sa.Column("kind", sa.String(16), nullable=False),
+                sa.Column("change_ref", sa.String(_REF), nullable=True),
+                sa.Column("recorded_at", us, nullable=False),
+                sa.CheckConstraint(
+                    "kind IN ('planned', 'run')", name="ck_maintenance_windows_kind"
+                ),
+                sa.Index("ix_maintenance_windows_client_start", "client", "start"),
+            ),
+            ("start", "end", "recorded_at"),
+        ),
+        (
+            sa.Table(
+                "run_locks",
+                md,
+                sa.Column("client", sa.String(_CLIENT), primary_key=True),
+                sa.Column("holder_flow_run_id", sa.String(_RUN_ID), nullable=False),
+                sa.Column("change_ref", sa.String(_REF), nullable=False),
+                sa.Column("acquired_at", us, nullable=False),
+            ),
+            ("acquired_at",),
+        ),
+        (
+            sa.Table(
+                "run_lock_events",
+                md,
+                sa.Column("id", sa.Integer, primary_key=True),
+                sa.Column("client", sa.String(_CLIENT), nullable=False),
+                sa.Column("event", sa.String(16), nullable=False),
+                sa.Column("holder_flow_run_id", sa.String(_RUN_ID), nullable=False),
+                sa.Column("change_ref", sa.String(_REF), nullable=False),
+                sa.Column("previous_holder", sa.String(_RUN_ID), nullable=True),
+                sa.Column("previous_change_ref", sa.String(_REF), nullable=True),
+                sa.Column("at", us, nullable=False),
+                sa.CheckConstraint(
+                    "event IN ('acquired', 'released', 'taken-over')",
+                    name="ck_run_lock_events_event",
+                ),
+                sa.Index("ix_run_lock_events_client_at", "client", "at"),
+            ),
+            ("at",),
+        ),
+        (
+            sa.Table(
+                "check_intervals",
+                md,
+                sa.Column("id", sa.Integer, primary_key=True),
+                sa.Column("client", sa.String(_CLIENT), nullable=False),
+                sa.Column("server", sa.String(_SERVER), nullable=False),
+                sa.Column("state", sa.String(16), nullable=False),
+                sa.Column("start", us, nullable=False),
+                sa.Column("end", us, nullable=False),
+                sa.Column("checks", sa.Integer, nullable=False),
+                sa.Column("failures", sa.Integer, nullable=False),
+                sa.Column("first_error", sa.Text, nullable=True),
+                sa.CheckConstraint(
+                    "state IN ('up', 'down', 'unknown')", name="ck_check_intervals_state"
+                ),
+                sa.Index("ix_check_intervals_client_server_start", "client", "server", "start"),
+                sa.Index("ix_check_intervals_client_start", "client", "start"),
+            ),
+            ("start", "end"),
+        ),
+        (
+            sa.Table(
+                "metrics",
+                md,
+                sa.Column("id", sa.Integer, primary_key=True),
+                sa.Column("client", sa.String(_CLIENT), nullable=False),
+                sa.Column("server", sa.String(_SERVER), nullable=False),
+                sa.Column("ts", us, nullable=False),
+                sa.Column("load1", sa.Float, nullable=True),
+                sa.Column("memory_used_pct", sa.Float, nullable=True),
+                sa.Column("disk_used_pct", sa.Float, nullable=True),
+                sa.Index("ux_metrics_client_server_ts", "client", "server", "ts", unique=True),
+            ),
+            ("ts",),
+        ),
+    ]
+
+
+# SQLAlchemy's ISO text (naive UTC) as SQLite wrote it up to version 3:
+# 'YYYY-MM-DD HH:MM:SS' and an optional fraction of up to 6 digits.
+_D2 = "[0-9][0-9]"
+_ISO_SECONDS = f"{_D2}{_D2}-{_D2}-{_D2}[ T]{_D2}:{_D2}:{_D2}"
+_ISO_TEXT = (
+    f"({{c}} GLOB '{_ISO_SECONDS}' OR ({{c}} GLOB '{_ISO_SECONDS}.[0-9]*'"
+    " AND length({c}) <= 26 AND substr({c}, 21) NOT GLOB '*[^0-9]*'))"
+)
+# That text as exact integer microseconds: whole seconds by strftime('%s'), then the
+# fraction's digits padded to 6 on the right. Integers (rows written by this code into a
+# store not yet at version 4) and NULLs are kept as they are.
+_ISO_TO_US = (
+    "CASE WHEN typeof({c}) = 'text' THEN"
+    " CAST(strftime('%s', substr({c}, 1, 19)) AS INTEGER) * 1000000"
+    " + CAST(substr(substr({c}, 21) || '000000', 1, 6) AS INTEGER)"
+    " ELSE {c} END"
+)
+
+
+def _v4_integer_timestamps(conn: Connection) -> None:
+    if conn.dialect.name != "sqlite":
+        # timestamptz stays; only the interval index changes, as on SQLite.
+        conn.execute(sa.text("DROP INDEX ix_check_intervals_server_start"))
+        conn.execute(
+            sa.text(
+                "CREATE INDEX ix_check_intervals_client_server_start"
+                " ON check_intervals (client, server, start)"
+            )
+        )
+        return
+    # SQLite cannot change a column's type: each table is rebuilt (renamed aside, created
+    # anew, rows copied with their timestamps converted in SQL, the old one dropped).
+    for table, stamps in _v4_sqlite_tables():
+        name = table.name
+        old = f"{name}__v3"
+        conn.exec_driver_sql(f'ALTER TABLE "{name}" RENAME TO "{old}"')
+        for column in stamps:
+            c = f'"{column}"'
+            kept = f"typeof({c}) IN ('integer', 'null')"
+            iso = f"typeof({c}) = 'text' AND {_ISO_TEXT.format(c=c)}"
+            bad = conn.exec_driver_sql(
+                # Identifiers from the frozen tables above, no input.
+                f'SELECT {c} FROM "{old}" WHERE NOT ({kept} OR ({iso})) LIMIT 1'  # noqa: S608
+            ).first()
+            if bad is not None:
+                raise ConfigError(
+                    f"history store: {name}.{column} holds {bad[0]!r}, which is not a"
+                    " timestamp this migration can convert; nothing was changed"
+                )
+        indexes = conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+            " AND sql IS NOT NULL",
+            (old,),
+        ).all()
+        for (index,) in indexes:
+            conn.exec_driver_sql(f'DROP INDEX "{index}"')
+        conn.execute(sa.schema.CreateTable(table))
+        columns = [c.name for c in table.columns]
+        values = [_ISO_TO_US.format(c=f'"{c}"') if c in stamps else f'"{c}"' for c in columns]
+        names = ", ".join(f'"{c}"' for c in columns)
+        conn.exec_driver_sql(
+            f'INSERT INTO "{name}" ({names}) SELECT {", ".join(values)} FROM "{old}"'  # noqa: S608
+        )
+        conn.exec_driver_sql(f'DROP TABLE "{old}"')
+        for index in table.indexes:
+            index.create(conn)
+
+
 #: Every migration, in order; the last one's version is the current schema version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "change records, maintenance windows, run locks", _v1_runs),
     Migration(2, "run lock events, check intervals, daily rollups", _v2_lock_events_and_health),
+    Migration(3, "metrics (load, memory, disk per server)", _v3_metrics),
+    Migration(
+        4,
+        "SQLite timestamps as integer epoch microseconds; interval index (client, server, start)",
+        _v4_integer_timestamps,
+    ),
 )
 
 #: The schema version this code reads and writes.

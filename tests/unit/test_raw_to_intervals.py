@@ -7,6 +7,7 @@ timestamps are folded both ways: one check at a time with the ingest's pure
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -177,3 +178,195 @@ def test_a_bad_row_rejects_the_whole_bulk_import(tmp_path: Path) -> None:
         with pytest.raises(ImportRejected, match="row 4"):
             bulk_import_parquet(store, "acme", path, max_gap=MAX_GAP)
         assert read_intervals_frame(store, "acme").empty
+
+
+# ------------------------------------------------------------ Parquet fast paths
+
+
+def fold_gap(samples: list[CheckSample], gap: timedelta) -> list[tuple[object, ...]]:
+    """The reference with any gap; samples in file order (ties keep it, as sorted())."""
+    out: list[Interval] = []
+    for server in sorted({s.server for s in samples}):
+        current: Interval | None = None
+        for sample in sorted((s for s in samples if s.server == server), key=lambda s: s.ts):
+            closed, current = extend_intervals(current, sample, gap)
+            out.extend(closed)
+        assert current is not None
+        out.append(current)
+    return [(i.server, i.state, i.start, i.end, i.checks, i.failures, i.first_error) for i in out]
+
+
+def server_checks(rng: np.random.Generator, server: str, n: int, t: datetime) -> list[CheckSample]:
+    """n checks with duplicates (step 0), silences and failures, shuffled a little."""
+    out = []
+    for _ in range(n):
+        t += timedelta(minutes=int(rng.choice([0, 1, 1, 1, 2, 5])))
+        out.append(CheckSample(server, t, bool(rng.random() > 0.3)))
+    if rng.random() < 0.5:  # not in time order: the sort path
+        rng.shuffle(out)  # type: ignore[arg-type]
+    return out
+
+
+def write_groups(
+    path: Path,
+    groups: list[list[CheckSample]],
+    *,
+    unit: str = "ms",
+    dictionary: bool = True,
+    statistics: bool = True,
+) -> list[CheckSample]:
+    """One Parquet row group per list; returns the samples in file order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    server_type = pa.dictionary(pa.int32(), pa.string()) if dictionary else pa.string()
+    schema = pa.schema(
+        [
+            ("server", server_type),
+            ("ts", pa.timestamp(unit, tz="UTC")),
+            ("ok", pa.bool_()),
+            ("latency_ms", pa.float32()),
+        ]
+    )
+    with pq.ParquetWriter(path, schema, write_statistics=statistics) as writer:
+        for group in groups:
+            table = pa.table(
+                {
+                    "server": pa.array([s.server for s in group]).cast(server_type),
+                    "ts": pa.array([s.ts for s in group], pa.timestamp(unit, tz="UTC")),
+                    "ok": pa.array([s.ok for s in group], pa.bool_()),
+                    "latency_ms": pa.array([1.5] * len(group), pa.float32()),
+                },
+                schema=schema,
+            )
+            writer.write_table(table, row_group_size=len(group) + 1)
+    return [s for group in groups for s in group]
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "one group per server",  # statistics give the server: no server column read
+        "server over two groups",  # one server's groups folded together
+        "two servers in one group",  # read whole; the split server folded again
+        "no statistics",  # everything by the general path
+    ],
+)
+def test_parquet_layouts_fold_like_extend_intervals(tmp_path: Path, layout: str, seed: int) -> None:
+    from reports.ingest import parquet_to_intervals
+
+    rng = np.random.default_rng(seed)
+    a, b, c = (server_checks(rng, s, int(rng.integers(1, 30)), T0) for s in ("a1", "b2", "c3"))
+    if layout == "one group per server":
+        groups = [b, a, c]
+    elif layout == "server over two groups":
+        half = len(b) // 2
+        groups = [b[:half], a, b[half:], c]
+    elif layout == "two servers in one group":
+        half = len(b) // 2
+        groups = [a + b[:half], c, b[half:]]
+    else:
+        groups = [a, b + c]
+    path = tmp_path / "checks.parquet"
+    samples = write_groups(path, [g for g in groups if g], statistics=layout != "no statistics")
+    got = parquet_to_intervals(path, MAX_GAP)
+    assert rows(got) == fold_gap(samples, MAX_GAP)
+    assert list(got.columns) == list(raw_checks_to_intervals(as_frame(samples), MAX_GAP).columns)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_timestamps_are_folded_in_the_file_unit_with_the_same_result(
+    tmp_path: Path, unit: str
+) -> None:
+    from reports.ingest import parquet_to_intervals
+
+    # A gap of 180.5 s: 181 s is a silence, 180 s is not, in every unit.
+    gap = timedelta(seconds=180.5)
+    steps = [0, 60, 180, 181, 0, 60, 240, 60]
+    t, samples = T0, []
+    for i, step in enumerate(steps):
+        t += timedelta(seconds=step)
+        samples.append(CheckSample("web1", t, i % 3 != 0))
+    path = tmp_path / "checks.parquet"
+    write_groups(path, [samples], unit=unit)
+    assert rows(parquet_to_intervals(path, gap)) == fold_gap(samples, gap)
+
+
+def test_the_server_is_taken_from_statistics_only_when_they_show_one_valid_name(
+    tmp_path: Path,
+) -> None:
+    import pyarrow.parquet as pq
+
+    from reports.ingest import _one_server
+
+    one = [CheckSample("web1", T0, True)]
+    two = [CheckSample("web1", T0, True), CheckSample("web2", T0, True)]
+    spaced = [CheckSample(" web1", T0, True)]
+    path = tmp_path / "stats.parquet"
+    write_groups(path, [one, two, spaced, [CheckSample("x" * 256, T0, True)]])
+    meta = pq.ParquetFile(path).metadata
+    assert [_one_server(meta.row_group(i), 0) for i in range(4)] == ["web1", None, None, None]
+    write_groups(path, [one], statistics=False)
+    assert _one_server(pq.ParquetFile(path).metadata.row_group(0), 0) is None
+
+
+def test_bad_rows_are_reported_with_file_row_numbers_on_every_path(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reports.ingest import ImportRejected, parquet_to_intervals
+
+    schema = pa.schema(
+        [
+            ("server", pa.string()),
+            ("ts", pa.timestamp("ms", tz="UTC")),
+            ("ok", pa.bool_()),
+            ("latency_ms", pa.float64()),
+        ]
+    )
+    ts = [T0 + timedelta(minutes=i) for i in range(4)]
+    groups = [
+        # rows 1-4: one server (statistics path), ok missing in row 3
+        {"server": ["web1"] * 4, "ts": ts, "ok": [True, True, None, True], "latency_ms": [1.0] * 4},
+        # rows 5-8: one server, ts missing in row 6, negative latency in row 8
+        {"server": ["web2"] * 4, "ts": [ts[0], None, ts[2], ts[3]], "ok": [True] * 4,
+         "latency_ms": [1.0, 1.0, 1.0, -1.0]},
+        # rows 9-12: two servers, one blank name (rows 10 and 12)
+        {"server": ["web3", " ", "web3", " "], "ts": ts, "ok": [True] * 4, "latency_ms": [1.0] * 4},
+        # rows 13-16: a server name that only the row-wise check rejects (whitespace only)
+        {"server": ["  "] * 4, "ts": ts, "ok": [True] * 4, "latency_ms": [None] * 4},
+    ]  # fmt: skip
+    path = tmp_path / "bad.parquet"
+    with pq.ParquetWriter(path, schema) as writer:
+        for group in groups:
+            writer.write_table(pa.table(group, schema=schema))
+    with pytest.raises(ImportRejected) as caught:
+        parquet_to_intervals(path, MAX_GAP)
+    bad = [int(p.split(":")[0].removeprefix("row ")) for p in caught.value.problems]
+    assert bad == [3, 6, 8, 10, 12, 13, 14, 15, 16]
+    # A report (no latency check) still refuses the other bad rows.
+    with pytest.raises(ImportRejected) as caught:
+        parquet_to_intervals(path, MAX_GAP, check_latency=False)
+    assert len(caught.value.problems) == 8
+
+
+def test_names_equal_once_trimmed_are_one_server(tmp_path: Path) -> None:
+    from reports.ingest import parquet_to_intervals
+
+    checks = [CheckSample("web1", T0 + timedelta(minutes=i), i != 2) for i in range(5)]
+    # The row-wise import trims names; so does the vectorised one, in any row group.
+    spaced = [replace(c, server="web1 ") if i % 2 else c for i, c in enumerate(checks)]
+    path = tmp_path / "trim.parquet"
+    write_groups(path, [spaced[:3], spaced[3:]], dictionary=False)
+    assert rows(parquet_to_intervals(path, MAX_GAP)) == fold_gap(checks, MAX_GAP)
+
+
+def test_timestamps_that_nanoseconds_cannot_hold_reject_the_file(tmp_path: Path) -> None:
+    from reports.ingest import ImportRejected, parquet_to_intervals
+
+    far = datetime(3000, 1, 1, tzinfo=UTC)
+    path = tmp_path / "far.parquet"
+    write_groups(path, [[CheckSample("web1", far, True)]], unit="s")
+    with pytest.raises(ImportRejected, match="nanoseconds"):
+        parquet_to_intervals(path, MAX_GAP)

@@ -12,19 +12,32 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from blocks.change import ChangeRecord, ChangeWindow, Outcome, PackageChange
 from blocks.errors import ConfigError, MaintenanceInProgress
+from reports.ingest import (
+    CheckSample,
+    DailyMetrics,
+    MetricSample,
+    ingest,
+    read_daily_metrics,
+    read_intervals,
+    read_intervals_frame,
+    read_metrics,
+    record_metrics,
+)
 from reports.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     HistoryStore,
     LockHandle,
+    change_records,
     metadata,
     open_store,
     run_locks,
@@ -33,6 +46,40 @@ from reports.store import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 3, 2, 0, tzinfo=UTC)
+#: A microsecond before midnight, and a time before the Unix epoch.
+US_EDGE = datetime(2026, 1, 3, 23, 59, 59, 999_999, tzinfo=UTC)
+PRE_EPOCH = datetime(1969, 12, 31, 23, 59, 58, 250_000, tzinfo=UTC)
+
+
+def write_as_before_version_4(store: HistoryStore, table: str, rows: list[dict[str, Any]]) -> None:
+    """Insert rows as the code of schema versions 1 to 3 wrote them: timestamps as
+    SQLAlchemy's ISO text of naive UTC on SQLite (``2026-01-03 02:00:00.123456``),
+    timestamptz on PostgreSQL. The table is reflected, so its types are the stored ones."""
+    reflected = sa.Table(table, sa.MetaData(), autoload_with=store.engine)
+    sqlite = store.dialect == "sqlite"
+
+    def old(value: Any) -> Any:
+        if isinstance(value, datetime) and sqlite:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    with store.engine.begin() as conn:
+        conn.execute(reflected.insert(), [{k: old(v) for k, v in row.items()} for row in rows])
+
+
+def interval_row(
+    server: str, state: str, start: datetime, end: datetime, error: str | None = None
+) -> dict[str, Any]:
+    return {
+        "client": "acme",
+        "server": server,
+        "state": state,
+        "start": start,
+        "end": end,
+        "checks": 1,
+        "failures": 1 if state == "down" else 0,
+        "first_error": error,
+    }
 
 
 def make_record(
@@ -146,6 +193,131 @@ class StoreContract:
             assert {"check_intervals", "daily_rollups", "run_lock_events"} <= set(
                 sa.inspect(new.engine).get_table_names()
             )
+
+    def test_a_version_2_store_with_data_is_upgraded_exactly(self, store_url: str) -> None:
+        # Rows written as code before version 4 wrote them (ISO text on SQLite): with
+        # microseconds, a microsecond before midnight, before the Unix epoch.
+        stamps = [T0 + timedelta(microseconds=123_456), T0, US_EDGE, PRE_EPOCH]
+        with open_store(store_url, migrate_to=2) as old:
+            write_as_before_version_4(
+                old,
+                "check_intervals",
+                [
+                    interval_row("web1", "up", stamps[1], stamps[0]),
+                    interval_row("web1", "down", stamps[0], stamps[2], error="refused"),
+                    interval_row("web2", "unknown", stamps[3], stamps[1]),
+                ],
+            )
+            write_as_before_version_4(
+                old,
+                "maintenance_windows",
+                [
+                    {
+                        "client": "acme",
+                        "server": None,
+                        "start": stamps[0],
+                        "end": stamps[2],
+                        "kind": "planned",
+                        "change_ref": "CHG-1",
+                        "recorded_at": stamps[1],
+                    }
+                ],
+            )
+            write_as_before_version_4(
+                old,
+                "run_locks",
+                [
+                    {
+                        "client": "acme",
+                        "holder_flow_run_id": "run-1",
+                        "change_ref": "CHG-1",
+                        "acquired_at": stamps[2],
+                    }
+                ],
+            )
+            record = make_record(started=stamps[0], outcome=Outcome.COMPLETED)
+            write_as_before_version_4(
+                old,
+                "change_records",
+                [
+                    {
+                        "client": "acme",
+                        "change_ref": "CHG-1",
+                        "flow_run_id": "run-1",
+                        "outcome": "completed",
+                        "started": stamps[0],
+                        "ended": None,
+                        "body": record.model_dump(mode="json"),
+                        "saved_at": stamps[2],
+                    }
+                ],
+            )
+            write_as_before_version_4(
+                old,
+                "run_lock_events",
+                [
+                    {
+                        "client": "acme",
+                        "event": "acquired",
+                        "holder_flow_run_id": "run-1",
+                        "change_ref": "CHG-1",
+                        "at": stamps[3],
+                    }
+                ],
+            )
+
+        with open_store(store_url) as new:
+            assert new.schema_version() == SCHEMA_VERSION
+            intervals = read_intervals(new, "acme")
+            assert [(i.server, i.state, i.start, i.end) for i in intervals] == [
+                ("web1", "up", stamps[1], stamps[0]),
+                ("web1", "down", stamps[0], stamps[2]),
+                ("web2", "unknown", stamps[3], stamps[1]),
+            ]
+            assert intervals[1].first_error == "refused"
+            assert all(i.start.tzinfo == UTC for i in intervals)
+            frame = read_intervals_frame(new, "acme")
+            assert list(frame["start"]) == [stamps[1], stamps[0], stamps[3]]
+            assert list(frame["end"]) == [stamps[0], stamps[2], stamps[1]]
+            (window,) = new.windows("acme", PRE_EPOCH, US_EDGE + timedelta(days=1))
+            assert (window.start, window.end, window.recorded_at) == (stamps[0], US_EDGE, T0)
+            lock = new.run_lock("acme")
+            assert lock is not None and lock.acquired_at == US_EDGE
+            (stored,) = new.change_records("acme")
+            assert stored.started == stamps[0]
+            with new.engine.connect() as conn:
+                ended, saved = conn.execute(
+                    sa.select(change_records.c.ended, change_records.c.saved_at)
+                ).one()
+            assert (ended, saved) == (None, US_EDGE)
+            assert [e.at for e in new.lock_events("acme")] == [PRE_EPOCH]
+            # Queries on the converted columns still select by time.
+            assert len(read_intervals(new, "acme", start=US_EDGE)) == 1
+            assert len(read_intervals(new, "acme", end=PRE_EPOCH)) == 1
+            # And the new table is there, empty, and usable.
+            assert record_metrics(new, "acme", [MetricSample("web1", T0, load1=0.5)]) == 1
+
+    def test_a_version_3_store_with_metrics_is_upgraded_exactly(self, store_url: str) -> None:
+        with open_store(store_url, migrate_to=3) as old:
+            write_as_before_version_4(
+                old,
+                "metrics",
+                [
+                    {
+                        "client": "acme",
+                        "server": "web1",
+                        "ts": T0 + timedelta(microseconds=7),
+                        "load1": 0.25,
+                        "memory_used_pct": None,
+                        "disk_used_pct": 71.5,
+                    }
+                ],
+            )
+
+        with open_store(store_url) as new:
+            assert read_metrics(new, "acme") == [
+                MetricSample("web1", T0 + timedelta(microseconds=7), 0.25, None, 71.5)
+            ]
 
     def test_opening_again_applies_no_migration_twice(self, store_url: str) -> None:
         for _ in range(3):
@@ -428,6 +600,116 @@ class StoreContract:
         assert winners[0].took_over_from == "run-dead"
         assert [e.event for e in events] == ["acquired", "taken-over"]
 
+    # ---- metrics
+
+    def test_metrics_are_written_and_read_back_by_server_and_time(
+        self, store: HistoryStore
+    ) -> None:
+        plus_two = timezone(timedelta(hours=2))
+        written = record_metrics(
+            store,
+            "acme",
+            [
+                MetricSample("web2", T0, load1=1.5, memory_used_pct=40.0, disk_used_pct=80.25),
+                MetricSample("web1", T0 + timedelta(minutes=5), load1=0.75),
+                # The same instant in another zone: stored in UTC.
+                MetricSample("web1", datetime(2026, 1, 3, 4, 0, 0, 5, tzinfo=plus_two)),
+                MetricSample("web1", T0 + timedelta(minutes=10), disk_used_pct=12.0),
+            ],
+        )
+        record_metrics(store, "globex", [MetricSample("web1", T0, load1=9.0)])
+
+        samples = read_metrics(store, "acme")
+
+        # The sample without any metric is not stored.
+        assert written == 3
+        assert samples == [
+            MetricSample("web1", T0 + timedelta(minutes=5), 0.75, None, None),
+            MetricSample("web1", T0 + timedelta(minutes=10), None, None, 12.0),
+            MetricSample("web2", T0, 1.5, 40.0, 80.25),
+        ]
+        assert all(s.ts.tzinfo == UTC for s in samples)
+        assert read_metrics(store, "acme", server="web2") == samples[2:]
+        window = read_metrics(store, "acme", T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))
+        assert window == samples[:1]  # [start, end)
+
+    def test_writing_the_same_samples_again_replaces_them(self, store: HistoryStore) -> None:
+        record_metrics(store, "acme", [MetricSample("web1", T0, load1=1.0)])
+        record_metrics(store, "acme", [MetricSample("web1", T0, load1=2.0, disk_used_pct=5.0)])
+
+        assert read_metrics(store, "acme") == [MetricSample("web1", T0, 2.0, None, 5.0)]
+
+    def test_daily_metrics_summarise_each_server_per_utc_day(self, store: HistoryStore) -> None:
+        midnight = datetime(2026, 1, 4, tzinfo=UTC)
+        before = midnight - timedelta(microseconds=1)
+        record_metrics(
+            store,
+            "acme",
+            [
+                MetricSample("web1", T0, load1=1.0, memory_used_pct=50.0, disk_used_pct=70.0),
+                MetricSample("web1", T0 + timedelta(hours=1), load1=3.0, memory_used_pct=60.0),
+                MetricSample("web1", before, memory_used_pct=55.0, disk_used_pct=71.0),
+                MetricSample("web1", midnight, load1=0.5, memory_used_pct=10.0),
+                MetricSample("web2", T0, disk_used_pct=90.0),
+            ],
+        )
+        record_metrics(store, "globex", [MetricSample("web1", T0, load1=99.0)])
+
+        days = read_daily_metrics(store, "acme")
+
+        assert days == [
+            DailyMetrics("acme", "web1", date(2026, 1, 3), 3, 2.0, 3.0, 60.0, 71.0),
+            DailyMetrics("acme", "web1", date(2026, 1, 4), 1, 0.5, 0.5, 10.0, None),
+            DailyMetrics("acme", "web2", date(2026, 1, 3), 1, None, None, None, 90.0),
+        ]
+        assert read_daily_metrics(store, "acme", start=midnight) == days[1:2]
+        assert read_daily_metrics(store, "acme", end=midnight, server="web2") == days[2:]
+
+    def test_metrics_before_the_epoch_fall_on_their_own_day(self, store: HistoryStore) -> None:
+        record_metrics(store, "acme", [MetricSample("web1", PRE_EPOCH, load1=1.0)])
+
+        (day,) = read_daily_metrics(store, "acme")
+
+        assert day.day == PRE_EPOCH.date() == date(1969, 12, 31)
+        assert read_metrics(store, "acme")[0].ts == PRE_EPOCH
+
+    def test_a_naive_metric_time_is_refused(self, store: HistoryStore) -> None:
+        with pytest.raises(ValueError, match="naive"):
+            MetricSample("web1", datetime(2026, 1, 3), load1=1.0)
+        with pytest.raises(ValueError, match="naive"):
+            read_metrics(store, "acme", start=datetime(2026, 1, 3))
+
+    # ---- intervals as a frame
+
+    def test_the_interval_frame_matches_the_intervals_read_one_by_one(
+        self, store: HistoryStore
+    ) -> None:
+        store.record_window("acme", T0, T0 + timedelta(hours=1))
+        minute = timedelta(minutes=1, microseconds=1)
+        samples = [
+            CheckSample(f"web{k % 3}", T0 + i * minute, ok=(i % 7 != 3), error='refused, "x"')
+            for k in range(3)
+            for i in range(40)
+            if i % 13 not in (5, 6, 7)  # silences: unknown intervals
+        ]
+        ingest(store, "acme", samples, max_gap=timedelta(minutes=3))
+        ingest(store, "globex", samples[:5])
+
+        frame = read_intervals_frame(store, "acme")
+        picked = read_intervals_frame(store, "acme", T0 + 10 * minute, T0 + 20 * minute)
+        empty = read_intervals_frame(store, "nobody")
+
+        one_by_one = read_intervals(store, "acme")
+        assert list(frame.itertuples(index=False, name=None)) == [
+            (i.server, i.state, i.start, i.end, i.checks, i.failures, i.first_error)
+            for i in one_by_one
+        ]
+        assert 'refused, "x"' in set(frame["first_error"])
+        assert len(picked) == len(
+            read_intervals(store, "acme", None, T0 + 10 * minute, T0 + 20 * minute)
+        )
+        assert len(empty) == 0 and list(empty.columns) == list(frame.columns)
+
 
 class TestSqliteStore(StoreContract):
     """The contract on a SQLite file."""
@@ -498,3 +780,63 @@ def test_maintenance_in_progress_survives_pickling() -> None:
 
     assert (again.holder_flow_run_id, again.change_ref, again.since) == ("run-1", "CHG-1", T0)
     assert str(again) == str(error)
+
+
+# ---- SQLite storage of timestamps (schema version 4)
+
+
+def test_sqlite_stores_timestamps_as_integer_epoch_microseconds(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'caretaker.db'}") as store:
+        store.record_window("acme", T0 + timedelta(microseconds=1), US_EDGE)
+        with store.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                'SELECT start, "end", typeof(start) FROM maintenance_windows'
+            ).one()
+            declared = {
+                c["name"]: str(c["type"]) for c in sa.inspect(conn).get_columns("check_intervals")
+            }
+
+    assert tuple(row) == (1_767_405_600_000_001, 1_767_484_799_999_999, "integer")
+    assert declared["start"] == declared["end"] == "BIGINT"
+
+
+def test_a_timestamp_the_upgrade_cannot_read_stops_it_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'caretaker.db'}"
+    with open_store(url, migrate_to=3) as old:
+        write_as_before_version_4(old, "check_intervals", [interval_row("web1", "up", T0, T0)])
+        with old.engine.begin() as conn:
+            conn.exec_driver_sql(
+                'INSERT INTO check_intervals (client, server, state, start, "end", checks,'
+                " failures) VALUES ('acme', 'web2', 'up', '2026-01-03 02:00:00',"
+                " '3 January 2026', 1, 0)"
+            )
+
+    with pytest.raises(ConfigError, match=r"check_intervals\.end holds '3 January 2026'"):
+        open_store(url)
+
+    with open_store(url, migrate_to=3) as again:
+        assert again.schema_version() == 3
+        with again.engine.connect() as conn:
+            starts = (
+                conn.exec_driver_sql("SELECT start FROM check_intervals ORDER BY id")
+                .scalars()
+                .all()
+            )
+    assert starts == ["2026-01-03 02:00:00.000000", "2026-01-03 02:00:00"]
+
+
+def test_iso_text_without_a_fraction_converts_to_whole_seconds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'caretaker.db'}"
+    with open_store(url, migrate_to=3) as old, old.engine.begin() as conn:
+        conn.exec_driver_sql(
+            'INSERT INTO check_intervals (client, server, state, start, "end", checks,'
+            " failures) VALUES ('acme', 'web1', 'up', '2026-01-03 02:00:00',"
+            " '2026-01-03T02:00:01.5', 2, 0)"
+        )
+
+    with open_store(url) as new:
+        (interval,) = read_intervals(new, "acme")
+
+    assert (interval.start, interval.end) == (T0, T0 + timedelta(seconds=1.5))
