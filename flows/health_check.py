@@ -6,6 +6,7 @@ Orchestration only. For one client or all of them, all servers in parallel:
     each bounded by its timeout)
       ─► collect_metrics (load, memory, disks) on the servers SSH reached
       ─► one sample per server ─► reports.ingest.ingest (state intervals + daily rollups)
+         and reports.ingest.record_metrics (the metrics table)
       ─► a Prefect event per confirmed state change (caretaker.server.down / .up)
       ─► a table artifact per client (state, error, latency, load, memory, fullest disk)
 
@@ -32,7 +33,7 @@ from pydantic import BaseModel, Field
 
 from blocks.inventory import ClientInventory, load_client_by_slug, load_inventory
 from blocks.settings import settings
-from reports.ingest import CheckSample, StateChange, ingest
+from reports.ingest import CheckSample, MetricSample, StateChange, ingest, record_metrics
 from reports.store import open_store
 from tasks.checks import (
     METRIC_FACTS,
@@ -216,7 +217,17 @@ def health_check(client: str | None = None) -> State[Any]:
                 if slug == inv.slug
             ]
             if samples:
-                changes += ingest(store, inv.slug, samples).changes
+                confirm_after = inv.monitoring.confirm_after
+                changes += ingest(store, inv.slug, samples, confirm_after=confirm_after).changes
+            record_metrics(
+                store,
+                inv.slug,
+                [
+                    MetricSample(h.server, checked_at, h.load1, h.memory_used_pct, h.disk_used_pct)
+                    for (slug, _), h in health.items()
+                    if slug == inv.slug
+                ],
+            )
     for change in changes:
         emit_state_change(change)
         logger.warning(

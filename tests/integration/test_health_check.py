@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from flows.health_check import HealthCheckSummary
-from reports.ingest import read_intervals
+from reports.ingest import read_daily_metrics, read_intervals, read_metrics
 from reports.store import open_store
 from sandbox import faults
 from sandbox.estate import Estate, numbered_hosts
@@ -141,6 +141,19 @@ def test_a_server_whose_sshd_stopped_is_recorded_down_and_its_events_are_emitted
         assert h02[1].start == second.checked_at and "ssh" in (h02[1].first_error or "")
         assert {(i.state, i.checks) for i in others} == {("up", 4)}
 
+        # Load, memory and disk of every run that reached the server over SSH.
+        with open_store(health_env) as store:
+            metrics = {name: read_metrics(store, SLUG, server=name) for name in ("h01", "h02")}
+            [daily] = read_daily_metrics(store, SLUG, server="h01")
+        assert [m.ts for m in metrics["h01"]] == [
+            r.checked_at for r in (first, second, third, fourth)
+        ]
+        assert all(
+            m.memory_used_pct is not None and m.disk_used_pct is not None for m in metrics["h01"]
+        )
+        assert [m.ts for m in metrics["h02"]] == [first.checked_at, fourth.checked_at]
+        assert daily.samples == 4 and daily.memory_used_pct_max is not None
+
         resource = f"caretaker.server.{SLUG}.h02"
         [down] = _events("caretaker.server.down", resource)
         assert down.payload["since"] == second.checked_at.isoformat()
@@ -151,6 +164,30 @@ def test_a_server_whose_sshd_stopped_is_recorded_down_and_its_events_are_emitted
         # The example automation: the down event became a message through the block.
         [message] = hook.wait_for(1, timeout=30)
         assert "h02 is DOWN" in str(message)
+
+
+def test_the_clients_confirm_after_setting_decides_when_a_server_is_down(
+    estate: Estate, health_env: str
+) -> None:
+    """With ``monitoring: {confirm_after: 1}`` the first failed check is an outage."""
+    from blocks.settings import settings
+
+    path = settings().inventory_dir / f"{SLUG}.yaml"
+    original = path.read_text()
+    path.write_text(original.replace("defaults:", "monitoring: {confirm_after: 1}\ndefaults:"))
+    faults.stop_sshd(estate, "h03")
+    stopped = True
+    try:
+        down = _run(SLUG)
+        assert down.down == [f"{SLUG}/h03"]
+        assert [c.split(" since")[0] for c in down.changes] == [f"{SLUG}/h03 down"]
+        faults.start_sshd(estate, "h03")
+        stopped = False
+        assert _run(SLUG).changes[0].startswith(f"{SLUG}/h03 up since")
+    finally:
+        if stopped:
+            faults.start_sshd(estate, "h03")
+        path.write_text(original)
 
 
 PG_UNREACHABLE = postgres_unreachable()
