@@ -1,25 +1,28 @@
 """The ``health-check`` flow: every server's checks, into the history store, every 5 minutes.
 
-Orchestration only. For one client or all of them, all servers in parallel:
+Orchestration only. For one client or all of them, all servers in parallel,
+in batches (one ``check_servers`` task per batch of up to 25 servers of a client, threads
+inside, about 64 servers at once in all):
 
-    run_health_checks (SSH reachability + the inventory's tcp / http / systemd checks,
-    each bounded by its timeout)
-      ─► collect_metrics (load, memory, disks) on the servers SSH reached
+    per server: SSH reachability + the inventory's tcp / http / systemd checks (each
+    bounded by its timeout), then load, memory and disks over the same SSH session
       ─► one sample per server ─► reports.ingest.ingest (state intervals + daily rollups)
          and reports.ingest.record_metrics (the metrics table)
       ─► a Prefect event per confirmed state change (caretaker.server.down / .up)
       ─► a table artifact per client (state, error, latency, load, memory, fullest disk)
 
 A server is up when every one of its checks passed (a check that cannot tell counts as
-failed: never healthy by default). A check task that crashes is not a server outage: that
+failed: never healthy by default). Checks that crash are not a server outage: that
 server gets no sample (a long silence becomes ``unknown`` in the store) and the run ends
 Failed naming it. See docs/health-check.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import ExitStack
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,11 +41,13 @@ from reports.store import open_store
 from tasks.checks import (
     METRIC_FACTS,
     CheckResult,
+    ServerCheck,
+    batch_workers,
+    check_servers,
     collect_metrics,
-    run_health_checks,
+    health_batches,
     summarize_checks,
 )
-from tasks.facts import HostFacts
 from tasks.sessions import FleetSessions, open_sessions
 
 __all__ = [
@@ -88,7 +93,11 @@ class HealthCheckSummary(BaseModel):
     checked_at: datetime = Field(description="The time every sample of the run carries.")
     servers: list[ServerHealth] = Field(description="One result per server checked.")
     changes: list[str] = Field(description="Confirmed state changes, as emitted.")
-    crashed: list[str] = Field(description="client/server whose check task crashed.")
+    crashed: list[str] = Field(description="client/server whose checks crashed.")
+    phase_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per phase: checks (with metrics), store, events, artifacts.",
+    )
 
     @property
     def down(self) -> list[str]:
@@ -134,10 +143,10 @@ def _health(client: str, server: str, results: Sequence[CheckResult]) -> ServerH
     )
 
 
-def _with_metrics(health: ServerHealth, state: State[Any]) -> ServerHealth:
-    if not state.is_completed():
-        return health.model_copy(update={"metrics_error": str(state.message or state.name)})
-    facts: HostFacts = state.result()
+def _with_metrics(health: ServerHealth, check: ServerCheck) -> ServerHealth:
+    facts = check.metrics
+    if facts is None:
+        return health.model_copy(update={"metrics_error": check.metrics_error})
     disks = [d.used_pct for d in facts.disks or []]
     return health.model_copy(
         update={
@@ -156,10 +165,13 @@ def _inventories(client: str | None) -> list[ClientInventory]:
     return [inv for _, inv in sorted(load_inventory(directory).items())]
 
 
-def _wait(futures: dict[tuple[str, str], PrefectFuture[Any]]) -> dict[tuple[str, str], State[Any]]:
-    for future in futures.values():
-        future.wait()
-    return {key: future.state for key, future in futures.items()}
+@contextmanager
+def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - started, 3)
 
 
 @flow(
@@ -176,40 +188,53 @@ def health_check(client: str | None = None) -> State[Any]:
 
     Returns:
         Completed with a :class:`HealthCheckSummary` (down servers are results, not
-        failures), or Failed when a server's check task crashed (the others are recorded).
+        failures), or Failed when a server's checks crashed (the others are recorded).
     """
     logger = get_run_logger()
     inventories = _inventories(client)
     checked_at = datetime.now(UTC)
     health: dict[tuple[str, str], ServerHealth] = {}
     crashed: list[str] = []
-    with ExitStack() as stack:
+    timings: dict[str, float] = {}
+    with ExitStack() as stack, _phase(timings, "checks"):
         sessions: dict[str, FleetSessions] = {
             inv.slug: stack.enter_context(open_sessions(inv, inv.servers)) for inv in inventories
         }
-        servers = {(inv.slug, s.name): (inv.slug, s) for inv in inventories for s in inv.servers}
-        checks = _wait(
-            {
-                key: run_health_checks.submit(server, sessions[slug].host(server))
-                for key, (slug, server) in servers.items()
-            }
-        )
-        metrics: dict[tuple[str, str], PrefectFuture[Any]] = {}
-        for key, state in checks.items():
-            slug, server = servers[key]
-            if not state.is_completed():
-                crashed.append(f"{slug}/{server.name}")
-                logger.error("%s/%s: health checks crashed: %s", slug, server.name, state.message)
-                continue
-            results: list[CheckResult] = state.result()
-            health[key] = _health(slug, server.name, results)
-            if any(r.kind == "ssh" and r.ok for r in results):
-                metrics[key] = collect_metrics.submit(sessions[slug].host(server))
-        for key, state in _wait(metrics).items():
-            health[key] = _with_metrics(health[key], state)
+        servers = [(inv.slug, s) for inv in inventories for s in inv.servers]
+        batches = health_batches([len(inv.servers) for inv in inventories])
+        numbers: Counter[str] = Counter()
+        futures: list[tuple[range, PrefectFuture[list[ServerCheck]]]] = []
+        for batch in batches:
+            slug = servers[batch[0]][0]
+            numbers[slug] += 1
+            hosts = [(s, sessions[slug].host(s)) for _, s in (servers[i] for i in batch)]
+            workers = batch_workers(len(batches), len(batch))
+            futures.append((batch, check_servers.submit(f"{slug}-{numbers[slug]}", hosts, workers)))
+        for batch, future in futures:
+            future.wait()
+            state = future.state
+            checks: list[ServerCheck] = (
+                state.result()
+                if state.is_completed()
+                else [
+                    ServerCheck(server=servers[i][1].name, crashed=str(state.message or state.name))
+                    for i in batch
+                ]
+            )
+            for i, check in zip(batch, checks, strict=True):
+                slug, server = servers[i]
+                if check.results is None:
+                    crashed.append(f"{slug}/{server.name}")
+                    logger.error(
+                        "%s/%s: health checks crashed: %s", slug, server.name, check.crashed
+                    )
+                    continue
+                health[(slug, server.name)] = _with_metrics(
+                    _health(slug, server.name, check.results), check
+                )
 
     changes: list[StateChange] = []
-    with open_store() as store:
+    with _phase(timings, "store"), open_store() as store:
         for inv in inventories:
             samples = [
                 CheckSample(h.server, checked_at, h.ok, h.error, h.latency_ms)
@@ -228,35 +253,41 @@ def health_check(client: str | None = None) -> State[Any]:
                     if slug == inv.slug
                 ],
             )
-    for change in changes:
-        emit_state_change(change)
-        logger.warning(
-            "%s/%s is %s since %s",
-            change.client,
-            change.server,
-            change.state,
-            change.since.isoformat(),
-        )
-
-    for inv in inventories:
-        rows = [
-            h.model_dump(exclude={"client"}) for (slug, _), h in health.items() if slug == inv.slug
-        ]
-        if rows:
-            create_table_artifact(
-                key=f"health-{inv.slug}", table=rows, description=f"Health of {inv.slug}"
+    with _phase(timings, "events"):
+        for change in changes:
+            emit_state_change(change)
+            logger.warning(
+                "%s/%s is %s since %s",
+                change.client,
+                change.server,
+                change.state,
+                change.since.isoformat(),
             )
+
+    with _phase(timings, "artifacts"):
+        for inv in inventories:
+            rows = [
+                h.model_dump(exclude={"client"})
+                for (slug, _), h in health.items()
+                if slug == inv.slug
+            ]
+            if rows:
+                create_table_artifact(
+                    key=f"health-{inv.slug}", table=rows, description=f"Health of {inv.slug}"
+                )
     summary = HealthCheckSummary(
         checked_at=checked_at,
         servers=list(health.values()),
         changes=[f"{c.client}/{c.server} {c.state} since {c.since.isoformat()}" for c in changes],
         crashed=crashed,
+        phase_s=timings,
     )
     logger.info(
-        "%d server(s) checked, %d down, %d state change(s)",
+        "%d server(s) checked, %d down, %d state change(s); %s",
         len(summary.servers),
         len(summary.down),
         len(changes),
+        ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings.items()),
     )
     if crashed:
         return Failed(message=f"health checks crashed for {', '.join(crashed)}", data=summary)

@@ -9,19 +9,29 @@ the check's timeout), ``true`` over SSH, and ``systemctl is-active <unit>`` over
 Each gives a ``CheckResult``; a check that cannot tell (systemd not running, no SSH
 session) is ``ok=False`` with ``unknown=True`` and says why: never healthy by default.
 ``parse_systemctl_is_active`` and ``summarize_checks`` are pure. See docs/patching.md.
+
+The ``health-check`` flow checks its servers in batches (``check_servers``: one task run
+per batch, threads inside; ``check_server`` per server: its checks, then its metrics over
+the same SSH session, retries and crash isolation). See docs/health-check.md.
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
+import functools
+import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import httpx
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.errors import RemoteError
@@ -212,6 +222,12 @@ def check_tcp(server: Server, check: TcpCheck) -> CheckResult:
     )
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context (certifi's CAs), made once."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def check_http(
     server: Server, check: HttpCheck, transport: httpx.BaseTransport | None = None
 ) -> CheckResult:
@@ -219,7 +235,9 @@ def check_http(
 
     Redirects are not followed (a 301 is reported as 301, so it can be expected) and
     proxy settings from the environment are ignored (``trust_env=False``): the check
-    sees the service itself. TLS certificates are verified.
+    sees the service itself. TLS certificates are verified (with one SSL context per
+    process: making one costs ~40 ms of CPU, more than the check). Each check makes its
+    own connection: a service that stopped accepting them is seen.
 
     Args:
         server: the server the check belongs to.
@@ -229,7 +247,11 @@ def check_http(
     timeout_s = check.timeout.total_seconds()
     try:
         with httpx.Client(
-            timeout=timeout_s, follow_redirects=False, trust_env=False, transport=transport
+            timeout=timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            verify=_ssl_context(),
+            transport=transport,
         ) as client:
             started = time.monotonic()
             response = client.get(check.url)
@@ -328,6 +350,11 @@ def run_health_checks(server: Server, host: RemoteHost | None) -> list[CheckResu
         One result per check: SSH first (when there is a host), then the inventory's
         checks in order.
     """
+    return server_checks(server, host)
+
+
+def server_checks(server: Server, host: RemoteHost | None) -> list[CheckResult]:
+    """The checks of ``run_health_checks``, as a plain function (no task, no retries)."""
     results: list[CheckResult] = []
     if host is not None:
         results.append(check_ssh(server, host))
@@ -374,5 +401,173 @@ def collect_metrics(host: RemoteHost) -> HostFacts:
     Returns:
         Facts with ``load``, ``memory`` and ``disks`` set (or named in ``errors``).
     """
+    return host_metrics(host)
+
+
+def host_metrics(host: RemoteHost) -> HostFacts:
+    """The metrics of ``collect_metrics``, as a plain function (no task, no retry)."""
     result = host.run(build_facts_script(METRIC_FACTS), timeout=_METRICS_TIMEOUT_S)
     return parse_facts(split_facts_output(result.stdout))
+
+
+# ------------------------------------------------------------- a health-check round, batched
+
+#: Servers per ``check_servers`` task: a round over 500 servers is 20 task runs, not 1000.
+HEALTH_BATCH_SIZE = 25
+#: Threads checking servers at once in a whole round (spread over its batches).
+HEALTH_CONCURRENCY = 64
+
+# Attempts of one server's checks (an unexpected error, not a failed check) and their
+# pauses: what ``run_health_checks``'s retries do, per server inside a batch.
+_CHECK_RETRY_DELAYS_S = (1.0, 5.0)
+_METRICS_RETRY_DELAYS_S = (2.0,)
+
+
+class ServerCheck(BaseModel):
+    """One server's part of a health-check round: its check results and its metrics."""
+
+    model_config = ConfigDict(frozen=True)
+
+    server: str = Field(description="Server name from the inventory.")
+    results: list[CheckResult] | None = Field(
+        default=None, description="One result per check (SSH first); None when they crashed."
+    )
+    crashed: str | None = Field(
+        default=None, description="Why the checks themselves raised (after retries)."
+    )
+    metrics: HostFacts | None = Field(
+        default=None, description="Load, memory and disks, when SSH reached the server."
+    )
+    metrics_error: str | None = Field(default=None, description="Why metrics are missing.")
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def check_server(
+    server: Server,
+    host: RemoteHost | None,
+    *,
+    retry_delays: Sequence[float] | None = None,
+    metrics_retry_delays: Sequence[float] | None = None,
+) -> ServerCheck:
+    """Run one server's checks, then read its metrics over the same SSH session.
+
+    Never raises: an unexpected error in the checks is retried after each of
+    ``retry_delays``, and if it lasts the server is reported ``crashed`` (no results:
+    that is not an outage). Metrics are read only when the SSH check passed; an error
+    there is retried after each of ``metrics_retry_delays``, then named in
+    ``metrics_error``.
+
+    Args:
+        server: the server, with its checks from the inventory.
+        host: its SSH session; None: no SSH check and no metrics.
+        retry_delays: pauses between attempts of the checks (default 1 s, 5 s).
+        metrics_retry_delays: pauses between attempts of the metrics (default 2 s).
+    """
+    log = _logger()
+    results: list[CheckResult] | None = None
+    if retry_delays is None:
+        retry_delays = _CHECK_RETRY_DELAYS_S
+    if metrics_retry_delays is None:
+        metrics_retry_delays = _METRICS_RETRY_DELAYS_S
+    for delay in (*retry_delays, None):
+        try:
+            results = server_checks(server, host)
+            break
+        except Exception as exc:  # a crash is this server's result
+            if delay is None:
+                return ServerCheck(server=server.name, crashed=_error(exc))
+            log.warning(
+                "%s: health checks raised %s; again in %gs", server.name, _error(exc), delay
+            )
+            time.sleep(delay)
+    assert results is not None
+    if host is None or not any(r.kind == "ssh" and r.ok for r in results):
+        return ServerCheck(server=server.name, results=results)
+    for delay in (*metrics_retry_delays, None):
+        try:
+            facts = host_metrics(host)
+        except Exception as exc:  # missing metrics are a result
+            if delay is None:
+                return ServerCheck(server=server.name, results=results, metrics_error=_error(exc))
+            time.sleep(delay)
+        else:
+            return ServerCheck(server=server.name, results=results, metrics=facts)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def health_batches(sizes: Sequence[int], batch_size: int = HEALTH_BATCH_SIZE) -> list[range]:
+    """Cut a round's servers into batches (pure).
+
+    Args:
+        sizes: the number of servers of each client, in order.
+        batch_size: at most this many servers per batch; a batch never mixes clients.
+
+    Returns:
+        One ``range`` of server indexes (into the clients' servers laid end to end) per
+        batch; the batches of a client are of even size.
+    """
+    batches: list[range] = []
+    start = 0
+    for size in sizes:
+        count = -(-size // batch_size)  # ceil
+        for i in range(count):
+            batches.append(range(start + size * i // count, start + size * (i + 1) // count))
+        start += size
+    return batches
+
+
+def batch_workers(batches: int, batch_len: int, concurrency: int = HEALTH_CONCURRENCY) -> int:
+    """Threads of one batch so that the round checks about ``concurrency`` servers at once."""
+    return max(1, min(batch_len, -(-concurrency // max(batches, 1))))
+
+
+@task(
+    name="check-servers",
+    cache_policy=NO_CACHE,
+    task_run_name="health-checks-{label}",
+)
+def check_servers(
+    label: str, servers: Sequence[tuple[Server, RemoteHost | None]], workers: int
+) -> list[ServerCheck]:
+    """Check a batch of servers, ``workers`` at a time: per server ``check_server``.
+
+    One task run per batch instead of two per server: on a large fleet, creating task runs
+    and their state events cost more than the checks. Per server results, retries and
+    crash isolation are ``check_server``'s. Each server's session is closed as soon as
+    its checks and metrics are done (the next ``run`` would reconnect): an open paramiko
+    connection keeps a thread polling its socket ten times a second, and hundreds of them
+    idle until the end of the round cost more CPU than the checks.
+
+    Args:
+        label: names the task run (``<client>-<n>``).
+        servers: each server with its SSH session (None: no SSH check, no metrics).
+        workers: threads.
+
+    Returns:
+        One ``ServerCheck`` per server, in order.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(servers)))) as pool:
+        # Each thread runs in a copy of this task's context, so its logs are the task's.
+        futures = [
+            pool.submit(contextvars.copy_context().run, _check_and_close, server, host)
+            for server, host in servers
+        ]
+        return [f.result() for f in futures]
+
+
+def _check_and_close(server: Server, host: RemoteHost | None) -> ServerCheck:
+    try:
+        return check_server(server, host)
+    finally:
+        if host is not None:
+            host.close()

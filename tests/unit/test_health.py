@@ -17,8 +17,12 @@ from blocks.inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.checks import (
     SSH_PROBE,
     CheckResult,
+    batch_workers,
     check_http,
+    check_server,
+    check_servers,
     check_tcp,
+    health_batches,
     parse_systemctl_is_active,
     run_health_checks,
     summarize_checks,
@@ -277,3 +281,107 @@ def test_a_systemd_check_from_the_inventory_keeps_its_unit_as_target() -> None:
     (_, systemd) = run_health_checks.fn(srv, ScriptedHost("systemctl_is_active__documented_failed"))
     assert systemd.target == "getty@tty1.service"
     assert systemd.detail == "failed (exit 3)"
+
+
+# ------------------------------------------------------------- a round, batched
+
+
+FACTS = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
+
+
+def _metrics_stdout() -> str:
+    """What the metrics script prints, composed from recorded fact outputs."""
+    parts = ["@@caretaker:begin@@"]
+    for name, fixture in (("load", "load__dev"), ("memory", "memory__dev_no_swap")):
+        output = json.loads((FACTS / f"{fixture}.json").read_text())["output"]
+        parts.append(f"{output}\n@@caretaker:{name}:0@@")
+    return "\n".join(parts) + "\n"
+
+
+class MetricsHost(ScriptedHost):
+    """Answers ``true``, and the metrics script with recorded load and memory."""
+
+    def __init__(self, raise_on: str | None = None, error: Exception | None = None) -> None:
+        super().__init__("systemctl_is_active__documented_active")
+        self.raise_on, self.error = raise_on, error
+
+    def run(self, command: str, **kwargs: Any) -> CommandResult:
+        if self.raise_on is not None and command.startswith(self.raise_on):
+            self.commands.append(command)
+            raise self.error or RuntimeError("boom")
+        if command.startswith("LC_ALL=C"):
+            self.commands.append(command)
+            out = _metrics_stdout()
+            return CommandResult(
+                host=self.name, command="facts", exit_code=0, stdout=out, stderr="", duration_s=0
+            )
+        return super().run(command, **kwargs)
+
+
+NO_WAIT: dict[str, Any] = {"retry_delays": (0, 0), "metrics_retry_delays": (0,)}
+
+
+def test_a_server_reached_over_ssh_gets_its_metrics_from_the_same_session() -> None:
+    host = MetricsHost()
+    checked = check_server(server(), host, **NO_WAIT)
+    assert checked.results is not None and [r.kind for r in checked.results] == ["ssh"]
+    assert host.commands[0] == "true" and host.commands[1].startswith("LC_ALL=C")
+    assert checked.metrics is not None and checked.metrics.load is not None
+    assert checked.metrics.load.l1 == 1.0 and checked.metrics.memory is not None
+    assert checked.crashed is None and checked.metrics_error is None
+
+
+def test_a_server_ssh_did_not_reach_gets_no_metrics_and_no_metrics_error() -> None:
+    host = ScriptedHost("systemctl_is_active__documented_active", ssh_error=True)
+    checked = check_server(server(), host, **NO_WAIT)
+    assert checked.results is not None and not checked.results[0].ok
+    assert checked.metrics is None and checked.metrics_error is None
+    assert host.commands == ["true"]
+
+
+def test_checks_that_keep_raising_make_a_crash_not_an_outage_after_the_retries() -> None:
+    host = MetricsHost(raise_on="true")
+    checked = check_server(server(), host, **NO_WAIT)
+    assert checked.results is None and checked.crashed == "RuntimeError: boom"
+    assert host.commands == ["true"] * 3  # the first attempt and two retries
+
+
+def test_metrics_that_keep_failing_are_named_and_the_checks_kept() -> None:
+    host = MetricsHost(raise_on="LC_ALL=C", error=ConnectError("web-1", "connection lost"))
+    checked = check_server(server(), host, **NO_WAIT)
+    assert checked.results is not None and checked.results[0].ok
+    assert checked.metrics is None and "connection lost" in (checked.metrics_error or "")
+    assert len(host.commands) == 3  # true, then the metrics twice
+
+
+def test_a_batch_returns_one_result_per_server_in_order_and_isolates_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tasks.checks._CHECK_RETRY_DELAYS_S", (0.0, 0.0))
+    names = [f"web-{i}" for i in range(6)]
+    hosts = [MetricsHost(raise_on="true") if i == 2 else MetricsHost() for i in range(6)]
+    batch = [
+        (server().model_copy(update={"name": n}), h) for n, h in zip(names, hosts, strict=True)
+    ]
+    out = check_servers.fn("acme-1", batch, 4)
+    assert [c.server for c in out] == names
+    assert [c.crashed is not None for c in out] == [False, False, True, False, False, False]
+    assert all(c.metrics is not None for i, c in enumerate(out) if i != 2)
+
+
+def test_a_round_is_cut_into_even_batches_that_never_mix_clients() -> None:
+    batches = health_batches([3, 0, 60, 25], batch_size=25)
+    assert batches == [
+        range(0, 3),
+        range(3, 23),
+        range(23, 43),
+        range(43, 63),
+        range(63, 88),
+    ]
+    assert health_batches([]) == []
+
+
+def test_the_threads_of_a_round_are_spread_over_its_batches() -> None:
+    assert batch_workers(20, 25, concurrency=64) == 4
+    assert batch_workers(1, 3, concurrency=64) == 3
+    assert batch_workers(100, 25, concurrency=64) == 1
