@@ -50,6 +50,7 @@ __all__ = [
     "ACTIVITY_COLUMNS",
     "DAILY_COLUMNS",
     "INCIDENT_COLUMNS",
+    "INTERVAL_COLUMNS",
     "SLA_COLUMNS",
     "STATES",
     "UPTIME_COLUMNS",
@@ -142,7 +143,8 @@ ACTIVITY_COLUMNS: tuple[str, ...] = (
 
 TOTAL_ROW = "(all servers)"
 _NS = 1_000_000_000
-_INTERVAL_COLUMNS = ("server", "state", "start", "end", "checks", "failures", "first_error")
+#: The interval frame every function here reads (the store's ``check_intervals`` columns).
+INTERVAL_COLUMNS = ("server", "state", "start", "end", "checks", "failures", "first_error")
 
 
 # ------------------------------------------------------------------------------ periods
@@ -626,7 +628,7 @@ def _timeline(
     confirm_after: int,
 ) -> _Timeline:
     """Each server's scope cut into disjoint rows covering it exactly (see :class:`_Timeline`)."""
-    _require(intervals, _INTERVAL_COLUMNS[:4], "intervals")
+    _require(intervals, INTERVAL_COLUMNS[:4], "intervals")
     if _ns(start) >= _ns(end):
         raise ValueError("the period must end after it starts")
     names, scope_s, scope_e = _scopes(servers, start, end)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import logging
 import math
 import sys
 import threading
@@ -52,6 +53,8 @@ from reports.store import (
     metrics,
     to_epoch_us,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIRM_AFTER",
@@ -1030,8 +1033,8 @@ def import_file(
             raise ImportRejected(path, ["the file has no rows"])
         try:
             written = bulk_import_intervals(store, client, intervals)
-        except HistoryExists:
-            pass  # some server already has intervals: fold check by check below
+        except HistoryExists as exc:
+            log.info("%s: %s; folding the file in check by check", path, exc)
         else:
             return IngestResult(samples=int(intervals["checks"].sum()), intervals_written=written)
     return ingest(store, client, load_samples(path), max_gap=max_gap)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 
 from blocks.change import ChangeRecord
 from blocks.inventory import ClientInventory
-from reports.compute import TOTAL_ROW, ReportTables, period_bounds
+from reports.compute import INTERVAL_COLUMNS, TOTAL_ROW, ReportTables, period_bounds
 from reports.ingest import Interval, read_intervals
 from reports.store import StoredWindow, open_store
 from tasks.records import artifact_key
@@ -64,7 +64,6 @@ MAINTENANCE_FLOW_NAME = "server-maintenance"
 #: Prefect's API pages: never ask for more than this many runs at once.
 API_PAGE_SIZE = 200
 
-_INTERVAL_COLUMNS = ("server", "state", "start", "end", "checks", "failures", "first_error")
 _RELATIVE = {"last-month", "last-quarter"}
 _RANGE_SEPARATOR = re.compile(r"\s*(?:\.\.|/)\s*")
 
@@ -141,7 +140,7 @@ def intervals_frame(intervals: Sequence[Interval]) -> pd.DataFrame:
             for i in intervals
             if i.end != i.start
         ],
-        columns=list(_INTERVAL_COLUMNS),
+        columns=list(INTERVAL_COLUMNS),
     )
     for column in ("start", "end"):
         frame[column] = pd.to_datetime(frame[column], utc=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.compute import ACTIVITY_COLUMNS, INCIDENT_COLUMNS, compute_report
+from reports.compute import ACTIVITY_COLUMNS, DAILY_COLUMNS, INCIDENT_COLUMNS, compute_report
 from reports.render import (
     PdfNotMade,
     ReportContext,
@@ -117,15 +117,7 @@ def daily_frame(days: int, servers: tuple[str, ...] = ("web1",)) -> pd.DataFrame
             for server in servers
             for i in range(days)
         ],
-        columns=[
-            "server",
-            "day",
-            "up_s",
-            "unplanned_down_s",
-            "maintenance_s",
-            "unknown_s",
-            "uptime_pct",
-        ],
+        columns=list(DAILY_COLUMNS),
     )
 
 
