@@ -31,6 +31,7 @@ import csv
 import hashlib
 import logging
 import math
+import struct
 import sys
 import threading
 from collections import defaultdict
@@ -44,13 +45,18 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from blocks.errors import CaretakerError
+from blocks.errors import CaretakerError, ConfigError
 from reports.store import (
+    PACKED_FIELDS,
+    PACKED_FORMAT,
+    STATE_CODES,
     HistoryStore,
     check_intervals,
     daily_rollups,
     maintenance_windows,
     metrics,
+    pack_interval,
+    repack,
     to_epoch_us,
 )
 
@@ -528,6 +534,9 @@ def _row(client: str, interval: Interval) -> dict[str, Any]:
         "checks": interval.checks,
         "failures": interval.failures,
         "first_error": interval.first_error,
+        "packed": pack_interval(
+            interval.state, interval.start, interval.end, interval.checks, interval.failures
+        ),
     }
 
 
@@ -1329,6 +1338,33 @@ def _fold_servers(
     return names, _in_ns(parts, unit_ns, path, rgs), []
 
 
+_PACKED_SIZE = struct.calcsize(PACKED_FORMAT)
+
+
+def _packed_rows(intervals: Any) -> bytes:
+    """Every row's ``packed`` value (:data:`reports.store.PACKED_FIELDS`), concatenated."""
+    import numpy as np
+    import pandas as pd
+
+    def micros(column: Any) -> Any:
+        return column.to_numpy(dtype="datetime64[us]").view(np.int64)
+
+    state = intervals["state"].map(STATE_CODES)
+    if state.isna().any():
+        raise ValueError(f"states other than {sorted(STATE_CODES)}")
+    numbers = np.column_stack(
+        [
+            micros(pd.to_datetime(intervals["start"], utc=True)),
+            micros(pd.to_datetime(intervals["end"], utc=True)),
+            intervals["checks"].to_numpy(dtype=np.int64),
+            intervals["failures"].to_numpy(dtype=np.int64),
+            state.to_numpy(dtype=np.int64),
+        ]
+    )
+    assert numbers.shape[1] == len(PACKED_FIELDS)
+    return numbers.astype(PACKED_FORMAT[0] + "i8").tobytes()
+
+
 def bulk_import_intervals(store: HistoryStore, client: str, intervals: Any) -> int:
     """Insert compressed intervals (a fresh history) and their daily rollups, one transaction.
 
@@ -1344,6 +1380,7 @@ def bulk_import_intervals(store: HistoryStore, client: str, intervals: Any) -> i
     """
     t = check_intervals
     servers = sorted(str(s) for s in intervals["server"].unique())
+    packed = _packed_rows(intervals)
     rows = [
         {
             "client": client,
@@ -1354,16 +1391,19 @@ def bulk_import_intervals(store: HistoryStore, client: str, intervals: Any) -> i
             "checks": int(checks),
             "failures": int(failures),
             "first_error": first_error,
+            "packed": packed[i * _PACKED_SIZE : (i + 1) * _PACKED_SIZE],
         }
-        for server, state, start, end, checks, failures, first_error in zip(
-            intervals["server"].tolist(),
-            intervals["state"].tolist(),
-            intervals["start"].dt.to_pydatetime().tolist(),
-            intervals["end"].dt.to_pydatetime().tolist(),
-            intervals["checks"].tolist(),
-            intervals["failures"].tolist(),
-            intervals["first_error"].tolist(),
-            strict=True,
+        for i, (server, state, start, end, checks, failures, first_error) in enumerate(
+            zip(
+                intervals["server"].tolist(),
+                intervals["state"].tolist(),
+                intervals["start"].dt.to_pydatetime().tolist(),
+                intervals["end"].dt.to_pydatetime().tolist(),
+                intervals["checks"].tolist(),
+                intervals["failures"].tolist(),
+                intervals["first_error"].tolist(),
+                strict=True,
+            )
         )
     ]
     with store.engine.begin() as conn:
@@ -1416,16 +1456,20 @@ def read_intervals_frame(
     store: HistoryStore, client: str, start: datetime | None = None, end: datetime | None = None
 ) -> Any:
     """A client's intervals overlapping ``[start, end]`` as a pandas frame, by server
-    (code-point order), start and row id: the report's input.
+    (code-point order), start and end: the report's input.
 
     Columns: ``server``, ``state`` (str), ``start``, ``end`` (``datetime64[us, UTC]``),
     ``checks``, ``failures`` (int64), ``first_error`` (object, None when no check failed).
 
-    One query, and no Python object per row and column: the database aggregates each
-    server's rows into one text per column (``group_concat`` / ``string_agg`` of integers,
-    timestamps as epoch microseconds; the errors as one JSON array), and numpy parses each
-    text at once. The aggregates of one group see the rows in the same order, so the
-    columns line up; the rows are then put in order with numpy.
+    One query, answered on SQLite from the index ``ix_check_intervals_timeline`` alone: it
+    holds each row's ``packed`` numbers, and the database concatenates them into one byte
+    string per server (``group_concat`` / ``string_agg``), which numpy reads as it is; the
+    errors come as one JSON array per server. The aggregates of one group see the rows in
+    the same order, so they line up; the rows are then put in order with numpy.
+
+    Raises:
+        ConfigError: rows without ``packed`` (written by another tool); the message says
+            how to fill them.
     """
     import json
 
@@ -1434,50 +1478,30 @@ def read_intervals_frame(
 
     t = check_intervals
     on_sqlite = store.dialect == "sqlite"
-
-    def micros(column: Any) -> Any:
-        if on_sqlite:  # epoch microseconds already (schema version 4)
-            return sa.type_coerce(column, sa.BigInteger)
-        # extract() is numeric on PostgreSQL >= 14: exact.
-        return sa.cast(sa.extract("epoch", column) * 1_000_000, sa.BigInteger)
-
-    # Constants are written into the SQL: a bound separator is copied for every row of
-    # every aggregate (measured 1.7x slower on SQLite).
-    comma: Any = sa.literal_column("','")
-
-    def joined(values: Any) -> Any:
-        if on_sqlite:
-            return sa.func.group_concat(values, comma)
-        return sa.func.string_agg(sa.cast(values, sa.Text), comma)
-
-    state = sa.case(
-        (t.c.state == sa.literal_column("'up'"), sa.literal_column("0")),
-        (t.c.state == sa.literal_column("'down'"), sa.literal_column("1")),
-        else_=sa.literal_column("2"),
-    )
-    errors = (sa.func.json_group_array if on_sqlite else sa.func.json_agg)(t.c.first_error)
-    # The row id and the state travel as one number (id * 4 + state): one aggregate less.
-    packed = t.c.id * sa.literal_column("4") + state
-    numbers = (packed, micros(t.c.start), micros(t.c.end), t.c.checks, t.c.failures)
+    # Constants are written into the SQL: a bound one is copied for every row.
+    blobs: Any
+    if on_sqlite:
+        blobs = sa.cast(sa.func.group_concat(t.c.packed, sa.literal_column("''")), sa.LargeBinary)
+        errors = sa.func.json_group_array
+    else:
+        blobs = sa.func.string_agg(t.c.packed, sa.literal_column("''::bytea"))
+        errors = sa.func.json_agg
     where = [t.c.client == client]
-    # On SQLite the bounds compare integers with "+ 0", which keeps the planner on the
-    # (client, server, start) index: grouping by server then needs no sort.
     if start is not None:
-        lo = _utc(start, "start")
-        where.append(
-            micros(t.c.end) + sa.literal_column("0") >= to_epoch_us(lo)
-            if on_sqlite
-            else t.c.end >= lo
-        )
+        where.append(t.c.end >= _utc(start, "start"))
     if end is not None:
+        # "+ 0" keeps SQLite on the timeline index (no range on start): grouping by server
+        # then needs no sort, and the read never leaves the index.
         hi = _utc(end, "end")
         where.append(
-            micros(t.c.start) + sa.literal_column("0") <= to_epoch_us(hi)
+            sa.type_coerce(t.c.start, sa.BigInteger) + sa.literal_column("0") <= to_epoch_us(hi)
             if on_sqlite
             else t.c.start <= hi
         )
     query = (
-        sa.select(t.c.server, sa.func.count(), *(joined(v) for v in numbers), errors)
+        sa.select(
+            t.c.server, sa.func.count(), sa.func.count(t.c.packed), blobs, errors(t.c.first_error)
+        )
         .where(*where)
         .group_by(t.c.server)
     )
@@ -1485,35 +1509,42 @@ def read_intervals_frame(
         conn = conn.execution_options(caretaker_read_only=True)
         with conn.begin():
             groups = sorted(tuple(row) for row in conn.execute(query))
+    unpacked = [g[0] for g in groups if g[1] != g[2]]
+    if unpacked:
+        raise ConfigError(
+            f"history store: check_intervals rows of {client}/{unpacked[0]}"
+            f"{f' and {len(unpacked) - 1} more server(s)' if len(unpacked) > 1 else ''}"
+            " have no packed value (written by another tool); fill them with"
+            " `python -m reports.ingest repack`"
+        )
     names = np.array([g[0] for g in groups], dtype=object)
     counts = np.array([g[1] for g in groups], dtype=np.int64)
     n = int(counts.sum())
-    id_state, starts, ends, checks, failures = (
-        np.fromstring(",".join(g[2 + k] for g in groups), dtype=np.int64, sep=",")
-        for k in range(len(numbers))
+    numbers = np.frombuffer(
+        b"".join(bytes(g[3]) for g in groups), dtype=PACKED_FORMAT[0] + "i8"
+    ).reshape(n, len(PACKED_FIELDS))
+    starts, ends, checks, failures, states = (
+        numbers[:, k].astype(np.int64) for k in range(len(PACKED_FIELDS))
     )
     first_error = np.empty(n, dtype=object)
     if on_sqlite:  # one JSON text per server: parse them as one array
-        first_error[:] = json.loads("[" + ",".join(g[-1][1:-1] for g in groups) + "]")
+        first_error[:] = json.loads("[" + ",".join(g[4][1:-1] for g in groups) + "]")
     else:  # psycopg has parsed json_agg already
-        first_error[:] = [e for g in groups for e in g[-1]]
+        first_error[:] = [e for g in groups for e in g[4]]
     code = np.repeat(np.arange(len(groups)), counts)
-    # Rows by server, start, id (id_state orders as id): usually already so (the index
-    # order); sort when not.
+    # Rows by server, start, end: usually already so (the index order); sort when not.
     if n > 1:
-        same = starts[1:] == starts[:-1]
-        later = (starts[1:] > starts[:-1]) | (same & (id_state[1:] > id_state[:-1]))
+        later = (starts[1:] > starts[:-1]) | ((starts[1:] == starts[:-1]) & (ends[1:] >= ends[:-1]))
         if not bool(((code[1:] != code[:-1]) | later).all()):
-            order = np.lexsort((id_state, starts, code))
-            id_state, starts, ends, checks, failures = (
-                a[order] for a in (id_state, starts, ends, checks, failures)
+            order = np.lexsort((ends, starts, code))
+            code, starts, ends, checks, failures, states = (
+                a[order] for a in (code, starts, ends, checks, failures, states)
             )
             first_error = first_error[order]
-    states = id_state & 3
     return pd.DataFrame(
         {
             "server": _strings(code, names),
-            "state": _strings(states, np.array(["up", "down", "unknown"], dtype=object)),
+            "state": _strings(states, np.array(sorted(STATE_CODES, key=lambda k: STATE_CODES[k]))),
             "start": pd.to_datetime(starts, unit="us", utc=True),
             "end": pd.to_datetime(ends, unit="us", utc=True),
             "checks": checks,
@@ -1524,7 +1555,8 @@ def read_intervals_frame(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m reports.ingest import FILE --client SLUG [--interval S] [--store URL]``."""
+    """``python -m reports.ingest import FILE --client SLUG [--interval S] [--store URL]``
+    and ``python -m reports.ingest repack [--store URL]``."""
     from reports.store import open_store
 
     parser = argparse.ArgumentParser(
@@ -1543,7 +1575,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds between checks in the file; a silence over 3x is unknown (default 300)",
     )
     imp.add_argument("--store", default=None, help="history store URL (default: settings)")
+    rep = sub.add_parser(
+        "repack", help="fill check_intervals.packed in rows written by another tool"
+    )
+    rep.add_argument("--store", default=None, help="history store URL (default: settings)")
     args = parser.parse_args(argv)
+    if args.command == "repack":
+        with open_store(args.store) as store, store.engine.begin() as conn:
+            print(f"packed {repack(conn)} interval row(s)")
+        return 0
     with open_store(args.store) as store:
         try:
             result = import_file(

@@ -36,8 +36,8 @@ from pydantic import BaseModel, Field
 
 from blocks.change import ChangeRecord
 from blocks.inventory import ClientInventory
-from reports.compute import INTERVAL_COLUMNS, TOTAL_ROW, ReportTables, period_bounds
-from reports.ingest import Interval, read_intervals
+from reports.compute import TOTAL_ROW, ReportTables, period_bounds
+from reports.ingest import read_intervals_frame
 from reports.store import StoredWindow, open_store
 from tasks.records import artifact_key
 
@@ -48,7 +48,6 @@ __all__ = [
     "ReportInputs",
     "ReportPeriod",
     "complement_activity",
-    "intervals_frame",
     "publish_report_artifacts",
     "read_maintenance_runs",
     "read_report_inputs",
@@ -57,6 +56,7 @@ __all__ = [
     "summary_markdown",
     "uptime_rows",
     "windows_frame",
+    "with_time",
 ]
 
 #: The flow whose runs are maintenance activity.
@@ -126,27 +126,15 @@ def resolve_period(period: str | None, tz: tzinfo, now: datetime | None = None) 
 # ------------------------------------------------------------------------------ frames
 
 
-def intervals_frame(intervals: Sequence[Interval]) -> pd.DataFrame:
-    """The store's intervals as the frame :mod:`reports.compute` reads (UTC, aware).
+def with_time(intervals: pd.DataFrame) -> pd.DataFrame:
+    """The store's intervals as :mod:`reports.compute` reads them: zero-length ones left out.
 
-    Zero-length intervals are left out: the store holds one whenever the latest check
-    changed a server's state (or preceded a silence) and no later check has extended it
-    yet. It carries no time, so no number changes; the report's validation would refuse
-    it (``interval_start_before_end``), which must not stop a report made mid-outage.
+    The store holds a zero-length interval whenever the latest check changed a server's
+    state (or preceded a silence) and no later check has extended it yet. It carries no
+    time, so no number changes; the report's validation would refuse it
+    (``interval_start_before_end``), which must not stop a report made mid-outage.
     """
-    frame = pd.DataFrame(
-        [
-            (i.server, i.state, i.start, i.end, i.checks, i.failures, i.first_error)
-            for i in intervals
-            if i.end != i.start
-        ],
-        columns=list(INTERVAL_COLUMNS),
-    )
-    for column in ("start", "end"):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
-    for column in ("checks", "failures"):
-        frame[column] = frame[column].astype("int64")
-    return frame
+    return intervals.loc[intervals["end"] > intervals["start"]].reset_index(drop=True)
 
 
 def windows_frame(
@@ -235,7 +223,7 @@ def read_report_inputs(inventory: ClientInventory, start: datetime, end: datetim
     """
     slug = inventory.slug
     with open_store() as store:
-        intervals = read_intervals(store, slug, start=start, end=end)
+        intervals = read_intervals_frame(store, slug, start, end)
         stored = store.windows(slug, start, end)
         records = store.change_records(slug, since=start, until=end)
     declared = inventory.windows_between(start, end)
@@ -248,7 +236,7 @@ def read_report_inputs(inventory: ClientInventory, start: datetime, end: datetim
         len(records),
     )
     return ReportInputs(
-        intervals=intervals_frame(intervals),
+        intervals=with_time(intervals),
         windows=windows_frame(stored, declared),
         servers=servers_frame(inventory),
         change_records=records,

@@ -41,7 +41,7 @@ import pytest
 
 from blocks.change import Approval, ChangeRecord, ChangeWindow, Outcome, PackageChange
 from reports.render import find_chromium
-from reports.store import check_intervals, open_store
+from reports.store import check_intervals, open_store, pack_interval
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +97,7 @@ def insert_intervals(url: str, rows: list[tuple[str, str, str, str, int, int, st
                     "checks": checks,
                     "failures": failures,
                     "first_error": error,
+                    "packed": pack_interval(state, at(start), at(end), checks, failures),
                 }
                 for server, state, start, end, checks, failures, error in rows
             ],

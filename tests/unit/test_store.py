@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -25,6 +26,7 @@ from reports.ingest import (
     CheckSample,
     DailyMetrics,
     MetricSample,
+    bulk_import_intervals,
     ingest,
     read_daily_metrics,
     read_intervals,
@@ -32,14 +34,17 @@ from reports.ingest import (
     read_metrics,
     record_metrics,
 )
+from reports.ingest import main as ingest_main
 from reports.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     HistoryStore,
     LockHandle,
     change_records,
+    check_intervals,
     metadata,
     open_store,
+    pack_interval,
     run_locks,
     schema_version,
 )
@@ -709,6 +714,77 @@ class StoreContract:
             read_intervals(store, "acme", None, T0 + 10 * minute, T0 + 20 * minute)
         )
         assert len(empty) == 0 and list(empty.columns) == list(frame.columns)
+
+    def test_a_version_4_store_gets_packed_values_and_reads_the_same(self, store_url: str) -> None:
+        rows = [
+            interval_row("web1", "up", PRE_EPOCH, T0),
+            interval_row("web1", "down", T0, US_EDGE, error="refused"),
+            interval_row("web1", "unknown", US_EDGE, US_EDGE + timedelta(hours=1)),
+            interval_row("web2", "up", T0, T0),  # zero-length: kept, ordered by start, end
+            interval_row("web2", "unknown", T0, US_EDGE),
+        ]
+        with open_store(store_url, migrate_to=4) as old, old.engine.begin() as conn:
+            conn.execute(check_intervals.insert(), rows)  # no "packed" key: not in the INSERT
+
+        with open_store(store_url) as new:
+            assert_packed_matches_rows(new)
+            frame = read_intervals_frame(new, "acme")
+            assert list(frame.itertuples(index=False, name=None)) == [
+                (r["server"], r["state"], r["start"], r["end"], 1, r["failures"], r["first_error"])
+                for r in rows
+            ]
+
+    def test_every_write_keeps_the_packed_value_in_step_with_its_row(
+        self, store: HistoryStore
+    ) -> None:
+        minute = timedelta(minutes=1)
+        # Extends the open row, closes it, opens new ones, and records a silence.
+        ingest(
+            store, "acme", [CheckSample("web1", T0 + i * minute, ok=i % 4 != 1) for i in range(6)]
+        )
+        ingest(store, "acme", [CheckSample("web1", T0 + timedelta(hours=2), ok=False, error="x")])
+        bulk_import_intervals(
+            store,
+            "acme",
+            pd.DataFrame(
+                {
+                    "server": ["web9", "web9"],
+                    "state": ["down", "up"],
+                    "start": pd.to_datetime([T0, T0 + minute], utc=True),
+                    "end": pd.to_datetime([T0 + minute, T0 + 2 * minute], utc=True),
+                    "checks": [2, 1],
+                    "failures": [2, 0],
+                    "first_error": ["refused", None],
+                }
+            ),
+        )
+
+        assert_packed_matches_rows(store)
+
+    def test_rows_without_a_packed_value_are_named_and_repack_fills_them(
+        self, store: HistoryStore, store_url: str
+    ) -> None:
+        ingest(store, "acme", [CheckSample("web1", T0, ok=True)])
+        with store.engine.begin() as conn:  # as a tool that knows nothing of "packed"
+            conn.execute(check_intervals.insert().values(interval_row("web2", "up", T0, US_EDGE)))
+
+        with pytest.raises(ConfigError, match=r"acme/web2 have no packed value.*repack"):
+            read_intervals_frame(store, "acme")
+        assert ingest_main(["repack", "--store", store_url]) == 0
+
+        assert_packed_matches_rows(store)
+        assert list(read_intervals_frame(store, "acme")["server"]) == ["web1", "web2"]
+
+
+def assert_packed_matches_rows(store: HistoryStore) -> None:
+    """Every ``check_intervals`` row's ``packed`` value is its columns, packed."""
+    t = check_intervals
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(t).order_by(t.c.id)).all()
+    assert rows
+    for row in rows:
+        expected = pack_interval(row.state, row.start, row.end, row.checks, row.failures)
+        assert bytes(row.packed) == expected, row
 
 
 class TestSqliteStore(StoreContract):
