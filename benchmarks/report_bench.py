@@ -16,10 +16,12 @@ Steps, per data set from ``benchmarks/report_data.py``:
   in each engine (in ``<cache>/bench-venv``, benchmark-only dependencies).
 
     .venv/bin/python benchmarks/report_bench.py [--set small|26m|263m ...] [--steps ...]
-        [--max-mib MIB] [--timeout S]
+        [--max-mib MIB] [--timeout S] [--repeat N]
 
 ``--max-mib`` / ``--timeout`` stop a step whose resident memory (sampled every 50 ms)
-passes the bound or that runs longer; the figure is then where it was stopped.
+passes the bound or that runs longer; the figure is then where it was stopped. ``--repeat``
+runs each step but ``import`` N times, each in a fresh process, and prints the median and
+the range (this VM's timings drift by a third from one run to the next).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -255,17 +258,42 @@ def main() -> None:
         "--max-mib", type=float, help="stop a step whose resident memory passes this"
     )
     parser.add_argument("--timeout", type=float, help="stop a step running longer (seconds)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each step but import N times (a fresh process each): the median, the range",
+    )
     args = parser.parse_args()
     print(f"{'set':6} {'step':8} {'seconds':>8} {'peak MiB':>9}  note")
     for name in args.sets or ["26m"]:
         if "import" in args.steps:
             (data_dir() / f"store-{name}.db").unlink(missing_ok=True)
         for step in args.steps.split(","):
-            r = run_step(step, name, args.max_mib, args.timeout)
+            runs = [
+                run_step(step, name, args.max_mib, args.timeout)
+                for _ in range(1 if step == "import" else max(1, args.repeat))
+            ]
+            r = repeated(runs)
             print(
                 f"{name:6} {step:8} {r['seconds']:8.2f} {r['peak_mib']:9.0f}  {r['note']}",
                 flush=True,
             )
+
+
+def repeated(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure for several runs of a step: the median time (the run it came from gives
+    the note), the largest peak, and the range of times."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda r: float(r["seconds"]))
+    middle = dict(ordered[len(ordered) // 2])
+    times = [float(r["seconds"]) for r in ordered]
+    middle["peak_mib"] = max(float(r["peak_mib"]) for r in runs)
+    middle["note"] = (
+        f"median of {len(runs)} runs ({times[0]:.2f}-{times[-1]:.2f} s); {middle['note']}"
+    )
+    return middle
 
 
 if __name__ == "__main__":

@@ -651,6 +651,19 @@ def _timeline(
     same = code[1:] == code[:-1]
     if (same & (s[1:] < e[:-1])).any():
         raise ReportInputError("interval_no_overlap", "intervals of one server overlap")
+    # Touching rows of one server in the same state, outside any outage (an up row, a blip
+    # turned up, the up row after it), are one row: no sum changes, and every later step
+    # has about a quarter of the rows (182 blips a server-year in the benchmark).
+    quiet = outage < 0
+    joins = np.r_[
+        False, same & quiet[1:] & quiet[:-1] & (state[1:] == state[:-1]) & (s[1:] == e[:-1])
+    ]
+    if joins.any():
+        heads = np.flatnonzero(~joins)
+        e = e[np.r_[heads[1:], len(s)] - 1]
+        code, state, s, outage, first_error = (
+            a[heads] for a in (code, state, s, outage, first_error)
+        )
 
     pos = pd.Index(names).get_indexer(uniques).astype(np.int64)[code]
     if len(pos) > 1 and not bool((pos[1:] >= pos[:-1]).all()):

@@ -553,3 +553,96 @@ def test_vectorised_split_and_confirmation_match_plain_loops_on_random_histories
     assert got_pieces == reference_split(outages, wins)
     durations = (pieces["end"] - pieces["start"]).dt.total_seconds().tolist()
     assert pieces["duration_s"].tolist() == durations
+
+
+def reference_tables(
+    h: pd.DataFrame,
+    wins: pd.DataFrame,
+    servers: pd.DataFrame,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    confirm_after: int,
+) -> tuple[dict[str, dict[str, float]], dict[tuple[str, date], dict[str, float]]]:
+    """Per server and per (server, London day): seconds by kind and the outage figures,
+    walking the period minute by minute (every time in these histories is on that grid)."""
+    minute = pd.Timedelta(minutes=1)
+
+    def minutes(a: pd.Timestamp, b: pd.Timestamp) -> range:
+        return range(int((a - start) / minute), int((b - start) / minute))
+
+    origin = start.to_pydatetime()
+    rows = reference_confirm(h, confirm_after)
+    per_server: dict[str, dict[str, float]] = {}
+    per_day: dict[tuple[str, date], dict[str, float]] = {}
+    for server, added in zip(servers["server"], servers["added_at"], strict=True):
+        # Minute (from the period start) -> the row covering it, and the planned minutes.
+        row_at = {m: i for i, r in enumerate(rows) if r[0] == server for m in minutes(r[2], r[3])}
+        planned = {
+            m
+            for w in wins.itertuples(index=False)
+            if pd.isna(w.server) or w.server == server
+            for m in minutes(w.start, w.end)
+        }
+        sums = dict.fromkeys(("up_s", "unplanned_down_s", "maintenance_s", "unknown_s"), 0.0)
+        unplanned_by_outage: dict[int, float] = {}
+        first = start if pd.isna(added) else max(start, added)
+        for m in minutes(first, end):
+            row = row_at.get(m)
+            state = "unknown" if row is None else rows[row][1]
+            if state == "unknown":
+                kind = "unknown_s"
+            elif m in planned:
+                kind = "maintenance_s"
+            elif state == "down":
+                kind = "unplanned_down_s"
+                assert row is not None
+                unplanned_by_outage[row] = unplanned_by_outage.get(row, 0.0) + 60.0
+            else:
+                kind = "up_s"
+            sums[kind] += 60.0
+            local_day = (origin + timedelta(minutes=m)).astimezone(LONDON).date()
+            day = per_day.setdefault((server, local_day), dict.fromkeys(sums, 0.0))
+            day[kind] += 60.0
+        per_server[server] = {
+            **sums,
+            "incidents": float(len(unplanned_by_outage)),
+            "longest_outage_s": max(unplanned_by_outage.values(), default=0.0),
+        }
+    return per_server, per_day
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_report_tables_match_a_slot_by_slot_reference_on_random_histories(seed: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1000 + seed)
+    names = ("web1", "web2", "db1")
+    h = random_history(rng, names)
+    wins = random_windows(rng, names)
+    confirm_after = int(rng.integers(1, 4))
+    start = at(1) + pd.Timedelta(minutes=5 * int(rng.integers(0, 60)))
+    end = start + pd.Timedelta(minutes=5 * int(rng.integers(1, 500)))
+    added = {names[1]: start + pd.Timedelta(minutes=5 * int(rng.integers(0, 100)))}
+    servers = fleet(*names, added=added if rng.random() < 0.5 else None)
+
+    tables = compute_report(h, wins, servers, start, end, LONDON, confirm_after=confirm_after)
+    per_server, per_day = reference_tables(h, wins, servers, start, end, confirm_after)
+
+    for row in tables.uptime.itertuples(index=False):
+        want = per_server[row.server]
+        assert row.observed_s == want["up_s"] + want["unplanned_down_s"] + want["maintenance_s"]
+        assert (row.maintenance_s, row.unplanned_down_s, row.unknown_s) == (
+            want["maintenance_s"],
+            want["unplanned_down_s"],
+            want["unknown_s"],
+        ), row.server
+        assert (row.incidents, row.longest_outage_s) == (
+            want["incidents"],
+            want["longest_outage_s"],
+        ), row.server
+    zero = dict.fromkeys(("up_s", "unplanned_down_s", "maintenance_s", "unknown_s"), 0.0)
+    for row in tables.daily.itertuples(index=False):
+        want = per_day.get((row.server, row.day), zero)
+        got = (row.up_s, row.unplanned_down_s, row.maintenance_s, row.unknown_s)
+        assert got == tuple(want.values()), (row.server, row.day)
+    assert set(per_day) <= {(r.server, r.day) for r in tables.daily.itertuples(index=False)}
