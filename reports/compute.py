@@ -458,30 +458,13 @@ def _overlap(
     return out
 
 
-def split_planned(outages: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
-    """Split outages at maintenance-window edges into planned and unplanned pieces.
-
-    The rule: a piece of an outage inside a window (the server's own or a client-wide one)
-    is planned; a piece outside is unplanned. An outage that starts before a window and
-    runs into it gives an unplanned piece up to the window's start and a planned piece
-    after it; one that outlasts a window gives a planned piece and an unplanned one from
-    the window's end. Overlapping windows are merged first.
-
-    Args:
-        outages: rows with ``server``, ``start``, ``end`` (other columns are carried along).
-        windows: ``server`` (NA for all servers), ``start``, ``end``.
-
-    Returns:
-        One row per piece, in time order per outage, with ``planned`` (bool) and
-        ``duration_s`` added; ``start``/``end`` are the piece's bounds.
-    """
-    _require(outages, ("server", "start", "end"), "outages")
-    server = outages["server"].astype(str).to_numpy(dtype=object)
-    codes, uniques = pd.factorize(server)
-    spans = _merged_windows(windows, [str(n) for n in uniques])
-    code = codes.astype(np.int64)
-    s = _ns_array(outages["start"], "outages.start")
-    e = _ns_array(outages["end"], "outages.end")
+def _split(
+    code: npt.NDArray[np.int64], s: npt.NDArray[np.int64], e: npt.NDArray[np.int64], spans: _Spans
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]
+]:
+    """:func:`split_planned` on arrays: each piece's row, start, end and whether it is
+    planned, in row order then time order (``code`` indexes ``spans.names``)."""
     n = len(s)
     if len(spans):
         # Windows overlapping [s, e): from the first ending after s to the last starting
@@ -512,6 +495,33 @@ def split_planned(outages: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
     # A planned piece is always kept (as the loop did); an empty unplanned gap is not.
     keep = is_window | (piece_e > piece_s)
     row, piece_s, piece_e, is_window = row[keep], piece_s[keep], piece_e[keep], is_window[keep]
+    return row, piece_s, piece_e, is_window.astype(bool)
+
+
+def split_planned(outages: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """Split outages at maintenance-window edges into planned and unplanned pieces.
+
+    The rule: a piece of an outage inside a window (the server's own or a client-wide one)
+    is planned; a piece outside is unplanned. An outage that starts before a window and
+    runs into it gives an unplanned piece up to the window's start and a planned piece
+    after it; one that outlasts a window gives a planned piece and an unplanned one from
+    the window's end. Overlapping windows are merged first.
+
+    Args:
+        outages: rows with ``server``, ``start``, ``end`` (other columns are carried along).
+        windows: ``server`` (NA for all servers), ``start``, ``end``.
+
+    Returns:
+        One row per piece, in time order per outage, with ``planned`` (bool) and
+        ``duration_s`` added; ``start``/``end`` are the piece's bounds.
+    """
+    _require(outages, ("server", "start", "end"), "outages")
+    server = outages["server"].astype(str).to_numpy(dtype=object)
+    codes, uniques = pd.factorize(server)
+    spans = _merged_windows(windows, [str(n) for n in uniques])
+    s = _ns_array(outages["start"], "outages.start")
+    e = _ns_array(outages["end"], "outages.end")
+    row, piece_s, piece_e, is_window = _split(codes.astype(np.int64), s, e, spans)
     out = outages.take(row).reset_index(drop=True)
     out["start"] = _utc(piece_s)
     out["end"] = _utc(piece_e)
@@ -799,34 +809,79 @@ def _pct(up: pd.Series, down: pd.Series) -> pd.Series:
 # ------------------------------------------------------------------------------- tables
 
 
-def _incidents(parts: _Parts) -> pd.DataFrame:
+@dataclass(frozen=True)
+class _Pieces:
+    """The confirmed outages in the period, split at window edges, as arrays in the order
+    of incidents.csv (start, then server name). ``pos`` indexes ``servers``."""
+
+    pos: npt.NDArray[np.int64]
+    s: npt.NDArray[np.int64]
+    e: npt.NDArray[np.int64]
+    planned: npt.NDArray[np.bool_]
+    outage_id: npt.NDArray[np.int64]
+    first_error: npt.NDArray[Any]
+    began_before_period: npt.NDArray[np.bool_]
+    ongoing_at_end: npt.NDArray[np.bool_]
+
+
+def _pieces(parts: _Parts) -> _Pieces:
     t = parts.timeline
     rows = np.flatnonzero(t.outage_id >= 0)
-    s, e = t.s[rows], t.e[rows]
+    row, s, e, planned = _split(t.pos[rows], t.s[rows], t.e[rows], parts.spans)
+    rows = rows[row]
+    pos = t.pos[rows]
+    # By start, then server name (stable: one server's pieces keep their time order).
+    rank = np.argsort(np.argsort(parts.names, kind="stable"), kind="stable")
+    order = np.lexsort((rank[pos], s))
+    rows = rows[order]
+    return _Pieces(
+        pos=pos[order],
+        s=s[order],
+        e=e[order],
+        planned=planned[order],
+        outage_id=t.outage_id[rows],
+        first_error=t.first_error[rows],
+        began_before_period=t.orig_s[rows] < t.s[rows],
+        ongoing_at_end=t.orig_e[rows] > t.e[rows],
+    )
+
+
+def _incidents(parts: _Parts, pieces: _Pieces | None = None) -> pd.DataFrame:
+    p = pieces if pieces is not None else _pieces(parts)
     frame = pd.DataFrame(
         {
-            "server": parts.names[t.pos[rows]],
-            "start": _utc(s),
-            "end": _utc(e),
-            "first_error": t.first_error[rows],
-            "outage_id": t.outage_id[rows],
-            "began_before_period": t.orig_s[rows] < s,
-            "ongoing_at_end": t.orig_e[rows] > e,
+            "start": _utc(p.s),
+            "end": _utc(p.e),
+            "duration_s": (p.e - p.s) / _NS,
+            "server": pd.Series(parts.names[p.pos], dtype=object),
+            "planned": p.planned,
+            "first_error": pd.Series(p.first_error, dtype=object),
+            "outage_id": p.outage_id,
+            "began_before_period": p.began_before_period,
+            "ongoing_at_end": p.ongoing_at_end,
         }
     )
-    pieces = split_planned(frame, _spans_frame(parts.spans))
-    pieces = pieces.sort_values(["start", "server"], kind="stable").reset_index(drop=True)
-    pieces["outage_id"] = pieces["outage_id"].astype("int64")
-    return pieces[list(INCIDENT_COLUMNS)]
+    return frame[list(INCIDENT_COLUMNS)]
 
 
-def _spans_frame(spans: _Spans) -> pd.DataFrame:
-    names = spans.names.to_numpy(dtype=object)[spans.code]
-    return pd.DataFrame({"server": names, "start": _utc(spans.a), "end": _utc(spans.b)})
+def _outage_figures(
+    pieces: _Pieces, n_servers: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Per server: outages with unplanned time, and the longest such time of one outage."""
+    unplanned = ~pieces.planned
+    ids, outage = np.unique(pieces.outage_id[unplanned], return_inverse=True)
+    seconds = (pieces.e - pieces.s)[unplanned] / _NS
+    per_outage = np.bincount(outage, weights=seconds, minlength=len(ids))
+    owner = np.zeros(len(ids), dtype=np.int64)
+    owner[outage] = pieces.pos[unplanned]
+    count = np.bincount(owner, minlength=n_servers).astype(np.int64)
+    longest = np.zeros(n_servers, dtype=np.float64)
+    np.maximum.at(longest, owner, per_outage)
+    return count, longest
 
 
 def _uptime(
-    parts: _Parts, incidents: pd.DataFrame, ns: npt.NDArray[np.int64] | None = None
+    parts: _Parts, pieces: _Pieces, ns: npt.NDArray[np.int64] | None = None
 ) -> pd.DataFrame:
     """``ns``: the servers' nanoseconds by kind when the caller has them (the daily sums
     added up over days: the same exact integers)."""
@@ -835,20 +890,17 @@ def _uptime(
     if ns is None:
         ns = _sum_sorted(t.pos, _classify(t.pos, t.state, t.s, t.e, parts.spans), len(names))
     sums = pd.DataFrame(ns / _NS, index=names, columns=list(_KINDS))
-    unplanned = incidents.loc[~incidents["planned"]]
-    per_outage = unplanned.groupby(["server", "outage_id"])["duration_s"].sum()
-    count = per_outage.groupby(level="server").size().reindex(names, fill_value=0)
-    longest = per_outage.groupby(level="server").max().reindex(names, fill_value=0.0)
+    count, longest = _outage_figures(pieces, len(names))
     out = pd.DataFrame(index=names)
     out["observed_s"] = sums["up_s"] + sums["unplanned_down_s"] + sums["maintenance_s"]
     out["maintenance_s"] = sums["maintenance_s"]
     out["unplanned_down_s"] = sums["unplanned_down_s"]
     out["unknown_s"] = sums["unknown_s"]
     out["uptime_pct"] = _pct(sums["up_s"], sums["unplanned_down_s"])
-    out["incidents"] = count.astype("int64")
+    out["incidents"] = count
     with np.errstate(invalid="ignore", divide="ignore"):
         out["mttr_s"] = (out["unplanned_down_s"] / out["incidents"]).where(out["incidents"] > 0)
-    out["longest_outage_s"] = longest.astype("float64")
+    out["longest_outage_s"] = longest
     if "sla_target_pct" in parts.servers.columns:
         target = pd.to_numeric(parts.servers["sla_target_pct"]).to_numpy(dtype="float64")
     else:
@@ -883,7 +935,7 @@ def uptime_table(
     unplanned time of one outage. ``sla_met`` is NA when uptime or target is unknown.
     """
     parts = _parts(intervals, windows, servers, start, end, confirm_after)
-    return _uptime(parts, _incidents(parts))
+    return _uptime(parts, _pieces(parts))
 
 
 def incidents_table(
@@ -1098,15 +1150,15 @@ def compute_report(
     """
     parts = _parts(intervals, windows, servers, start, end, confirm_after)
     daily_ns = _daily_ns(parts, tz)
-    incidents = _incidents(parts)
+    pieces = _pieces(parts)
     # Per-server sums are the daily sums added up (exact integers): one classification.
-    uptime = _uptime(parts, incidents, daily_ns[1].sum(axis=1))
+    uptime = _uptime(parts, pieces, daily_ns[1].sum(axis=1))
     total = client_uptime(uptime, client_sla_target_pct)
     return ReportTables(
         uptime=uptime,
         total=total,
         sla=sla_table(pd.concat([uptime, total], ignore_index=True)),
-        incidents=incidents,
+        incidents=_incidents(parts, pieces),
         daily=_daily(parts, tz, daily_ns),
         activity=activity_table(change_records),
     )
