@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 import numpy as np
@@ -630,6 +630,20 @@ def _confirmed(
     return code, state, s, e, outage_id, first_error
 
 
+def _server_codes(column: pd.Series) -> tuple[npt.NDArray[np.int64], pd.Index]:
+    """Each row's server as its rank in name order, and the names: once, columnar (no
+    string per row after this). A categorical column (the store's read) is not turned
+    into strings: its codes are renumbered in name order."""
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(str)
+    code, uniques = pd.factorize(column, sort=True)
+    names = pd.Index([str(u) for u in uniques], dtype=object)
+    rank = np.argsort(np.argsort(names.to_numpy(), kind="stable"), kind="stable")
+    if (rank != np.arange(len(rank))).any():
+        code, names = rank[code], names[np.argsort(rank)]
+    return code.astype(np.int64), names
+
+
 def _timeline(
     intervals: pd.DataFrame,
     servers: pd.DataFrame,
@@ -642,8 +656,7 @@ def _timeline(
     if _ns(start) >= _ns(end):
         raise ValueError("the period must end after it starts")
     names, scope_s, scope_e = _scopes(servers, start, end)
-    # Servers as codes once (factorize is columnar); no string per row after this.
-    code, uniques = pd.factorize(intervals["server"].astype(str), sort=True)
+    code, uniques = _server_codes(intervals["server"])
     unknown_servers = sorted(set(uniques.tolist()) - set(names))
     if unknown_servers:
         raise ReportInputError(
@@ -653,9 +666,7 @@ def _timeline(
         raise ReportInputError("columns_present", "intervals lacks columns: failures")
     if confirm_after < 1:
         raise ValueError("confirm_after must be at least 1")
-    code, state, s, e, outage, first_error = _confirmed(
-        intervals, code.astype(np.int64), confirm_after
-    )
+    code, state, s, e, outage, first_error = _confirmed(intervals, code, confirm_after)
     if (e <= s).any():
         raise ReportInputError("interval_start_before_end", "an interval does not end after start")
     same = code[1:] == code[:-1]
@@ -764,38 +775,37 @@ def _parts(
 _KINDS = ("up_s", "unplanned_down_s", "maintenance_s", "unknown_s")
 
 
-def _classify(
+def _sums_by_kind(
+    key: npt.NDArray[np.int64],
+    size: int,
     code: npt.NDArray[np.int64],
     state: npt.NDArray[np.int8],
     s: npt.NDArray[np.int64],
     e: npt.NDArray[np.int64],
     spans: _Spans,
 ) -> npt.NDArray[np.int64]:
-    """Nanoseconds of up, unplanned down, maintenance and unknown (:data:`_KINDS`) per row.
+    """Nanoseconds of up, unplanned down, maintenance and unknown (:data:`_KINDS`) of the
+    rows ``[s, e)`` of server ``code``, summed per ``key`` in ``range(size)``.
 
-    Returns an ``(n, 4)`` int64 array: sums stay exact, seconds come at the end.
+    Returns a ``(size, 4)`` int64 array. The sums are exact: ``bincount`` adds float64,
+    which holds every integer below 2**53 ns (104 days), and a key here is one server's
+    local day (per-server totals add the days up in int64).
     """
     duration = e - s
     planned = _overlap(code, s, e, spans)
     unknown = state == _UNKNOWN
     down = state == _DOWN
-    known_outside = np.where(unknown, 0, duration - planned)
-    out = np.zeros((len(s), 4), dtype=np.int64)
-    out[:, 0] = np.where(down, 0, known_outside)
-    out[:, 1] = np.where(down, known_outside, 0)
-    out[:, 2] = np.where(unknown, 0, planned)
-    out[:, 3] = np.where(unknown, duration, 0)
-    return out
-
-
-def _sum_sorted(
-    key: npt.NDArray[np.int64], values: npt.NDArray[np.int64], size: int
-) -> npt.NDArray[np.int64]:
-    """Exact int64 sums per key in ``range(size)`` of rows with non-decreasing keys."""
-    out = np.zeros((size, values.shape[1]), dtype=np.int64)
-    if len(key):
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        out[key[starts]] = np.add.reduceat(values, starts, axis=0)
+    outside = (duration - planned).astype(np.float64)
+    out = np.empty((size, 4), dtype=np.int64)
+    for k, weights in enumerate(
+        (
+            np.where(down | unknown, 0.0, outside),
+            np.where(down, outside, 0.0),
+            np.where(unknown, 0.0, planned.astype(np.float64)),
+            np.where(unknown, duration.astype(np.float64), 0.0),
+        )
+    ):
+        out[:, k] = np.bincount(key, weights=weights, minlength=size).astype(np.int64)
     return out
 
 
@@ -885,10 +895,9 @@ def _uptime(
 ) -> pd.DataFrame:
     """``ns``: the servers' nanoseconds by kind when the caller has them (the daily sums
     added up over days: the same exact integers)."""
-    t = parts.timeline
     names = parts.servers["server"].astype(str)
     if ns is None:
-        ns = _sum_sorted(t.pos, _classify(t.pos, t.state, t.s, t.e, parts.spans), len(names))
+        ns = _daily_ns(parts, UTC)[1].sum(axis=1)
     sums = pd.DataFrame(ns / _NS, index=names, columns=list(_KINDS))
     count, longest = _outage_figures(pieces, len(names))
     out = pd.DataFrame(index=names)
@@ -967,10 +976,10 @@ def _daily_ns(parts: _Parts, tz: tzinfo) -> tuple[list[date], npt.NDArray[np.int
     ps = np.maximum(s[rep], bounds[day])
     pe = np.minimum(e[rep], bounds[day + 1])
     pos = t.pos[rep]
-    ns = _classify(pos, t.state[rep], ps, pe, parts.spans)
     n_servers, n_days = len(parts.servers), len(days)
-    # Rows are sorted by server then time, so (server, day) keys never decrease.
-    sums = _sum_sorted(pos * n_days + day, ns, n_servers * n_days)
+    sums = _sums_by_kind(
+        pos * n_days + day, n_servers * n_days, pos, t.state[rep], ps, pe, parts.spans
+    )
     return days, sums.reshape(n_servers, n_days, len(_KINDS))
 
 

@@ -1440,26 +1440,15 @@ def bulk_import_parquet(
     return bulk_import_intervals(store, client, parquet_to_intervals(path, max_gap))
 
 
-def _strings(codes: Any, values: Any) -> Any:
-    """``values[codes]`` as a pandas string column, decoded by Arrow (no str per row)."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-
-    decoded = pa.DictionaryArray.from_arrays(
-        pa.array(codes, pa.int32()), pa.array(list(values), pa.large_string())
-    ).cast(pa.large_string())
-    return pd.array(decoded, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
-
-
 def read_intervals_frame(
     store: HistoryStore, client: str, start: datetime | None = None, end: datetime | None = None
 ) -> Any:
     """A client's intervals overlapping ``[start, end]`` as a pandas frame, by server
     (code-point order), start and end: the report's input.
 
-    Columns: ``server``, ``state`` (str), ``start``, ``end`` (``datetime64[us, UTC]``),
-    ``checks``, ``failures`` (int64), ``first_error`` (object, None when no check failed).
+    Columns: ``server``, ``state`` (categorical of str), ``start``, ``end``
+    (``datetime64[us, UTC]``), ``checks``, ``failures`` (int64), ``first_error`` (object,
+    None when no check failed).
 
     One query, answered on SQLite from the index ``ix_check_intervals_timeline`` alone: it
     holds each row's ``packed`` numbers, and the database concatenates them into one byte
@@ -1541,10 +1530,14 @@ def read_intervals_frame(
                 a[order] for a in (code, starts, ends, checks, failures, states)
             )
             first_error = first_error[order]
+    # Categoricals: a code per row and the names once (no string per row to make, filter
+    # or compare).
     return pd.DataFrame(
         {
-            "server": _strings(code, names),
-            "state": _strings(states, np.array(sorted(STATE_CODES, key=lambda k: STATE_CODES[k]))),
+            "server": pd.Categorical.from_codes(code, categories=names),
+            "state": pd.Categorical.from_codes(
+                states, categories=sorted(STATE_CODES, key=lambda k: STATE_CODES[k])
+            ),
             "start": pd.to_datetime(starts, unit="us", utc=True),
             "end": pd.to_datetime(ends, unit="us", utc=True),
             "checks": checks,
