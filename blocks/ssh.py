@@ -13,6 +13,7 @@ touches ``~/.ssh``.
 
 from __future__ import annotations
 
+import functools
 import io
 
 import paramiko
@@ -145,25 +146,14 @@ class SshIdentity(Block):
         Raises:
             ConfigError: A line is malformed (names the line number).
         """
-        entries: list[HostKeyEntry] = []
-        for lineno, raw in enumerate(self.known_hosts.splitlines(), 1):
-            line = raw.strip()
-            if not line or line.startswith(("#", "@")):
-                continue
-            if len(line.split()) < 3:
-                raise ConfigError(
-                    f"SSH identity {self._label()}: known_hosts line {lineno} is malformed "
-                    "(expected '<hosts> <key type> <base64 key>')"
-                )
-            try:
-                entry = HostKeyEntry.from_line(" ".join(line.split()), lineno)
-            except (InvalidHostKey, paramiko.SSHException, ValueError) as exc:
-                raise ConfigError(
-                    f"SSH identity {self._label()}: known_hosts line {lineno} has an unreadable key"
-                ) from exc
-            if entry is not None:
-                entries.append(entry)
-        return entries
+        try:
+            return list(_parse_known_hosts(self.known_hosts))
+        except _KnownHostsLineError as exc:
+            what = "is malformed (expected '<hosts> <key type> <base64 key>')"
+            raise ConfigError(
+                f"SSH identity {self._label()}: known_hosts line {exc.lineno} "
+                + (what if exc.malformed else "has an unreadable key")
+            ) from exc.__cause__
 
     def secrets(self) -> list[str]:
         """The secret strings that must never leave the layer (for ``redact``).
@@ -186,3 +176,31 @@ class SshIdentity(Block):
     def _label(self) -> str:
         name = getattr(self, "_block_document_name", None)
         return repr(name) if name else "(unsaved)"
+
+
+class _KnownHostsLineError(Exception):
+    def __init__(self, lineno: int, *, malformed: bool) -> None:
+        super().__init__(lineno)
+        self.lineno = lineno
+        self.malformed = malformed
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_known_hosts(text: str) -> tuple[HostKeyEntry, ...]:
+    """The usable entries of a known_hosts text, parsed once per text: every connection
+    of a run verifies against the same block, and parsing a fleet's file for each of its
+    connections grew with the square of the fleet. (Errors are not cached: they raise.)"""
+    entries: list[HostKeyEntry] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "@")):
+            continue
+        if len(line.split()) < 3:
+            raise _KnownHostsLineError(lineno, malformed=True)
+        try:
+            entry = HostKeyEntry.from_line(" ".join(line.split()), lineno)
+        except (InvalidHostKey, paramiko.SSHException, ValueError) as exc:
+            raise _KnownHostsLineError(lineno, malformed=False) from exc
+        if entry is not None:
+            entries.append(entry)
+    return tuple(entries)

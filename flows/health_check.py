@@ -44,7 +44,6 @@ from tasks.checks import (
     ServerCheck,
     batch_workers,
     check_servers,
-    collect_metrics,
     health_batches,
     summarize_checks,
 )
@@ -56,7 +55,6 @@ __all__ = [
     "METRIC_FACTS",
     "HealthCheckSummary",
     "ServerHealth",
-    "collect_metrics",
     "emit_state_change",
     "health_check",
     "server_resource_id",

@@ -385,27 +385,13 @@ def summarize_checks(results: Sequence[CheckResult]) -> tuple[bool, list[str]]:
     return not failures, failures
 
 
-@task(
-    name="collect-metrics",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=2,
-    task_run_name="collect-metrics-{host.name}",
-)
-def collect_metrics(host: RemoteHost) -> HostFacts:
-    """Read load, memory and disk usage over SSH (read-only, so retried once).
-
-    Args:
-        host: the server's open session.
+def host_metrics(host: RemoteHost) -> HostFacts:
+    """Load, memory and disk usage over SSH (read-only), as a plain function: the
+    health-check batches call it beside the checks, on the same session.
 
     Returns:
         Facts with ``load``, ``memory`` and ``disks`` set (or named in ``errors``).
     """
-    return host_metrics(host)
-
-
-def host_metrics(host: RemoteHost) -> HostFacts:
-    """The metrics of ``collect_metrics``, as a plain function (no task, no retry)."""
     result = host.run(build_facts_script(METRIC_FACTS), timeout=_METRICS_TIMEOUT_S)
     return parse_facts(split_facts_output(result.stdout))
 

@@ -555,7 +555,7 @@ class SshRemoteHost:
             if jump is not None and jump_pkey is not None:
                 jump_user = jump.user or self._jump_identity.username
                 stage = f"jump host ssh {jump_user}@{jump.address}:{jump.port}"
-                jump_client = self._new_client(self._jump_identity)
+                jump_client = self._new_client(self._jump_identity, jump.address, jump.port)
                 self._dial(jump_client, jump.address, jump.port, jump_user, jump_pkey, None)
                 jump_transport = jump_client.get_transport()
                 assert jump_transport is not None
@@ -567,7 +567,7 @@ class SshRemoteHost:
                     timeout=self.connect_timeout,
                 )
             stage = f"ssh {self.user}@{target.address}:{target.port}"
-            client = self._new_client(self._identity)
+            client = self._new_client(self._identity, target.address, target.port)
             self._dial(client, target.address, target.port, self.user, pkey, sock)
             transport = client.get_transport()
             assert transport is not None
@@ -607,13 +607,18 @@ class SshRemoteHost:
         )
 
     @staticmethod
-    def _new_client(identity: SshIdentity) -> paramiko.SSHClient:
+    def _new_client(identity: SshIdentity, address: str, port: int) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         # Only the block's known_hosts; load_system_host_keys is deliberately never called.
+        # Only the entries that can match this host (its name as paramiko looks it up, or
+        # a hashed name): HostKeys.add scans every entry, so adding a fleet's whole file
+        # for each connection grew with the cube of the fleet.
+        lookup = address if port == 22 else f"[{address}]:{port}"
         keys = client.get_host_keys()
         for entry in identity.host_key_entries():
             for hostname in entry.hostnames:
-                keys.add(hostname, entry.key.get_name(), entry.key)
+                if hostname == lookup or hostname.startswith("|1|"):
+                    keys.add(hostname, entry.key.get_name(), entry.key)
         client.set_missing_host_key_policy(_RejectUnknownHostKeys())
         return client
 

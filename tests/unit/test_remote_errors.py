@@ -428,6 +428,29 @@ def test_known_hosts_accepts_plain_hashed_and_port_entries_and_skips_markers() -
     assert [e.hostnames for e in entries] == [["10.0.0.5", "web1"], ["[10.0.0.6]:2222"], [hashed]]
 
 
+def test_a_connection_trusts_only_the_entries_that_can_name_its_host() -> None:
+    b64, name = _KEY_A.get_base64(), _KEY_A.get_name()
+    hashed = paramiko.HostKeys.hash_host("10.0.0.7")
+    fleet = "\n".join(f"10.0.1.{i} {name} {b64}" for i in range(200))
+    others = [
+        f"10.0.0.5,web1 {name} {b64}",
+        f"[10.0.0.6]:2222 {name} {b64}",
+        f"{hashed} {name} {b64}",
+    ]
+    text = "\n".join([fleet, *others]) + "\n"
+    identity = SshIdentity(private_key="x", known_hosts=text)
+
+    def trusted(address: str, port: int) -> list[list[str]]:
+        client = SshRemoteHost._new_client(identity, address, port)
+        return [e.hostnames for e in client.get_host_keys()._entries]
+
+    assert trusted("10.0.0.5", 22) == [["10.0.0.5"], [hashed]]
+    assert trusted("10.0.0.6", 2222) == [["[10.0.0.6]:2222"], [hashed]]
+    assert trusted("10.0.0.6", 22) == [[hashed]]  # another port is another host to ssh
+    # Parsed once per known_hosts text, whatever the number of connections.
+    assert identity.host_key_entries()[0].key is identity.host_key_entries()[0].key
+
+
 @pytest.mark.parametrize("line", ["10.0.0.5 ssh-ed25519", "10.0.0.5 ssh-ed25519 !!!notbase64"])
 def test_a_malformed_known_hosts_line_is_a_config_error(line: str) -> None:
     with pytest.raises(ConfigError, match="line 2"):
