@@ -45,6 +45,7 @@ __all__ = [
     "DNF_NEEDS_RESTARTING",
     "FACTS",
     "FAILED_SERVICES",
+    "FIREWALL",
     "KERNEL_RELEASE",
     "LISTENING_PORTS",
     "LOADAVG",
@@ -52,6 +53,7 @@ __all__ = [
     "OS_RELEASE",
     "PSEUDO_FILESYSTEMS",
     "REBOOT_REQUIRED",
+    "SSHD_EFFECTIVE",
     "UPTIME",
     "AptSimulation",
     "DiskUsage",
@@ -59,6 +61,7 @@ __all__ = [
     "FactParseError",
     "FailedServices",
     "Family",
+    "Firewall",
     "HostFacts",
     "ListeningPort",
     "LoadAvg",
@@ -67,6 +70,7 @@ __all__ = [
     "PackageChange",
     "PackageUpdate",
     "RebootRequired",
+    "SshdSettings",
     "build_facts_script",
     "facts_for_family",
     "parse_apt_held",
@@ -79,12 +83,14 @@ __all__ = [
     "parse_dnf_needs_restarting",
     "parse_facts",
     "parse_failed_services",
+    "parse_firewall",
     "parse_kernel_release",
     "parse_loadavg",
     "parse_meminfo",
     "parse_os_release",
     "parse_reboot_required",
     "parse_ss_listening",
+    "parse_sshd_effective",
     "parse_uptime",
     "split_facts_output",
 ]
@@ -123,6 +129,15 @@ FAILED_SERVICES = (
     'systemctl list-units --state=failed --plain --no-legend --no-pager 2>&1; echo "rc=$?"'
 )
 APT_HELD = "apt-mark showhold"
+# The SSH daemon's effective settings (its config files as sshd reads them), as root.
+SSHD_EFFECTIVE = "/usr/sbin/sshd -T 2>&1"
+# The inbound filter: nftables' ruleset, else iptables' INPUT chain, else no tool. The tool
+# and the exit code are printed, so "no firewall tool" and "not allowed" are answers.
+FIREWALL = (
+    "if command -v nft >/dev/null 2>&1; then echo tool=nft; nft list ruleset 2>&1;"
+    ' echo "rc=$?"; elif command -v iptables >/dev/null 2>&1; then echo tool=iptables;'
+    ' iptables -S INPUT 2>&1; echo "rc=$?"; else echo tool=none; fi'
+)
 # dnf check-update exits 100 when updates exist, so the exit code is printed rather
 # than treated as a failure.
 DNF_CHECK_UPDATE = 'dnf -q check-update; echo "rc=$?"'
@@ -325,6 +340,41 @@ class FailedServices(_Frozen):
     reason: str | None = Field(default=None, description="Why not known.")
 
 
+class SshdSettings(_Frozen):
+    """The SSH daemon settings a security audit reads (``sshd -T``, lower-case values)."""
+
+    permit_root_login: str = Field(description="yes, prohibit-password, forced-commands-only, no.")
+    password_authentication: bool
+    kbd_interactive_authentication: bool = Field(
+        description="Keyboard-interactive: passwords by another route (PAM)."
+    )
+    permit_empty_passwords: bool
+
+    def weaknesses(self) -> list[str]:
+        """What lets someone in with a password or as root by password, as sshd spells it."""
+        out: list[str] = []
+        if self.permit_root_login == "yes":
+            out.append("PermitRootLogin yes")
+        if self.password_authentication:
+            out.append("PasswordAuthentication yes")
+        if self.kbd_interactive_authentication:
+            out.append("KbdInteractiveAuthentication yes")
+        if self.permit_empty_passwords:
+            out.append("PermitEmptyPasswords yes")
+        return out
+
+
+class Firewall(_Frozen):
+    """Whether inbound traffic the rules do not allow is dropped, or why it is not known."""
+
+    tool: Literal["nft", "iptables"] | None = Field(description="None: neither is installed.")
+    known: bool = Field(description="False: the tool is missing or could not answer.")
+    default_deny: bool | None = Field(
+        default=None, description="Inbound traffic no rule accepts is dropped or rejected."
+    )
+    detail: str | None = Field(default=None, description="Why unknown, or what was found.")
+
+
 class HostFacts(_Frozen):
     """Everything one facts script learnt about a host.
 
@@ -348,6 +398,8 @@ class HostFacts(_Frozen):
     held_packages: list[str] | None = None
     dnf_updates: list[PackageUpdate] | None = None
     dnf_reboot_required: RebootRequired | None = None
+    sshd: SshdSettings | None = None
+    firewall: Firewall | None = None
     errors: dict[str, str] = Field(default_factory=dict, description="Fact name -> why missing.")
 
     @property
@@ -893,6 +945,104 @@ def parse_failed_services(text: str) -> FailedServices:
     return FailedServices(known=True, units=units)
 
 
+_SSHD_YES_NO = {"yes": True, "no": False}
+
+
+def parse_sshd_effective(text: str) -> SshdSettings:
+    """Parse ``sshd -T`` (``SSHD_EFFECTIVE``): one ``keyword value`` per line.
+
+    Raises:
+        FactParseError: sshd refused its configuration (its message is the line), or a
+            keyword the audit reads is missing or has a value sshd does not print.
+    """
+    values: dict[str, str] = {}
+    for line in _lines(text):
+        keyword, _, value = line.strip().partition(" ")
+        if not keyword.isalnum() or keyword.lower() != keyword:
+            raise FactParseError("sshd", line, "not a 'keyword value' line of sshd -T")
+        values.setdefault(keyword, value.strip())
+
+    def flag(keyword: str) -> bool:
+        value = values.get(keyword)
+        if value not in _SSHD_YES_NO:
+            raise FactParseError("sshd", f"{keyword} {value or ''}".strip(), "expected yes or no")
+        return _SSHD_YES_NO[value]
+
+    root = values.get("permitrootlogin")
+    # sshd -T prints prohibit-password under its old name.
+    root = "prohibit-password" if root == "without-password" else root
+    if root not in ("yes", "prohibit-password", "forced-commands-only", "no"):
+        raise FactParseError("sshd", f"permitrootlogin {root or ''}".strip(), "unknown value")
+    return SshdSettings(
+        permit_root_login=root,
+        password_authentication=flag("passwordauthentication"),
+        # OpenSSH 8.7 renamed challengeresponseauthentication; older ones print that.
+        kbd_interactive_authentication=(
+            flag("kbdinteractiveauthentication")
+            if "kbdinteractiveauthentication" in values
+            else flag("challengeresponseauthentication")
+        ),
+        permit_empty_passwords=flag("permitemptypasswords"),
+    )
+
+
+_NFT_INPUT_CHAIN = re.compile(
+    r"type\s+filter\s+hook\s+input\b[^;]*;(?:\s*device[^;]*;)?\s*policy\s+(accept|drop)\s*;"
+)
+
+
+def _drops_all(rule: str) -> bool:
+    """``-A INPUT -j DROP`` / ``-j REJECT [--reject-with ...]``: no match before the jump."""
+    words = rule.split()
+    return words[:3] == ["-A", "INPUT", "-j"] and len(words) > 3 and words[3] in ("DROP", "REJECT")
+
+
+def parse_firewall(text: str) -> Firewall:
+    """Parse ``FIREWALL``: is inbound traffic that no rule accepts dropped?
+
+    nftables: yes when a base chain on the ``input`` hook has ``policy drop`` (a packet
+    must pass every base chain of the hook). iptables: yes when the INPUT chain's policy
+    is DROP, or its last rule drops or rejects everything (``-A INPUT -j DROP``).
+
+    Raises:
+        FactParseError: no ``tool=`` line, or no ``rc=`` line after a tool's output.
+    """
+    lines = _lines(text)
+    if not lines or not lines[0].startswith("tool="):
+        raise FactParseError("firewall", lines[0] if lines else text, "expected tool=...")
+    tool = lines[0].removeprefix("tool=").strip()
+    if tool == "none":
+        return Firewall(tool=None, known=False, detail="neither nft nor iptables is installed")
+    if tool not in ("nft", "iptables"):
+        raise FactParseError("firewall", lines[0], "expected tool=nft, iptables or none")
+    rc, body = _split_rc("firewall", "\n".join(lines[1:]))
+    if rc != 0:
+        said = body[0].strip() if body else f"exit {rc}"
+        return Firewall(tool=tool, known=False, detail=f"{tool} could not answer: {said}")
+    if tool == "nft":
+        policies = _NFT_INPUT_CHAIN.findall("\n".join(body))
+        if not policies:
+            return Firewall(tool="nft", known=True, default_deny=False, detail="no input chain")
+        deny = "drop" in policies
+        return Firewall(
+            tool="nft",
+            known=True,
+            default_deny=deny,
+            detail="an input chain drops by default" if deny else "input chains accept by default",
+        )
+    rules = [" ".join(line.split()) for line in body]
+    policy = next((r.split()[2] for r in rules if r.startswith("-P INPUT ")), None)
+    if policy is None:
+        raise FactParseError("firewall", body[0] if body else "", "no -P INPUT line")
+    last_drops = _drops_all(rules[-1])
+    return Firewall(
+        tool="iptables",
+        known=True,
+        default_deny=policy == "DROP" or last_drops,
+        detail=f"INPUT policy {policy}" + (", last rule drops all" if last_drops else ""),
+    )
+
+
 def parse_apt_held(text: str) -> list[str]:
     """Parse ``apt-mark showhold`` (``APT_HELD``): one held package per line.
 
@@ -1021,6 +1171,8 @@ FACTS: dict[str, Fact[Any]] = {
         Fact("listening_ports", LISTENING_PORTS, parse_ss_listening),
         Fact("failed_services", FAILED_SERVICES, parse_failed_services),
         Fact("held_packages", APT_HELD, parse_apt_held, _DEBIAN),
+        Fact("sshd", SSHD_EFFECTIVE, parse_sshd_effective),
+        Fact("firewall", FIREWALL, parse_firewall),
         Fact("dnf_updates", DNF_CHECK_UPDATE, parse_dnf_check_update, _RHEL),
         Fact("dnf_reboot_required", DNF_NEEDS_RESTARTING, parse_dnf_needs_restarting, _RHEL),
     )

@@ -374,3 +374,24 @@ def test_held_packages_that_would_change_are_named() -> None:
     )
     plan = parse_apt_simulation(output)
     assert plan == AptSimulation(removals=["ct-legacy"], held_changed=["ct-legacy"])
+
+
+def test_sshd_weaknesses_name_what_lets_a_password_or_root_in() -> None:
+    from tasks.facts import parse_sshd_effective
+
+    recorded = json.loads((FIXTURE_DIR / "sshd__debian12_default_config.json").read_text())
+    assert parse_sshd_effective(recorded["output"]).weaknesses() == ["PasswordAuthentication yes"]
+
+    loose = recorded["output"].replace("permitrootlogin without-password", "permitrootlogin yes")
+    loose = loose.replace("permitemptypasswords no", "permitemptypasswords yes")
+    loose = loose.replace("kbdinteractiveauthentication no", "kbdinteractiveauthentication yes")
+    assert parse_sshd_effective(loose).weaknesses() == [
+        "PermitRootLogin yes",
+        "PasswordAuthentication yes",
+        "KbdInteractiveAuthentication yes",
+        "PermitEmptyPasswords yes",
+    ]
+    sandbox = json.loads((FIXTURE_DIR / "sshd__sandbox_config.json").read_text())
+    assert parse_sshd_effective(sandbox["output"]).weaknesses() == []
+    with pytest.raises(FactParseError, match="expected yes or no"):
+        parse_sshd_effective(loose.replace("passwordauthentication yes", "passwordauthentication"))
