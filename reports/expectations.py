@@ -75,6 +75,8 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "pending_security_updates",
     "unexpected_ports",
     "missing_ports",
+    "ssh_weaknesses",
+    "firewall_default_deny",
     "facts_errors",
 )
 # Evidence for the sentences: not checked by the suite, optional in a hand-made frame.
@@ -82,6 +84,7 @@ _EVIDENCE_COLUMNS: tuple[str, ...] = (
     "failed_unit_names",
     "systemd_reason",
     "fullest_mount",
+    "firewall_detail",
     "facts_error_detail",
 )
 
@@ -96,10 +99,13 @@ _DTYPES: dict[str, str] = {
     "pending_security_updates": "Int64",
     "unexpected_ports": "string",
     "missing_ports": "string",
+    "ssh_weaknesses": "string",
+    "firewall_default_deny": "boolean",
     "facts_errors": "int64",
     "failed_unit_names": "string",
     "systemd_reason": "string",
     "fullest_mount": "string",
+    "firewall_detail": "string",
     "facts_error_detail": "string",
 }
 
@@ -134,6 +140,13 @@ class HostVerificationSettings(BaseModel):
         ge=0,
         le=10_000,
         description="Security updates a host may still have pending after patching.",
+    )
+    require_firewall_known: bool = Field(
+        default=False,
+        description=(
+            "Fail a host whose inbound firewall cannot be known (no nft or iptables, or it"
+            " could not answer) when the firewall fact was read. When false, a warning."
+        ),
     )
 
 
@@ -252,6 +265,15 @@ def _row(name: str, facts: HostFacts, allowed: Sequence[int]) -> dict[str, Any]:
         unexpected = _join(list(exposed - allowed_set)) if allowed_set else ""
         missing = _join(list(allowed_set - exposed))
 
+    # sshd and the firewall are read by the security audit, not after patching: NA there.
+    weaknesses: Any = pd.NA if facts.sshd is None else ", ".join(facts.sshd.weaknesses())
+    firewall = facts.firewall
+    default_deny: Any = pd.NA
+    firewall_detail: Any = pd.NA
+    if firewall is not None:
+        default_deny = firewall.default_deny if firewall.known else pd.NA
+        firewall_detail = firewall.detail or ""
+
     return {
         "server": name,
         "failed_units": failed_units,
@@ -261,10 +283,13 @@ def _row(name: str, facts: HostFacts, allowed: Sequence[int]) -> dict[str, Any]:
         "pending_security_updates": security,
         "unexpected_ports": unexpected,
         "missing_ports": missing,
+        "ssh_weaknesses": weaknesses,
+        "firewall_default_deny": default_deny,
         "facts_errors": len(facts.errors),
         "failed_unit_names": unit_names,
         "systemd_reason": systemd_reason,
         "fullest_mount": fullest,
+        "firewall_detail": firewall_detail,
         "facts_error_detail": "; ".join(f"{k}: {v}" for k, v in sorted(facts.errors.items())),
     }
 
@@ -293,10 +318,16 @@ def facts_frame(
           outside the host (not loopback-only), that are not allowed; ``""`` if none, NA
           when listening ports were not collected;
         * ``missing_ports`` (string): allowed ports nothing listens on from outside (info);
+        * ``ssh_weaknesses`` (string): what sshd allows that lets a password or root by
+          password in (``"PasswordAuthentication yes, ..."``), ``""`` if nothing, NA when
+          the sshd fact was not read;
+        * ``firewall_default_deny`` (boolean): inbound traffic no rule accepts is dropped;
+          NA when the firewall fact was not read or could not be known;
         * ``facts_errors`` (int): facts that were asked for and could not be read;
 
         and the evidence the report's sentences quote: ``failed_unit_names``,
-        ``systemd_reason``, ``fullest_mount``, ``facts_error_detail``.
+        ``systemd_reason``, ``fullest_mount``, ``firewall_detail`` (NA when the firewall
+        fact was not read), ``facts_error_detail``.
     """
     rows = [_row(name, host, allowed_ports.get(name, ())) for name, host in facts.items()]
     frame = pd.DataFrame(rows, columns=list(_DTYPES))
@@ -419,6 +450,36 @@ _CHECKS: tuple[_Check, ...] = (
             column="unexpected_ports", value_set=[""], mostly=1.0, **kw
         ),
         lambda row, s: f"unexpected listening ports: {_text(row, 'unexpected_ports')}",
+    ),
+    _Check(
+        "ssh_no_password_login",
+        lambda s: "sshd lets no password (and no root by password) in",
+        lambda gxe, s, kw: gxe.ExpectColumnValuesToBeInSet(
+            column="ssh_weaknesses", value_set=[""], mostly=1.0, **kw
+        ),
+        lambda row, s: f"sshd allows {_text(row, 'ssh_weaknesses')}",
+    ),
+    _Check(
+        "firewall_default_deny",
+        lambda s: "inbound traffic no rule accepts is dropped (nft or iptables)",
+        lambda gxe, s, kw: gxe.ExpectColumnValuesToBeInSet(
+            column="firewall_default_deny", value_set=[True], mostly=1.0, **kw
+        ),
+        lambda row, s: (
+            "inbound traffic is not denied by default"
+            + (f" ({_text(row, 'firewall_detail')})" if _text(row, "firewall_detail") else "")
+        ),
+    ),
+    _Check(
+        # NA is also "not read": only the audit, which reads the fact, asks for this.
+        "firewall_state_known",
+        lambda s: "the inbound firewall can be known",
+        lambda gxe, s, kw: (
+            gxe.ExpectColumnValuesToNotBeNull(column="firewall_default_deny", mostly=1.0, **kw)
+            if s.require_firewall_known
+            else None
+        ),
+        lambda row, s: "firewall unknown: " + _text(row, "firewall_detail", "not read"),
     ),
     _Check(
         "server_present",
@@ -560,6 +621,14 @@ def _warnings(row: Mapping[str, Any], settings: HostVerificationSettings) -> lis
     missing = _text(row, "missing_ports")
     if missing:
         out.append(f"allowed ports not listening: {missing}")
+    detail = row.get("firewall_detail")
+    firewall_read = detail is not None and not pd.isna(detail)
+    if (
+        firewall_read
+        and pd.isna(row["firewall_default_deny"])
+        and not settings.require_firewall_known
+    ):
+        out.append(f"firewall unknown ({detail}): not checked")
     return out
 
 

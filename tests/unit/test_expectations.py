@@ -228,8 +228,8 @@ def test_the_suite_names_each_expectation_and_follows_the_settings() -> None:
 
     by_name = {(e.meta or {})["name"]: e for e in default.expectations}
     relaxed_names = {(e.meta or {})["name"] for e in relaxed.expectations}
-    assert set(by_name) == set(EXPECTATION_NAMES) - {"systemd_state_known"}
-    assert relaxed_names == set(EXPECTATION_NAMES) - {"no_pending_reboot"}
+    assert set(by_name) == set(EXPECTATION_NAMES) - {"systemd_state_known", "firewall_state_known"}
+    assert relaxed_names == set(EXPECTATION_NAMES) - {"no_pending_reboot", "firewall_state_known"}
     assert by_name["disk_used_pct_max"].description == "every filesystem at most 90% used"
 
 
@@ -456,5 +456,53 @@ def test_the_task_builds_the_frame_and_verifies_it() -> None:
 
     assert report.passed
     assert [o.name for o in report.expectations] == [
-        n for n in EXPECTATION_NAMES if n != "systemd_state_known"
+        n for n in EXPECTATION_NAMES if n not in ("systemd_state_known", "firewall_state_known")
+    ]
+
+
+# ------------------------------------------------------------- security audit facts
+
+
+def test_sshd_and_firewall_are_checked_when_read_and_silent_when_not() -> None:
+    from tasks.facts import Firewall, SshdSettings
+
+    hardened = SshdSettings(
+        permit_root_login="prohibit-password",
+        password_authentication=False,
+        kbd_interactive_authentication=False,
+        permit_empty_passwords=False,
+    )
+    weak = hardened.model_copy(update={"permit_root_login": "yes", "password_authentication": True})
+    deny = Firewall(tool="nft", known=True, default_deny=True, detail="an input chain drops")
+    accept = Firewall(tool="iptables", known=True, default_deny=False, detail="INPUT policy ACCEPT")
+    missing = Firewall(tool=None, known=False, detail="neither nft nor iptables is installed")
+
+    report = verify(
+        {
+            "locked": healthy(sshd=hardened, firewall=deny),
+            "open": healthy(sshd=weak, firewall=accept),
+            "bare": healthy(sshd=hardened, firewall=missing),
+            "patched": healthy(),  # the maintenance verification reads neither fact
+        }
+    )
+
+    assert report.per_server["locked"].failures == []
+    assert report.per_server["open"].failures == [
+        "sshd allows PermitRootLogin yes, PasswordAuthentication yes",
+        "inbound traffic is not denied by default (INPUT policy ACCEPT)",
+    ]
+    assert report.per_server["bare"].passed
+    assert (
+        "firewall unknown (neither nft nor iptables is installed): not checked"
+        in report.per_server["bare"].warnings
+    )
+    assert report.per_server["patched"].passed
+    assert not any("firewall" in w for w in report.per_server["patched"].warnings)
+
+    strict = verify(
+        {"bare": healthy(sshd=hardened, firewall=missing)},
+        HostVerificationSettings(require_firewall_known=True),
+    )
+    assert strict.per_server["bare"].failures == [
+        "firewall unknown: neither nft nor iptables is installed"
     ]
