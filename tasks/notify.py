@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -48,6 +48,7 @@ __all__ = [
     "Notice",
     "load_notification_block",
     "notice_approval_requested",
+    "notice_audit",
     "notice_before_change",
     "notice_end",
     "notify",
@@ -261,6 +262,39 @@ def notice_end(
 # --------------------------------------------------------------------------- sending
 
 _URL = re.compile(r"https?://\S+")
+
+
+def notice_audit(
+    client_name: str,
+    findings: Mapping[str, Sequence[str]],
+    *,
+    audited_at: datetime,
+    tz: tzinfo | str = UTC,
+    run_url: str | None = None,
+) -> Notice:
+    """The notice of a security audit that found something.
+
+    Args:
+        client_name: the client's display name.
+        findings: per server with findings (or unreachable), what was found, in order.
+        audited_at: when the audit read the hosts.
+        tz: the client's time zone.
+        run_url: link to the run in the Prefect UI.
+
+    Returns:
+        (subject, body).
+    """
+    subject = f"{_PREFIX} {client_name}: security audit, {len(findings)} server(s) with findings"
+    lines = [
+        f"The security audit of {client_name} at {format_time(audited_at, _zone(tz))} found:",
+        "",
+    ]
+    for server, items in findings.items():
+        lines.append(f"{server}:")
+        lines += [f"  - {item}" for item in items]
+    if run_url:
+        lines += ["", f"Run: {run_url}"]
+    return _finish(subject, lines)
 
 
 def _describe(exc: BaseException) -> str:

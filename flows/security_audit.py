@@ -1,0 +1,179 @@
+"""The ``security-audit`` flow: one client's servers checked against the policy's security
+clauses, read-only.
+
+For each server (in parallel) it refreshes apt's package lists and reads, in one SSH round
+trip, the facts of a maintenance plan plus sshd's effective settings and the inbound
+firewall (``tasks/security.py``); then the verification suite (great-expectations,
+``reports/expectations.py``) decides, per server: no pending security update, no listening
+TCP port outside ``allowed_ports``, no failed systemd unit, sshd letting no password (and
+no root by password) in, inbound traffic denied by default, disks, pending reboot, and
+every fact read. A host that cannot be reached (a host-key mismatch included) is a finding.
+
+Each run publishes a table artifact (``security-audit-<client>``, one row per server) and,
+when anything was found, notifies the client's notification blocks and ends **Failed**,
+so a scheduled audit that finds something is red in the UI and can drive automations.
+
+Parameters: ``client`` (slug), ``servers`` (names; default all), ``refresh`` (default true),
+``require_firewall_known`` (default false: a host without nft or iptables is a warning).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from blocks.errors import ConfigError
+from blocks.inventory import load_client_by_slug
+from blocks.settings import settings
+from reports.expectations import HostVerificationSettings, VerificationReport, validate_host_facts
+from tasks.facts import HostFacts
+from tasks.notify import notice_audit, notify
+from tasks.records import run_url
+from tasks.security import collect_audit_facts
+from tasks.sessions import open_sessions
+
+__all__ = ["SecurityAuditSummary", "ServerAudit", "audit_rows", "security_audit"]
+
+
+class ServerAudit(BaseModel):
+    """One server's audit result."""
+
+    server: str
+    status: Literal["passed", "findings", "unreachable"]
+    findings: list[str] = Field(default_factory=list, description="What breaks the policy.")
+    warnings: list[str] = Field(default_factory=list, description="What could not be checked.")
+
+
+class SecurityAuditSummary(BaseModel):
+    """What a ``security-audit`` run found (the run's result)."""
+
+    client: str
+    audited_at: datetime
+    servers: list[ServerAudit]
+    notice_problems: list[str] = Field(
+        default_factory=list, description="Notification blocks that could not be used."
+    )
+
+    @property
+    def with_findings(self) -> list[ServerAudit]:
+        """Servers with findings or unreachable."""
+        return [s for s in self.servers if s.status != "passed"]
+
+
+def audit_rows(
+    order: list[str], report: VerificationReport | None, unreachable: dict[str, str]
+) -> list[ServerAudit]:
+    """One row per server in ``order`` (pure): the suite's failures and warnings, or why
+    the server could not be read."""
+    rows: list[ServerAudit] = []
+    for name in order:
+        if name in unreachable:
+            rows.append(
+                ServerAudit(server=name, status="unreachable", findings=[unreachable[name]])
+            )
+            continue
+        assert report is not None
+        result = report.per_server[name]
+        rows.append(
+            ServerAudit(
+                server=name,
+                status="passed" if result.passed else "findings",
+                findings=list(result.failures),
+                warnings=list(result.warnings),
+            )
+        )
+    return rows
+
+
+@flow(
+    name="security-audit",
+    # Prefect types TaskRunner invariantly; a thread pool runner is what it expects at run time.
+    task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
+    validate_parameters=True,
+)
+def security_audit(
+    client: str,
+    servers: list[str] | None = None,
+    refresh: bool = True,
+    require_firewall_known: bool = False,
+) -> State[Any]:
+    """Audit one client's servers against the security policy (read-only).
+
+    Args:
+        client: the client's slug.
+        servers: only these servers (names); default every server of the client.
+        refresh: refresh apt's package lists first (pending security updates current).
+        require_firewall_known: a server without a readable firewall is a finding.
+
+    Returns:
+        Completed when every server passed, else Failed; either way with a
+        :class:`SecurityAuditSummary`.
+    """
+    logger = get_run_logger()
+    inventory = load_client_by_slug(settings().inventory_dir, client)
+    known = [s.name for s in inventory.servers]
+    unknown = sorted(set(servers or ()) - set(known))
+    if unknown:
+        raise ConfigError(f"{client}: no such server(s): {', '.join(unknown)} (known: {known})")
+    chosen = [s for s in inventory.servers if servers is None or s.name in servers]
+    audited_at = datetime.now(UTC)
+
+    facts: dict[str, HostFacts] = {}
+    unreachable: dict[str, str] = {}
+    with open_sessions(inventory, chosen) as sessions:
+        futures = {s.name: collect_audit_facts.submit(sessions.host(s), refresh) for s in chosen}
+        for name, future in futures.items():
+            future.wait()
+            if future.state.is_completed():
+                facts[name] = future.state.result()
+            else:
+                unreachable[name] = f"not audited: {future.state.message or future.state.name}"
+
+    report = (
+        validate_host_facts(
+            facts,
+            {s.name: list(s.allowed_ports) for s in chosen if s.name in facts},
+            HostVerificationSettings(require_firewall_known=require_firewall_known),
+        )
+        if facts
+        else None
+    )
+    rows = audit_rows([s.name for s in chosen], report, unreachable)
+    create_table_artifact(
+        key=f"security-audit-{client}",
+        table=[
+            {
+                "server": r.server,
+                "status": r.status,
+                "findings": "; ".join(r.findings),
+                "warnings": "; ".join(r.warnings),
+            }
+            for r in rows
+        ],
+        description=f"Security audit of {inventory.client.name}",
+    )
+    summary = SecurityAuditSummary(client=client, audited_at=audited_at, servers=rows)
+    found = summary.with_findings
+    if found:
+        subject, body = notice_audit(
+            inventory.client.name,
+            {r.server: r.findings for r in found},
+            audited_at=audited_at,
+            tz=inventory.client.timezone,
+            run_url=run_url(flow_run.id),
+        )
+        summary.notice_problems = notify(list(inventory.client.notify), subject, body)
+    logger.info(
+        "security audit of %s: %d server(s), %d with findings", client, len(rows), len(found)
+    )
+    if found:
+        names = ", ".join(r.server for r in found)
+        return Failed(message=f"findings on {names}", data=summary)
+    return Completed(message=f"{len(rows)} server(s) passed", data=summary)

@@ -1,0 +1,141 @@
+"""The security-audit flow on real sandbox hosts (net 80): sshd, ports, pending security
+updates, the firewall it cannot see, its artifact and its notice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from flows.security_audit import SecurityAuditSummary
+from sandbox.estate import Estate, numbered_hosts
+from sandbox.prefect_blocks import ssh_identity
+from sandbox.repo import PackageSpec
+from sandbox.webhook import WebhookReceiver
+from tests.conftest import sandbox_unavailable, ssh
+
+pytestmark = pytest.mark.integration
+
+SLUG = "testaudit"
+CLIENT = """\
+client:
+  slug: {slug}
+  name: Audit Co
+  timezone: Europe/Paris
+  contact: {{name: Ops, email: ops@test.example}}
+  approvers: [{{name: alice, email: alice@test.example}}]
+  notify: [test-audit-hook]
+schedule: {{cadence: quarterly, window: {{start: "01:00", duration: 4h}}}}
+defaults: {{ssh_block: test-audit-ssh, user: root, port: 22, os_family: debian}}
+servers:
+{servers}
+"""
+FIREWALL_UNKNOWN = "firewall unknown (neither nft nor iptables is installed): not checked"
+
+
+@pytest.fixture(scope="module")
+def estate() -> Iterator[Estate]:
+    """Three fresh hosts (h01..h03 at 10.213.80.11-13)."""
+    reason = sandbox_unavailable()
+    if reason:
+        pytest.skip(reason)
+    estate = Estate(numbered_hosts("test-audit", 80, 3))
+    estate.up(fresh=True)
+    try:
+        yield estate
+    finally:
+        estate.down(purge=True)
+
+
+@pytest.fixture(scope="module")
+def audit_env(
+    estate: Estate, prefect_api: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    directory = tmp_path_factory.mktemp("clients")
+    ssh_identity(estate).save("test-audit-ssh", overwrite=True)
+    servers = "\n".join(
+        f"  - {{name: {h.name}, role: {'staging' if i == 0 else 'production'}, "
+        f"address: {h.address}, provider: {{type: sandbox}}, allowed_ports: [22]}}"
+        for i, h in enumerate(estate.spec.hosts)
+    )
+    (directory / f"{SLUG}.yaml").write_text(CLIENT.format(slug=SLUG, servers=servers))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CARETAKER_INVENTORY_DIR", str(directory))
+    mp.setenv("CARETAKER_HISTORY_STORE_URL", f"sqlite:///{directory / 'caretaker.db'}")
+    yield
+    mp.undo()
+
+
+def audit(**parameters: Any) -> tuple[str, SecurityAuditSummary]:
+    """One security-audit run: its final state's name and its summary."""
+    from flows.security_audit import security_audit
+
+    state = security_audit(client=SLUG, return_state=True, **parameters)
+    summary = state.result(raise_on_failure=False)
+    assert isinstance(summary, SecurityAuditSummary), summary
+    return state.name, summary
+
+
+def test_findings_are_named_per_server_published_and_notified(
+    estate: Estate, audit_env: None
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    from tasks.notify import save_demo_webhook
+
+    a01, a02, a03 = (h.name for h in estate.spec.hosts)
+    # a02 lets passwords in (sshd -T reads the file: no restart needed); a03 runs a second
+    # sshd on a port the inventory does not allow.
+    weak, hardened = "PasswordAuthentication yes", "PasswordAuthentication no"
+    ssh(estate, a02, f"sed -i 's/^{hardened}$/{weak}/' /etc/ssh/sshd_config")
+    ssh(estate, a03, "/usr/sbin/sshd -p 2222")
+    try:
+        with WebhookReceiver() as hook:
+            save_demo_webhook(hook.url, name="test-audit-hook")
+            state, summary = audit()
+            (notice,) = hook.wait_for(1)
+    finally:
+        ssh(estate, a02, f"sed -i 's/^{weak}$/{hardened}/' /etc/ssh/sshd_config")
+        ssh(estate, a03, "pkill -f 'sshd -p 2222' || true")
+
+    assert state == "Failed"
+    rows = {r.server: r for r in summary.servers}
+    assert [r.status for r in summary.servers] == ["passed", "findings", "findings"]
+    assert rows[a01].findings == []
+    assert FIREWALL_UNKNOWN in rows[a01].warnings
+    assert rows[a02].findings == ["sshd allows PasswordAuthentication yes"]
+    assert rows[a03].findings == ["unexpected listening ports: 2222"]
+    assert "2 server(s) with findings" in notice["subject"]
+    assert "sshd allows PasswordAuthentication yes" in notice["body"]
+    assert a01 not in notice["body"]
+    assert summary.notice_problems == []
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(limit=50)
+    table = next(a for a in artifact if a.key == f"security-audit-{SLUG}")
+    assert "PasswordAuthentication yes" in str(table.data)
+
+
+def test_a_pending_security_update_is_a_finding_and_a_clean_host_passes(
+    estate: Estate, audit_env: None
+) -> None:
+    a01 = estate.spec.hosts[0].name
+
+    state, summary = audit(servers=[a01])
+    assert state == "Completed"
+    assert [(r.server, r.status) for r in summary.servers] == [(a01, "passed")]
+
+    estate.publish(PackageSpec(name="caretaker-libsec", version="1.0+sec9", security=True))
+    state, summary = audit(servers=[a01])
+
+    assert state == "Failed"
+    (row,) = summary.servers
+    assert row.findings == ["1 pending security update"]
+
+
+def test_an_unknown_server_name_is_refused(audit_env: None) -> None:
+    from blocks.errors import ConfigError
+    from flows.security_audit import security_audit
+
+    with pytest.raises(ConfigError, match=r"no such server\(s\): nope \(known: \['h01'"):
+        security_audit(client=SLUG, servers=["nope"])
