@@ -11,7 +11,9 @@ Each client also gets two ``maintenance-report`` deployments, in its own time zo
 ``maintenance-report/<slug>-monthly`` (06:00 on the 1st of each month, parameters
 ``{client}``: the flow reports the previous full month) and
 ``maintenance-report/<slug>-quarterly`` (06:30 on the 1st of January, April, July and
-October, ``{client, period: last-quarter}``). ``health-check/all`` runs every 5 minutes.
+October, ``{client, period: last-quarter}``), and one ``security-audit/<slug>`` (05:00 on
+the 15th of each month, between maintenance runs, ``{client}``). ``health-check/all``
+runs every 5 minutes.
 
 The same :class:`DeploymentSpec` values feed ``prefect.yaml`` (worker mode) and
 ``deployments.serve`` (the embedded serve mode), so the two modes cannot drift apart.
@@ -52,6 +54,7 @@ __all__ = [
     "WORK_POOL",
     "WORK_POOL_TYPE",
     "DeploymentSpec",
+    "audit_spec",
     "deployment_specs",
     "main",
     "maintenance_spec",
@@ -71,6 +74,8 @@ MAINTENANCE_FLOW = "server-maintenance"
 MAINTENANCE_ENTRYPOINT = "flows/server_maintenance.py:server_maintenance"
 REPORT_FLOW = "maintenance-report"
 REPORT_ENTRYPOINT = "flows/maintenance_report.py:maintenance_report"
+AUDIT_FLOW = "security-audit"
+AUDIT_ENTRYPOINT = "flows/security_audit.py:security_audit"
 
 #: The slug of a maintenance deployment's one schedule: with a slug, a redeploy updates
 #: that schedule in place instead of replacing it (its id, and so its history, survive).
@@ -216,6 +221,25 @@ def report_specs(inventory: ClientInventory) -> list[DeploymentSpec]:
     return [monthly, quarterly]
 
 
+def audit_spec(inventory: ClientInventory) -> DeploymentSpec:
+    """``security-audit/<slug>``: monthly, on the 15th at 05:00 in the client's time zone."""
+    return DeploymentSpec(
+        flow_name=AUDIT_FLOW,
+        entrypoint=AUDIT_ENTRYPOINT,
+        name=inventory.slug,
+        parameters={"client": inventory.slug},
+        description=(
+            f"Security audit of {inventory.client.name}'s servers (read-only): pending security"
+            " updates, unexpected ports, sshd, firewall."
+        ),
+        tags=("caretaker", "security", f"client:{inventory.slug}"),
+        cron="0 5 15 * *",
+        timezone=inventory.client.timezone,
+        day_or=True,
+        schedule_slug="monthly-security-audit",
+    )
+
+
 def deployment_specs(inventories: Mapping[str, ClientInventory]) -> list[DeploymentSpec]:
     """Every deployment of the inventory, in a stable order (flow, then client slug)."""
     slugs = sorted(inventories)
@@ -223,6 +247,7 @@ def deployment_specs(inventories: Mapping[str, ClientInventory]) -> list[Deploym
         [maintenance_spec(inventories[slug]) for slug in slugs]
         + [health_check_spec()]
         + [spec for slug in slugs for spec in report_specs(inventories[slug])]
+        + [audit_spec(inventories[slug]) for slug in slugs]
     )
 
 

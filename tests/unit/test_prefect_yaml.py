@@ -346,3 +346,29 @@ def test_every_client_gets_a_monthly_and_a_quarterly_report_in_its_own_time_zone
         first_of_april = datetime(2026, 4, 1, 6, 0, tzinfo=inventory.tz)
         assert resolve_period(None, inventory.tz, first_of_april).label == "2026-03"
         assert resolve_period("last-quarter", inventory.tz, first_of_april).label == "2026-Q1"
+
+
+def test_every_client_gets_a_monthly_security_audit_in_its_own_time_zone() -> None:
+    from prefect.server.schemas.schedules import CronSchedule
+
+    inventories = load_inventory(CLIENTS)
+    audits = {
+        d["name"]: d
+        for d in DEPLOYMENTS
+        if d["entrypoint"] == "flows/security_audit.py:security_audit"
+    }
+    assert sorted(audits) == sorted(inventories)
+    for slug, inventory in inventories.items():
+        audit = audits[slug]
+        assert audit["parameters"] == {"client": slug}
+        assert "security" in audit["tags"] and f"client:{slug}" in audit["tags"]
+        (item,) = audit["schedules"]
+        assert (item["slug"], item["timezone"]) == (
+            "monthly-security-audit",
+            inventory.client.timezone,
+        )
+        schedule = CronSchedule(cron=item["cron"], timezone=item["timezone"])
+        runs = asyncio.run(schedule.get_dates(n=3, start=datetime(2026, 1, 1, tzinfo=UTC)))
+        for run in runs:
+            local = datetime.fromtimestamp(run.timestamp(), inventory.tz)
+            assert (local.day, local.hour, local.minute) == (15, 5, 0)
