@@ -242,6 +242,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    uptime {uptime}, {made.incidents} incident(s), {made.maintenance_runs} run(s)")
         print(f"    {made.report_html}")
 
+    from flows.security_audit import SecurityAuditSummary, security_audit
+
+    for slug in clients:
+        say(f"security-audit for {slug} (deployed, monthly; read-only)")
+        audit = cast("State[Any]", security_audit(client=slug, return_state=True))
+        found = audit.result(raise_on_failure=False)
+        if not isinstance(found, SecurityAuditSummary):  # it crashed: no summary
+            failures += 1
+            print(f"    FAILED: {audit.message}")
+            continue
+        for row in found.servers:
+            detail = "; ".join(row.findings) if row.findings else f"{len(row.warnings)} warning(s)"
+            print(f"    {row.server:<12} {row.status}: {detail}")
+
     time.sleep(1)
     inbox_file = settings().data / "demo-notices.jsonl"
     with inbox_file.open("a") as out:
