@@ -11,7 +11,8 @@ policy's change procedure:
     preflight ─► snapshot every server ─► patch staging ─► verify staging
       ─► approval (pause with a form) ─► window gate
       ─► production in rolling batches (verify each; restore failed hosts; halt
-         when the failure budget is spent) ─► restore test ─► snapshot retention
+         when the failure budget is spent) ─► security audit (findings for the record)
+      ─► restore test ─► snapshot retention
       ─► change record (history store + artifact) ─► notices
 
 Production is only ever touched after (a) a completed snapshot of it or a recorded
@@ -35,6 +36,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.change import (
     ChangeRecord,
+    Finding,
     Outcome,
     PlanSummary,
     Reboot,
@@ -80,6 +82,7 @@ from tasks.records import (
     run_url,
     test_plan,
 )
+from tasks.security import collect_audit_facts
 from tasks.sessions import FleetSessions, open_sessions
 from tasks.snapshots import (
     SnapshotRecord,
@@ -587,6 +590,34 @@ class Maintenance:
         )
         self.save()
 
+    # ----- 7. security audit (for the record) --------------------------------------
+    def security_audit(self) -> None:
+        """Read every server of the run as the ``security-audit`` flow does (no refresh:
+        the plan just did) and record what the suite fails as security findings. Findings
+        never change the outcome: they are for the record, the notice and the follow-up."""
+        facts = self._fan_out(
+            self.servers, lambda s: collect_audit_facts.submit(self.sessions.host(s), refresh=False)
+        )
+        collected = {n: st.result() for n, st in facts.items() if st.is_completed()}
+        report = (
+            validate_host_facts(
+                collected,
+                {s.name: list(s.allowed_ports) for s in self.servers if s.name in collected},
+                self.verify_settings,
+            )
+            if collected
+            else None
+        )
+        for server in self.servers:
+            if server.name not in collected:
+                summary = f"not audited: {_error(facts[server.name])}"
+                self.record.security_findings.append(Finding(server=server.name, summary=summary))
+                continue
+            assert report is not None
+            for failure in report.per_server[server.name].failures:
+                self.record.security_findings.append(Finding(server=server.name, summary=failure))
+        self.save()
+
     # ----- 8-9. restore test and retention ------------------------------------
     def restore_test(self) -> None:
         if not self.inv.restore_test.enabled:
@@ -785,6 +816,8 @@ def _maintain(
                     f"{len(record.package_changes)} package change(s) on "
                     f"{len({c.server for c in record.package_changes})} server(s)"
                 )
+                with run.phase("security-audit"):
+                    run.security_audit()
                 with run.phase("restore-test"):
                     run.restore_test()
                 with run.phase("retention"):

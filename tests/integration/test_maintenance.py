@@ -197,8 +197,18 @@ def test_the_happy_path_patches_every_host_after_snapshot_staging_and_approval(
     estate: Estate, world: dict[str, Any]
 ) -> None:
     write_client(world["dir"], estate, "happy")
-    state, record, _approver = run("happy", [APPROVE], change_ref="CHG-100")
+    # h05's sshd lets passwords in: a security finding for the record, not a failure.
+    weak, hardened = "PasswordAuthentication yes", "PasswordAuthentication no"
+    ssh(estate, "h05", f"sed -i 's/^{hardened}$/{weak}/' /etc/ssh/sshd_config")
+    try:
+        state, record, _approver = run("happy", [APPROVE], change_ref="CHG-100")
+    finally:
+        ssh(estate, "h05", f"sed -i 's/^{weak}$/{hardened}/' /etc/ssh/sshd_config")
     assert state.is_completed(), state.message
+    assert [(f.server, f.summary) for f in record.security_findings] == [
+        ("h05", "sshd allows PasswordAuthentication yes")
+    ]
+    assert "security-audit" in record.phase_seconds
     assert record.outcome.value == "completed"
     assert {agent(estate, h.name) for h in estate.spec.hosts} == {"1.1"}
     snapshots = {s.server: s for s in record.snapshots}
