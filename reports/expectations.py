@@ -77,6 +77,8 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "missing_ports",
     "ssh_weaknesses",
     "firewall_default_deny",
+    "auth_failures",
+    "log_errors",
     "facts_errors",
 )
 # Evidence for the sentences: not checked by the suite, optional in a hand-made frame.
@@ -85,6 +87,7 @@ _EVIDENCE_COLUMNS: tuple[str, ...] = (
     "systemd_reason",
     "fullest_mount",
     "firewall_detail",
+    "log_source",
     "facts_error_detail",
 )
 
@@ -101,11 +104,14 @@ _DTYPES: dict[str, str] = {
     "missing_ports": "string",
     "ssh_weaknesses": "string",
     "firewall_default_deny": "boolean",
+    "auth_failures": "Int64",
+    "log_errors": "Int64",
     "facts_errors": "int64",
     "failed_unit_names": "string",
     "systemd_reason": "string",
     "fullest_mount": "string",
     "firewall_detail": "string",
+    "log_source": "string",
     "facts_error_detail": "string",
 }
 
@@ -140,6 +146,15 @@ class HostVerificationSettings(BaseModel):
         ge=0,
         le=10_000,
         description="Security updates a host may still have pending after patching.",
+    )
+    max_auth_failures: int = Field(
+        default=50,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Failed SSH logins the logs may hold (when the audit reads them); more is a"
+            " finding (someone is trying), fewer a line to review."
+        ),
     )
     require_firewall_known: bool = Field(
         default=False,
@@ -274,6 +289,11 @@ def _row(name: str, facts: HostFacts, allowed: Sequence[int]) -> dict[str, Any]:
         default_deny = firewall.default_deny if firewall.known else pd.NA
         firewall_detail = firewall.detail or ""
 
+    logs = facts.log_review
+    auth_failures: Any = pd.NA if logs is None else logs.auth_failures
+    log_errors: Any = pd.NA if logs is None else logs.errors
+    log_source: Any = pd.NA if logs is None else logs.where
+
     return {
         "server": name,
         "failed_units": failed_units,
@@ -285,11 +305,14 @@ def _row(name: str, facts: HostFacts, allowed: Sequence[int]) -> dict[str, Any]:
         "missing_ports": missing,
         "ssh_weaknesses": weaknesses,
         "firewall_default_deny": default_deny,
+        "auth_failures": auth_failures,
+        "log_errors": log_errors,
         "facts_errors": len(facts.errors),
         "failed_unit_names": unit_names,
         "systemd_reason": systemd_reason,
         "fullest_mount": fullest,
         "firewall_detail": firewall_detail,
+        "log_source": log_source,
         "facts_error_detail": "; ".join(f"{k}: {v}" for k, v in sorted(facts.errors.items())),
     }
 
@@ -323,11 +346,14 @@ def facts_frame(
           the sshd fact was not read;
         * ``firewall_default_deny`` (boolean): inbound traffic no rule accepts is dropped;
           NA when the firewall fact was not read or could not be known;
+        * ``auth_failures``, ``log_errors`` (Int64): failed SSH logins and error lines in
+          the logs (``log_review``), NA when not read;
         * ``facts_errors`` (int): facts that were asked for and could not be read;
 
         and the evidence the report's sentences quote: ``failed_unit_names``,
         ``systemd_reason``, ``fullest_mount``, ``firewall_detail`` (NA when the firewall
-        fact was not read), ``facts_error_detail``.
+        fact was not read), ``log_source`` (where the log counts come from),
+        ``facts_error_detail``.
     """
     rows = [_row(name, host, allowed_ports.get(name, ())) for name, host in facts.items()]
     frame = pd.DataFrame(rows, columns=list(_DTYPES))
@@ -482,6 +508,17 @@ _CHECKS: tuple[_Check, ...] = (
         lambda row, s: "firewall unknown: " + _text(row, "firewall_detail", "not read"),
     ),
     _Check(
+        "auth_failures_max",
+        lambda s: f"at most {s.max_auth_failures} failed SSH logins in the logs",
+        lambda gxe, s, kw: gxe.ExpectColumnValuesToBeBetween(
+            column="auth_failures", min_value=0, max_value=s.max_auth_failures, mostly=1.0, **kw
+        ),
+        lambda row, s: (
+            f"{_plural(int(row['auth_failures']), 'failed SSH login')} in the logs"
+            f" ({_text(row, 'log_source')}), more than {s.max_auth_failures}"
+        ),
+    ),
+    _Check(
         "server_present",
         lambda s: "every row names its server",
         lambda gxe, s, kw: gxe.ExpectColumnValuesToNotBeNull(column="server", mostly=1.0, **kw),
@@ -621,6 +658,12 @@ def _warnings(row: Mapping[str, Any], settings: HostVerificationSettings) -> lis
     missing = _text(row, "missing_ports")
     if missing:
         out.append(f"allowed ports not listening: {missing}")
+    source = row.get("log_source")
+    if source is not None and not pd.isna(source):  # the logs were read
+        errors, logins = int(row["log_errors"]), int(row["auth_failures"])
+        if errors or 0 < logins <= settings.max_auth_failures:
+            counts = f"{_plural(errors, 'error line')}, {_plural(logins, 'failed SSH login')}"
+            out.append(f"logs to review ({source}): {counts}")
     detail = row.get("firewall_detail")
     firewall_read = detail is not None and not pd.isna(detail)
     if (

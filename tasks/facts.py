@@ -49,6 +49,7 @@ __all__ = [
     "KERNEL_RELEASE",
     "LISTENING_PORTS",
     "LOADAVG",
+    "LOG_REVIEW",
     "MEMINFO",
     "OS_RELEASE",
     "PSEUDO_FILESYSTEMS",
@@ -65,6 +66,7 @@ __all__ = [
     "HostFacts",
     "ListeningPort",
     "LoadAvg",
+    "LogReview",
     "Memory",
     "OsInfo",
     "PackageChange",
@@ -86,6 +88,7 @@ __all__ = [
     "parse_firewall",
     "parse_kernel_release",
     "parse_loadavg",
+    "parse_log_review",
     "parse_meminfo",
     "parse_os_release",
     "parse_reboot_required",
@@ -131,6 +134,28 @@ FAILED_SERVICES = (
 APT_HELD = "apt-mark showhold"
 # The SSH daemon's effective settings (its config files as sshd reads them), as root.
 SSHD_EFFECTIVE = "/usr/sbin/sshd -T 2>&1"
+# What the logs hold for review, counted, never copied (a log line can hold anything, a
+# password typed as a user name included): error lines and failed SSH logins, from the
+# journal over 7 days when it has entries, else from the current log files.
+_AUTH_FAILED = (
+    "Failed password|Failed publickey|Invalid user|authentication failure"
+    "|Connection closed by authenticating user|maximum authentication attempts"
+)
+_LOG_ERRORS = "error|panic|segfault|oom-killer|Out of memory"
+LOG_REVIEW = (
+    "if command -v journalctl >/dev/null 2>&1"
+    ' && [ -n "$(journalctl -q -n 1 --no-pager 2>/dev/null)" ]; then'
+    " echo source=journal;"
+    ' echo "errors=$(journalctl -q -p err --since "7 days ago" --no-pager 2>/dev/null'
+    ' | wc -l)";'
+    ' echo "auth_failures=$(journalctl -q --since "7 days ago" --no-pager 2>/dev/null'
+    f" | grep -cE '{_AUTH_FAILED}')\";"
+    " else echo source=files;"
+    " for f in /var/log/auth.log /var/log/secure /var/log/sshd.log /var/log/syslog"
+    ' /var/log/messages; do [ -r "$f" ] || continue;'
+    f' echo "file=$f errors=$(grep -ciE \'{_LOG_ERRORS}\' "$f")'
+    f' auth_failures=$(grep -cE \'{_AUTH_FAILED}\' "$f")"; done; fi; true'
+)
 # The inbound filter: nftables' ruleset, else iptables' INPUT chain, else no tool. The tool
 # and the exit code are printed, so "no firewall tool" and "not allowed" are answers.
 FIREWALL = (
@@ -375,6 +400,20 @@ class Firewall(_Frozen):
     detail: str | None = Field(default=None, description="Why unknown, or what was found.")
 
 
+class LogReview(_Frozen):
+    """Counts of what the logs hold for a person to review (never the lines)."""
+
+    source: Literal["journal", "files"]
+    files: list[str] = Field(default_factory=list, description="The files read (source files).")
+    errors: int = Field(description="Error lines (journal priority err and worse, or matched).")
+    auth_failures: int = Field(description="Failed SSH logins (wrong password, key, user).")
+
+    @property
+    def where(self) -> str:
+        """Where the counts come from, for a sentence."""
+        return "the journal, 7 days" if self.source == "journal" else ", ".join(self.files)
+
+
 class HostFacts(_Frozen):
     """Everything one facts script learnt about a host.
 
@@ -400,6 +439,7 @@ class HostFacts(_Frozen):
     dnf_reboot_required: RebootRequired | None = None
     sshd: SshdSettings | None = None
     firewall: Firewall | None = None
+    log_review: LogReview | None = None
     errors: dict[str, str] = Field(default_factory=dict, description="Fact name -> why missing.")
 
     @property
@@ -1043,6 +1083,42 @@ def parse_firewall(text: str) -> Firewall:
     )
 
 
+_LOG_FILE_LINE = re.compile(r"^file=(\S+) errors=(\d+) auth_failures=(\d+)$")
+
+
+def parse_log_review(text: str) -> LogReview:
+    """Parse ``LOG_REVIEW``: counts from the journal, or per log file (added up).
+
+    Raises:
+        FactParseError: no ``source=`` line, or a line that is not a count.
+    """
+    lines = [line.strip() for line in _lines(text)]
+    if not lines or lines[0] not in ("source=journal", "source=files"):
+        raise FactParseError("log_review", lines[0] if lines else text, "expected source=...")
+    if lines[0] == "source=journal":
+        values = dict(line.partition("=")[::2] for line in lines[1:])
+        try:
+            return LogReview(
+                source="journal",
+                errors=int(values["errors"]),
+                auth_failures=int(values["auth_failures"]),
+            )
+        except (KeyError, ValueError):
+            raise FactParseError(
+                "log_review", text, "expected errors=N and auth_failures=N"
+            ) from None
+    files: list[str] = []
+    errors = failures = 0
+    for line in lines[1:]:
+        match = _LOG_FILE_LINE.match(line)
+        if match is None:
+            raise FactParseError("log_review", line, "expected file=... errors=N auth_failures=N")
+        files.append(match.group(1))
+        errors += int(match.group(2))
+        failures += int(match.group(3))
+    return LogReview(source="files", files=files, errors=errors, auth_failures=failures)
+
+
 def parse_apt_held(text: str) -> list[str]:
     """Parse ``apt-mark showhold`` (``APT_HELD``): one held package per line.
 
@@ -1173,6 +1249,7 @@ FACTS: dict[str, Fact[Any]] = {
         Fact("held_packages", APT_HELD, parse_apt_held, _DEBIAN),
         Fact("sshd", SSHD_EFFECTIVE, parse_sshd_effective),
         Fact("firewall", FIREWALL, parse_firewall),
+        Fact("log_review", LOG_REVIEW, parse_log_review),
         Fact("dnf_updates", DNF_CHECK_UPDATE, parse_dnf_check_update, _RHEL),
         Fact("dnf_reboot_required", DNF_NEEDS_RESTARTING, parse_dnf_needs_restarting, _RHEL),
     )

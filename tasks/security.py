@@ -1,4 +1,5 @@
-"""The security audit's reading of a host: every planning fact plus sshd and the firewall.
+"""The security audit's reading of a host: every planning fact plus sshd, the firewall
+and what the logs hold for review.
 
 The audit is read-only on the host (``apt-get update`` refreshes package lists, never
 packages, so pending security updates are current). What the facts mean is decided by
@@ -17,8 +18,9 @@ from tasks.remote import RemoteHost
 
 __all__ = ["AUDIT_FACTS", "collect_audit_facts"]
 
-#: The facts an audit reads: those of a maintenance plan, sshd's settings, the firewall.
-AUDIT_FACTS: tuple[str, ...] = (*PLAN_FACTS, "sshd", "firewall")
+#: The facts an audit reads: those of a maintenance plan, sshd's settings, the firewall,
+#: and the logs' counts (error lines, failed SSH logins).
+AUDIT_FACTS: tuple[str, ...] = (*PLAN_FACTS, "sshd", "firewall", "log_review")
 
 
 @task(

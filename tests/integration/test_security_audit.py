@@ -1,9 +1,11 @@
 """The security-audit flow on real sandbox hosts (net 80): sshd, ports, pending security
-updates, the firewall it cannot see, its artifact and its notice."""
+updates, failed logins in the logs, the firewall it cannot see, its artifact and notice."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,13 +80,25 @@ def audit(**parameters: Any) -> tuple[str, SecurityAuditSummary]:
 
 
 def test_findings_are_named_per_server_published_and_notified(
-    estate: Estate, audit_env: None
+    estate: Estate, audit_env: None, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
 
     from tasks.notify import save_demo_webhook
 
     a01, a02, a03 = (h.name for h in estate.spec.hosts)
+    # Two logins on a01 with a key it does not know: sshd logs them, the audit counts them.
+    wrong = tmp_path / "wrong"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    address, known_hosts = estate.spec.hosts[0].address, estate.known_hosts_path
+    for _ in range(2):
+        options = ["IdentitiesOnly=yes", "BatchMode=yes", f"UserKnownHostsFile={known_hosts}"]
+        subprocess.run(
+            ["ssh", "-i", str(wrong), *(f"-o{o}" for o in options), f"root@{address}", "true"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
     # a02 lets passwords in (sshd -T reads the file: no restart needed); a03 runs a second
     # sshd on a port the inventory does not allow.
     weak, hardened = "PasswordAuthentication yes", "PasswordAuthentication no"
@@ -104,6 +118,10 @@ def test_findings_are_named_per_server_published_and_notified(
     assert [r.status for r in summary.servers] == ["passed", "findings", "findings"]
     assert rows[a01].findings == []
     assert FIREWALL_UNKNOWN in rows[a01].warnings
+    assert (
+        "logs to review (/var/log/sshd.log): 0 error lines, 2 failed SSH logins"
+        in rows[a01].warnings
+    )
     assert rows[a02].findings == ["sshd allows PasswordAuthentication yes"]
     assert rows[a03].findings == ["unexpected listening ports: 2222"]
     assert "2 server(s) with findings" in notice["subject"]

@@ -506,3 +506,35 @@ def test_sshd_and_firewall_are_checked_when_read_and_silent_when_not() -> None:
     assert strict.per_server["bare"].failures == [
         "firewall unknown: neither nft nor iptables is installed"
     ]
+
+
+def test_log_counts_are_lines_to_review_until_failed_logins_pass_the_bound() -> None:
+    from tasks.facts import LogReview
+
+    few = LogReview(source="files", files=["/var/log/sshd.log"], errors=1, auth_failures=3)
+    many = LogReview(source="journal", errors=0, auth_failures=80)
+    quiet = LogReview(source="files", files=["/var/log/auth.log"], errors=0, auth_failures=0)
+
+    report = verify(
+        {
+            "few": healthy(log_review=few),
+            "many": healthy(log_review=many),
+            "quiet": healthy(log_review=quiet),
+            "patched": healthy(),
+        }
+    )
+
+    assert report.per_server["few"].passed
+    assert (
+        "logs to review (/var/log/sshd.log): 1 error line, 3 failed SSH logins"
+        in report.per_server["few"].warnings
+    )
+    assert report.per_server["many"].failures == [
+        "80 failed SSH logins in the logs (the journal, 7 days), more than 50"
+    ]
+    assert not any("logs" in w for w in report.per_server["quiet"].warnings)
+    assert not any("logs" in w for w in report.per_server["patched"].warnings)
+    relaxed = verify(
+        {"many": healthy(log_review=many)}, HostVerificationSettings(max_auth_failures=100)
+    )
+    assert relaxed.per_server["many"].passed

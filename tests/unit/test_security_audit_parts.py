@@ -51,5 +51,5 @@ def test_the_notice_lists_each_server_with_findings_in_the_client_zone() -> None
 
 
 def test_the_audit_reads_the_plan_facts_plus_sshd_and_the_firewall() -> None:
-    assert AUDIT_FACTS[-2:] == ("sshd", "firewall")
+    assert AUDIT_FACTS[-3:] == ("sshd", "firewall", "log_review")
     assert {"apt_simulation", "listening_ports", "failed_services"} <= set(AUDIT_FACTS)
