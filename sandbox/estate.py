@@ -388,8 +388,18 @@ chroot $M apt-get clean
     def _plumb(self, host: HostSpec) -> None:
         ns = self.spec.netns(host.name)
         veth = self.spec.veth(host)
-        if _run(["ip", "netns", "pids", ns], check=False).returncode != 0:
+        pids = _run(["ip", "netns", "pids", ns], check=False)
+        if pids.returncode != 0:
             _run(["ip", "netns", "add", ns])
+        elif pids.stdout.split():
+            # This estate has no host running there (its init pid is gone), so someone
+            # else's is: another estate on the same net, from another cache directory.
+            raise SandboxError(
+                f"network namespace {ns} already runs processes ({', '.join(pids.stdout.split())})"
+                f" that this estate ({self.dir}) did not start: another estate uses net"
+                f" {self.spec.net}. Stop it (`CARETAKER_CACHE=<its cache> python -m sandbox"
+                " down`) or kill those processes, then try again"
+            )
         if _run(["ip", "link", "show", veth], check=False).returncode != 0:
             _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
             _run(["ip", "link", "set", veth, "master", self.spec.bridge])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from blocks.errors import SandboxError
 from sandbox import faults, moto
 from sandbox.estate import AwsInstanceSpec, Estate, EstateSpec, HostSpec, numbered_hosts
 from sandbox.repo import PackageSpec
@@ -211,3 +212,19 @@ def test_the_aws_endpoint_knows_the_estates_instances_and_volumes() -> None:
         assert ec2.describe_images(Owners=["self"])["Images"], "the sandbox AMI is registered"
     finally:
         estate.down(purge=True)
+
+
+def test_a_second_estate_on_a_net_in_use_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    # What two demo runs with different CARETAKER_CACHE directories did: the second estate
+    # plumbed its hosts into the first one's namespaces, and every host key "changed".
+    if sandbox_unavailable():
+        pytest.skip(sandbox_unavailable())
+    first = Estate(numbered_hosts("test-clash", 82, 1))
+    first.up(fresh=True)
+    try:
+        second = Estate(numbered_hosts("test-clash", 82, 1), root=tmp_path / "other-cache")
+        with pytest.raises(SandboxError, match=r"ctk82-h01 already runs processes .* net 82"):
+            second.up()
+        assert ssh(first, "h01", "true").returncode == 0  # the first estate is untouched
+    finally:
+        first.down(purge=True)
