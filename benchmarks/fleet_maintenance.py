@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blocks.settings import settings
+from core.settings import settings
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.repo import PackageSpec
 

@@ -7,7 +7,7 @@ interpreter and imported libraries, ~150 MB for pandas + pyarrow).
 
 Steps, per data set from ``benchmarks/report_data.py``:
 
-* ``import``: ``reports.ingest.bulk_import_parquet`` into a fresh SQLite file in the cache
+* ``import``: ``history.ingest.bulk_import_parquet`` into a fresh SQLite file in the cache
   (vectorised validation and compression, one transaction, rollups included);
 * ``store``: ``read_intervals_frame`` + ``compute_report`` (all tables) from that store;
 * ``raw``: ``parquet_to_intervals`` (only server/ts/ok read, by row group, 2 threads) +
@@ -51,8 +51,8 @@ sys.path.insert(0, {str(ROOT)!r})
 PANDAS_COMMON = """
 import pandas as pd
 from reports.compute import compute_report
-from reports.ingest import parquet_to_intervals, read_intervals_frame, bulk_import_parquet
-from reports.store import open_store
+from history.ingest import parquet_to_intervals, read_intervals_frame, bulk_import_parquet
+from history.store import open_store
 DAYS = {days}
 START = datetime(2026, 1, 1, tzinfo=UTC)
 END = START + timedelta(days=DAYS)
@@ -175,7 +175,7 @@ print("RESULT " + json.dumps({"seconds": took, "peak_mib": peak, "note": extra})
 
 
 def bench_python() -> str:
-    from blocks.settings import settings
+    from core.settings import settings
 
     venv = settings().cache / "bench-venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable

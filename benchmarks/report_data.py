@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blocks.settings import settings
+from core.settings import settings
 
 T0 = np.datetime64("2026-01-01T00:00:00", "ms")
 SETS = {"26m": (200, 90), "263m": (500, 365), "small": (20, 30)}

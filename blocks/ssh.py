@@ -21,7 +21,7 @@ from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from blocks.errors import ConfigError
+from core.errors import ConfigError
 
 # Tried in this order: ed25519 is the modern default, so most keys load on the first try.
 _KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (

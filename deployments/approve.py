@@ -15,6 +15,8 @@ import argparse
 import sys
 from uuid import UUID
 
+from core.settings import telemetry_off
+
 
 def _list() -> int:
     from prefect.client.orchestration import get_client
@@ -44,6 +46,7 @@ def _list() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    telemetry_off()
     parser = argparse.ArgumentParser(
         prog="python -m deployments.approve",
         description=__doc__,

@@ -21,6 +21,8 @@ from uuid import UUID
 from prefect.automations import Automation, EventTrigger, Posture, SendNotification
 from prefect.client.orchestration import get_client
 
+from core.settings import telemetry_off
+
 __all__ = [
     "DOWN_BODY",
     "DOWN_SUBJECT",
@@ -106,6 +108,7 @@ def create_server_down_automation(block: str, client: str | None = None) -> UUID
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m deployments.automations --block NAME [--client SLUG]``."""
+    telemetry_off()
     parser = argparse.ArgumentParser(prog="python -m deployments.automations")
     parser.add_argument("--block", required=True, help="notification block name")
     parser.add_argument("--client", default=None, help="only this client's servers")

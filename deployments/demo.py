@@ -24,9 +24,9 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from blocks.inventory import load_inventory
-from blocks.settings import settings
+from core.settings import settings, telemetry_off
 from deployments.server import ensure_server
+from inventory import load_inventory
 from sandbox import faults, moto
 from sandbox.estate import Estate
 from sandbox.inventory import spec_from_inventory
@@ -93,6 +93,7 @@ def approve_when_paused(client: str, approver: str, stop: threading.Event) -> No
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit code."""
+    telemetry_off()
     parser = argparse.ArgumentParser(
         prog="python -m deployments.demo",
         description=__doc__,

@@ -38,9 +38,9 @@ from typing import Any
 
 import yaml
 
-from blocks.errors import InventoryError
-from blocks.inventory import ClientInventory, format_duration, load_inventory
-from blocks.settings import REPO_ROOT, settings
+from core.errors import InventoryError
+from core.settings import REPO_ROOT, settings, telemetry_off
+from inventory import ClientInventory, format_duration, load_inventory
 
 __all__ = [
     "BUILD_STEPS",
@@ -317,6 +317,7 @@ def render(inventory_dir: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m deployments.generate [--check]``; returns the exit status."""
+    telemetry_off()
     parser = argparse.ArgumentParser(
         prog="python -m deployments.generate",
         description="Write prefect.yaml (the deployments of every client) from the inventory.",

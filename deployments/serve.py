@@ -38,9 +38,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blocks.inventory import load_inventory
-from blocks.settings import settings
+from core.settings import settings, telemetry_off
 from deployments.generate import DeploymentSpec, deployment_specs
+from inventory import load_inventory
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -128,6 +128,7 @@ def release_from_work_pool(specs: Sequence[DeploymentSpec]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m deployments.serve``: serve until stopped; returns the exit status."""
+    telemetry_off()
     parser = argparse.ArgumentParser(
         prog="python -m deployments.serve",
         description="Serve every caretaker deployment of the inventory from this process.",

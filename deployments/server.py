@@ -18,8 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from blocks.errors import ConfigError
-from blocks.settings import settings
+from core.errors import ConfigError
+from core.settings import settings
 
 
 def prefect_home(home: Path | None = None) -> Path:

@@ -6,8 +6,8 @@ inside, about 64 servers at once in all):
 
     per server: SSH reachability + the inventory's tcp / http / systemd checks (each
     bounded by its timeout), then load, memory and disks over the same SSH session
-      ─► one sample per server ─► reports.ingest.ingest (state intervals + daily rollups)
-         and reports.ingest.record_metrics (the metrics table)
+      ─► one sample per server ─► history.ingest.ingest (state intervals + daily rollups)
+         and history.ingest.record_metrics (the metrics table)
       ─► a Prefect event per confirmed state change (caretaker.server.down / .up)
       ─► a table artifact per client (state, error, latency, load, memory, fullest disk)
 
@@ -34,10 +34,10 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from blocks.inventory import ClientInventory, load_client_by_slug, load_inventory
-from blocks.settings import settings
-from reports.ingest import CheckSample, MetricSample, StateChange, ingest, record_metrics
-from reports.store import open_store
+from core.settings import settings
+from history.ingest import CheckSample, MetricSample, StateChange, ingest, record_metrics
+from history.store import open_store
+from inventory import ClientInventory, load_client_by_slug, load_inventory
 from tasks.checks import (
     METRIC_FACTS,
     CheckResult,

@@ -25,8 +25,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from blocks.inventory import load_client_by_slug
-from blocks.settings import settings
+from core.settings import settings
+from inventory import load_client_by_slug
 from reports.compute import compute_report
 from reports.render import PdfNotMade, ReportContext, write_pdf, write_report
 from reports.validate import validate_inputs

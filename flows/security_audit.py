@@ -29,15 +29,15 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from blocks.errors import ConfigError
-from blocks.inventory import load_client_by_slug
-from blocks.settings import settings
-from reports.expectations import HostVerificationSettings, VerificationReport, validate_host_facts
+from core.errors import ConfigError
+from core.settings import settings
+from inventory import load_client_by_slug
 from tasks.facts import HostFacts
 from tasks.notify import notice_audit, notify
 from tasks.records import run_url
 from tasks.security import collect_audit_facts
 from tasks.sessions import open_sessions
+from tasks.verify import HostVerificationSettings, VerificationReport, validate_host_facts
 
 __all__ = ["SecurityAuditSummary", "ServerAudit", "audit_rows", "security_audit"]
 

@@ -34,7 +34,9 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.change import (
+from core.errors import CaretakerError, RemoteError
+from core.settings import settings
+from history.change import (
     ChangeRecord,
     Finding,
     Outcome,
@@ -43,13 +45,10 @@ from blocks.change import (
     Rollback,
     Verification,
 )
-from blocks.change import PackageChange as RecordedChange
-from blocks.change import RestoreTestResult as RecordedRestoreTest
-from blocks.errors import CaretakerError, RemoteError
-from blocks.inventory import ClientInventory, Server, load_client_by_slug, select_servers
-from blocks.settings import settings
-from reports.expectations import HostVerificationSettings, validate_host_facts
-from reports.store import HistoryStore, open_store
+from history.change import PackageChange as RecordedChange
+from history.change import RestoreTestResult as RecordedRestoreTest
+from history.store import HistoryStore, open_store
+from inventory import ClientInventory, Server, load_client_by_slug, select_servers
 from tasks.approval import (
     TIMEOUT_APPROVER,
     ApprovalDeadline,
@@ -93,6 +92,7 @@ from tasks.snapshots import (
     run_restore_test,
     wait_for_snapshot,
 )
+from tasks.verify import HostVerificationSettings, validate_host_facts
 
 Phase = Literal["staging", "production"]
 
@@ -232,7 +232,7 @@ class Maintenance:
         return plan
 
     def inv_blocks_exist(self) -> None:
-        from blocks.inventory import check_block_references
+        from inventory import check_block_references
 
         check_block_references(self.inv, None, read_block_names())
 

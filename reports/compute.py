@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from blocks.change import ChangeRecord
+from history.change import ChangeRecord
 from reports.validate import ReportInputError
 
 __all__ = [
@@ -1282,7 +1282,7 @@ def raw_checks_to_intervals(checks: pd.DataFrame, max_gap: timedelta) -> pd.Data
     """Fold raw checks into state intervals, all servers at once, without a loop.
 
     The same result as folding each server's checks in time order with
-    :func:`reports.ingest.extend_intervals`: a run of checks in one state is one interval,
+    :func:`history.ingest.extend_intervals`: a run of checks in one state is one interval,
     closed at the first check of the next run; a silence longer than ``max_gap`` closes the
     run at its last check and becomes an ``unknown`` interval (0 checks); a check at the
     same time as the previous one (a duplicate) is counted in the open interval without

@@ -34,7 +34,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup, escape
 
-from blocks.errors import CaretakerError
+from core.errors import CaretakerError
 from reports.compute import (
     ACTIVITY_COLUMNS,
     INCIDENT_COLUMNS,

@@ -12,7 +12,7 @@ needs each row's predecessor, so the frame also gets ``prev_end_ns`` (the end of
 previous row of the same server, in start order) and the suite expects
 ``start_ns >= prev_end_ns``.
 
-GX runs in the process's ephemeral context of :mod:`reports.expectations` (created once,
+GX runs in the process's ephemeral context of :mod:`tasks.verify` (created once,
 in memory, no files, no analytics), under its lock. great-expectations is imported lazily:
 importing this module is cheap, and :class:`ReportInputError` is importable without GX.
 """
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from blocks.errors import CaretakerError
+from core.errors import CaretakerError
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
@@ -111,7 +111,7 @@ def validate_frame(
     """
     import great_expectations as gx
 
-    from reports.expectations import _GX_LOCK, _gx_batch_definition
+    from tasks.verify import _GX_LOCK, _gx_batch_definition
 
     if len(frame) == 0 or not checks:
         return []

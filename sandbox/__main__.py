@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from blocks.errors import CaretakerError
+from core.errors import CaretakerError
+from core.settings import telemetry_off
 from sandbox import faults, moto
 from sandbox.estate import Estate, load, numbered_hosts
 from sandbox.repo import PackageSpec
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sandbox command line; returns the exit code."""
+    telemetry_off()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
     try:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.errors import SandboxError
+from core.errors import SandboxError
 from sandbox import image as image_mod
 from sandbox.paths import estates_dir
 from sandbox.repo import INITIAL, PackageSpec, Repository

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blocks.errors import SandboxError
+from core.errors import SandboxError
 from sandbox.repo import PackageSpec
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from blocks.errors import SandboxError
+from core.errors import SandboxError
 from sandbox.paths import images_dir
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from blocks.errors import SandboxError
-from blocks.inventory import load_inventory
+from core.errors import SandboxError
+from inventory import load_inventory
 from sandbox.estate import AwsInstanceSpec, EstateSpec, HostSpec
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from blocks.errors import SandboxError
+from core.errors import SandboxError
 
 if TYPE_CHECKING:
     from sandbox.estate import Estate

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blocks.settings import settings
+from core.settings import settings
 
 
 def cache_dir() -> Path:

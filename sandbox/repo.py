@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.errors import SandboxError
+from core.errors import SandboxError
 
 SUITES = ("caretaker", "caretaker-security")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")

@@ -20,7 +20,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.change import Approval
+from history.change import Approval
 
 
 class ApprovalForm(RunInput):

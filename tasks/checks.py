@@ -34,8 +34,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.errors import RemoteError
-from blocks.inventory import HttpCheck, Server, SystemdCheck, TcpCheck
+from core.errors import RemoteError
+from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.facts import HostFacts, build_facts_script, parse_facts, split_facts_output
 from tasks.packages import APT_REFRESH
 from tasks.remote import RemoteHost, sh_join

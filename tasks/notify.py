@@ -6,7 +6,7 @@ only calls ``block.notify(body, subject)``.
 
 * Pure builders make each notice's ``(subject, body)``: :func:`notice_before_change`,
   :func:`notice_approval_requested` and :func:`notice_end`. Bodies are plain text, hold no
-  secrets (free text is passed through :func:`blocks.change.redact`), and name the
+  secrets (free text is passed through :func:`history.change.redact`), and name the
   change, the window, the servers and where to look.
 * :func:`notify` is the thin task that loads each block and sends. A notice that cannot
   be sent is logged and returned as a problem line, never raised: a broken chat webhook
@@ -32,7 +32,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from blocks.change import (
+from core.errors import ConfigError
+from history.change import (
     OUTCOME_MEANING,
     ChangeRecord,
     ChangeWindow,
@@ -41,7 +42,6 @@ from blocks.change import (
     format_time,
     redact,
 )
-from blocks.errors import ConfigError
 
 __all__ = [
     "DEMO_WEBHOOK_BLOCK",

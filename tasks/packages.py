@@ -27,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.errors import ConfigError, PatchFailed, RemoteError
+from core.errors import ConfigError, PatchFailed, RemoteError
 from tasks.facts import (
     REBOOT_REQUIRED,
     FactParseError,

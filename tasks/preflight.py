@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
-from blocks.settings import settings
+from core.settings import settings
 from tasks.facts import HostFacts
 
 # Block type slugs of each kind of credentials block the inventory names; notification

@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.errors import ConnectError, RebootTimeout, RemoteError
+from core.errors import ConnectError, RebootTimeout, RemoteError
 from tasks.facts import BOOT_ID, FactParseError, parse_boot_id
 from tasks.packages import PackageDiff
 from tasks.remote import RemoteHost

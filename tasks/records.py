@@ -21,9 +21,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_UI_URL
 
-from blocks.change import ChangeRecord, ChangeWindow, render_markdown
-from blocks.change import SnapshotRecord as RecordedSnapshot
-from blocks.inventory import ClientInventory, Server
+from history.change import ChangeRecord, ChangeWindow, render_markdown
+from history.change import SnapshotRecord as RecordedSnapshot
+from inventory import ClientInventory, Server
 from tasks.packages import MaintenancePlan
 from tasks.snapshots.base import SnapshotRecord
 

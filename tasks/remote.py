@@ -43,7 +43,8 @@ from paramiko.pkey import UnknownKeyType
 from paramiko.sftp import SFTPError
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.errors import (
+from blocks.ssh import SshIdentity
+from core.errors import (
     AuthenticationError,
     CommandFailed,
     CommandTimeout,
@@ -52,7 +53,6 @@ from blocks.errors import (
     HostKeyError,
     RemoteError,
 )
-from blocks.ssh import SshIdentity
 
 log = logging.getLogger(__name__)
 

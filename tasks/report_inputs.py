@@ -34,11 +34,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from blocks.change import ChangeRecord
-from blocks.inventory import ClientInventory
+from history.change import ChangeRecord
+from history.ingest import read_intervals_frame
+from history.store import StoredWindow, open_store
+from inventory import ClientInventory
 from reports.compute import TOTAL_ROW, ReportTables, period_bounds
-from reports.ingest import read_intervals_frame
-from reports.store import StoredWindow, open_store
 from tasks.records import artifact_key
 
 __all__ = [

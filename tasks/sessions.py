@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from blocks.errors import ConfigError
-from blocks.inventory import ClientInventory, Server
 from blocks.ssh import SshIdentity
+from core.errors import ConfigError
+from inventory import ClientInventory, Server
 from tasks.remote import RemoteHost, SessionPool, SshJump, SshTarget
 
 

@@ -24,8 +24,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.errors import CaretakerError, ConfigError, SnapshotError
-from blocks.inventory import (
+from core.errors import CaretakerError, ConfigError, SnapshotError
+from inventory import (
     AwsProvider,
     NoProvider,
     RackspaceProvider,

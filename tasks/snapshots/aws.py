@@ -26,7 +26,7 @@ registered from the snapshots) in a new security group with no ingress and no eg
 waits for it to run with status checks ok, and always terminates it and deletes the
 group and any temporary AMI.
 
-Every botocore error becomes a :class:`~blocks.errors.SnapshotError` in one place,
+Every botocore error becomes a :class:`~core.errors.SnapshotError` in one place,
 :meth:`AwsSnapshotProvider._call`.
 """
 
@@ -51,8 +51,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from blocks.errors import SnapshotError
-from blocks.inventory import AwsProvider, Server, SnapshotPolicy
+from core.errors import SnapshotError
+from inventory import AwsProvider, Server, SnapshotPolicy
 from tasks.snapshots.base import (
     TAG_CHANGE_REF,
     TAG_CLIENT,

@@ -26,8 +26,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.errors import SnapshotError
-from blocks.inventory import Server
+from core.errors import SnapshotError
+from inventory import Server
 
 ProviderName = Literal["aws", "rackspace", "sandbox", "none"]
 SnapshotState = Literal["pending", "completed", "error", "accepted-risk"]
@@ -180,7 +180,7 @@ class SnapshotProvider(Protocol):
     """Takes, finds, waits for, restores, lists, deletes and restore-tests snapshots.
 
     One instance serves one server's provider configuration (see ``provider_for``).
-    Every method raises :class:`~blocks.errors.SnapshotError` (or its subclass
+    Every method raises :class:`~core.errors.SnapshotError` (or its subclass
     :class:`TransientSnapshotError`) and nothing else on purpose.
     """
 

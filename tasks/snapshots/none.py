@@ -12,8 +12,8 @@ from __future__ import annotations
 import builtins
 from datetime import UTC, datetime
 
-from blocks.errors import SnapshotError
-from blocks.inventory import NoProvider, Server
+from core.errors import SnapshotError
+from inventory import NoProvider, Server
 from tasks.snapshots.base import ProviderName, RestoreTestResult, SnapshotRecord
 
 

@@ -20,7 +20,7 @@ Rackspace Cloud Servers are OpenStack: a snapshot is a server *image*.
 Encryption at rest of Rackspace images cannot be verified through the API, so records
 say ``encrypted=None`` and a policy that requires encryption is refused up front.
 
-Every HTTP failure becomes a :class:`~blocks.errors.SnapshotError` in one place,
+Every HTTP failure becomes a :class:`~core.errors.SnapshotError` in one place,
 :meth:`RackspaceApi.request`; the API key and the token never appear in a message.
 """
 
@@ -37,9 +37,9 @@ from typing import Any, Literal
 
 import httpx
 
-from blocks.errors import SnapshotError
-from blocks.inventory import RackspaceProvider, Server, SnapshotPolicy
 from blocks.rackspace import RackspaceCredentials
+from core.errors import SnapshotError
+from inventory import RackspaceProvider, Server, SnapshotPolicy
 from tasks.snapshots.base import (
     TAG_CHANGE_REF,
     TAG_CLIENT,

@@ -40,9 +40,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from blocks.errors import CaretakerError, RemoteError, SandboxError, SnapshotError
-from blocks.inventory import Server, SnapshotPolicy
 from blocks.ssh import SshIdentity
+from core.errors import CaretakerError, RemoteError, SandboxError, SnapshotError
+from inventory import Server, SnapshotPolicy
 from sandbox.estate import Estate, pid_namespace_members
 from tasks.remote import SshRemoteHost, SshTarget
 from tasks.snapshots.base import (

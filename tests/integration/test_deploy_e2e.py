@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from blocks.inventory import load_inventory
 from deployments.generate import WORK_POOL, WORK_POOL_TYPE, DeploymentSpec, deployment_specs
 from deployments.server import ensure_server, stop_server
+from inventory import load_inventory
 from tests.conftest import sandbox_unavailable
 
 pytestmark = pytest.mark.integration

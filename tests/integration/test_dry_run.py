@@ -189,7 +189,7 @@ def test_a_changed_host_key_is_refused_and_reported(estate: Estate, inventory: P
 
 
 def test_an_unknown_client_fails_with_the_clients_that_exist(inventory: Path) -> None:
-    from blocks.errors import InventoryError
+    from core.errors import InventoryError
     from flows.server_maintenance import server_maintenance
 
     with pytest.raises(InventoryError, match="testco"):

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from flows.health_check import HealthCheckSummary
-from reports.ingest import read_daily_metrics, read_intervals, read_metrics
-from reports.store import open_store
+from history.ingest import read_daily_metrics, read_intervals, read_metrics
+from history.store import open_store
 from sandbox import faults
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.prefect_blocks import ssh_identity
@@ -170,7 +170,7 @@ def test_the_clients_confirm_after_setting_decides_when_a_server_is_down(
     estate: Estate, health_env: str
 ) -> None:
     """With ``monitoring: {confirm_after: 1}`` the first failed check is an outage."""
-    from blocks.settings import settings
+    from core.settings import settings
 
     path = settings().inventory_dir / f"{SLUG}.yaml"
     original = path.read_text()

@@ -187,7 +187,7 @@ APPROVE = {"decision": "approve", "approver": "alice", "comment": "go", "ticket"
 
 
 def stored_records(client: str) -> list[Any]:
-    from reports.store import open_store
+    from history.store import open_store
 
     with open_store() as store:
         return store.change_records(client)
@@ -393,7 +393,7 @@ def test_a_rerun_with_the_same_change_ref_takes_no_second_snapshot(
 def test_a_second_run_for_the_same_client_is_refused_while_the_first_waits(
     estate: Estate, world: dict[str, Any]
 ) -> None:
-    from blocks.errors import MaintenanceInProgress
+    from core.errors import MaintenanceInProgress
     from flows.server_maintenance import server_maintenance
 
     write_client(world["dir"], estate, "twice", approval_timeout="40s")

@@ -39,9 +39,9 @@ from typing import Any
 
 import pytest
 
-from blocks.change import Approval, ChangeRecord, ChangeWindow, Outcome, PackageChange
+from history.change import Approval, ChangeRecord, ChangeWindow, Outcome, PackageChange
+from history.store import check_intervals, open_store, pack_interval
 from reports.render import find_chromium
-from reports.store import check_intervals, open_store, pack_interval
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ import pytest
 from prefect import flow
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-from blocks.change import (
+from core.errors import ConfigError
+from history.change import (
     Approval,
     ChangeRecord,
     ChangeWindow,
@@ -26,8 +27,7 @@ from blocks.change import (
     RestoreTestResult,
     Verification,
 )
-from blocks.errors import ConfigError
-from blocks.inventory import load_client
+from inventory import load_client
 from sandbox.webhook import WebhookReceiver
 from tasks.notify import (
     DEMO_WEBHOOK_BLOCK,

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from blocks.errors import PatchFailed, RebootTimeout
-from blocks.inventory import Server
+from core.errors import PatchFailed, RebootTimeout
+from inventory import Server
 from sandbox import faults
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.prefect_blocks import ssh_identity

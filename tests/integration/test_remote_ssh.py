@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from blocks.errors import (
+from blocks.ssh import SshIdentity
+from core.errors import (
     AuthenticationError,
     CommandFailed,
     CommandTimeout,
@@ -21,7 +22,6 @@ from blocks.errors import (
     HostKeyError,
     RemoteError,
 )
-from blocks.ssh import SshIdentity
 from tasks.remote import (
     CommandResult,
     RemoteHost,

@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from blocks.change import Approval, ChangeRecord, ChangeWindow, Outcome, PackageChange
+from history.change import Approval, ChangeRecord, ChangeWindow, Outcome, PackageChange
 from reports.compute import compute_report, period_bounds
 from reports.render import ReportContext, render_files, write_pdf
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blocks.errors import SandboxError
+from core.errors import SandboxError
 from sandbox import faults, moto
 from sandbox.estate import AwsInstanceSpec, Estate, EstateSpec, HostSpec, numbered_hosts
 from sandbox.repo import PackageSpec

@@ -152,7 +152,7 @@ def test_a_pending_security_update_is_a_finding_and_a_clean_host_passes(
 
 
 def test_an_unknown_server_name_is_refused(audit_env: None) -> None:
-    from blocks.errors import ConfigError
+    from core.errors import ConfigError
     from flows.security_audit import security_audit
 
     with pytest.raises(ConfigError, match=r"no such server\(s\): nope \(known: \['h01'"):

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from blocks.errors import SnapshotError
-from blocks.inventory import AwsProvider, Server, SnapshotPolicy
+from core.errors import SnapshotError
+from inventory import AwsProvider, Server, SnapshotPolicy
 from sandbox import moto
 from sandbox.estate import AwsInstanceSpec, Estate, EstateSpec
 from tasks.snapshots import apply_retention, take_snapshot

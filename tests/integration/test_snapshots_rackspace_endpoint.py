@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
-from blocks.errors import SnapshotError
-from blocks.inventory import RackspaceProvider, Server, SnapshotPolicy
 from blocks.rackspace import RackspaceCredentials
+from core.errors import SnapshotError
+from inventory import RackspaceProvider, Server, SnapshotPolicy
 from tasks.snapshots import apply_retention, take_snapshot
 from tasks.snapshots.rackspace import SERVICENET, RackspaceApi, RackspaceSnapshotProvider
 from tests.integration.rackspace_endpoint import FakeRackspace

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from blocks.inventory import Server, SnapshotPolicy
+from inventory import Server, SnapshotPolicy
 from sandbox.estate import Estate, EstateSpec, HostSpec, pid_namespace_members
 from sandbox.repo import PackageSpec
 from tasks.snapshots import apply_retention, provider_for

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from reports.store import open_store
+from history.store import open_store
 from tests.unit.test_store import StoreContract
 
 ADMIN_URL = os.environ.get(

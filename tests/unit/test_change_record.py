@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from blocks.change import (
+from history.change import (
     Approval,
     ChangeRecord,
     ChangeWindow,

@@ -17,16 +17,6 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from reports.expectations import (
-    EXPECTATION_NAMES,
-    FRAME_COLUMNS,
-    HostVerificationSettings,
-    VerificationReport,
-    build_suite,
-    facts_frame,
-    validate_host_facts,
-    verify_facts,
-)
 from tasks.facts import (
     AptSimulation,
     DiskUsage,
@@ -41,6 +31,16 @@ from tasks.facts import (
     parse_failed_services,
     parse_reboot_required,
     parse_ss_listening,
+)
+from tasks.verify import (
+    EXPECTATION_NAMES,
+    FRAME_COLUMNS,
+    HostVerificationSettings,
+    VerificationReport,
+    build_suite,
+    facts_frame,
+    validate_host_facts,
+    verify_facts,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"

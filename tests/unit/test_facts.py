@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from blocks.errors import CaretakerError
+from core.errors import CaretakerError
 from tasks.facts import (
     FACTS,
     AptSimulation,

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from blocks.errors import ConnectError
-from blocks.inventory import HttpCheck, Server, SystemdCheck, TcpCheck
+from core.errors import ConnectError
+from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.checks import (
     SSH_PROBE,
     CheckResult,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.ingest import (
+from history.ingest import (
     CheckSample,
     ImportRejected,
     Interval,
@@ -23,7 +23,7 @@ from reports.ingest import (
     rebuild_rollups,
     rollup_seconds,
 )
-from reports.store import HistoryStore, open_store
+from history.store import HistoryStore, open_store
 
 T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)

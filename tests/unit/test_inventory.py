@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from blocks.errors import InventoryError
-from blocks.inventory import (
+from core.errors import InventoryError
+from inventory import (
     ClientInventory,
     MaintenanceWindow,
     Schedule,

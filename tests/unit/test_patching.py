@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from blocks.errors import (
+from core.errors import (
     CommandFailed,
     ConfigError,
     ConnectError,

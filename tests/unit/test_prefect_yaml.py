@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 
-from blocks.inventory import load_inventory
 from deployments.generate import (
     MAINTENANCE_ENTRYPOINT,
     MAINTENANCE_FLOW,
@@ -28,6 +27,7 @@ from deployments.generate import (
     main,
     render,
 )
+from inventory import load_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "prefect.yaml"

@@ -37,7 +37,8 @@ from paramiko.ssh_exception import (
     UnableToAuthenticate,
 )
 
-from blocks.errors import (
+from blocks.ssh import SshIdentity
+from core.errors import (
     AuthenticationError,
     CommandFailed,
     ConfigError,
@@ -45,7 +46,6 @@ from blocks.errors import (
     HostKeyError,
     RemoteError,
 )
-from blocks.ssh import SshIdentity
 from tasks.remote import (
     REDACTED,
     TRANSLATABLE,

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from blocks.change import (
+from history.change import (
     Approval,
     ChangeRecord,
     ChangeWindow,

@@ -212,7 +212,7 @@ def test_a_hung_browser_is_killed_at_the_timeout(tmp_path: Path) -> None:
 
 
 def test_the_activity_row_shows_a_restore_test_only_when_there_was_one() -> None:
-    from blocks.change import ChangeRecord, ChangeWindow, Outcome, RestoreTestResult
+    from history.change import ChangeRecord, ChangeWindow, Outcome, RestoreTestResult
     from reports.compute import activity_table
 
     t0 = datetime(2026, 10, 1, 2, tzinfo=UTC)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flows.security_audit import audit_rows
-from reports.expectations import ServerVerification, VerificationReport
 from tasks.notify import notice_audit
 from tasks.security import AUDIT_FACTS
+from tasks.verify import ServerVerification, VerificationReport
 
 
 def test_rows_follow_the_inventory_order_and_an_unreachable_server_is_a_finding() -> None:

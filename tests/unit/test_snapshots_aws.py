@@ -23,8 +23,8 @@ from botocore.exceptions import (
 )
 from botocore.stub import ANY, Stubber
 
-from blocks.errors import SnapshotError
-from blocks.inventory import AwsProvider, Server, SnapshotPolicy
+from core.errors import SnapshotError
+from inventory import AwsProvider, Server, SnapshotPolicy
 from tasks.snapshots.aws import AwsSnapshotProvider
 from tasks.snapshots.base import SnapshotRecord, TransientSnapshotError
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from blocks.errors import SnapshotError
-from blocks.inventory import Server, SnapshotPolicy
+from core.errors import SnapshotError
+from inventory import Server, SnapshotPolicy
 from tasks.snapshots import create_snapshot, provider_for, run_restore_test, wait_for_snapshot
 from tasks.snapshots.base import SnapshotProvider
 from tasks.snapshots.none import NoSnapshotProvider

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from blocks.errors import SnapshotError
 from blocks.rackspace import RackspaceCredentials
+from core.errors import SnapshotError
 from tasks.snapshots.base import TransientSnapshotError
 from tasks.snapshots.rackspace import RackspaceApi
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from blocks.errors import SnapshotError
-from blocks.inventory import Server
+from core.errors import SnapshotError
+from inventory import Server
 from tasks.snapshots import apply_retention
 from tasks.snapshots.base import SnapshotRecord, SnapshotState, select_for_deletion
 

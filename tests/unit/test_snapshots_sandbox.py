@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from blocks.errors import SnapshotError
-from blocks.inventory import Server, SnapshotPolicy
+from core.errors import SnapshotError
+from inventory import Server, SnapshotPolicy
 from sandbox.estate import Estate, EstateSpec, HostSpec
 from tasks.snapshots.sandbox import SandboxSnapshotProvider, known_hosts_for
 

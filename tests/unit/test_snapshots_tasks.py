@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from blocks.errors import ConfigError, SnapshotError
-from blocks.inventory import Server, SnapshotPolicy
+from core.errors import ConfigError, SnapshotError
+from inventory import Server, SnapshotPolicy
 from tasks.snapshots import (
     _only_transient,
     create_snapshot,

@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from blocks.change import ChangeRecord, ChangeWindow, Outcome, PackageChange
-from blocks.errors import ConfigError, MaintenanceInProgress
-from reports.ingest import (
+from core.errors import ConfigError, MaintenanceInProgress
+from history.change import ChangeRecord, ChangeWindow, Outcome, PackageChange
+from history.ingest import (
     CheckSample,
     DailyMetrics,
     MetricSample,
@@ -34,8 +34,8 @@ from reports.ingest import (
     read_metrics,
     record_metrics,
 )
-from reports.ingest import main as ingest_main
-from reports.store import (
+from history.ingest import main as ingest_main
+from history.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     HistoryStore,
@@ -130,8 +130,8 @@ def race(contenders: int, attempt: Callable[[int], object]) -> list[object]:
 # lock, once the parent says go. Prints "won" or "refused <holder>".
 CONTENDER = """
 import sys
-from blocks.errors import MaintenanceInProgress
-from reports.store import open_store
+from core.errors import MaintenanceInProgress
+from history.store import open_store
 
 url, run = sys.argv[1], sys.argv[2]
 print("ready", flush=True)

@@ -6,6 +6,7 @@ for (never at import time), with defaults that work on a fresh machine.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -73,3 +74,11 @@ class CaretakerSettings(BaseSettings):
 def settings() -> CaretakerSettings:
     """Current settings (re-read each call, so tests can change the environment)."""
     return CaretakerSettings()
+
+
+def telemetry_off() -> None:
+    """Turn Prefect's telemetry off for this process and what it starts, unless the
+    environment already says otherwise. Called by every command's ``main`` (never on import):
+    caretaker sends nothing anywhere but to the hosts and APIs it is pointed at."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")

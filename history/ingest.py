@@ -12,7 +12,7 @@ day are kept in ``daily_rollups``. See docs/health-check.md.
   transaction-scoped advisory lock per client and server), so two health-check runs
   writing at once lose nothing. It returns the state changes that passed the
   confirmation rule, for the flow to publish as Prefect events.
-* :func:`load_samples` / :func:`import_file` / ``python -m reports.ingest import FILE
+* :func:`load_samples` / :func:`import_file` / ``python -m history.ingest import FILE
   --client SLUG``: history from another monitoring tool (CSV or Parquet with columns
   ``server, ts, ok`` and optionally ``latency_ms``). Every row is validated first; any bad
   row rejects the whole file (:class:`ImportRejected`, with line numbers) and nothing is
@@ -45,8 +45,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from blocks.errors import CaretakerError, ConfigError
-from reports.store import (
+from core.errors import CaretakerError, ConfigError
+from history.store import (
     PACKED_FIELDS,
     PACKED_FORMAT,
     STATE_CODES,
@@ -1342,7 +1342,7 @@ _PACKED_SIZE = struct.calcsize(PACKED_FORMAT)
 
 
 def _packed_rows(intervals: Any) -> bytes:
-    """Every row's ``packed`` value (:data:`reports.store.PACKED_FIELDS`), concatenated."""
+    """Every row's ``packed`` value (:data:`history.store.PACKED_FIELDS`), concatenated."""
     import numpy as np
     import pandas as pd
 
@@ -1515,7 +1515,7 @@ def read_intervals_frame(
             f"history store: check_intervals rows of {client}/{unpacked[0]}"
             f"{f' and {len(unpacked) - 1} more server(s)' if len(unpacked) > 1 else ''}"
             " have no packed value (written by another tool); fill them with"
-            " `python -m reports.ingest repack`"
+            " `python -m history.ingest repack`"
         )
     names = np.array([g[0] for g in groups], dtype=object)
     counts = np.array([g[1] for g in groups], dtype=np.int64)
@@ -1559,12 +1559,12 @@ def read_intervals_frame(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m reports.ingest import FILE --client SLUG [--interval S] [--store URL]``
-    and ``python -m reports.ingest repack [--store URL]``."""
-    from reports.store import open_store
+    """``python -m history.ingest import FILE --client SLUG [--interval S] [--store URL]``
+    and ``python -m history.ingest repack [--store URL]``."""
+    from history.store import open_store
 
     parser = argparse.ArgumentParser(
-        prog="python -m reports.ingest", description="Import check history into the store."
+        prog="python -m history.ingest", description="Import check history into the store."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser(

@@ -31,7 +31,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.errors import CaretakerError
+from core.errors import CaretakerError
 
 __all__ = [
     "ALL_FAMILIES",

@@ -8,7 +8,7 @@ every approval decision (counted or not, and why), the rollbacks, the restore te
 hygiene and security findings, the outcome and the post-implementation review.
 
 The record is written by the server-maintenance flow, saved in the history store
-(:mod:`reports.store`, one row per run, upserted as the run progresses) and shown as a
+(:mod:`history.store`, one row per run, upserted as the run progresses) and shown as a
 Prefect markdown artifact rendered by :func:`render_markdown`. Every field is described in
 ``docs/change-record.md``.
 

@@ -2,7 +2,7 @@
 
 caretaker keeps what reports need in a database of its own, so reports never depend on
 Prefect keeping old runs. By default it is the SQLite file ``<data>/caretaker.db``
-(:func:`blocks.settings.settings`); at scale, PostgreSQL by URL
+(:func:`core.settings.settings`); at scale, PostgreSQL by URL
 (``CARETAKER_HISTORY_STORE_URL=postgresql+psycopg://user@host/db``).
 
 * The schema is versioned: ``schema_version`` holds one row per applied migration, and
@@ -42,9 +42,9 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from blocks.change import ChangeRecord
-from blocks.errors import ConfigError, MaintenanceInProgress
-from blocks.settings import settings
+from core.errors import ConfigError, MaintenanceInProgress
+from core.settings import settings
+from history.change import ChangeRecord
 
 __all__ = [
     "MIGRATIONS",
@@ -115,7 +115,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
     PostgreSQL stores ``timestamptz``. SQLite has no timestamp type: it stores an integer,
     microseconds since the Unix epoch (schema version 4; before, SQLAlchemy's ISO text).
     Integers sort as times, range queries work, and a reader that wants numbers (reports,
-    :func:`reports.ingest.read_intervals_frame`) reads them without parsing text.
+    :func:`history.ingest.read_intervals_frame`) reads them without parsing text.
     """
 
     impl = sa.DateTime(timezone=True)
@@ -280,7 +280,7 @@ metrics = sa.Table(
 
 #: ``check_intervals.packed`` (schema version 5): a row's numbers as five big-endian
 #: int64, in this order, so that a client's timeline is read as one byte string per
-#: server (:func:`reports.ingest.read_intervals_frame`) instead of a value per cell.
+#: server (:func:`history.ingest.read_intervals_frame`) instead of a value per cell.
 PACKED_FIELDS = ("start_us", "end_us", "checks", "failures", "state")
 PACKED_FORMAT = ">5q"
 #: The state codes of ``packed``.

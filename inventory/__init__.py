@@ -11,12 +11,12 @@ This module holds:
   unknown keys; every identifier that could ever reach a remote shell (host, user,
   package, systemd unit, block names) is checked against a strict allow-list;
 * the loader (:func:`load_client`, :func:`load_inventory`, :func:`load_client_by_slug`)
-  which turns any problem into an :class:`~blocks.errors.InventoryError` whose lines read
+  which turns any problem into an :class:`~core.errors.InventoryError` whose lines read
   ``<file>:<line>: <field path>: <what is wrong> (allowed: <what is allowed>)``;
 * pure helpers used by flows and reports (maintenance windows, cron expressions,
   block references);
-* a small CLI: ``python -m blocks.inventory check clients/*.yaml`` and
-  ``python -m blocks.inventory schema -o docs/inventory.schema.json``.
+* a small CLI: ``python -m inventory check clients/*.yaml`` and
+  ``python -m inventory schema -o docs/inventory.schema.json``.
 
 The loader is offline: it never talks to Prefect. Whether the referenced blocks exist
 is checked by :func:`check_block_references`, which preflight calls with the block
@@ -59,7 +59,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from blocks.errors import InventoryError
+from core.errors import InventoryError
 
 __all__ = [
     "BLOCK_KINDS",
@@ -1988,9 +1988,9 @@ def _summary(inv: ClientInventory) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m blocks.inventory {schema,check}``; returns the exit status."""
+    """``python -m inventory {schema,check}``; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m blocks.inventory", description="caretaker client inventory tools"
+        prog="python -m inventory", description="caretaker client inventory tools"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     schema = commands.add_parser("schema", help="print the JSON Schema of a client file")
