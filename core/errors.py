@@ -6,6 +6,7 @@ and chained with ``raise ... from exc``. A failure carries its evidence.
 
     CaretakerError
     ├── InventoryError            a client file is invalid (path, field, what, allowed)
+    ├── FactParseError            a fact's output could not be read (also a ValueError)
     ├── ConfigError               a block or setting is missing or unusable
     ├── RemoteError               anything between us and a host (carries ``host``)
     │   ├── ConnectError          TCP/SSH transport could not be established (retryable)
@@ -16,15 +17,25 @@ and chained with ``raise ... from exc``. A failure carries its evidence.
     │   │   └── PatchFailed       apt failed while patching (kind + the diff of what changed)
     │   └── RebootTimeout         a rebooted host did not come back within its bound
     ├── SnapshotError             a provider could not create/restore/delete a snapshot
-    ├── ApprovalRejected          an approver said no, or the wait timed out
+    │   └── TransientSnapshotError  the endpoint was unreachable or throttled (reads retry)
     ├── MaintenanceInProgress     another run of the same client holds its run lock
-    ├── VerificationFailed        health checks or expectations failed
+    ├── MaintenanceStopped        the procedure ended early with an outcome (rejected,
+    │                             timed out, staging failed, halted...), recorded
+    ├── ReportInputError          a report's input broke an expectation; nothing computed
+    ├── PdfNotMade                report.pdf was not made (the HTML and CSV were)
+    ├── ImportRejected            an import file has bad rows; nothing was imported
+    ├── HistoryExists             a bulk import met a server that already has history
     └── SandboxError              the sandbox estate could not do what was asked
+
+A test (tests/unit/test_errors.py) checks that every ``CaretakerError`` subclass in the
+project is defined here and drawn in this tree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -45,6 +56,27 @@ class InventoryError(CaretakerError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid inventory {path}:\n{lines}")
+
+
+class FactParseError(CaretakerError, ValueError):
+    """A fact's output could not be read.
+
+    Attributes:
+        fact: the fact's name (a key of ``FACTS``).
+        line: the offending line (or the whole output when it was empty).
+        reason: what was wrong with it.
+    """
+
+    def __init__(self, fact: str, line: str, reason: str) -> None:
+        self.fact = fact
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{fact}: {reason}: {line!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect pickles task exceptions; the default reduce would call
+        # __init__ with the formatted message only.
+        return (type(self), (self.fact, self.line, self.reason))
 
 
 class ConfigError(CaretakerError):
@@ -189,8 +221,12 @@ class SnapshotError(CaretakerError):
     """A snapshot provider could not do what was asked."""
 
 
-class ApprovalRejected(CaretakerError):
-    """The change was rejected, or the approval wait timed out."""
+class TransientSnapshotError(SnapshotError):
+    """The provider's endpoint could not be reached or asked us to slow down.
+
+    Raised for transport failures, throttling and 5xx answers. Repeating a *read*
+    (``find``, ``wait``, ``list``) may succeed; a ``create`` is never repeated blindly.
+    """
 
 
 class MaintenanceInProgress(CaretakerError):
@@ -225,9 +261,75 @@ class MaintenanceInProgress(CaretakerError):
         )
 
 
-class VerificationFailed(CaretakerError):
-    """Health checks or expectations failed on a host."""
-
-
 class SandboxError(CaretakerError):
     """The sandbox estate could not do what was asked."""
+
+
+class MaintenanceStopped(CaretakerError):
+    """Ends the maintenance procedure early with an outcome (not a crash: the change record
+    says why). ``outcome`` is a ``history.change.Outcome`` value."""
+
+    def __init__(self, outcome: str, detail: str) -> None:
+        self.outcome = outcome
+        self.detail = detail
+        super().__init__(f"{outcome}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.outcome, self.detail))
+
+
+class ReportInputError(CaretakerError):
+    """The report's input data broke an expectation; nothing was computed.
+
+    Attributes:
+        expectation: the name of the (first) failed expectation.
+        rows: the offending rows, as short descriptions (at most a few per expectation).
+        problems: one line per failed expectation, each naming it and its rows.
+    """
+
+    def __init__(
+        self,
+        expectation: str,
+        message: str,
+        rows: Sequence[str] = (),
+        problems: Sequence[str] = (),
+    ) -> None:
+        self.expectation = expectation
+        self.rows = list(rows)
+        self.problems = list(problems) or [f"{expectation}: {message}"]
+        super().__init__(
+            message if not problems else "invalid report input:\n" + "\n".join(problems)
+        )
+
+
+class PdfNotMade(CaretakerError):
+    """report.pdf was not made; the message says why (no browser, a timeout, a failure).
+
+    The HTML report and the CSV files do not depend on it.
+    """
+
+
+_SHOWN_PROBLEMS = 50
+
+
+class ImportRejected(CaretakerError):
+    """An import file has bad rows; nothing was imported.
+
+    Attributes:
+        path: the file.
+        problems: one line per problem, ``line N: ...`` (CSV) or ``row N: ...`` (Parquet).
+    """
+
+    def __init__(self, path: Path | str, problems: Sequence[str]) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        shown = self.problems[:_SHOWN_PROBLEMS]
+        more = len(self.problems) - len(shown)
+        lines = "\n  ".join(shown) + (f"\n  ... and {more} more" if more else "")
+        super().__init__(
+            f"{self.path}: {len(self.problems)} problem(s), nothing imported:\n  {lines}"
+        )
+
+
+class HistoryExists(CaretakerError):
+    """A bulk import was refused: a server of the file already has intervals in the store."""

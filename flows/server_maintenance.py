@@ -34,7 +34,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from core.errors import CaretakerError, RemoteError
+from core.errors import MaintenanceStopped, RemoteError
 from core.settings import settings
 from history.change import (
     ChangeRecord,
@@ -101,15 +101,6 @@ def default_change_ref(client: str, now: datetime | None = None) -> str:
     """A change reference for runs started without one: ``CHG-<client>-<UTC time>``."""
     now = now or datetime.now(UTC)
     return f"CHG-{client}-{now:%Y%m%d-%H%M}"
-
-
-class Stop(CaretakerError):
-    """Ends the procedure early with an outcome (not a crash: the record says why)."""
-
-    def __init__(self, outcome: Outcome, detail: str) -> None:
-        self.outcome = outcome
-        self.detail = detail
-        super().__init__(f"{outcome.value}: {detail}")
 
 
 def _states(futures: dict[str, PrefectFuture[Any]]) -> dict[str, State[Any]]:
@@ -186,7 +177,7 @@ class Maintenance:
         unreachable = {n: _error(st) for n, st in states.items() if not st.is_completed()}
         if unreachable:
             lines = "; ".join(f"{n}: {e}" for n, e in unreachable.items())
-            raise Stop(Outcome.FAILED, f"preflight failed, nothing changed: {lines}")
+            raise MaintenanceStopped(Outcome.FAILED, f"preflight failed, nothing changed: {lines}")
         facts: dict[str, HostFacts] = {n: st.result() for n, st in states.items()}
         problems = preflight_problems(facts)
         probes = self._fan_out(
@@ -199,7 +190,7 @@ class Maintenance:
             if not st.is_completed()
         ]
         if problems:
-            raise Stop(Outcome.FAILED, "preflight: " + "; ".join(problems))
+            raise MaintenanceStopped(Outcome.FAILED, "preflight: " + "; ".join(problems))
         for server in self.servers:
             self.plans[server.name] = plan_host(
                 server=server.name,
@@ -219,7 +210,9 @@ class Maintenance:
         )
         not_planned = [f"{h.server}: {h.error}" for h in plan.hosts if h.error]
         if not_planned:
-            raise Stop(Outcome.FAILED, "preflight: cannot plan " + "; ".join(not_planned))
+            raise MaintenanceStopped(
+                Outcome.FAILED, "preflight: cannot plan " + "; ".join(not_planned)
+            )
         self.record.plan = PlanSummary(
             scope=self.record.plan.scope if self.record.plan else "all",
             policy=self.inv.patch.policy,
@@ -263,7 +256,9 @@ class Maintenance:
         self.save()
         if failures:
             lines = "; ".join(f"{n}: {e}" for n, e in failures.items())
-            raise Stop(Outcome.FAILED, f"snapshots failed, nothing was changed: {lines}")
+            raise MaintenanceStopped(
+                Outcome.FAILED, f"snapshots failed, nothing was changed: {lines}"
+            )
 
     # ----- 3-4. patch and verify ------------------------------------------------
     def patch_and_verify(self, servers: Sequence[Server], phase: Phase) -> dict[str, str]:
@@ -435,7 +430,7 @@ class Maintenance:
         while tally.verdict == "pending":
             remaining = int((deadline - datetime.now(UTC)).total_seconds())
             if remaining <= 0:
-                raise Stop(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
+                raise MaintenanceStopped(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
             round_ += 1
             form = ApprovalForm.with_initial_data(
                 description=approval_description(
@@ -459,7 +454,7 @@ class Maintenance:
                     key=f"approval-{round_}",
                 )
             if answer.approver == TIMEOUT_APPROVER and datetime.now(UTC) >= deadline:
-                raise Stop(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
+                raise MaintenanceStopped(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
             tally = count_answer(tally, answer, approvers, datetime.now(UTC))
             self.record.approvals = list(tally.answers)
             self.save()
@@ -468,7 +463,7 @@ class Maintenance:
                 self.log.warning("answer not counted: %s", last.not_counted_reason)
         if tally.verdict == "rejected":
             who = next(a for a in tally.counted if a.decision == "reject")
-            raise Stop(Outcome.REJECTED, f"rejected by {who.approver}: {who.comment}")
+            raise MaintenanceStopped(Outcome.REJECTED, f"rejected by {who.approver}: {who.comment}")
 
     # ----- 6. production ----------------------------------------------------------
     def window_gate(self) -> None:
@@ -481,7 +476,7 @@ class Maintenance:
             )
             return
         nxt = self.inv.next_window_start(now)
-        raise Stop(
+        raise MaintenanceStopped(
             Outcome.HALTED,
             f"outside the maintenance window: production not touched; next window starts "
             f"{nxt:%Y-%m-%d %H:%M %Z} (or rerun with window_override='<reason>')",
@@ -506,7 +501,7 @@ class Maintenance:
             )
             if failed_total > budget:
                 left = [s.name for b in batches[index:] for s in b]
-                raise Stop(
+                raise MaintenanceStopped(
                     Outcome.HALTED,
                     f"{failed_total} production server(s) failed (tolerated: {budget}); "
                     f"rollout halted after batch {index}/{len(batches)}"
@@ -798,7 +793,7 @@ def _maintain(
                 with run.phase("staging"):
                     staging_failures = run.patch_and_verify(run.staging, "staging")
                 if staging_failures:
-                    raise Stop(
+                    raise MaintenanceStopped(
                         Outcome.STAGING_FAILED,
                         "; ".join(f"{n}: {w}" for n, w in staging_failures.items())
                         + " — no approval asked, production untouched",
@@ -822,8 +817,8 @@ def _maintain(
                     run.restore_test()
                 with run.phase("retention"):
                     run.retention()
-            except Stop as stop:
-                record.outcome, record.outcome_detail = stop.outcome, stop.detail
+            except MaintenanceStopped as stop:
+                record.outcome, record.outcome_detail = Outcome(stop.outcome), stop.detail
                 logger.error("%s", stop)
             except Exception as exc:  # recorded, then re-raised below as the run's failure
                 record.outcome = Outcome.FAILED

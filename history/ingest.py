@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from core.errors import CaretakerError, ConfigError
+from core.errors import ConfigError, HistoryExists, ImportRejected
 from history.store import (
     PACKED_FIELDS,
     PACKED_FORMAT,
@@ -283,29 +283,6 @@ class DailyMetrics:
     load1_max: float | None
     memory_used_pct_max: float | None
     disk_used_pct_max: float | None
-
-
-class ImportRejected(CaretakerError):
-    """An import file has bad rows; nothing was imported.
-
-    Attributes:
-        path: the file.
-        problems: one line per problem, ``line N: ...`` (CSV) or ``row N: ...`` (Parquet).
-    """
-
-    def __init__(self, path: Path | str, problems: Sequence[str]) -> None:
-        self.path = str(path)
-        self.problems = list(problems)
-        shown = self.problems[:_SHOWN_PROBLEMS]
-        more = len(self.problems) - len(shown)
-        lines = "\n  ".join(shown) + (f"\n  ... and {more} more" if more else "")
-        super().__init__(
-            f"{self.path}: {len(self.problems)} problem(s), nothing imported:\n  {lines}"
-        )
-
-
-class HistoryExists(CaretakerError):
-    """A bulk import was refused: a server of the file already has intervals in the store."""
 
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")

@@ -34,7 +34,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup, escape
 
-from core.errors import CaretakerError
+from core.errors import PdfNotMade
 from reports.compute import (
     ACTIVITY_COLUMNS,
     INCIDENT_COLUMNS,
@@ -391,13 +391,6 @@ def write_report(out_dir: Path | str, context: ReportContext) -> dict[str, Path]
 CHROMIUM_NAMES: tuple[str, ...] = ("chromium", "chromium-browser", "google-chrome")
 #: Seconds a PDF rendering may take before the browser is killed.
 PDF_TIMEOUT_S = 120.0
-
-
-class PdfNotMade(CaretakerError):
-    """report.pdf was not made; the message says why (no browser, a timeout, a failure).
-
-    The HTML report and the CSV files do not depend on it.
-    """
 
 
 def find_chromium(names: Sequence[str] | None = None) -> str | None:

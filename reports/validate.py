@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from core.errors import CaretakerError
+from core.errors import ReportInputError
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
@@ -40,30 +40,6 @@ __all__ = [
 
 INTERVAL_STATES: tuple[str, ...] = ("up", "down", "unknown")
 _SHOWN_ROWS = 10
-
-
-class ReportInputError(CaretakerError):
-    """The report's input data broke an expectation; nothing was computed.
-
-    Attributes:
-        expectation: the name of the (first) failed expectation.
-        rows: the offending rows, as short descriptions (at most a few per expectation).
-        problems: one line per failed expectation, each naming it and its rows.
-    """
-
-    def __init__(
-        self,
-        expectation: str,
-        message: str,
-        rows: Sequence[str] = (),
-        problems: Sequence[str] = (),
-    ) -> None:
-        self.expectation = expectation
-        self.rows = list(rows)
-        self.problems = list(problems) or [f"{expectation}: {message}"]
-        super().__init__(
-            message if not problems else "invalid report input:\n" + "\n".join(problems)
-        )
 
 
 def _ns(series: pd.Series, what: str) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import CaretakerError
+from core.errors import FactParseError
 
 __all__ = [
     "ALL_FAMILIES",
@@ -204,27 +204,6 @@ PSEUDO_FILESYSTEMS: frozenset[str] = frozenset(
 
 
 # ----------------------------------------------------------------------------- errors
-
-
-class FactParseError(CaretakerError, ValueError):
-    """A fact's output could not be read.
-
-    Attributes:
-        fact: the fact's name (a key of ``FACTS``).
-        line: the offending line (or the whole output when it was empty).
-        reason: what was wrong with it.
-    """
-
-    def __init__(self, fact: str, line: str, reason: str) -> None:
-        self.fact = fact
-        self.line = line
-        self.reason = reason
-        super().__init__(f"{fact}: {reason}: {line!r}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Prefect pickles task exceptions; the default reduce would call
-        # __init__ with the formatted message only.
-        return (type(self), (self.fact, self.line, self.reason))
 
 
 # ----------------------------------------------------------------------------- models

@@ -26,7 +26,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import SnapshotError
+from core.errors import SnapshotError, TransientSnapshotError
 from inventory import Server
 
 ProviderName = Literal["aws", "rackspace", "sandbox", "none"]
@@ -56,14 +56,6 @@ def caretaker_tags(client: str, change_ref: str, server: str) -> dict[str, str]:
         TAG_SERVER: server,
         TAG_MANAGED: "true",
     }
-
-
-class TransientSnapshotError(SnapshotError):
-    """The provider's endpoint could not be reached or asked us to slow down.
-
-    Raised for transport failures, throttling and 5xx answers. Repeating a *read*
-    (``find``, ``wait``, ``list``) may succeed; a ``create`` is never repeated blindly.
-    """
 
 
 class SnapshotRecord(BaseModel):
