@@ -5,7 +5,6 @@ Rendering is pure (plan in, rows or markdown out); publishing is a thin task.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -21,16 +20,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_UI_URL
 
+from core.artifacts import artifact_key
 from history.change import ChangeRecord, ChangeWindow, render_markdown
 from history.change import SnapshotRecord as RecordedSnapshot
 from inventory import ClientInventory, Server
 from tasks.packages import MaintenancePlan
 from tasks.snapshots.base import SnapshotRecord
-
-
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits and dashes) from ``parts``."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
 def plan_rows(plan: MaintenancePlan) -> list[dict[str, str]]:
