@@ -1153,7 +1153,7 @@ def parquet_to_intervals(
 
     Returns:
         A pandas frame with the columns of ``check_intervals``, by server then start (see
-        :func:`reports.compute.raw_checks_to_intervals`).
+        :func:`history.fold.raw_checks_to_intervals`).
 
     Raises:
         ImportRejected: any bad row (1-based row numbers), a missing column, an unreadable
@@ -1164,7 +1164,7 @@ def parquet_to_intervals(
     import numpy as np
     import pyarrow.parquet as pq
 
-    from reports.compute import fold_checks, intervals_frame
+    from history.fold import fold_checks, intervals_frame
 
     try:
         pf = pq.ParquetFile(path)
@@ -1266,7 +1266,7 @@ def parquet_to_intervals(
 
 
 def _in_ns(parts: dict[str, Any], unit_ns: int, path: Path | str, rgs: list[int]) -> Any:
-    """``start``/``end`` of :func:`reports.compute.fold_checks` output scaled to ns."""
+    """``start``/``end`` of :func:`history.fold.fold_checks` output scaled to ns."""
     import numpy as np
 
     if unit_ns != 1 and len(parts["start"]):
@@ -1295,7 +1295,7 @@ def _fold_servers(
     import numpy as np
     import pyarrow.parquet as pq
 
-    from reports.compute import fold_checks
+    from history.fold import fold_checks
 
     names = np.asarray(sorted(servers), dtype=object)
     lookup = {n: k for k, n in enumerate(names)}

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from history.fold import raw_checks_to_intervals
 from history.ingest import CheckSample, Interval, extend_intervals
-from reports.compute import raw_checks_to_intervals
 
 MAX_GAP = timedelta(minutes=3)
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
