@@ -6,8 +6,10 @@ retention) and per phase (from the run's task runs), then the same upgrade done 
 ansible-core with a playbook using ``serial: 5`` on the same hosts, after putting
 them back at the old version.
 
-ansible-core is installed for the benchmark only, into its own venv in the cache;
-it is not a project dependency. The sandbox hosts have no Python (minimal images),
+ansible-core is installed for the benchmark only, into its own venv in the cache
+(``<cache>/bench-ansible``, made when missing by ``benchmarks/tool_venv.py``; when it
+cannot be made, the comparison is skipped with a printed line); it is not a project
+dependency. The sandbox hosts have no Python (minimal images),
 so the playbook uses the ``raw`` module: the same apt command caretaker runs.
 
     .venv/bin/python benchmarks/fleet_maintenance.py [--hosts 20] [--batch 5]
@@ -27,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.settings import settings
+from benchmarks.tool_venv import ANSIBLE, tool_venv
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.repo import PackageSpec
 
@@ -59,19 +61,11 @@ PLAYBOOK = """\
 """
 
 
-def ansible_bin() -> Path:
-    """ansible-playbook from a benchmark-only venv in the cache (installed once)."""
-    venv = settings().cache / "bench-ansible"
-    playbook = venv / "bin" / "ansible-playbook"
-    if not playbook.exists():
-        print("installing ansible-core into", venv, "(benchmark only)")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", "ansible-core"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    return playbook
+def ansible_bin() -> Path | None:
+    """ansible-playbook from a benchmark-only venv in the cache (made once); None when the
+    venv cannot be made."""
+    bin_dir = tool_venv("bench-ansible", ANSIBLE)
+    return bin_dir / "ansible-playbook" if bin_dir is not None else None
 
 
 def reset_hosts(estate: Estate) -> None:
@@ -97,9 +91,8 @@ def reset_hosts(estate: Estate) -> None:
         proc.wait()
 
 
-def run_ansible(estate: Estate, batch: int) -> float:
+def run_ansible(estate: Estate, playbook: Path, batch: int) -> float:
     """Seconds for ansible-playbook to upgrade the fleet with serial: batch."""
-    playbook = ansible_bin()
     work = Path(tempfile.mkdtemp(prefix="caretaker-ansible-"))
     hosts = "\n".join(h.address for h in estate.spec.hosts)
     (work / "inventory.ini").write_text(
@@ -225,9 +218,12 @@ def main() -> int:
                 spans = phases(str(state.state_details.flow_run_id))
                 for name, seconds in sorted(spans.items(), key=lambda kv: -kv[1])[:5]:
                     print(f"    {name:<24} {seconds:6.1f}s")
-        if not args.skip_ansible:
+        playbook = None if args.skip_ansible else ansible_bin()
+        if playbook is None and not args.skip_ansible:
+            print("ansible-core comparison skipped: its venv could not be made (see above)")
+        if playbook is not None:
             reset_hosts(estate)
-            seconds = run_ansible(estate, args.batch)
+            seconds = run_ansible(estate, playbook, args.batch)
             print(
                 f"ansible-core playbook (serial: {args.batch}), the upgrade alone: {seconds:.1f}s"
             )

@@ -18,6 +18,12 @@ Steps, per data set from ``benchmarks/report_data.py``:
     .venv/bin/python benchmarks/report_bench.py [--set small|26m|263m ...] [--steps ...]
         [--max-mib MIB] [--timeout S] [--repeat N]
 
+What a step needs is made when it is missing: the data set (``report_data.generate``,
+about a minute for 26m, ten for 263m), the store (the ``import`` step, run first when
+``store`` is asked for alone), and ``<cache>/bench-venv`` (``benchmarks/tool_venv.py``,
+pinned polars and DuckDB); when that venv cannot be made, the two comparison steps are
+skipped with a printed line.
+
 ``--max-mib`` / ``--timeout`` stop a step whose resident memory (sampled every 50 ms)
 passes the bound or that runs longer; the figure is then where it was stopped. ``--repeat``
 runs each step but ``import`` N times, each in a fresh process, and prints the median and
@@ -38,7 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report_data import SETS, data_dir, path_for  # noqa: E402
+from benchmarks.report_data import SETS, data_dir, generate, path_for, write_windows  # noqa: E402
+from benchmarks.tool_venv import POLARS_DUCKDB, tool_venv  # noqa: E402
 
 MAX_GAP_MIN = 3  # 1-minute checks: a silence over 3 minutes is unknown
 
@@ -174,11 +181,20 @@ print("RESULT " + json.dumps({"seconds": took, "peak_mib": peak, "note": extra})
 """
 
 
-def bench_python() -> str:
-    from core.settings import settings
+def bench_python() -> str | None:
+    """The python of ``<cache>/bench-venv`` (polars, DuckDB), made if missing; None if it
+    cannot be made."""
+    bin_dir = tool_venv("bench-venv", POLARS_DUCKDB)
+    return str(bin_dir / "python") if bin_dir is not None else None
 
-    venv = settings().cache / "bench-venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
+
+def ensure_data(name: str) -> None:
+    """Generate the data set ``name`` and the windows file when they are missing."""
+    if not path_for(name).exists():
+        print(f"generating the {name} data set (once, into {data_dir()})", flush=True)
+        generate(name)
+    if not (data_dir() / "windows.parquet").exists():
+        write_windows(SETS[name][1])
 
 
 def _rss_mib(pid: int) -> float:
@@ -233,7 +249,11 @@ def run_step(
     body = STEPS[step].format(**fields)
     if step in ("polars", "duckdb"):
         code = CHILD_PRELUDE + body + CHILD_EPILOGUE
-        python = bench_python()
+        bench = bench_python()
+        if bench is None:
+            nan = float("nan")
+            return {"seconds": nan, "peak_mib": nan, "note": "skipped: no <cache>/bench-venv"}
+        python = bench
     else:
         code = CHILD_PRELUDE + PANDAS_COMMON.format(**fields) + body + CHILD_EPILOGUE
         python = str(ROOT / ".venv" / "bin" / "python")
@@ -267,9 +287,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'set':6} {'step':8} {'seconds':>8} {'peak MiB':>9}  note")
     for name in args.sets or ["26m"]:
-        if "import" in args.steps:
-            (data_dir() / f"store-{name}.db").unlink(missing_ok=True)
-        for step in args.steps.split(","):
+        ensure_data(name)
+        steps = args.steps.split(",")
+        store = data_dir() / f"store-{name}.db"
+        if "store" in steps and "import" not in steps and not store.exists():
+            print(f"{name}: no store yet, the import step runs first", flush=True)
+            steps.insert(0, "import")
+        if "import" in steps:
+            store.unlink(missing_ok=True)
+        for step in steps:
             runs = [
                 run_step(step, name, args.max_mib, args.timeout)
                 for _ in range(1 if step == "import" else max(1, args.repeat))
