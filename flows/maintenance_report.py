@@ -1,15 +1,18 @@
 """The ``maintenance-report`` flow: one client, one period, uptime and maintenance activity.
 
-Orchestration only:
+Orchestration only, one way through ``reports/``:
 
-    resolve the period (client timezone; default: the previous full month)
-      ─► read_report_inputs (store: intervals, windows, change records; inventory: declared
-         windows) and read_maintenance_runs (Prefect's history, a complement only)
-      ─► validate_inputs (great-expectations; a failure stops the report with the reason)
-      ─► compute_report ─► write_report (report.html, uptime.csv, incidents.csv, activity.csv)
+    resolve_period (reports.periods: client timezone; default: the previous full month)
+      ─► read_report_inputs (reports.inputs: store intervals, windows, change records;
+         inventory: declared windows) and read_maintenance_runs (Prefect's history, a
+         complement only)
+      ─► validate_inputs (reports.validate: great-expectations; a failure stops the report
+         with the reason)
+      ─► compute_report (reports.compute: every table, activity complemented by the runs)
+      ─► write_report (reports.render: report.html, uptime.csv, incidents.csv, activity.csv)
       ─► write_pdf (report.pdf from report.html with headless chromium; skipped, with a
          warning saying why, when there is no chromium or it fails)
-      ─► publish_report_artifacts (markdown summary + uptime table)
+      ─► publish_report_artifacts (reports.publish: markdown summary + uptime table)
 
 The store is the source of truth: if Prefect's API cannot be read, the report is still
 made, with a note saying so. Every number is explained in docs/reports.md.
@@ -17,7 +20,6 @@ made, with a note saying so. Every number is explained in docs/reports.md.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,21 +27,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
+from core.errors import PdfNotMade
 from core.settings import settings
 from inventory import load_client_by_slug
 from reports.compute import compute_report
-from reports.render import PdfNotMade, ReportContext, write_pdf, write_report
+from reports.inputs import MaintenanceRun, read_maintenance_runs, read_report_inputs
+from reports.periods import resolve_period
+from reports.publish import publish_report_artifacts
+from reports.render import ReportContext, write_pdf, write_report
 from reports.validate import validate_inputs
-from tasks.report_inputs import (
-    MaintenanceRun,
-    complement_activity,
-    publish_report_artifacts,
-    read_maintenance_runs,
-    read_report_inputs,
-    resolve_period,
-    summary_markdown,
-    uptime_rows,
-)
 
 __all__ = ["ReportResult", "default_out_dir", "maintenance_report"]
 
@@ -125,10 +121,10 @@ def maintenance_report(
         resolved.end,
         inventory.tz,
         change_records=inputs.change_records,
+        maintenance_runs=runs,
         confirm_after=inventory.monitoring.confirm_after,
         client_sla_target_pct=inventory.monitoring.sla_target_pct,
     )
-    tables = dataclasses.replace(tables, activity=complement_activity(tables.activity, runs))
 
     directory = Path(out_dir) if out_dir else default_out_dir(client, resolved.label)
     context = ReportContext(
@@ -148,10 +144,7 @@ def maintenance_report(
     except PdfNotMade as reason:  # the PDF is a convenience: the report stands without it
         logger.warning("%s %s: no report.pdf made: %s", client, resolved.label, reason)
     artifacts = publish_report_artifacts(
-        client,
-        resolved.label,
-        summary_markdown(inventory.client.name, resolved, tables, files, notes),
-        uptime_rows(tables),
+        client, inventory.client.name, resolved, tables, files, notes
     )
     total = tables.total.iloc[0]
     result = ReportResult(

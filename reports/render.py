@@ -11,7 +11,7 @@ Two separate steps (STYLE item 10):
 - :func:`write_pdf` prints report.html to ``report.pdf`` (A4 landscape) with headless
   chromium when a chromium binary is on PATH; otherwise it raises :class:`PdfNotMade`.
 
-uptime.csv has exactly the columns of DESIGN.md §3 (:data:`reports.compute.UPTIME_COLUMNS`):
+uptime.csv has exactly the columns of DESIGN.md §3 (:data:`reports.uptime.UPTIME_COLUMNS`):
 one row per server, then the client total row (``(all servers)``).
 """
 
@@ -35,17 +35,13 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from core.errors import PdfNotMade
-from reports.compute import (
-    ACTIVITY_COLUMNS,
-    INCIDENT_COLUMNS,
-    UPTIME_COLUMNS,
-    ReportTables,
-)
+from reports.activity import ACTIVITY_COLUMNS
+from reports.compute import ReportTables
+from reports.uptime import INCIDENT_COLUMNS, UPTIME_COLUMNS
 
 __all__ = [
     "CHROMIUM_NAMES",
     "CSV_FILES",
-    "PdfNotMade",
     "ReportContext",
     "daily_bars_svg",
     "day_step",

@@ -40,7 +40,8 @@ import pandas as pd
 import pytest
 
 from history.change import Approval, ChangeRecord, ChangeWindow, Outcome, PackageChange
-from reports.compute import compute_report, period_bounds
+from reports.compute import compute_report
+from reports.periods import period_bounds
 from reports.render import ReportContext, render_files, write_pdf
 
 pytestmark = pytest.mark.integration

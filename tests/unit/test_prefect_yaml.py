@@ -321,7 +321,7 @@ def test_health_checks_run_every_five_minutes_for_every_client() -> None:
 def test_every_client_gets_a_monthly_and_a_quarterly_report_in_its_own_time_zone() -> None:
     from prefect.server.schemas.schedules import CronSchedule
 
-    from tasks.report_inputs import resolve_period
+    from reports.periods import resolve_period
 
     inventories = load_inventory(CLIENTS)
     reports = {d["name"]: d for d in DEPLOYMENTS if d["entrypoint"] == REPORT_ENTRYPOINT}

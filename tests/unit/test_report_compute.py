@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
+from core.errors import ReportInputError
 from history.change import (
     Approval,
     ChangeRecord,
@@ -23,21 +24,19 @@ from history.change import (
     Rollback,
     SnapshotRecord,
 )
-from reports.compute import (
-    ACTIVITY_COLUMNS,
+from reports.activity import ACTIVITY_COLUMNS, activity_table
+from reports.compute import compute_report
+from reports.periods import period_bounds
+from reports.timeline import clip_to_period, confirm_outages
+from reports.uptime import (
     INCIDENT_COLUMNS,
     UPTIME_COLUMNS,
-    activity_table,
-    clip_to_period,
-    compute_report,
-    confirm_outages,
     daily_uptime,
     incidents_table,
-    period_bounds,
-    split_planned,
     uptime_table,
 )
-from reports.validate import ReportInputError, validate_inputs
+from reports.validate import validate_inputs
+from reports.windows import split_planned
 
 LONDON = ZoneInfo("Europe/London")
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.compute import ACTIVITY_COLUMNS, DAILY_COLUMNS, INCIDENT_COLUMNS, compute_report
+from core.errors import PdfNotMade
+from reports.activity import ACTIVITY_COLUMNS
+from reports.compute import compute_report
 from reports.render import (
-    PdfNotMade,
     ReportContext,
     daily_bars_svg,
     day_step,
@@ -28,6 +29,7 @@ from reports.render import (
     write_pdf,
     write_report,
 )
+from reports.uptime import DAILY_COLUMNS, INCIDENT_COLUMNS
 
 UPTIME_CSV_HEADER = (
     "server,observed_s,maintenance_s,unplanned_down_s,unknown_s,uptime_pct,incidents,"
@@ -213,7 +215,7 @@ def test_a_hung_browser_is_killed_at_the_timeout(tmp_path: Path) -> None:
 
 def test_the_activity_row_shows_a_restore_test_only_when_there_was_one() -> None:
     from history.change import ChangeRecord, ChangeWindow, Outcome, RestoreTestResult
-    from reports.compute import activity_table
+    from reports.activity import activity_table
 
     t0 = datetime(2026, 10, 1, 2, tzinfo=UTC)
 

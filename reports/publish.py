@@ -1,0 +1,115 @@
+"""The report's last step: its Prefect artifacts, a markdown summary and the uptime table.
+
+:func:`publish_report_artifacts` is the thin task that publishes; what it publishes is
+built by pure functions tested without Prefect: :func:`summary_markdown` (the headline
+for the Prefect UI) and :func:`uptime_rows` (uptime.csv's rows as JSON-friendly dicts).
+Artifact keys follow :func:`core.artifacts.artifact_key`, as the maintenance records do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from core.artifacts import artifact_key
+from reports.compute import ReportTables
+from reports.periods import ReportPeriod
+from reports.uptime import TOTAL_ROW
+
+__all__ = ["publish_report_artifacts", "summary_markdown", "uptime_rows"]
+
+
+def _number(value: Any) -> Any:
+    """A JSON-friendly cell: NaN/NA become None, numpy scalars plain Python."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def uptime_rows(tables: ReportTables) -> list[dict[str, Any]]:
+    """uptime.csv's rows (servers, then the client total) as JSON-friendly dicts (pure)."""
+    frame = pd.concat([tables.uptime, tables.total], ignore_index=True)
+    return [
+        {column: _number(value) for column, value in row.items()}
+        for row in frame.astype("object").to_dict("records")
+    ]
+
+
+def _pct(value: Any) -> str:
+    value = _number(value)
+    return "n/a" if value is None else f"{float(value):.3f} %"
+
+
+def summary_markdown(
+    client_name: str,
+    period: ReportPeriod,
+    tables: ReportTables,
+    files: dict[str, str],
+    notes: Sequence[str] = (),
+) -> str:
+    """The report's headline as markdown for the Prefect UI (pure)."""
+    total = tables.total.iloc[0]
+    lines = [
+        f"# {client_name}: maintenance report {period.label}",
+        "",
+        f"{period.start.isoformat()} to {period.end.isoformat()}",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| uptime ({TOTAL_ROW}) | {_pct(total['uptime_pct'])} |",
+        f"| unplanned downtime | {float(total['unplanned_down_s']):.0f} s |",
+        f"| unknown (no data) | {float(total['unknown_s']):.0f} s |",
+        f"| incidents | {int(total['incidents'])} |",
+        f"| maintenance runs | {len(tables.activity)} |",
+        "",
+        "## Files",
+        "",
+        *[f"- `{name}`: {path}" for name, path in files.items()],
+    ]
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-report-artifacts", cache_policy=NO_CACHE)
+def publish_report_artifacts(
+    client: str,
+    client_name: str,
+    period: ReportPeriod,
+    tables: ReportTables,
+    files: dict[str, str],
+    notes: Sequence[str] = (),
+) -> list[str]:
+    """Publish the summary (markdown) and the uptime table as Prefect artifacts.
+
+    Args:
+        client: the client's slug (in the keys).
+        client_name: the client's name (in the summary's title).
+        period: the report's period.
+        tables: the computed tables.
+        files: the written files by name (listed in the summary).
+        notes: caveats shown in the summary.
+
+    Returns:
+        The artifact keys: ``report-<client>-<period>`` and ``uptime-<client>-<period>``.
+    """
+    label = period.label
+    report_key = artifact_key("report", client, label)
+    uptime_key = artifact_key("uptime", client, label)
+    create_markdown_artifact(
+        key=report_key,
+        markdown=summary_markdown(client_name, period, tables, files, notes),
+        description=f"Report {client} {label}",
+    )
+    create_table_artifact(
+        key=uptime_key,
+        table=uptime_rows(tables),
+        description=f"Uptime per server, {client} {label}",
+    )
+    return [report_key, uptime_key]
