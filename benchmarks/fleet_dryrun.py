@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.repo import PackageSpec
-from tasks.checks import PLAN_FACTS
 from tasks.facts import build_facts_script, parse_facts, split_facts_output
+from tasks.facts.collect import PLAN_FACTS
 from tasks.packages import APT_REFRESH
 
 CLIENT = """\

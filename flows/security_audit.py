@@ -33,9 +33,9 @@ from core.errors import ConfigError
 from core.settings import settings
 from inventory import load_client_by_slug
 from tasks.facts import HostFacts
+from tasks.facts.collect import AUDIT_FACTS, collect_facts
 from tasks.notify import notice_audit, notify
 from tasks.records import run_url
-from tasks.security import collect_audit_facts
 from tasks.sessions import open_sessions
 from tasks.verify import HostVerificationSettings, VerificationReport, validate_host_facts
 
@@ -128,7 +128,9 @@ def security_audit(
     facts: dict[str, HostFacts] = {}
     unreachable: dict[str, str] = {}
     with open_sessions(inventory, chosen) as sessions:
-        futures = {s.name: collect_audit_facts.submit(sessions.host(s), refresh) for s in chosen}
+        # The audit reads once more after a failure (a read is safe to repeat).
+        collect = collect_facts.with_options(retries=1, retry_delay_seconds=5)
+        futures = {s.name: collect.submit(sessions.host(s), AUDIT_FACTS, refresh) for s in chosen}
         for name, future in futures.items():
             future.wait()
             if future.state.is_completed():

@@ -58,8 +58,9 @@ from tasks.approval import (
     approval_description,
     count_answer,
 )
-from tasks.checks import collect_facts, run_health_checks, summarize_checks
+from tasks.checks import run_health_checks, summarize_checks
 from tasks.facts import HostFacts
+from tasks.facts.collect import AUDIT_FACTS, PLAN_FACTS, collect_facts
 from tasks.notify import notice_approval_requested, notice_before_change, notice_end, notify
 from tasks.packages import (
     HostPlan,
@@ -81,7 +82,6 @@ from tasks.records import (
     run_url,
     test_plan,
 )
-from tasks.security import collect_audit_facts
 from tasks.sessions import FleetSessions, open_sessions
 from tasks.snapshots import (
     SnapshotRecord,
@@ -173,7 +173,9 @@ class Maintenance:
     # ----- 1. preflight ---------------------------------------------------------
     def preflight(self) -> MaintenancePlan:
         self.inv_blocks_exist()
-        states = self._fan_out(self.servers, lambda s: collect_facts.submit(self.sessions.host(s)))
+        states = self._fan_out(
+            self.servers, lambda s: collect_facts.submit(self.sessions.host(s), PLAN_FACTS)
+        )
         unreachable = {n: _error(st) for n, st in states.items() if not st.is_completed()}
         if unreachable:
             lines = "; ".join(f"{n}: {e}" for n, e in unreachable.items())
@@ -352,7 +354,8 @@ class Maintenance:
             servers, lambda s: run_health_checks.submit(s, self.sessions.host(s))
         )
         facts = self._fan_out(
-            servers, lambda s: collect_facts.submit(self.sessions.host(s), refresh=False)
+            servers,
+            lambda s: collect_facts.submit(self.sessions.host(s), PLAN_FACTS, refresh=False),
         )
         collected = {n: st.result() for n, st in facts.items() if st.is_completed()}
         report = validate_host_facts(
@@ -591,7 +594,10 @@ class Maintenance:
         the plan just did) and record what the suite fails as security findings. Findings
         never change the outcome: they are for the record, the notice and the follow-up."""
         facts = self._fan_out(
-            self.servers, lambda s: collect_audit_facts.submit(self.sessions.host(s), refresh=False)
+            self.servers,
+            lambda s: collect_facts.with_options(retries=1, retry_delay_seconds=5).submit(
+                self.sessions.host(s), AUDIT_FACTS, refresh=False
+            ),
         )
         collected = {n: st.result() for n, st in facts.items() if st.is_completed()}
         report = (
@@ -705,7 +711,9 @@ def _plan_only(
     logger = get_run_logger()
     logger.info("planning %s for %d server(s) of %s", change_ref, len(servers), inventory.slug)
     with open_sessions(inventory, servers) as sessions:
-        states = _states({s.name: collect_facts.submit(sessions.host(s)) for s in servers})
+        states = _states(
+            {s.name: collect_facts.submit(sessions.host(s), PLAN_FACTS) for s in servers}
+        )
     hosts = []
     for server in servers:
         state = states[server.name]

@@ -1,7 +1,8 @@
-"""Checks and facts: what a host is and how it is doing.
+"""Health checks: how a host is doing, checked from the caretaker host and over SSH.
 
-Facts are read over SSH; their commands and parsers live in ``tasks.facts`` (pure,
-tested from recorded output) and ``collect_facts`` only runs them on a host.
+Facts (what a host is) live in ``tasks.facts``; ``collect_facts`` in
+``tasks.facts.collect`` reads them over SSH. Here ``host_metrics`` reads only the cheap
+``METRIC_FACTS`` a health check records beside its checks.
 
 Health checks (``run_health_checks``) are the inventory's checks of one server plus SSH
 reachability: a TCP connect and an HTTP(S) request from the caretaker host (bounded by
@@ -37,50 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.errors import RemoteError
 from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.facts import HostFacts, build_facts_script, parse_facts, split_facts_output
-from tasks.packages import APT_REFRESH
 from tasks.remote import RemoteHost, sh_join
 
 # What a health check reads besides its checks: cheap, bounded, one round trip.
 METRIC_FACTS = ("load", "memory", "disks")
 _METRICS_TIMEOUT_S = 20.0
-
-# Everything the plan and the verification need, gathered in one SSH round trip.
-PLAN_FACTS = (
-    "os",
-    "kernel",
-    "boot_id",
-    "uptime",
-    "load",
-    "memory",
-    "disks",
-    "apt_simulation",
-    "reboot_required",
-    "listening_ports",
-    "failed_services",
-    "held_packages",
-)
-
-
-@task(name="collect-facts", cache_policy=NO_CACHE, task_run_name="collect-facts-{host.name}")
-def collect_facts(host: RemoteHost, refresh: bool = True) -> HostFacts:
-    """Collect a host's facts, apt's simulation of an upgrade included.
-
-    Read-only on the host, except that ``refresh`` updates apt's package lists
-    (never packages) so the simulation sees newly published versions. Connection
-    failures are retried by the remote layer; a host-key mismatch never is.
-
-    Args:
-        host: an open (or lazily opening) session to the host.
-        refresh: run ``apt-get update`` first.
-
-    Returns:
-        The host's facts; a fact that could not be read is named in ``errors``.
-    """
-    if refresh:
-        host.run(APT_REFRESH, sudo=True, timeout=300, check=True)
-    result = host.run(build_facts_script(PLAN_FACTS), sudo=True, timeout=120)
-    return parse_facts(split_facts_output(result.stdout))
-
 
 # ------------------------------------------------------------------------ health checks
 

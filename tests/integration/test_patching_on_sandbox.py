@@ -29,8 +29,9 @@ from sandbox import faults
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.prefect_blocks import ssh_identity
 from sandbox.repo import PackageSpec
-from tasks.checks import collect_facts, run_health_checks, summarize_checks
+from tasks.checks import run_health_checks, summarize_checks
 from tasks.facts import PackageChange
+from tasks.facts.collect import PLAN_FACTS, collect_facts
 from tasks.packages import HostPlan, PackageDiff, apply_updates, plan_host
 from tasks.reboot import reboot_host, reboot_needed
 from tasks.remote import SshRemoteHost, SshTarget
@@ -128,7 +129,7 @@ def wait_for_ssh(address: str, seconds: float) -> bool:
 def patched_h01(estate: Estate) -> tuple[HostPlan, PackageDiff]:
     """h01 planned from its real facts (tools held by the inventory) and patched once."""
     with connect(estate, "h01") as host:
-        facts = collect_facts.fn(host)
+        facts = collect_facts.fn(host, PLAN_FACTS)
         plan = plan_host(
             server="h01",
             role="staging",

@@ -102,17 +102,31 @@ def test_facts_script_refuses_an_unknown_fact() -> None:
         build_facts_script(["kernel", "no_such_fact"])
 
 
+# Tools that can be installed and still not runnable on this machine, by what they say
+# then. `sshd -T` refuses to run until its privilege separation directory exists, which
+# only the first sshd start creates (systemd's RuntimeDirectory, or the sandbox's sshd):
+# on a machine where openssh-server was just installed it fails, after any test that
+# started an sshd it parses. Either way the fact must be an answer or a named error with
+# that message, never a wrong value; which one cannot depend on the tests run before.
+_NOT_RUNNABLE_HERE: dict[str, tuple[str, ...]] = {
+    "sshd": ("Missing privilege separation directory",),
+}
+
+
 def test_every_fact_either_parses_or_is_named_in_errors_when_run_here() -> None:
     names = list(FACTS)
     facts = parse_facts(split_facts_output(_run_sh(build_facts_script(names))), names)
     for name in names:
         assert (getattr(facts, name) is not None) != (name in facts.errors), name
-    # On this machine every fact of its own family must really parse (tools present).
+    # On this machine every fact of its own family must really parse (tools present),
+    # unless the tool says it cannot run in this machine's present state.
     assert facts.os is not None
     for name in facts_for_family(facts.os.family):
         tool = FACTS[name].command.split()[0]
         if tool in ("cat", "if") or shutil.which(tool):
-            assert name not in facts.errors, facts.errors[name]
+            error = facts.errors.get(name)
+            known = _NOT_RUNNABLE_HERE.get(name, ())
+            assert error is None or any(m in error for m in known), error
     assert facts.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flows.security_audit import audit_rows
+from tasks.facts.collect import AUDIT_FACTS
 from tasks.notify import notice_audit
-from tasks.security import AUDIT_FACTS
 from tasks.verify import ServerVerification, VerificationReport
 
 
