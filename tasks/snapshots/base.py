@@ -11,8 +11,9 @@ Every provider tags what it makes with ``caretaker:client``, ``caretaker:change-
 the sandbox's metadata file). The tags are what makes a rerun idempotent (``find``) and
 what retention is allowed to see (``list`` returns caretaker-tagged snapshots only).
 
-Pure helpers (no IO) live here too: :func:`select_for_deletion` (retention) and
-:func:`poll_until` (the bounded wait every provider uses).
+Pure helpers (no IO) live here too: :func:`select_for_deletion` (retention),
+:func:`poll_until` (the bounded wait every provider uses) and
+:func:`restore_test_result` (a restore test's report, leftovers included).
 """
 
 from __future__ import annotations
@@ -300,6 +301,42 @@ def poll_until(
         sleep(min(poll_s, remaining))
 
 
+def restore_test_result(
+    server: Server,
+    provider: ProviderName,
+    record: SnapshotRecord,
+    *,
+    ok: bool,
+    rto_s: float | None,
+    detail: str,
+    leftovers: list[str],
+    separator: str = "; ",
+) -> RestoreTestResult:
+    """What a restore test reports, with what its clean-up left behind appended to ``detail``.
+
+    Args:
+        server: The server whose snapshot was tested.
+        provider: The provider that ran the test.
+        record: The snapshot tested.
+        ok: The copy booted and passed its checks.
+        rto_s: Seconds to that point, or None.
+        detail: What was checked, or what failed.
+        leftovers: What the clean-up could not remove (empty: ``cleaned_up``).
+        separator: Joins the leftovers in the message.
+    """
+    if leftovers:
+        detail += "; clean-up incomplete: " + separator.join(leftovers)
+    return RestoreTestResult(
+        server=server.name,
+        provider=provider,
+        snapshot_ids=record.ids,
+        ok=ok,
+        rto_s=rto_s,
+        detail=detail,
+        cleaned_up=not leftovers,
+    )
+
+
 def utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime (naive values are taken to be UTC)."""
     if value.tzinfo is None:
@@ -323,6 +360,7 @@ __all__ = [
     "TransientSnapshotError",
     "caretaker_tags",
     "poll_until",
+    "restore_test_result",
     "select_for_deletion",
     "utc",
 ]

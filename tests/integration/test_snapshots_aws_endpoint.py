@@ -19,7 +19,7 @@ from inventory import AwsProvider, Server, SnapshotPolicy
 from sandbox import moto
 from sandbox.estate import AwsInstanceSpec, Estate, EstateSpec
 from tasks.snapshots import apply_retention, take_snapshot
-from tasks.snapshots.aws import AwsSnapshotProvider
+from tasks.snapshots.aws.provider import AwsSnapshotProvider
 
 pytestmark = [
     pytest.mark.integration,
@@ -224,27 +224,43 @@ def test_a_restore_test_boots_an_isolated_copy_times_it_and_removes_everything(
     assert _restore_test_leftovers(ec2) == []
 
 
-class ImpairedCopies(AwsSnapshotProvider):
-    """Injects a failure: every restore-test instance fails its status checks."""
+class ImpairedStatus:
+    """Injects a failure: the EC2 endpoint reports every instance's status checks impaired.
 
-    def _wait_instance(
-        self, instance_id: str, wanted: str, timeout_s: float, *, status_ok: bool = False
-    ) -> None:
-        if status_ok:
-            raise SnapshotError(f"instance {instance_id} status checks failed (injected)")
-        super()._wait_instance(instance_id, wanted, timeout_s, status_ok=status_ok)
+    Only the restore test asks for status checks (of its throwaway instance).
+    """
+
+    def __init__(self, ec2: Any) -> None:
+        self._ec2 = ec2
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ec2, name)
+
+    def describe_instance_status(self, **kwargs: Any) -> Any:
+        return {
+            "InstanceStatuses": [
+                {
+                    "InstanceId": instance_id,
+                    "InstanceStatus": {"Status": "impaired"},
+                    "SystemStatus": {"Status": "ok"},
+                }
+                for instance_id in kwargs["InstanceIds"]
+            ]
+        }
 
 
 def test_a_restore_test_that_fails_still_removes_everything(ec2: Any) -> None:
     entry = server("snap-web-4").provider
     assert isinstance(entry, AwsProvider)
-    aws = ImpairedCopies(ec2, entry, SnapshotPolicy(), client="acme", poll_s=0.05)
+    aws = AwsSnapshotProvider(
+        ImpairedStatus(ec2), entry, SnapshotPolicy(), client="acme", poll_s=0.05
+    )
     record = aws.wait(aws.create(server("snap-web-4"), "acme", change()), timeout_s=30, poll_s=0.05)
 
     result = aws.restore_test(server("snap-web-4"), record, timeout_s=60)
 
     assert not result.ok and result.rto_s is None
-    assert "status checks failed (injected)" in result.detail
+    assert "status checks failed (instance impaired, system ok)" in result.detail
     assert result.cleaned_up
     assert _restore_test_leftovers(ec2) == []
 

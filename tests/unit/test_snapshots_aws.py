@@ -11,8 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -25,7 +27,8 @@ from botocore.stub import ANY, Stubber
 
 from core.errors import SnapshotError
 from inventory import AwsProvider, Server, SnapshotPolicy
-from tasks.snapshots.aws import AwsSnapshotProvider
+from tasks.snapshots.aws.endpoint import TRANSPORT, Ec2, translate
+from tasks.snapshots.aws.provider import AwsSnapshotProvider
 from tasks.snapshots.base import SnapshotRecord, TransientSnapshotError
 
 REGION = "eu-west-1"
@@ -420,3 +423,41 @@ def test_every_botocore_failure_becomes_a_snapshot_error_chained_to_its_cause(
     assert type(failure.value) is expected
     assert failure.value.__cause__ is exc
     assert "aws eu-west-1: describe_snapshots" in str(failure.value)
+
+
+def _every_botocore_exception() -> list[type[BaseException]]:
+    return sorted(
+        (
+            value
+            for value in vars(botocore.exceptions).values()
+            if isinstance(value, type) and issubclass(value, BaseException)
+        ),
+        key=lambda cls: cls.__name__,
+    )
+
+
+# Not raised by an EC2 call: warnings, and service-model errors raised when a client is built.
+NOT_RAISED_BY_A_CALL = {
+    "ImminentRemovalWarning",
+    "MissingServiceIdError",
+    "UndefinedModelAttributeError",
+    "UnsupportedTLSVersionWarning",
+}
+
+
+@pytest.mark.parametrize("cls", _every_botocore_exception(), ids=lambda cls: cls.__name__)
+def test_the_mapping_covers_every_exception_botocore_defines(cls: type[BaseException]) -> None:
+    if cls.__name__ in NOT_RAISED_BY_A_CALL:
+        assert not issubclass(cls, (BotoCoreError, ClientError))
+        return
+    assert issubclass(cls, (BotoCoreError, ClientError)), f"{cls.__name__} would escape"
+    exc = cls.__new__(cls)  # every class has its own constructor: set only the message
+    Exception.__init__(exc, f"{cls.__name__} happened")
+    if isinstance(exc, ClientError):
+        exc.response = {"Error": {"Code": "Boom", "Message": "boom"}}
+    with pytest.raises(SnapshotError) as failure:
+        Ec2(Raising(exc), REGION).call("describe_snapshots")
+    assert failure.value.__cause__ is exc
+    transient = isinstance(exc, TRANSPORT)
+    assert isinstance(failure.value, TransientSnapshotError) is transient
+    assert translate(exc, REGION, "describe_snapshots").args == failure.value.args
