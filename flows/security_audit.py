@@ -32,12 +32,12 @@ from pydantic import BaseModel, Field
 from core.errors import ConfigError
 from core.settings import settings
 from inventory import load_client_by_slug
-from tasks.facts import HostFacts
 from tasks.facts.collect import AUDIT_FACTS, collect_facts
+from tasks.facts.script import HostFacts
 from tasks.notify import notice_audit, notify
 from tasks.records import run_url
 from tasks.sessions import open_sessions
-from tasks.verify import HostVerificationSettings, VerificationReport, validate_host_facts
+from tasks.verify.suite import HostVerificationSettings, VerificationReport, validate_host_facts
 
 __all__ = ["SecurityAuditSummary", "ServerAudit", "audit_rows", "security_audit"]
 

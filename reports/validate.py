@@ -12,7 +12,7 @@ needs each row's predecessor, so the frame also gets ``prev_end_ns`` (the end of
 previous row of the same server, in start order) and the suite expects
 ``start_ns >= prev_end_ns``.
 
-GX runs in the process's ephemeral context of :mod:`tasks.verify` (created once,
+GX runs in the process's ephemeral context of :mod:`core.gx` (created once,
 in memory, no files, no analytics), under its lock. great-expectations is imported lazily:
 importing this module is cheap, and :class:`ReportInputError` is importable without GX.
 """
@@ -87,7 +87,7 @@ def validate_frame(
     """
     import great_expectations as gx
 
-    from tasks.verify import _GX_LOCK, _gx_batch_definition
+    from core.gx import run_suite
 
     if len(frame) == 0 or not checks:
         return []
@@ -99,9 +99,7 @@ def validate_frame(
     suite = gx.ExpectationSuite(
         name=f"caretaker-report-{what}", expectations=[e for _, e in checks]
     )
-    with _GX_LOCK:
-        batch = _gx_batch_definition().get_batch(batch_parameters={"dataframe": data})
-        result = batch.validate(suite, result_format="COMPLETE")
+    result = run_suite(data, suite)
     problems: list[str] = []
     for item in result.results:
         if item.success:

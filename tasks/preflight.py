@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
 from core.settings import settings
-from tasks.facts import HostFacts
+from tasks.facts.script import HostFacts
 
 # Block type slugs of each kind of credentials block the inventory names; notification
 # blocks are recognised by their "notify" capability, whatever their type.

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from flows.security_audit import audit_rows
 from tasks.facts.collect import AUDIT_FACTS
 from tasks.notify import notice_audit
-from tasks.verify import ServerVerification, VerificationReport
+from tasks.verify.suite import ServerVerification, VerificationReport
 
 
 def test_rows_follow_the_inventory_order_and_an_unreachable_server_is_a_finding() -> None:

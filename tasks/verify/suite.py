@@ -1,18 +1,19 @@
 """Verification of hosts after patching: their facts, checked by a great-expectations suite.
 
 After staging is patched, and after each production batch, the maintenance flow collects
-every host's facts (``tasks/facts.py``) and asks one question: *is each host healthy
-enough to go on?* This module answers it in three pure steps and one thin task:
+every host's facts (``tasks/facts/``) and asks one question: *is each host healthy
+enough to go on?* This module (with ``tasks.verify.frame``) answers it in three pure
+steps and one thin task:
 
-1. :func:`facts_frame` turns ``{server: HostFacts}`` and the inventory's allowed ports into
-   a pandas frame, one row per server, one column per thing we check (failed units, the
-   fullest disk, a pending reboot, pending security updates, unexpected listening ports,
-   facts that could not be read).
+1. :func:`facts_frame` (``tasks.verify.frame``) turns ``{server: HostFacts}`` and the
+   inventory's allowed ports into a pandas frame, one row per server, one column per
+   thing we check (failed units, the fullest disk, a pending reboot, pending security
+   updates, unexpected listening ports, facts that could not be read).
 2. :func:`build_suite` turns :class:`HostVerificationSettings` into a great-expectations
    ``ExpectationSuite``: one named expectation per check, thresholds from the settings.
 3. :func:`verify_facts` validates the frame with that suite in an *ephemeral* GX context
-   (nothing written to disk, nothing sent anywhere) and converts GX's result into our own
-   :class:`VerificationReport`: per server, human sentences for what failed
+   (``core.gx``: nothing written to disk, nothing sent anywhere) and converts GX's result
+   into our own :class:`VerificationReport`: per server, human sentences for what failed
    (``"disk use 94.0% over 90% on /"``) and what could not be checked (warnings).
 4. :func:`validate_host_facts` is the Prefect task the flow calls; it does 1-3 and logs.
 
@@ -31,9 +32,6 @@ Every expectation, its threshold and what its failure means are in ``docs/verifi
 
 from __future__ import annotations
 
-import ipaddress
-import math
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -45,75 +43,24 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.facts import HostFacts, ListeningPort
+from core.gx import run_suite
+from tasks.facts.script import HostFacts
+from tasks.verify.frame import FRAME_COLUMNS, facts_frame
 
 if TYPE_CHECKING:
     import great_expectations as gx
-    from great_expectations.core.batch_definition import BatchDefinition
     from great_expectations.expectations import Expectation
 
 __all__ = [
     "EXPECTATION_NAMES",
-    "FRAME_COLUMNS",
     "ExpectationOutcome",
     "HostVerificationSettings",
     "ServerVerification",
     "VerificationReport",
     "build_suite",
-    "facts_frame",
     "validate_host_facts",
     "verify_facts",
 ]
-
-# The columns the suite reads; facts_frame adds the evidence columns below them.
-FRAME_COLUMNS: tuple[str, ...] = (
-    "server",
-    "failed_units",
-    "systemd_known",
-    "max_disk_used_pct",
-    "reboot_pending",
-    "pending_security_updates",
-    "unexpected_ports",
-    "missing_ports",
-    "ssh_weaknesses",
-    "firewall_default_deny",
-    "auth_failures",
-    "log_errors",
-    "facts_errors",
-)
-# Evidence for the sentences: not checked by the suite, optional in a hand-made frame.
-_EVIDENCE_COLUMNS: tuple[str, ...] = (
-    "failed_unit_names",
-    "systemd_reason",
-    "fullest_mount",
-    "firewall_detail",
-    "log_source",
-    "facts_error_detail",
-)
-
-# Explicit dtypes: nullable ones where "unknown" is a real answer (NA, not 0 or False), and
-# pandas' "string" so that NA stays pd.NA whatever the pandas version's default str dtype.
-_DTYPES: dict[str, str] = {
-    "server": "string",
-    "failed_units": "Int64",
-    "systemd_known": "bool",
-    "max_disk_used_pct": "float64",
-    "reboot_pending": "boolean",
-    "pending_security_updates": "Int64",
-    "unexpected_ports": "string",
-    "missing_ports": "string",
-    "ssh_weaknesses": "string",
-    "firewall_default_deny": "boolean",
-    "auth_failures": "Int64",
-    "log_errors": "Int64",
-    "facts_errors": "int64",
-    "failed_unit_names": "string",
-    "systemd_reason": "string",
-    "fullest_mount": "string",
-    "firewall_detail": "string",
-    "log_source": "string",
-    "facts_error_detail": "string",
-}
 
 
 # --------------------------------------------------------------------------- settings
@@ -214,150 +161,6 @@ class VerificationReport(_Frozen):
     def failed_servers(self) -> list[str]:
         """Servers with at least one failure, in frame order."""
         return [name for name, result in self.per_server.items() if not result.passed]
-
-
-# ------------------------------------------------------------------------------ frame
-
-
-def _is_loopback(port: ListeningPort) -> bool:
-    """Whether a listener can only be reached from the host itself."""
-    if port.interface == "lo":
-        return True
-    try:
-        address = ipaddress.ip_address(port.address)
-    except ValueError:
-        # "*" and anything unexpected: assume reachable, so it is checked, not excused.
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def _join(ports: Sequence[int]) -> str:
-    return ",".join(str(p) for p in sorted(ports))
-
-
-def _row(name: str, facts: HostFacts, allowed: Sequence[int]) -> dict[str, Any]:
-    failed = facts.failed_services
-    if failed is None:
-        failed_units: Any = pd.NA
-        systemd_known = False
-        systemd_reason: Any = "failed_services fact not collected"
-        unit_names = ""
-    elif failed.known:
-        failed_units, systemd_known, systemd_reason = len(failed.units), True, pd.NA
-        unit_names = ", ".join(failed.units)
-    else:
-        failed_units, systemd_known = pd.NA, False
-        systemd_reason = failed.reason or "systemd not running"
-        unit_names = ""
-
-    max_disk: float = math.nan
-    fullest: Any = pd.NA
-    if facts.disks:
-        top = max(facts.disks, key=lambda d: d.used_pct)
-        max_disk, fullest = float(top.used_pct), top.mount
-
-    reboot = facts.reboot
-    reboot_pending: Any = pd.NA if reboot is None else reboot.required
-
-    # The simulation is the exact plan of the upgrade (what would still be installed);
-    # the upgradable list (apt, else dnf) stands in where no simulation was asked for.
-    security: Any = pd.NA
-    if facts.apt_simulation is not None:
-        security = len(facts.apt_simulation.security_installs)
-    elif facts.updates is not None:
-        security = sum(1 for u in facts.updates if u.security)
-
-    unexpected: Any = pd.NA
-    missing: Any = pd.NA
-    if facts.listening_ports is not None:
-        exposed = {
-            p.port for p in facts.listening_ports if p.proto == "tcp" and not _is_loopback(p)
-        }
-        allowed_set = set(allowed)
-        # An empty allowed_ports is the inventory's "no port policy", not "allow nothing".
-        unexpected = _join(list(exposed - allowed_set)) if allowed_set else ""
-        missing = _join(list(allowed_set - exposed))
-
-    # sshd and the firewall are read by the security audit, not after patching: NA there.
-    weaknesses: Any = pd.NA if facts.sshd is None else ", ".join(facts.sshd.weaknesses())
-    firewall = facts.firewall
-    default_deny: Any = pd.NA
-    firewall_detail: Any = pd.NA
-    if firewall is not None:
-        default_deny = firewall.default_deny if firewall.known else pd.NA
-        firewall_detail = firewall.detail or ""
-
-    logs = facts.log_review
-    auth_failures: Any = pd.NA if logs is None else logs.auth_failures
-    log_errors: Any = pd.NA if logs is None else logs.errors
-    log_source: Any = pd.NA if logs is None else logs.where
-
-    return {
-        "server": name,
-        "failed_units": failed_units,
-        "systemd_known": systemd_known,
-        "max_disk_used_pct": max_disk,
-        "reboot_pending": reboot_pending,
-        "pending_security_updates": security,
-        "unexpected_ports": unexpected,
-        "missing_ports": missing,
-        "ssh_weaknesses": weaknesses,
-        "firewall_default_deny": default_deny,
-        "auth_failures": auth_failures,
-        "log_errors": log_errors,
-        "facts_errors": len(facts.errors),
-        "failed_unit_names": unit_names,
-        "systemd_reason": systemd_reason,
-        "fullest_mount": fullest,
-        "firewall_detail": firewall_detail,
-        "log_source": log_source,
-        "facts_error_detail": "; ".join(f"{k}: {v}" for k, v in sorted(facts.errors.items())),
-    }
-
-
-def facts_frame(
-    facts: Mapping[str, HostFacts], allowed_ports: Mapping[str, Sequence[int]]
-) -> pd.DataFrame:
-    """One row per server with the values the verification suite checks.
-
-    Args:
-        facts: facts by server name.
-        allowed_ports: each server's allowed listening TCP ports (``Server.allowed_ports``);
-            a server that is absent or has an empty list has no port policy.
-
-    Returns:
-        A frame in the order of ``facts`` with the columns of :data:`FRAME_COLUMNS`:
-
-        * ``server`` (string);
-        * ``failed_units`` (Int64): failed systemd units, NA when systemd state is unknown;
-        * ``systemd_known`` (bool);
-        * ``max_disk_used_pct`` (float): the fullest filesystem's use, NaN without disks;
-        * ``reboot_pending`` (boolean): NA when the reboot fact was not collected;
-        * ``pending_security_updates`` (Int64): security installs in apt's simulation, else
-          security entries of the upgradable list (apt, else dnf); NA when neither;
-        * ``unexpected_ports`` (string): comma-joined listening TCP ports, reachable from
-          outside the host (not loopback-only), that are not allowed; ``""`` if none, NA
-          when listening ports were not collected;
-        * ``missing_ports`` (string): allowed ports nothing listens on from outside (info);
-        * ``ssh_weaknesses`` (string): what sshd allows that lets a password or root by
-          password in (``"PasswordAuthentication yes, ..."``), ``""`` if nothing, NA when
-          the sshd fact was not read;
-        * ``firewall_default_deny`` (boolean): inbound traffic no rule accepts is dropped;
-          NA when the firewall fact was not read or could not be known;
-        * ``auth_failures``, ``log_errors`` (Int64): failed SSH logins and error lines in
-          the logs (``log_review``), NA when not read;
-        * ``facts_errors`` (int): facts that were asked for and could not be read;
-
-        and the evidence the report's sentences quote: ``failed_unit_names``,
-        ``systemd_reason``, ``fullest_mount``, ``firewall_detail`` (NA when the firewall
-        fact was not read), ``log_source`` (where the log counts come from),
-        ``facts_error_detail``.
-    """
-    rows = [_row(name, host, allowed_ports.get(name, ())) for name, host in facts.items()]
-    frame = pd.DataFrame(rows, columns=list(_DTYPES))
-    return frame.astype(_DTYPES)
 
 
 # ------------------------------------------------------------------------------ suite
@@ -582,40 +385,6 @@ def build_suite(settings: HostVerificationSettings | None = None) -> gx.Expectat
 
 # ------------------------------------------------------------------------- validation
 
-# GX's ephemeral context, data source, asset and batch definition hold no data (each
-# validation passes its own frame), so one set per process serves every call and saves
-# their setup. The lock serialises validations: GX's validators share the data source's
-# execution engine, which keeps the batch it is working on.
-_GX_LOCK = threading.Lock()
-_batch_definition: BatchDefinition | None = None
-
-
-def _gx_batch_definition() -> BatchDefinition:
-    """The process's whole-dataframe batch definition (call with ``_GX_LOCK`` held)."""
-    global _batch_definition
-    if _batch_definition is None:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import (
-            DataContextConfig,
-            InMemoryStoreBackendDefaults,
-            ProgressBarsConfig,
-        )
-
-        config = DataContextConfig(
-            # In-memory stores and no data-docs site: GX's default ephemeral config makes a
-            # temporary directory for docs we never build.
-            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-            # GX draws tqdm bars on stderr for every validation: noise in task logs, and time.
-            progress_bars=ProgressBarsConfig(globally=False),
-            analytics_enabled=False,
-        )
-        context = gx.get_context(mode="ephemeral", project_config=config)
-        asset = context.data_sources.add_pandas(name="caretaker").add_dataframe_asset(
-            name="host_facts"
-        )
-        _batch_definition = asset.add_batch_definition_whole_dataframe("all_hosts")
-    return _batch_definition
-
 
 def _exception_message(info: Any) -> str | None:
     """GX's exception message for a result, or None when it did not raise.
@@ -681,9 +450,10 @@ def verify_facts(
     """Validate a :func:`facts_frame` with :func:`build_suite` and report per server.
 
     The validation runs in an ephemeral GX context (in memory: no files, no network),
-    created once per process and reused. GX's result is converted into our own models:
-    each unexpected row becomes a failure sentence on its server; an expectation GX could
-    not evaluate fails every server, so an error is never mistaken for a pass.
+    created once per process and reused (``core.gx``). GX's result is converted into
+    our own models: each unexpected row becomes a failure sentence on its server; an
+    expectation GX could not evaluate fails every server, so an error is never mistaken
+    for a pass.
 
     Args:
         frame: one row per server with at least the columns of :data:`FRAME_COLUMNS`.
@@ -706,10 +476,7 @@ def verify_facts(
     suite = build_suite(settings)
     checks = {check.name: check for check in _CHECKS}
 
-    with _GX_LOCK:
-        batch = _gx_batch_definition().get_batch(batch_parameters={"dataframe": data})
-        # COMPLETE: every unexpected row's index, not GX's default sample of 20.
-        result = batch.validate(suite, result_format="COMPLETE")
+    result = run_suite(data, suite)
 
     failures: list[list[str]] = [[] for _ in rows]
     by_name: dict[str, ExpectationOutcome] = {}
