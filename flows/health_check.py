@@ -35,7 +35,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from core.settings import settings
-from history.ingest import CheckSample, MetricSample, StateChange, ingest, record_metrics
+from history.fold import CheckSample
+from history.ingest import StateChange, ingest
+from history.metrics import MetricSample, record_metrics
 from history.store import open_store
 from inventory import ClientInventory, load_client_by_slug, load_inventory
 from tasks.checks import (

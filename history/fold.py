@@ -1,18 +1,25 @@
-"""The check -> interval fold: raw health checks folded into state intervals, vectorised.
+"""The check -> interval fold: health checks folded into state intervals, one at a time or
+all at once.
 
-A run of checks in one state is one interval; a silence longer than ``max_gap`` is an
-``unknown`` interval; a duplicate check joins the open interval. :func:`fold_checks` is the
-core (int64 arrays in, arrays out, any time unit); :func:`raw_checks_to_intervals` and
-:func:`intervals_from_arrays` give the frame of the store's ``check_intervals``. The
-store's ingest (:mod:`history.ingest`) folds with it, and the scalar fold one check at a
-time (:func:`history.ingest.extend_intervals`) gives the same result (tested).
+A run of checks in one state is one :class:`Interval`, closed at the first check of the
+next run; a silence longer than ``max_gap`` closes the run at its last check and becomes
+an ``unknown`` interval; a late or duplicate check joins the open interval without
+changing its state.
+
+* :func:`extend_intervals` is the scalar fold: one :class:`CheckSample` against a
+  server's open interval (what :func:`history.ingest.ingest` does as checks arrive).
+* :func:`fold_checks` is the same fold vectorised (int64 arrays in, arrays out, any time
+  unit); :func:`raw_checks_to_intervals` and :func:`intervals_from_arrays` give the frame
+  of the store's ``check_intervals`` (what an import of another tool's history uses).
+  Both give the same intervals (tested).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -20,13 +27,167 @@ import pandas as pd
 
 from core.errors import ReportInputError
 from history.frames import ns_array, require_columns, utc_index
+from history.schema import require_aware
 
 __all__ = [
+    "DEFAULT_CHECK_INTERVAL",
+    "DEFAULT_MAX_GAP",
+    "CheckSample",
+    "Interval",
+    "State",
+    "extend_intervals",
     "fold_checks",
     "intervals_frame",
     "intervals_from_arrays",
     "raw_checks_to_intervals",
 ]
+
+
+State = Literal["up", "down", "unknown"]
+
+
+#: How often the deployed health-check flow runs.
+DEFAULT_CHECK_INTERVAL = timedelta(minutes=5)
+#: A silence longer than this between two checks of a server is recorded as ``unknown``.
+DEFAULT_MAX_GAP = 3 * DEFAULT_CHECK_INTERVAL
+
+
+_MAX_ERROR = 2000
+
+
+@dataclass(frozen=True)
+class CheckSample:
+    """One health check of one server: did it pass, and if not, why.
+
+    Attributes:
+        server: server name (unique within the client).
+        ts: when the check ran (timezone-aware; stored in UTC).
+        ok: every check of the server passed.
+        error: why it failed (first line of evidence), or None.
+        latency_ms: response time when something answered, or None.
+    """
+
+    server: str
+    ts: datetime
+    ok: bool
+    error: str | None = None
+    latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ts", require_aware(self.ts, "sample time"))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A run of checks of one server in one state.
+
+    Attributes:
+        server: server name.
+        state: ``up``, ``down`` or ``unknown`` (no data: a gap between checks).
+        start: the first check of the interval (for ``unknown``: the last check before).
+        end: the last check while open; once closed, the next interval's start.
+        checks: checks folded into the interval (0 for ``unknown``).
+        failures: how many of them failed.
+        first_error: the first failure's message.
+        id: the row id in ``check_intervals``; None until written.
+    """
+
+    server: str
+    state: State
+    start: datetime
+    end: datetime
+    checks: int
+    failures: int
+    first_error: str | None = None
+    id: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Length of the interval in seconds."""
+        return (self.end - self.start).total_seconds()
+
+
+def _state(sample: CheckSample) -> State:
+    return "up" if sample.ok else "down"
+
+
+def _error(sample: CheckSample) -> str | None:
+    if sample.ok:
+        return None
+    return (sample.error or "check failed")[:_MAX_ERROR]
+
+
+def _opened(sample: CheckSample) -> Interval:
+    return Interval(
+        server=sample.server,
+        state=_state(sample),
+        start=sample.ts,
+        end=sample.ts,
+        checks=1,
+        failures=0 if sample.ok else 1,
+        first_error=_error(sample),
+    )
+
+
+def extend_intervals(
+    open_interval: Interval | None,
+    sample: CheckSample,
+    max_gap: timedelta = DEFAULT_MAX_GAP,
+) -> tuple[list[Interval], Interval]:
+    """Fold one check into a server's open interval (pure).
+
+    * No open interval: the sample opens one (``start = end = ts``).
+    * Same state, within ``max_gap`` of the interval's end: the interval grows
+      (``end = ts``, ``checks + 1``, ``failures + 1`` when down, ``first_error`` kept).
+    * Another state: the open interval is closed at ``ts`` (intervals are contiguous:
+      the change is dated from the first check that saw it) and the sample opens a new one.
+    * More than ``max_gap`` after the interval's end: the interval is closed at its last
+      check, an ``unknown`` interval (0 checks) covers the silence, the sample opens a new one.
+    * Late or duplicate (``ts`` not after the interval's end, e.g. two runs racing): the
+      sample is counted in the open interval (``checks``, ``failures``) without moving
+      its end or changing its state, so no check is lost and time never runs backwards.
+
+    Args:
+        open_interval: the server's latest interval, or None for a new server.
+        sample: the check.
+        max_gap: the longest silence still read as continuity (3 check periods).
+
+    Returns:
+        ``(closed, open)``: the intervals closed by this sample, oldest first (the
+        previous open interval keeps its ``id``), and the new open interval.
+    """
+    if open_interval is None:
+        return [], _opened(sample)
+    if sample.server != open_interval.server:
+        raise ValueError(f"sample of {sample.server!r} given to {open_interval.server!r}")
+    failed = 0 if sample.ok else 1
+    first_error = open_interval.first_error or _error(sample)
+    if sample.ts <= open_interval.end:
+        return [], replace(
+            open_interval,
+            checks=open_interval.checks + 1,
+            failures=open_interval.failures + failed,
+            first_error=first_error,
+        )
+    if sample.ts - open_interval.end > max_gap:
+        gap = Interval(
+            server=sample.server,
+            state="unknown",
+            start=open_interval.end,
+            end=sample.ts,
+            checks=0,
+            failures=0,
+        )
+        return [open_interval, gap], _opened(sample)
+    if _state(sample) == open_interval.state:
+        return [], replace(
+            open_interval,
+            end=sample.ts,
+            checks=open_interval.checks + 1,
+            failures=open_interval.failures + failed,
+            first_error=first_error,
+        )
+    return [replace(open_interval, end=sample.ts)], _opened(sample)
 
 
 def _compress_sorted(
@@ -135,7 +296,7 @@ def raw_checks_to_intervals(checks: pd.DataFrame, max_gap: timedelta) -> pd.Data
     """Fold raw checks into state intervals, all servers at once, without a loop.
 
     The same result as folding each server's checks in time order with
-    :func:`history.ingest.extend_intervals`: a run of checks in one state is one interval,
+    :func:`history.fold.extend_intervals`: a run of checks in one state is one interval,
     closed at the first check of the next run; a silence longer than ``max_gap`` closes the
     run at its last check and becomes an ``unknown`` interval (0 checks); a check at the
     same time as the previous one (a duplicate) is counted in the open interval without

@@ -29,8 +29,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from history.change import ChangeRecord
-from history.ingest import read_intervals_frame
-from history.store import StoredWindow, open_store
+from history.intervals import read_intervals_frame
+from history.store import open_store
+from history.windows import StoredWindow
 from inventory import ClientInventory
 
 __all__ = [

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from flows.health_check import HealthCheckSummary
-from history.ingest import read_daily_metrics, read_intervals, read_metrics
+from history.intervals import read_intervals
+from history.metrics import read_daily_metrics, read_metrics
 from history.store import open_store
 from sandbox import faults
 from sandbox.estate import Estate, numbered_hosts

@@ -40,7 +40,8 @@ from typing import Any
 import pytest
 
 from history.change import Approval, ChangeRecord, ChangeWindow, Outcome, PackageChange
-from history.store import check_intervals, open_store, pack_interval
+from history.schema import check_intervals, pack_interval
+from history.store import open_store
 from reports.render import find_chromium
 
 pytestmark = pytest.mark.integration

@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from history.ingest import (
-    CheckSample,
-    ImportRejected,
-    Interval,
-    extend_intervals,
-    import_file,
-    ingest,
-    main,
-    read_intervals,
-    read_rollups,
-    rebuild_rollups,
-    rollup_seconds,
-)
+from core.errors import ImportRejected
+from history.fold import CheckSample, Interval, extend_intervals
+from history.importer import import_file, main
+from history.ingest import ingest
+from history.intervals import read_intervals
+from history.rollups import read_rollups, rebuild_rollups, rollup_seconds
 from history.store import HistoryStore, open_store
 
 T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)

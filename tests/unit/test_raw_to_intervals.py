@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from history.fold import raw_checks_to_intervals
-from history.ingest import CheckSample, Interval, extend_intervals
+from history.fold import CheckSample, Interval, extend_intervals, raw_checks_to_intervals
 
 MAX_GAP = timedelta(minutes=3)
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
@@ -105,15 +104,13 @@ def test_no_checks_give_no_intervals() -> None:
 
 
 def test_the_bulk_parquet_import_writes_what_row_by_row_ingest_writes(tmp_path: Path) -> None:
-    from history.ingest import (
-        HistoryExists,
-        bulk_import_parquet,
-        ingest,
-        load_samples,
-        parquet_to_intervals,
-        read_intervals_frame,
-        read_rollups,
-    )
+    from core.errors import HistoryExists
+    from history.checkfiles import load_samples
+    from history.importer import bulk_import_parquet
+    from history.ingest import ingest
+    from history.intervals import read_intervals_frame
+    from history.parquet import parquet_to_intervals
+    from history.rollups import read_rollups
     from history.store import open_store
 
     rng = np.random.default_rng(7)
@@ -141,7 +138,10 @@ def test_the_bulk_parquet_import_writes_what_row_by_row_ingest_writes(tmp_path: 
 def test_import_file_takes_the_bulk_path_for_a_fresh_history_and_folds_otherwise(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from history.ingest import import_file, ingest, main, read_intervals_frame, read_rollups
+    from history.importer import import_file, main
+    from history.ingest import ingest
+    from history.intervals import read_intervals_frame
+    from history.rollups import read_rollups
     from history.store import open_store
 
     first = [CheckSample("web1", T0 + timedelta(minutes=i), i % 7 != 3) for i in range(30)]
@@ -166,7 +166,9 @@ def test_import_file_takes_the_bulk_path_for_a_fresh_history_and_folds_otherwise
 
 
 def test_a_bad_row_rejects_the_whole_bulk_import(tmp_path: Path) -> None:
-    from history.ingest import ImportRejected, bulk_import_parquet, read_intervals_frame
+    from core.errors import ImportRejected
+    from history.importer import bulk_import_parquet
+    from history.intervals import read_intervals_frame
     from history.store import open_store
 
     frame = as_frame([CheckSample("web1", T0 + timedelta(minutes=i), True) for i in range(5)])
@@ -254,7 +256,7 @@ def write_groups(
     ],
 )
 def test_parquet_layouts_fold_like_extend_intervals(tmp_path: Path, layout: str, seed: int) -> None:
-    from history.ingest import parquet_to_intervals
+    from history.parquet import parquet_to_intervals
 
     rng = np.random.default_rng(seed)
     a, b, c = (server_checks(rng, s, int(rng.integers(1, 30)), T0) for s in ("a1", "b2", "c3"))
@@ -279,7 +281,7 @@ def test_parquet_layouts_fold_like_extend_intervals(tmp_path: Path, layout: str,
 def test_timestamps_are_folded_in_the_file_unit_with_the_same_result(
     tmp_path: Path, unit: str
 ) -> None:
-    from history.ingest import parquet_to_intervals
+    from history.parquet import parquet_to_intervals
 
     # A gap of 180.5 s: 181 s is a silence, 180 s is not, in every unit.
     gap = timedelta(seconds=180.5)
@@ -298,7 +300,7 @@ def test_the_server_is_taken_from_statistics_only_when_they_show_one_valid_name(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from history.ingest import _one_server
+    from history.parquet import _one_server
 
     one = [CheckSample("web1", T0, True)]
     two = [CheckSample("web1", T0, True), CheckSample("web2", T0, True)]
@@ -315,7 +317,8 @@ def test_bad_rows_are_reported_with_file_row_numbers_on_every_path(tmp_path: Pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from history.ingest import ImportRejected, parquet_to_intervals
+    from core.errors import ImportRejected
+    from history.parquet import parquet_to_intervals
 
     schema = pa.schema(
         [
@@ -352,7 +355,7 @@ def test_bad_rows_are_reported_with_file_row_numbers_on_every_path(tmp_path: Pat
 
 
 def test_names_equal_once_trimmed_are_one_server(tmp_path: Path) -> None:
-    from history.ingest import parquet_to_intervals
+    from history.parquet import parquet_to_intervals
 
     checks = [CheckSample("web1", T0 + timedelta(minutes=i), i != 2) for i in range(5)]
     # The row-wise import trims names; so does the vectorised one, in any row group.
@@ -363,7 +366,8 @@ def test_names_equal_once_trimmed_are_one_server(tmp_path: Path) -> None:
 
 
 def test_timestamps_that_nanoseconds_cannot_hold_reject_the_file(tmp_path: Path) -> None:
-    from history.ingest import ImportRejected, parquet_to_intervals
+    from core.errors import ImportRejected
+    from history.parquet import parquet_to_intervals
 
     far = datetime(3000, 1, 1, tzinfo=UTC)
     path = tmp_path / "far.parquet"

@@ -22,32 +22,29 @@ import sqlalchemy as sa
 
 from core.errors import ConfigError, MaintenanceInProgress
 from history.change import ChangeRecord, ChangeWindow, Outcome, PackageChange
-from history.ingest import (
-    CheckSample,
+from history.fold import CheckSample
+from history.importer import bulk_import_intervals
+from history.importer import main as ingest_main
+from history.ingest import ingest
+from history.intervals import read_intervals, read_intervals_frame
+from history.lock import LockHandle
+from history.metrics import (
     DailyMetrics,
     MetricSample,
-    bulk_import_intervals,
-    ingest,
     read_daily_metrics,
-    read_intervals,
-    read_intervals_frame,
     read_metrics,
     record_metrics,
 )
-from history.ingest import main as ingest_main
-from history.store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    HistoryStore,
-    LockHandle,
+from history.migrations import MIGRATIONS, SCHEMA_VERSION
+from history.schema import (
     change_records,
     check_intervals,
     metadata,
-    open_store,
     pack_interval,
     run_locks,
     schema_version,
 )
+from history.store import HistoryStore, open_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 3, 2, 0, tzinfo=UTC)

@@ -1,0 +1,77 @@
+"""Change records in the history store: one per maintenance run, saved as it progresses.
+
+The record (:class:`history.change.ChangeRecord`) is stored whole as JSON (JSONB on
+PostgreSQL), keyed by client, change ref and flow run, with its outcome and times beside
+it for queries. :class:`ChangeRecords` is the part of
+:class:`history.store.HistoryStore` that saves and reads them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from history.change import ChangeRecord
+from history.engine import StoreBase
+from history.schema import change_records, require_aware, utc_now
+
+__all__ = ["ChangeRecords"]
+
+
+class ChangeRecords(StoreBase):
+    """Change records' operations (a part of :class:`history.store.HistoryStore`)."""
+
+    def save_change_record(self, record: ChangeRecord) -> None:
+        """Insert or replace the record of one run (keyed by client, change ref, flow run).
+
+        Saving again as the run progresses replaces the earlier version; the record is
+        validated as a whole first (its lists may have been appended to in place).
+
+        Args:
+            record: the change record.
+        """
+        record = ChangeRecord.model_validate(record.model_dump())
+        values = {
+            "client": record.client,
+            "change_ref": record.change_ref,
+            "flow_run_id": record.flow_run_id,
+            "outcome": record.outcome.value if record.outcome else None,
+            "started": record.started,
+            "ended": record.ended,
+            "body": record.model_dump(mode="json"),
+            "saved_at": utc_now(),
+        }
+        statement = self._insert(change_records).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["client", "change_ref", "flow_run_id"],
+            set_={
+                k: statement.excluded[k]
+                for k in ("outcome", "started", "ended", "body", "saved_at")
+            },
+        )
+        with self._write() as conn:
+            conn.execute(statement)
+
+    def change_records(
+        self, client: str, since: datetime | None = None, until: datetime | None = None
+    ) -> list[ChangeRecord]:
+        """A client's change records, by start time.
+
+        Args:
+            client: client slug.
+            since: only runs that started at or after this time (aware).
+            until: only runs that started before this time (aware).
+
+        Returns:
+            The records, oldest first.
+        """
+        query = sa.select(change_records.c.body).where(change_records.c.client == client)
+        if since is not None:
+            query = query.where(change_records.c.started >= require_aware(since, "since"))
+        if until is not None:
+            query = query.where(change_records.c.started < require_aware(until, "until"))
+        query = query.order_by(change_records.c.started, change_records.c.id)
+        with self._read() as conn:
+            bodies = conn.execute(query).scalars().all()
+        return [ChangeRecord.model_validate(body) for body in bodies]

@@ -1,0 +1,152 @@
+"""Maintenance windows in the history store: time that reports count as planned.
+
+A window is ``planned`` (announced before it began) or ``run`` (when a run actually
+worked); for one server or the whole client. :class:`MaintenanceWindows` is the part of
+:class:`history.store.HistoryStore` that records and reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from history.engine import StoreBase
+from history.schema import maintenance_windows, require_aware, utc_now
+
+__all__ = ["MaintenanceWindows", "StoredWindow", "WindowKind"]
+
+
+WindowKind = Literal["planned", "run"]
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    """A maintenance window as stored: time that reports count as planned maintenance.
+
+    Attributes:
+        id: row id.
+        client: client slug.
+        server: the server, or None when the window covers the whole client.
+        start: start (UTC).
+        end: end (UTC).
+        kind: ``planned`` (the scheduled window) or ``run`` (when a run actually worked).
+        change_ref: the change the window belongs to, if any.
+        recorded_at: when the row was written (UTC).
+    """
+
+    id: int
+    client: str
+    server: str | None
+    start: datetime
+    end: datetime
+    kind: WindowKind
+    change_ref: str | None
+    recorded_at: datetime
+
+
+class MaintenanceWindows(StoreBase):
+    """Maintenance windows' operations (a part of :class:`history.store.HistoryStore`)."""
+
+    def record_window(
+        self,
+        client: str,
+        start: datetime,
+        end: datetime,
+        kind: WindowKind = "planned",
+        change_ref: str | None = None,
+        server: str | None = None,
+    ) -> StoredWindow:
+        """Record a maintenance window (reports count it as planned maintenance time).
+
+        Recording the same window again (same client, server, kind, change ref, start and
+        end) returns the stored one instead of adding a duplicate, so a retried task does
+        not double the maintenance time.
+
+        Args:
+            client: client slug.
+            start: start (aware).
+            end: end (aware), after ``start``.
+            kind: ``planned`` (the scheduled window) or ``run`` (when a run worked).
+            change_ref: the change it belongs to, if any.
+            server: the server, or None for the whole client.
+
+        Returns:
+            The stored window.
+        """
+        start = require_aware(start, "start")
+        end = require_aware(end, "end")
+        if end <= start:
+            raise ValueError(f"window end {end.isoformat()} is not after start {start.isoformat()}")
+        if kind not in ("planned", "run"):
+            raise ValueError(f"window kind {kind!r} is not 'planned' or 'run'")
+        t = maintenance_windows
+        same = sa.select(t).where(
+            t.c.client == client,
+            t.c.server.is_(None) if server is None else t.c.server == server,
+            t.c.kind == kind,
+            t.c.change_ref.is_(None) if change_ref is None else t.c.change_ref == change_ref,
+            t.c.start == start,
+            t.c.end == end,
+        )
+        with self._write() as conn:
+            row = conn.execute(same).first()
+            if row is None:
+                conn.execute(
+                    t.insert().values(
+                        client=client,
+                        server=server,
+                        start=start,
+                        end=end,
+                        kind=kind,
+                        change_ref=change_ref,
+                        recorded_at=utc_now(),
+                    )
+                )
+                row = conn.execute(same).one()
+        return _window(row)
+
+    def windows(
+        self,
+        client: str,
+        start: datetime,
+        end: datetime,
+        kind: WindowKind | None = None,
+    ) -> list[StoredWindow]:
+        """A client's maintenance windows that overlap ``[start, end)``.
+
+        Args:
+            client: client slug.
+            start: start of the period (aware).
+            end: end of the period (aware).
+            kind: only this kind; default both.
+
+        Returns:
+            The windows, by start time (whole-client and per-server windows alike).
+        """
+        t = maintenance_windows
+        query = sa.select(t).where(
+            t.c.client == client,
+            t.c.start < require_aware(end, "end"),
+            t.c.end > require_aware(start, "start"),
+        )
+        if kind is not None:
+            query = query.where(t.c.kind == kind)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(t.c.start, t.c.id)).all()
+        return [_window(row) for row in rows]
+
+
+def _window(row: sa.Row[Any]) -> StoredWindow:
+    return StoredWindow(
+        id=row.id,
+        client=row.client,
+        server=row.server,
+        start=row.start,
+        end=row.end,
+        kind=row.kind,
+        change_ref=row.change_ref,
+        recorded_at=row.recorded_at,
+    )
