@@ -12,20 +12,12 @@ import yaml
 from pydantic import ValidationError
 
 from core.errors import InventoryError
-from inventory import (
-    ClientInventory,
-    MaintenanceWindow,
-    Schedule,
-    check_block_references,
-    format_duration,
-    load_client,
-    load_client_by_slug,
-    load_inventory,
-    main,
-    parse_duration,
-    schema_json,
-    select_servers,
-)
+from inventory.cli import main
+from inventory.loader import load_client, load_client_by_slug, load_inventory
+from inventory.models import ClientInventory, MaintenanceWindow, Schedule
+from inventory.schema import schema_json
+from inventory.scope import check_block_references, select_servers
+from inventory.types import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = REPO / "clients"
