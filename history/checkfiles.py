@@ -123,6 +123,7 @@ def validate_rows(
 
 
 def missing_columns(columns: Iterable[str], where: str) -> list[str]:
+    """A problem naming the required columns ``columns`` lacks, at ``where``; or none."""
     have = {c.strip() for c in columns if c}
     gone = [c for c in REQUIRED_COLUMNS if c not in have]
     return [f"{where}: missing column(s) {', '.join(gone)}"] if gone else []

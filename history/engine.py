@@ -30,6 +30,7 @@ __all__ = ["StoreBase", "default_store_url", "make_engine", "shown_url"]
 
 
 def shown_url(url: URL) -> str:
+    """The URL with any password masked (safe to log and to show in errors)."""
     return url.render_as_string(hide_password=True)
 
 
@@ -99,6 +100,7 @@ def _sqlite_engine(url: URL) -> Engine:
 
 
 def make_engine(url_text: str) -> Engine:
+    """An engine for a store URL (SQLite file or PostgreSQL); ConfigError when unusable."""
     try:
         url = make_url(url_text)
     except sa.exc.ArgumentError as exc:

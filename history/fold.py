@@ -43,15 +43,14 @@ __all__ = [
 ]
 
 
+#: A state interval's state (``unknown``: no data, a gap between checks).
 State = Literal["up", "down", "unknown"]
-
 
 #: How often the deployed health-check flow runs.
 DEFAULT_CHECK_INTERVAL = timedelta(minutes=5)
 #: A silence longer than this between two checks of a server is recorded as ``unknown``.
 DEFAULT_MAX_GAP = 3 * DEFAULT_CHECK_INTERVAL
-
-
+#: A failure's message is kept up to this many characters.
 _MAX_ERROR = 2000
 
 

@@ -84,6 +84,7 @@ def _lock_key(client: str, server: str) -> int:
 
 
 def lock_server(conn: Connection, client: str, server: str) -> None:
+    """Serialise writers of one server's intervals until the transaction ends."""
     # SQLite: the transaction began IMMEDIATE and already holds the database write lock.
     if conn.dialect.name == "postgresql":
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(client, server))))

@@ -46,6 +46,7 @@ def _row_interval(row: sa.Row[Any]) -> Interval:
 
 
 def interval_row(client: str, interval: Interval) -> dict[str, Any]:
+    """An interval as a ``check_intervals`` row of ``client``, with its ``packed`` value."""
     return {
         "client": client,
         "server": interval.server,
@@ -62,6 +63,7 @@ def interval_row(client: str, interval: Interval) -> dict[str, Any]:
 
 
 def open_interval(conn: Connection, client: str, server: str) -> Interval | None:
+    """A server's latest interval (the one checks extend), or None."""
     t = check_intervals
     row = conn.execute(
         sa.select(t)

@@ -455,6 +455,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 def current_version(conn: Connection) -> int:
+    """The highest applied schema version (0: none)."""
     return int(
         conn.execute(
             sa.select(sa.func.coalesce(sa.func.max(schema_version.c.version), 0))

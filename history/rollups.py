@@ -98,6 +98,7 @@ def rollup_seconds(
 def windows_by_server(
     conn: Connection, client: str, servers: Iterable[str], start: datetime, end: datetime
 ) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Each server's maintenance windows overlapping ``[start, end)``, client-wide ones included."""
     t = maintenance_windows
     rows = conn.execute(
         sa.select(t.c.server, t.c.start, t.c.end).where(
@@ -115,6 +116,7 @@ def windows_by_server(
 def add_rollups(
     conn: Connection, client: str, seconds: Mapping[tuple[str, date], Mapping[str, float]]
 ) -> None:
+    """Add seconds per state per server per day to ``daily_rollups`` (upsert, summing)."""
     if not seconds:
         return
     t = daily_rollups

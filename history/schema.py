@@ -77,6 +77,7 @@ def from_epoch_us(value: int) -> datetime:
 
 
 def utc_now() -> datetime:
+    """Now, aware, in UTC."""
     return datetime.now(UTC)
 
 
@@ -122,6 +123,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
 
 
 def json_type() -> sa.types.TypeEngine[Any]:
+    """The type of a JSON document column."""
     # JSONB on PostgreSQL so reports can query inside a record later; TEXT-backed on SQLite.
     return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
