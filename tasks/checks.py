@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.errors import RemoteError
 from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.facts.script import HostFacts, build_facts_script, parse_facts, split_facts_output
-from tasks.remote import RemoteHost, sh_join
+from tasks.remote.base import RemoteHost, sh_join
 
 # What a health check reads besides its checks: cheap, bounded, one round trip.
 METRIC_FACTS = ("load", "memory", "disks")

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.facts.script import HostFacts, build_facts_script, parse_facts, split_facts_output
 from tasks.packages import APT_REFRESH
-from tasks.remote import RemoteHost
+from tasks.remote.base import RemoteHost
 
 __all__ = ["AUDIT_FACTS", "PLAN_FACTS", "collect_facts"]
 
