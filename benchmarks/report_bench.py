@@ -33,6 +33,7 @@ the range (this VM's timings drift by a third from one run to the next).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -44,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report_data import SETS, data_dir, generate, path_for, write_windows  # noqa: E402
+from benchmarks.report_data import SETS, data_dir, path_for  # noqa: E402
 from benchmarks.tool_venv import POLARS_DUCKDB, tool_venv  # noqa: E402
 
 MAX_GAP_MIN = 3  # 1-minute checks: a silence over 3 minutes is unknown
@@ -181,20 +182,30 @@ print("RESULT " + json.dumps({"seconds": took, "peak_mib": peak, "note": extra})
 """
 
 
+@functools.cache
 def bench_python() -> str | None:
     """The python of ``<cache>/bench-venv`` (polars, DuckDB), made if missing; None if it
-    cannot be made."""
+    cannot be made (tried once per run)."""
     bin_dir = tool_venv("bench-venv", POLARS_DUCKDB)
     return str(bin_dir / "python") if bin_dir is not None else None
 
 
 def ensure_data(name: str) -> None:
-    """Generate the data set ``name`` and the windows file when they are missing."""
-    if not path_for(name).exists():
-        print(f"generating the {name} data set (once, into {data_dir()})", flush=True)
-        generate(name)
-    if not (data_dir() / "windows.parquet").exists():
-        write_windows(SETS[name][1])
+    """Generate the data set ``name`` and the windows file when they are missing.
+
+    In a child process: a step's peak memory is its child's ``ru_maxrss``, which starts
+    from this process's peak (Linux keeps it across fork and exec), so this process must
+    stay small."""
+    if path_for(name).exists() and (data_dir() / "windows.parquet").exists():
+        return
+    print(f"generating the {name} data set (once, into {data_dir()})", flush=True)
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from benchmarks.report_data import SETS, generate, path_for, write_windows\n"
+        f"name = {name!r}\n"
+        "generate(name) if not path_for(name).exists() else write_windows(SETS[name][1])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def _rss_mib(pid: int) -> float:
@@ -252,7 +263,8 @@ def run_step(
         bench = bench_python()
         if bench is None:
             nan = float("nan")
-            return {"seconds": nan, "peak_mib": nan, "note": "skipped: no <cache>/bench-venv"}
+            note = "skipped: the polars/DuckDB venv could not be made (see above)"
+            return {"seconds": nan, "peak_mib": nan, "note": note}
         python = bench
     else:
         code = CHILD_PRELUDE + PANDAS_COMMON.format(**fields) + body + CHILD_EPILOGUE
@@ -296,9 +308,10 @@ def main() -> None:
         if "import" in steps:
             store.unlink(missing_ok=True)
         for step in steps:
+            once = step == "import" or (step in ("polars", "duckdb") and bench_python() is None)
             runs = [
                 run_step(step, name, args.max_mib, args.timeout)
-                for _ in range(1 if step == "import" else max(1, args.repeat))
+                for _ in range(1 if once else max(1, args.repeat))
             ]
             r = repeated(runs)
             print(
