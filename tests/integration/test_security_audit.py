@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,6 +16,9 @@ from sandbox.prefect_blocks import ssh_identity
 from sandbox.repo import PackageSpec
 from sandbox.webhook import WebhookReceiver
 from tests.conftest import sandbox_unavailable, ssh
+
+if TYPE_CHECKING:
+    from prefect.states import State
 
 pytestmark = pytest.mark.integration
 
@@ -69,21 +72,38 @@ def audit_env(
     mp.undo()
 
 
-def audit(**parameters: Any) -> tuple[str, SecurityAuditSummary]:
-    """One security-audit run: its final state's name and its summary."""
+def audit_run(**parameters: Any) -> tuple[State[Any], SecurityAuditSummary]:
+    """One security-audit run: its final state and its summary."""
     from flows.security_audit import security_audit
 
     state = security_audit(client=SLUG, return_state=True, **parameters)
     summary = state.result(raise_on_failure=False)
     assert isinstance(summary, SecurityAuditSummary), summary
+    return state, summary
+
+
+def audit(**parameters: Any) -> tuple[str, SecurityAuditSummary]:
+    """One security-audit run: its final state's name and its summary."""
+    state, summary = audit_run(**parameters)
     return state.name, summary
+
+
+def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts one flow run published, by key (never another run's, whatever ran
+    on the Prefect server before)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {str(a.key): a for a in found}
 
 
 def test_findings_are_named_per_server_published_and_notified(
     estate: Estate, audit_env: None, tmp_path: Path
 ) -> None:
-    from prefect.client.orchestration import get_client
-
     from tasks.notify import save_demo_webhook
 
     a01, a02, a03 = (h.name for h in estate.spec.hosts)
@@ -107,13 +127,13 @@ def test_findings_are_named_per_server_published_and_notified(
     try:
         with WebhookReceiver() as hook:
             save_demo_webhook(hook.url, name="test-audit-hook")
-            state, summary = audit()
+            run, summary = audit_run()
             (notice,) = hook.wait_for(1)
     finally:
         ssh(estate, a02, f"sed -i 's/^{weak}$/{hardened}/' /etc/ssh/sshd_config")
         ssh(estate, a03, "pkill -f 'sshd -p 2222' || true")
 
-    assert state == "Failed"
+    assert run.name == "Failed"
     rows = {r.server: r for r in summary.servers}
     assert [r.status for r in summary.servers] == ["passed", "findings", "findings"]
     assert rows[a01].findings == []
@@ -128,9 +148,7 @@ def test_findings_are_named_per_server_published_and_notified(
     assert "sshd allows PasswordAuthentication yes" in notice["body"]
     assert a01 not in notice["body"]
     assert summary.notice_problems == []
-    with get_client(sync_client=True) as client:
-        artifact = client.read_latest_artifacts(limit=50)
-    table = next(a for a in artifact if a.key == f"security-audit-{SLUG}")
+    table = artifacts_of(run.state_details.flow_run_id)[f"security-audit-{SLUG}"]
     assert "PasswordAuthentication yes" in str(table.data)
 
 
