@@ -7,7 +7,7 @@ interpreter and imported libraries, ~150 MB for pandas + pyarrow).
 
 Steps, per data set from ``benchmarks/report_data.py``:
 
-* ``import``: ``history.ingest.bulk_import_parquet`` into a fresh SQLite file in the cache
+* ``import``: ``history.importer.bulk_import_parquet`` into a fresh SQLite file in the cache
   (vectorised validation and compression, one transaction, rollups included);
 * ``store``: ``read_intervals_frame`` + ``compute_report`` (all tables) from that store;
 * ``raw``: ``parquet_to_intervals`` (only server/ts/ok read, by row group, 2 threads) +
@@ -59,7 +59,9 @@ sys.path.insert(0, {str(ROOT)!r})
 PANDAS_COMMON = """
 import pandas as pd
 from reports.compute import compute_report
-from history.ingest import parquet_to_intervals, read_intervals_frame, bulk_import_parquet
+from history.importer import bulk_import_parquet
+from history.intervals import read_intervals_frame
+from history.parquet import parquet_to_intervals
 from history.store import open_store
 DAYS = {days}
 START = datetime(2026, 1, 1, tzinfo=UTC)
