@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Annotated, get_origin
 from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from core.errors import InventoryError
+from inventory import types
 from inventory.cli import main
 from inventory.loader import load_client, load_client_by_slug, load_inventory
 from inventory.models import ClientInventory, MaintenanceWindow, Schedule
 from inventory.schema import schema_json
 from inventory.scope import check_block_references, select_servers
-from inventory.types import format_duration, parse_duration
+from inventory.types import Identifier, format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = REPO / "clients"
@@ -1022,3 +1025,51 @@ def test_monitoring_defaults_and_per_server_target_and_added_day(tmp_path: Path)
     stg, web = inventory.servers
     assert stg.added == date(2026, 10, 14) and stg.sla_target_pct is None
     assert web.added is None and web.sla_target_pct == 99.0
+
+
+# --------------------------------------------------------------------------- identifier rule
+
+IDENTIFIER_TYPES = {
+    name: value
+    for name, value in vars(types).items()
+    if get_origin(value) is Annotated and isinstance(value.__metadata__[0], Identifier)
+}
+IDENTIFIER_SAMPLES = [
+    "a", "ab", "web-1", "Web-1", "-web", "web_1", "web.1", "a@b", "a:b", "a+b", "a%b",
+    "ops@example.com", "eu-west-1", "i-0abc12345def67890", "DFW", "nginx.service",
+    "python3-PyYAML", "_svc", "x" * 20, "x" * 21, "x" * 33, "x" * 65, "x" * 256,
+]  # fmt: skip
+
+
+def test_every_identifier_type_uses_the_one_rule() -> None:
+    assert set(IDENTIFIER_TYPES) >= {
+        "Slug", "BlockName", "ServerName", "ApproverName", "UnixUser", "PackageName",
+        "UnitName", "AwsRegion", "InstanceId", "RackspaceRegion", "EstateName", "Email",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(IDENTIFIER_TYPES))
+def test_an_identifier_is_accepted_exactly_when_its_schema_allows_it(name: str) -> None:
+    rule = IDENTIFIER_TYPES[name].__metadata__[0]
+    adapter = TypeAdapter(IDENTIFIER_TYPES[name])
+    schema = adapter.json_schema()
+    assert (schema["pattern"], schema["maxLength"]) == (rule.pattern, rule.max_length)
+    for value in IDENTIFIER_SAMPLES:
+        allowed = re.fullmatch(rule.pattern, value) is not None and len(value) <= rule.max_length
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            assert not allowed, f"{name} refused {value!r}"
+            assert exc.errors()[0]["ctx"]["allowed"] == rule.allowed
+        else:
+            assert allowed, f"{name} accepted {value!r}"
+
+
+@pytest.mark.parametrize("name", sorted(IDENTIFIER_TYPES))
+def test_an_identifier_names_the_shell_characters_it_refuses(name: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        TypeAdapter(IDENTIFIER_TYPES[name]).validate_python("a;$(id) `x`")
+    message = caught.value.errors()[0]["ctx"]["message"]
+    assert "contains characters that are not allowed" in message
+    for char in (";", "$", "(", ")", " ", "`"):
+        assert repr(char) in message
