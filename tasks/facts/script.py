@@ -17,63 +17,8 @@ from typing import Any
 from pydantic import Field
 
 from core.errors import FactParseError
-from tasks.facts.apt import (
-    APT_HELD,
-    APT_SIMULATE_DIST_UPGRADE,
-    APT_SIMULATE_UPGRADE,
-    APT_UPGRADABLE,
-    REBOOT_REQUIRED,
-    AptSimulation,
-    parse_apt_held,
-    parse_apt_simulation,
-    parse_apt_simulation_upgrade,
-    parse_apt_upgradable,
-    parse_reboot_required,
-)
+from tasks.facts import apt, dnf, security, server
 from tasks.facts.base import Fact, PackageUpdate, RebootRequired, _Frozen
-from tasks.facts.dnf import (
-    DNF_CHECK_UPDATE,
-    DNF_NEEDS_RESTARTING,
-    parse_dnf_check_update,
-    parse_dnf_needs_restarting,
-)
-from tasks.facts.security import (
-    FAILED_SERVICES,
-    FIREWALL,
-    LISTENING_PORTS,
-    LOG_REVIEW,
-    SSHD_EFFECTIVE,
-    FailedServices,
-    Firewall,
-    ListeningPort,
-    LogReview,
-    SshdSettings,
-    parse_failed_services,
-    parse_firewall,
-    parse_log_review,
-    parse_ss_listening,
-    parse_sshd_effective,
-)
-from tasks.facts.server import (
-    BOOT_ID,
-    DF,
-    KERNEL_RELEASE,
-    LOADAVG,
-    MEMINFO,
-    OS_RELEASE,
-    UPTIME,
-    DiskUsage,
-    LoadAvg,
-    Memory,
-    OsInfo,
-    parse_boot_id,
-    parse_df,
-    parse_kernel_release,
-    parse_loadavg,
-    parse_meminfo,
-    parse_os_release,
-    parse_uptime,
-)
 
 
 class HostFacts(_Frozen):
@@ -83,25 +28,27 @@ class HostFacts(_Frozen):
     read is None too and named in ``errors`` with the reason.
     """
 
-    os: OsInfo | None = None
+    os: server.OsInfo | None = None
     kernel: str | None = None
     boot_id: str | None = None
     uptime: float | None = Field(default=None, description="Seconds since boot.")
-    load: LoadAvg | None = None
-    memory: Memory | None = None
-    disks: list[DiskUsage] | None = None
+    load: server.LoadAvg | None = None
+    memory: server.Memory | None = None
+    disks: list[server.DiskUsage] | None = None
     apt_upgradable: list[PackageUpdate] | None = None
-    apt_simulation: AptSimulation | None = Field(default=None, description="dist-upgrade plan.")
-    apt_simulation_upgrade: AptSimulation | None = Field(default=None, description="upgrade plan.")
+    apt_simulation: apt.AptSimulation | None = Field(default=None, description="dist-upgrade plan.")
+    apt_simulation_upgrade: apt.AptSimulation | None = Field(
+        default=None, description="upgrade plan."
+    )
     reboot_required: RebootRequired | None = None
-    listening_ports: list[ListeningPort] | None = None
-    failed_services: FailedServices | None = None
+    listening_ports: list[security.ListeningPort] | None = None
+    failed_services: security.FailedServices | None = None
     held_packages: list[str] | None = None
     dnf_updates: list[PackageUpdate] | None = None
     dnf_reboot_required: RebootRequired | None = None
-    sshd: SshdSettings | None = None
-    firewall: Firewall | None = None
-    log_review: LogReview | None = None
+    sshd: security.SshdSettings | None = None
+    firewall: security.Firewall | None = None
+    log_review: security.LogReview | None = None
     errors: dict[str, str] = Field(default_factory=dict, description="Fact name -> why missing.")
 
     @property
@@ -123,27 +70,34 @@ _RHEL = frozenset({"rhel"})
 FACTS: dict[str, Fact[Any]] = {
     f.name: f
     for f in (
-        Fact("os", OS_RELEASE, parse_os_release),
-        Fact("kernel", KERNEL_RELEASE, parse_kernel_release),
-        Fact("boot_id", BOOT_ID, parse_boot_id),
-        Fact("uptime", UPTIME, parse_uptime),
-        Fact("load", LOADAVG, parse_loadavg),
-        Fact("memory", MEMINFO, parse_meminfo),
+        Fact("os", server.OS_RELEASE, server.parse_os_release),
+        Fact("kernel", server.KERNEL_RELEASE, server.parse_kernel_release),
+        Fact("boot_id", server.BOOT_ID, server.parse_boot_id),
+        Fact("uptime", server.UPTIME, server.parse_uptime),
+        Fact("load", server.LOADAVG, server.parse_loadavg),
+        Fact("memory", server.MEMINFO, server.parse_meminfo),
         # df exits 1 when one filesystem could not be read (stale NFS, permission);
         # the others are still listed and worth having.
-        Fact("disks", DF, parse_df, ok_exit_codes=frozenset({0, 1})),
-        Fact("apt_upgradable", APT_UPGRADABLE, parse_apt_upgradable, _DEBIAN),
-        Fact("apt_simulation", APT_SIMULATE_DIST_UPGRADE, parse_apt_simulation, _DEBIAN),
-        Fact("apt_simulation_upgrade", APT_SIMULATE_UPGRADE, parse_apt_simulation_upgrade, _DEBIAN),
-        Fact("reboot_required", REBOOT_REQUIRED, parse_reboot_required, _DEBIAN),
-        Fact("listening_ports", LISTENING_PORTS, parse_ss_listening),
-        Fact("failed_services", FAILED_SERVICES, parse_failed_services),
-        Fact("held_packages", APT_HELD, parse_apt_held, _DEBIAN),
-        Fact("sshd", SSHD_EFFECTIVE, parse_sshd_effective),
-        Fact("firewall", FIREWALL, parse_firewall),
-        Fact("log_review", LOG_REVIEW, parse_log_review),
-        Fact("dnf_updates", DNF_CHECK_UPDATE, parse_dnf_check_update, _RHEL),
-        Fact("dnf_reboot_required", DNF_NEEDS_RESTARTING, parse_dnf_needs_restarting, _RHEL),
+        Fact("disks", server.DF, server.parse_df, ok_exit_codes=frozenset({0, 1})),
+        Fact("apt_upgradable", apt.APT_UPGRADABLE, apt.parse_apt_upgradable, _DEBIAN),
+        Fact("apt_simulation", apt.APT_SIMULATE_DIST_UPGRADE, apt.parse_apt_simulation, _DEBIAN),
+        Fact(
+            "apt_simulation_upgrade",
+            apt.APT_SIMULATE_UPGRADE,
+            apt.parse_apt_simulation_upgrade,
+            _DEBIAN,
+        ),
+        Fact("reboot_required", apt.REBOOT_REQUIRED, apt.parse_reboot_required, _DEBIAN),
+        Fact("listening_ports", security.LISTENING_PORTS, security.parse_ss_listening),
+        Fact("failed_services", security.FAILED_SERVICES, security.parse_failed_services),
+        Fact("held_packages", apt.APT_HELD, apt.parse_apt_held, _DEBIAN),
+        Fact("sshd", security.SSHD_EFFECTIVE, security.parse_sshd_effective),
+        Fact("firewall", security.FIREWALL, security.parse_firewall),
+        Fact("log_review", security.LOG_REVIEW, security.parse_log_review),
+        Fact("dnf_updates", dnf.DNF_CHECK_UPDATE, dnf.parse_dnf_check_update, _RHEL),
+        Fact(
+            "dnf_reboot_required", dnf.DNF_NEEDS_RESTARTING, dnf.parse_dnf_needs_restarting, _RHEL
+        ),
     )
 }
 

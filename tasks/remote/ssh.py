@@ -28,7 +28,6 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Self
 
 import paramiko
@@ -165,12 +164,7 @@ class SshRemoteHost:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- connection ------------------------------------------------------------------
@@ -451,10 +445,5 @@ class SessionPool:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close_all()
