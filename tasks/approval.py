@@ -6,21 +6,29 @@ count, each once; a rejection by a listed approver ends the wait; the change goe
 ahead when ``approvals_required`` distinct listed approvers said yes. Everything else
 (an unlisted name, a second answer from the same person) is recorded, not counted,
 and the run waits again. The counting is pure and tested without Prefect.
+
+The same pause serves the restore question (on_failure ``ask``): :func:`ask` is the one
+wait loop for both, bounded by a deadline that :class:`ApprovalDeadline` keeps; the
+texts shown above the forms (:func:`approval_description`, :func:`restore_question`)
+and :func:`restore_answer` are pure.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Literal
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Literal, Protocol, TypeVar
 from uuid import UUID
 
+from prefect import pause_flow_run
 from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
-from history.change import Approval
+from history.change import Approval, Verification
+from tasks.packages import MaintenancePlan
+from tasks.rollout import RestoreAnswer
 
 
 class ApprovalForm(RunInput):
@@ -183,3 +191,110 @@ def approval_description(
         lines += ["", "### Answers that did not count"]
         lines += [f"- {a.approver}: {a.not_counted_reason}" for a in ignored]
     return "\n".join(lines) + "\n"
+
+
+def staging_summary(verifications: Sequence[Verification]) -> str:
+    """The staging result shown above the approval form, one line per server (pure)."""
+    return (
+        "\n".join(
+            f"- {v.server}: {'passed' if v.passed else 'FAILED'}"
+            for v in verifications
+            if v.phase == "staging"
+        )
+        or "- no staging server in scope"
+    )
+
+
+def production_plan_text(plan: MaintenancePlan) -> str:
+    """The production plan shown above the approval form, one line per server (pure)."""
+    return (
+        "\n".join(
+            f"- {h.server}: "
+            + (
+                ", ".join(f"{c.name} {c.from_version} → {c.to_version}" for c in h.changes)
+                or "no change"
+            )
+            for h in plan.hosts
+            if h.role == "production"
+        )
+        or "- no production server in scope"
+    )
+
+
+def restore_question(server: str, change_ref: str, why: str, approvers: Sequence[str]) -> str:
+    """The markdown shown above the restore form (pure)."""
+    return (
+        f"## {server} failed during {change_ref}\n\n{why}\n\n"
+        f"Restore it from its pre-change snapshot? Listed approvers: {', '.join(approvers)}."
+    )
+
+
+def restore_answer(form: RestoreForm, approvers: Sequence[str]) -> RestoreAnswer | None:
+    """A listed approver's answer to the restore question; None for anyone else (pure).
+
+    The name must match a listed approver exactly (unlike the approval form's, it is not
+    stripped): an unlisted answer is ignored and the question is asked again.
+    """
+    if form.approver not in approvers:
+        return None
+    verb = "restore" if form.restore else "leave it"
+    return RestoreAnswer(form.restore, f"{form.approver} chose to {verb}: {form.comment}")
+
+
+FormT = TypeVar("FormT", bound=RunInput)
+
+
+class Pause(Protocol):
+    """Prefect's pause, or a scripted stand-in in tests: the answer to one form."""
+
+    def __call__(self, form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT: ...
+
+
+def prefect_pause(form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT:
+    """Suspend the flow run with ``form`` until someone answers it (Prefect's pause)."""
+    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_s, key=key)
+
+
+def ask(
+    make_form: Callable[[], type[FormT]],
+    settle: Callable[[FormT], bool],
+    *,
+    flow_run_id: str,
+    deadline: datetime,
+    key: str,
+    form_name: Literal["approval", "restore"],
+    poll_s: int,
+    pause: Pause = prefect_pause,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> bool:
+    """Pause with a form until ``settle`` says the wait is over, or the deadline passes.
+
+    Each round shows a fresh form (``make_form``: its text may say what was received so
+    far) under the key ``<key>-<round>``. Prefect's own pause timeout is only a backstop:
+    the deadline is kept by :class:`ApprovalDeadline`, so that a timeout is recorded
+    rather than failing the run.
+
+    Args:
+        make_form: builds the form for the next round.
+        settle: takes one answer; True when no further answer is needed.
+        flow_run_id: the paused run (the deadline watchdog resumes it).
+        deadline: when to stop waiting (aware).
+        key: the pause key's prefix (``approval``, ``restore-<server>``).
+        form_name: which form the watchdog answers at the deadline.
+        poll_s: how often the paused run polls for an answer.
+        pause: the pause itself (Prefect's; scripted in unit tests).
+        now: the clock.
+
+    Returns:
+        True when settled, False when the deadline passed first.
+    """
+    asked = 0
+    while (remaining := int((deadline - now()).total_seconds())) > 0:
+        asked += 1
+        with ApprovalDeadline(flow_run_id, remaining, form=form_name):
+            answer = pause(make_form(), remaining + 300, poll_s, f"{key}-{asked}")
+        if getattr(answer, "approver", None) == TIMEOUT_APPROVER and now() >= deadline:
+            return False
+        if settle(answer):
+            return True
+    return False

@@ -6,7 +6,7 @@ only calls ``block.notify(body, subject)``.
 
 * Pure builders make each notice's ``(subject, body)``: :func:`notice_before_change`,
   :func:`notice_approval_requested` and :func:`notice_end`. Bodies are plain text, hold no
-  secrets (free text is passed through :func:`history.change.redact`), and name the
+  secrets (free text is passed through :func:`core.redact.redact`), and name the
   change, the window, the servers and where to look.
 * :func:`notify` is the thin task that loads each block and sends. A notice that cannot
   be sent is logged and returned as a problem line, never raised: a broken chat webhook
@@ -33,15 +33,9 @@ from prefect.client.orchestration import get_client
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from core.errors import ConfigError
-from history.change import (
-    OUTCOME_MEANING,
-    ChangeRecord,
-    ChangeWindow,
-    PlanSummary,
-    Verification,
-    format_time,
-    redact,
-)
+from core.redact import redact
+from history.change import OUTCOME_MEANING, ChangeRecord, ChangeWindow, PlanSummary, Verification
+from tasks.record_markdown import format_time
 
 __all__ = [
     "DEMO_WEBHOOK_BLOCK",

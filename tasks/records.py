@@ -1,12 +1,26 @@
-"""Records of what caretaker planned and did, shown as Prefect artifacts.
+"""The change record as the maintenance procedure writes it: its parts, its saves, its artifacts.
 
-Rendering is pure (plan in, rows or markdown out); publishing is a thin task.
+- The record's header (:func:`new_change_record`): window, backout plan, test plan, requester.
+- Result-to-record mapping, pure: task results (a package diff, a reboot, a snapshot, a
+  restore test, health checks and the suite) become the record's parts
+  (:mod:`history.change`). The task-level models (``tasks.packages.PackageVersionChange``,
+  ``tasks.tasks.snapshots.base.SnapshotRecord`` and ``RestoreTestResult``) say what a provider
+  or a host did; the record's models say what the change-management evidence keeps.
+  They differ in fields, so each is mapped in exactly one function here.
+- :class:`ChangeRecorder`: the one place the record is saved to the history store (under
+  the client's run lock), timed by phase, and finished (artifact and end notice).
+- Artifacts: the plan, the change record, the rollout's progress. The markdown itself is
+  :mod:`tasks.record_markdown`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 from uuid import UUID
 
 from prefect import task
@@ -20,108 +34,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_UI_URL
 
+import tasks.snapshots.base
 from core.artifacts import artifact_key
-from history.change import ChangeRecord, ChangeWindow, render_markdown
-from history.change import SnapshotRecord as RecordedSnapshot
+from core.errors import MaintenanceStopped
+from history import change
+from history.change import ChangeRecord, ChangeWindow, Outcome, PlanSummary
+from history.store import HistoryStore, open_store
 from inventory import ClientInventory, Server
-from tasks.packages import MaintenancePlan
-from tasks.snapshots.base import SnapshotRecord
-
-
-def plan_rows(plan: MaintenancePlan) -> list[dict[str, str]]:
-    """One row per package change, plus one per host without changes (pure)."""
-    rows: list[dict[str, str]] = []
-    for host in plan.hosts:
-        base = {"server": host.server, "role": host.role}
-        if not host.reachable or host.error:
-            rows.append(
-                {
-                    **base,
-                    "package": "",
-                    "from": "",
-                    "to": "",
-                    "security": "",
-                    "reboot": "",
-                    "status": f"NOT PLANNED: {host.error}",
-                }
-            )
-            continue
-        reboot = "yes" if host.reboot_expected else "no"
-        if not host.changes:
-            rows.append(
-                {
-                    **base,
-                    "package": "",
-                    "from": "",
-                    "to": "",
-                    "security": "",
-                    "reboot": reboot,
-                    "status": "up to date",
-                }
-            )
-        for change in host.changes:
-            rows.append(
-                {
-                    **base,
-                    "package": change.name,
-                    "from": change.from_version or "(new)",
-                    "to": change.to_version,
-                    "security": "yes" if change.security else "no",
-                    "reboot": reboot,
-                    "status": "would upgrade" if plan.dry_run else "planned",
-                }
-            )
-    return rows
-
-
-def plan_markdown(plan: MaintenancePlan) -> str:
-    """The plan as markdown for the Prefect UI (pure)."""
-    mode = "Dry run: nothing was changed" if plan.dry_run else "Plan"
-    lines = [
-        f"# {mode} — {plan.client}, change {plan.change_ref}",
-        "",
-        f"Patch policy: **{plan.policy}**. Hosts: {len(plan.hosts)}, "
-        f"package changes: **{plan.change_count}**, "
-        f"unreachable: **{len(plan.unreachable)}**.",
-        "",
-    ]
-    if plan.unreachable:
-        lines += ["## Not planned", ""]
-        lines += [f"- **{h.server}** ({h.address}): {h.error}" for h in plan.unreachable]
-        lines.append("")
-    for role in ("staging", "production"):
-        hosts = [h for h in plan.hosts if h.role == role and h.reachable]
-        if not hosts:
-            continue
-        lines += [f"## {role.capitalize()}", ""]
-        for host in hosts:
-            reboot = (
-                f"reboot expected ({host.reboot_reason})" if host.reboot_expected else "no reboot"
-            )
-            lines.append(f"### {host.server} — {len(host.changes)} change(s), {reboot}")
-            if host.os:
-                lines.append(f"{host.os}, kernel {host.kernel}")
-            if host.error:
-                lines.append(f"**{host.error}**")
-            lines.append("")
-            if host.changes:
-                lines += ["| package | from | to | security |", "|---|---|---|---|"]
-                lines += [
-                    f"| {c.name} | {c.from_version or '(new)'} | {c.to_version} | "
-                    f"{'yes' if c.security else 'no'} |"
-                    for c in host.changes
-                ]
-                lines.append("")
-            if host.removals:
-                lines.append(f"Would remove: {', '.join(host.removals)}")
-            if host.skipped_held:
-                lines.append(f"Held, not upgraded: {', '.join(host.skipped_held)}")
-            if host.skipped_policy:
-                lines.append(
-                    f"Not security updates, left for a full run: {', '.join(host.skipped_policy)}"
-                )
-            lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+from tasks.checks import CheckResult, summarize_checks
+from tasks.notify import notice_end, notify
+from tasks.packages import HostPlan, MaintenancePlan, PackageDiff
+from tasks.preflight import run_is_finished
+from tasks.reboot import RebootResult
+from tasks.record_markdown import plan_markdown, plan_rows, render_markdown
 
 
 @task(name="publish-plan", cache_policy=NO_CACHE)
@@ -219,23 +144,72 @@ def test_plan(inventory: ClientInventory, servers: Sequence[Server]) -> str:
     return "\n".join(lines)
 
 
+def new_change_record(
+    inventory: ClientInventory,
+    servers: Sequence[Server],
+    *,
+    change_ref: str,
+    scope: str,
+    flow_run_id: str,
+    requested_by: str,
+    now: datetime,
+    window_override: str | None,
+) -> ChangeRecord:
+    """The record of a run as it starts: who, which window, the backout and test plans (pure)."""
+    return ChangeRecord(
+        client=inventory.slug,
+        change_ref=change_ref,
+        flow_run_id=flow_run_id,
+        requester=requested_by,
+        window=change_window(inventory, now, window_override),
+        plan=PlanSummary(scope=scope, policy=inventory.patch.policy),
+        backout_plan=backout_plan(inventory, servers),
+        test_plan=test_plan(inventory, servers),
+        approvals_required=inventory.client.approvals_required,
+        started=now,
+    )
+
+
+def plan_summary(
+    inventory: ClientInventory, servers: Sequence[Server], plan: MaintenancePlan, scope: str
+) -> PlanSummary:
+    """The record's summary of the production plan (pure)."""
+    return PlanSummary(
+        scope=scope,
+        policy=inventory.patch.policy,
+        staging=tuple(s.name for s in servers if s.role == "staging"),
+        production=tuple(s.name for s in servers if s.role == "production"),
+        package_changes=plan.change_count,
+        reboots_expected=tuple(h.server for h in plan.hosts if h.reboot_expected),
+    )
+
+
+# --------------------------------------------------------------------------- task results -> parts
+
+
 def recorded_snapshot(
-    server: Server, snapshot: SnapshotRecord | None, error: str | None
-) -> RecordedSnapshot:
+    server: Server, snapshot: tasks.snapshots.base.SnapshotRecord | None, error: str | None
+) -> change.SnapshotRecord:
     """The change record's entry for one server's snapshot (pure)."""
     provider = server.provider.type
     if snapshot is None:
-        return RecordedSnapshot(
+        return change.SnapshotRecord(
             server=server.name, provider=provider, state="failed", detail=error or "no snapshot"
         )
     if snapshot.state == "accepted-risk":
-        return RecordedSnapshot(
+        return change.SnapshotRecord(
             server=server.name,
             provider=provider,
             state="skipped",
             accepted_risk=snapshot.detail or "provider none",
         )
-    state = {"completed": "completed", "pending": "pending"}.get(snapshot.state, "failed")
+    state: Literal["completed", "pending", "failed"] = (
+        "completed"
+        if snapshot.state == "completed"
+        else "pending"
+        if snapshot.state == "pending"
+        else "failed"
+    )
     copies = ", ".join(f"{a} -> {b}" for a, b in snapshot.encrypted_copies.items())
     detail = "; ".join(
         x
@@ -246,7 +220,7 @@ def recorded_snapshot(
         )
         if x
     )
-    return RecordedSnapshot(
+    return change.SnapshotRecord(
         server=server.name,
         provider=provider,
         ids=tuple(snapshot.ids),
@@ -254,6 +228,240 @@ def recorded_snapshot(
         state=state,
         detail=detail,
     )
+
+
+def recorded_package_changes(plan: HostPlan, diff: PackageDiff) -> list[change.PackageChange]:
+    """The packages a host's diff shows changed, marked security when the plan said so (pure)."""
+    security = {c.name for c in plan.changes if c.security}
+    return [
+        change.PackageChange(
+            server=plan.server,
+            name=c.name,
+            from_version=c.from_version,
+            to_version=c.to_version,
+            security=c.name in security,
+        )
+        for c in diff.changes
+    ]
+
+
+def recorded_reboot(server: str, result: RebootResult | BaseException | None) -> change.Reboot:
+    """A reboot that came back, or one that did not (its old boot id when the error has it)."""
+    if isinstance(result, RebootResult):
+        return change.Reboot(
+            server=server,
+            old_boot_id=result.old_boot_id,
+            new_boot_id=result.new_boot_id,
+            seconds=result.seconds,
+        )
+    return change.Reboot(server=server, old_boot_id=getattr(result, "old_boot_id", "?"))
+
+
+def recorded_verification(
+    server: str,
+    phase: Literal["staging", "production"],
+    *,
+    checks: Sequence[CheckResult] | str,
+    facts_error: str | None,
+    suite_failures: Sequence[str],
+    expectations: Sequence[str],
+    at: datetime,
+) -> change.Verification:
+    """One server's verification: its health checks and the suite over its facts (pure).
+
+    Args:
+        server: the server.
+        phase: staging or production.
+        checks: the health checks' results, or why they did not run.
+        facts_error: why the facts could not be read; None when they were.
+        suite_failures: what the expectation suite found on the server.
+        expectations: the suite's expectation names.
+        at: when the verification ended.
+    """
+    failures: list[str] = []
+    names: list[str] = []
+    if isinstance(checks, str):
+        failures.append(f"health checks did not run: {checks}")
+    else:
+        names = [f"{r.kind}:{r.target}" for r in checks]
+        failures += summarize_checks(checks)[1]
+    if facts_error is not None:
+        failures.append(f"facts not collected: {facts_error}")
+    failures += suite_failures
+    return change.Verification(
+        server=server,
+        phase=phase,
+        checks=tuple(names),
+        expectations=tuple(expectations),
+        passed=not failures,
+        failures=tuple(failures),
+        at=at,
+    )
+
+
+def failed_verifications(
+    record: ChangeRecord, phase: Literal["staging", "production"], failures: Mapping[str, str]
+) -> list[change.Verification]:
+    """A failed verification for each failed server the phase did not verify (pure).
+
+    A server whose patching or reboot failed is not verified; the record still shows it
+    failed its phase, with why.
+    """
+    return [
+        change.Verification(server=name, phase=phase, passed=False, failures=(why,))
+        for name, why in failures.items()
+        if not any(v.server == name and v.phase == phase for v in record.verifications)
+    ]
+
+
+def not_restored(server: str, reason: str, why: str) -> change.Rollback:
+    """A failed server left as it is (pure)."""
+    return change.Rollback(
+        server=server,
+        restored_ok=False,
+        verified_ok=False,
+        detail=f"not restored ({reason}); failure: {why}",
+    )
+
+
+def restored(
+    server: str,
+    snapshot: tasks.snapshots.base.SnapshotRecord,
+    why: str,
+    *,
+    restore_error: str | None,
+    verify_failures: Sequence[str] | None,
+) -> change.Rollback:
+    """A failed server restored from its snapshot and verified again, or not (pure).
+
+    Args:
+        server: the server.
+        snapshot: the snapshot it was restored from.
+        why: why it was rolled back.
+        restore_error: why the restore failed; None when it succeeded.
+        verify_failures: what its verification after the restore found; None when it
+            was not verified (the restore failed).
+    """
+    detail = f"failure: {why}"
+    if restore_error is not None:
+        detail += f"; restore failed: {restore_error}"
+    elif verify_failures:
+        detail += "; after restore: " + "; ".join(verify_failures)
+    return change.Rollback(
+        server=server,
+        snapshot_ids=tuple(snapshot.ids),
+        restored_ok=restore_error is None,
+        verified_ok=restore_error is None and not verify_failures,
+        detail=detail,
+    )
+
+
+def recorded_restore_test(
+    server: str, result: tasks.snapshots.base.RestoreTestResult | str, bound_s: float
+) -> change.RestoreTestResult:
+    """The record's restore test from the provider's result, or from why it did not run (pure)."""
+    if isinstance(result, str):
+        return change.RestoreTestResult(server=server, ok=False, rto_bound_s=bound_s, detail=result)
+    return change.RestoreTestResult(
+        server=server,
+        snapshot_id=",".join(result.snapshot_ids) or None,
+        ok=result.ok,
+        rto_s=result.rto_s,
+        rto_bound_s=bound_s,
+        detail=result.detail,
+    )
+
+
+def completed_outcome(record: ChangeRecord) -> tuple[Outcome, str]:
+    """The outcome of a run that got through production, and its detail (pure)."""
+    outcome = Outcome.COMPLETED_WITH_ROLLBACKS if record.rollbacks else Outcome.COMPLETED
+    servers = len({c.server for c in record.package_changes})
+    return outcome, f"{len(record.package_changes)} package change(s) on {servers} server(s)"
+
+
+# --------------------------------------------------------------------------- saving
+
+
+class ChangeRecorder:
+    """The change record of one run and the one place it is saved to the history store."""
+
+    def __init__(self, record: ChangeRecord, store: HistoryStore) -> None:
+        self.record = record
+        self.store = store
+
+    def save(self) -> None:
+        """Upsert the record as it is now (the store validates it as a whole)."""
+        self.store.save_change_record(self.record)
+
+    def previous_runs(self) -> int:
+        """How many change records the client has in the store (this run's, once saved)."""
+        return len(self.store.change_records(self.record.client))
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase into the record (what the benchmark and reports read)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            elapsed = time.monotonic() - started
+            self.record.phase_seconds[name] = round(
+                self.record.phase_seconds.get(name, 0.0) + elapsed, 3
+            )
+
+    @contextmanager
+    def outcome(
+        self, inventory: ClientInventory, log: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> Iterator[None]:
+        """Record how the run ends, then save, publish and announce the record.
+
+        A :class:`MaintenanceStopped` is the procedure's own decision: its outcome is
+        recorded and the block ends normally. Any other error is recorded as ``failed``
+        and raised again.
+        """
+        record = self.record
+        try:
+            yield
+        except MaintenanceStopped as stop:
+            record.outcome, record.outcome_detail = Outcome(stop.outcome), stop.detail
+            log.error("%s", stop)
+        except Exception as exc:  # recorded, then re-raised as the run's failure
+            record.outcome = Outcome.FAILED
+            record.outcome_detail = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            record.ended = datetime.now(UTC)
+            self.save()
+            publish_change_record(record)
+            subject, body = notice_end(record, client_name=inventory.client.name, tz=inventory.tz)
+            record.notification_failures += notify(inventory.client.notify, subject, body)
+            self.save()
+
+
+@contextmanager
+def open_recorder(
+    record: ChangeRecord, store: HistoryStore | None = None
+) -> Iterator[ChangeRecorder]:
+    """Hold the client's run lock in the history store while the run records its change.
+
+    A row lock in the store: unlike a deployment concurrency limit, it holds while the
+    run is paused for approval. Released, and the store closed, when the block ends.
+
+    Args:
+        record: the run's record (client, flow run and change ref name the lock).
+        store: the history store; the configured one when None.
+    """
+    store = store or open_store()
+    client, run_id = record.client, record.flow_run_id
+    store.acquire_run_lock(client, run_id, record.change_ref, is_stale=run_is_finished)
+    try:
+        yield ChangeRecorder(record, store)
+    finally:
+        store.release_run_lock(client, run_id)
+        store.close()
+
+
+# --------------------------------------------------------------------------- artifacts
 
 
 @task(name="describe-requester", cache_policy=NO_CACHE)

@@ -1,14 +1,15 @@
 """SSH sessions for one flow run: one connection per host, reused, closed at the end.
 
-``open_sessions`` loads the SSH identity blocks the selected servers name (once
-each) and hands out a ``RemoteHost`` per server; tasks receive the host, never
-the inventory or the credentials.
+``open_sessions`` hands out a ``RemoteHost`` per server; tasks receive the host, never
+the inventory or the credentials. Where the hosts come from is passed in (STYLE 8): the
+default, :func:`ssh_hosts`, loads the SSH identity blocks the selected servers name
+(once each) and opens pooled SSH sessions; a unit test passes scripted hosts instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 
 from blocks.ssh import SshIdentity
 from core.errors import ConfigError
@@ -42,28 +43,34 @@ def load_identity(name: str, client: str) -> SshIdentity:
     return identity
 
 
+#: A server's host: ``RemoteHost`` for the server (a lazily connecting SSH session).
+HostFactory = Callable[[Server], RemoteHost]
+
+#: Opens the hosts of a run and closes them when the block ends (``ssh_hosts``, or scripted).
+HostSource = Callable[[ClientInventory, Sequence[Server]], AbstractContextManager[HostFactory]]
+
+
 class FleetSessions:
     """The hosts of one run, by server name."""
 
-    def __init__(self, pool: SessionPool, servers: Sequence[Server]) -> None:
-        self._pool = pool
-        self._targets = {s.name: ssh_target(s) for s in servers}
+    def __init__(self, factory: HostFactory) -> None:
+        self._factory = factory
 
     def host(self, server: Server) -> RemoteHost:
         """The (lazily connecting) host for ``server``."""
-        return self._pool.get(self._targets[server.name])
+        return self._factory(server)
 
 
 @contextmanager
-def open_sessions(inventory: ClientInventory, servers: Sequence[Server]) -> Iterator[FleetSessions]:
-    """Open the sessions of a run; every connection is closed when the block ends.
+def ssh_hosts(inventory: ClientInventory, servers: Sequence[Server]) -> Iterator[HostFactory]:
+    """Pooled SSH sessions with the identity blocks the servers name; closed at the end.
 
     Args:
         inventory: the client, for error messages.
         servers: the servers the run works on.
 
     Yields:
-        The run's hosts.
+        The host factory: one reused session per server.
     """
     client = inventory.client.slug
     blocks = {s.ssh_block for s in servers}
@@ -75,8 +82,28 @@ def open_sessions(inventory: ClientInventory, servers: Sequence[Server]) -> Iter
             )
     identities = {name: load_identity(name, client) for name in sorted(blocks)}
     block_of = {s.name: s.ssh_block for s in servers}
+    targets = {s.name: ssh_target(s) for s in servers}
     pool = SessionPool(lambda target: identities[block_of[target.name]])
     try:
-        yield FleetSessions(pool, servers)
+        yield lambda server: pool.get(targets[server.name])
     finally:
         pool.close_all()
+
+
+@contextmanager
+def open_sessions(
+    inventory: ClientInventory, servers: Sequence[Server], hosts: HostSource = ssh_hosts
+) -> Iterator[FleetSessions]:
+    """Open the sessions of a run; every connection is closed when the block ends.
+
+    Args:
+        inventory: the client, for error messages.
+        servers: the servers the run works on.
+        hosts: where the hosts come from: SSH with the inventory's identity blocks by
+            default; scripted hosts in unit tests.
+
+    Yields:
+        The run's hosts.
+    """
+    with hosts(inventory, servers) as factory:
+        yield FleetSessions(factory)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
+from core.redact import redact
 from history.change import (
     Approval,
     ChangeRecord,
@@ -20,9 +21,8 @@ from history.change import (
     Rollback,
     SnapshotRecord,
     Verification,
-    redact,
-    render_markdown,
 )
+from tasks.record_markdown import render_markdown
 
 T0 = datetime(2026, 1, 3, 2, 0, tzinfo=UTC)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.artifacts import artifact_key
 from tasks.facts import AptSimulation, HostFacts, PackageChange, RebootRequired
 from tasks.packages import HostPlan, MaintenancePlan, plan_host, unreachable_host
-from tasks.records import artifact_key, plan_markdown, plan_rows
+from tasks.record_markdown import plan_markdown, plan_rows
 
 
 def change(name: str, old: str | None, new: str, security: bool = False) -> PackageChange:

@@ -1,0 +1,617 @@
+"""The maintenance procedure's steps: each one submits tasks, reads their states, records.
+
+:class:`Maintenance` is one run of the server-maintenance flow's change procedure. Each
+public method is one phase the flow calls in order (``flows/server_maintenance.py`` reads
+as the policy); a phase fans tasks out over the servers, waits for them, maps their
+results into the change record (:mod:`tasks.records`), saves it through the recorder,
+and stops the run with :class:`~core.errors.MaintenanceStopped` when the policy says so.
+The decisions themselves are pure and tested apart: :mod:`tasks.rollout` (batches,
+failure budget, window gate, rollback choice, restore-test rotation) and
+:mod:`tasks.approval` (the tally and the one ask-loop).
+
+The hosts come from :func:`tasks.sessions.open_sessions`, so the procedure runs on SSH
+sessions in production and on scripted hosts in unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect import get_run_logger
+from prefect.futures import PrefectFuture
+from prefect.states import State
+
+from core.errors import MaintenanceStopped, RemoteError
+from core.settings import settings
+from history.change import Finding, Outcome, PlanSummary, Verification
+from inventory import ClientInventory, Server, check_block_references
+from tasks.approval import (
+    ApprovalForm,
+    ApprovalTally,
+    RestoreForm,
+    approval_description,
+    ask,
+    count_answer,
+    production_plan_text,
+    restore_answer,
+    restore_question,
+    staging_summary,
+)
+from tasks.checks import run_health_checks
+from tasks.facts import HostFacts
+from tasks.facts.collect import AUDIT_FACTS, PLAN_FACTS, collect_facts
+from tasks.notify import notice_approval_requested, notice_before_change, notify
+from tasks.packages import HostPlan, MaintenancePlan, apply_updates, plan_host, unreachable_host
+from tasks.preflight import preflight_problems, read_block_names
+from tasks.reboot import reboot_host, reboot_needed
+from tasks.records import (
+    ChangeRecorder,
+    RolloutProgress,
+    completed_outcome,
+    failed_verifications,
+    not_restored,
+    plan_summary,
+    publish_plan,
+    recorded_package_changes,
+    recorded_reboot,
+    recorded_restore_test,
+    recorded_snapshot,
+    recorded_verification,
+    restored,
+    run_url,
+)
+from tasks.rollout import (
+    RestoreAnswer,
+    RollbackAction,
+    WindowGate,
+    batches,
+    budget_halt_detail,
+    budget_spent,
+    outside_window_detail,
+    restore_test_candidate,
+    rollback_choice,
+    window_gate,
+)
+from tasks.sessions import FleetSessions
+from tasks.snapshots import (
+    SnapshotRecord,
+    apply_snapshot_retention,
+    create_snapshot,
+    probe_snapshot_provider,
+    restore_from_snapshot,
+    run_restore_test,
+    wait_for_snapshot,
+)
+from tasks.verify import HostVerificationSettings, validate_host_facts
+
+__all__ = ["Maintenance", "plan_fleet", "plan_server"]
+
+Phase = Literal["staging", "production"]
+
+
+def states(futures: dict[str, PrefectFuture[Any]]) -> dict[str, State[Any]]:
+    """Wait for every future; map server name -> final state."""
+    for future in futures.values():
+        future.wait()
+    return {name: future.state for name, future in futures.items()}
+
+
+def error_of(state: State[Any]) -> str:
+    """Why a task run did not complete, in a line."""
+    exc = state.result(raise_on_failure=False)
+    return str(exc) if isinstance(exc, BaseException) else (state.message or state.name or "")
+
+
+def plan_server(inventory: ClientInventory, server: Server, facts: HostFacts) -> HostPlan:
+    """The plan for one server from its facts and the client's patch policy (pure)."""
+    return plan_host(
+        server=server.name,
+        role=server.role,
+        address=server.address,
+        facts=facts,
+        policy=inventory.patch.policy,
+        hold=list(inventory.patch.hold),
+        reboot_policy=inventory.patch.reboot,
+    )
+
+
+def plan_fleet(
+    inventory: ClientInventory, servers: Sequence[Server], sessions: FleetSessions, change_ref: str
+) -> MaintenancePlan:
+    """The dry run: facts from every host in parallel, and the plan per host (unreachable
+    hosts are in the plan as not planned; any other error is raised)."""
+    log = get_run_logger()
+    facts = states({s.name: collect_facts.submit(sessions.host(s), PLAN_FACTS) for s in servers})
+    hosts = []
+    for server in servers:
+        state = facts[server.name]
+        if state.is_completed():
+            hosts.append(plan_server(inventory, server, state.result()))
+            continue
+        error = state.result(raise_on_failure=False)
+        if not isinstance(error, RemoteError):
+            raise error if isinstance(error, BaseException) else RuntimeError(str(error))
+        log.warning("%s: not planned: %s", server.name, error)
+        hosts.append(
+            unreachable_host(
+                server=server.name, role=server.role, address=server.address, error=str(error)
+            )
+        )
+    return MaintenancePlan(
+        client=inventory.slug,
+        change_ref=change_ref,
+        dry_run=True,
+        policy=inventory.patch.policy,
+        hosts=hosts,
+    )
+
+
+class Maintenance:
+    """One run of the procedure: the inventory, the hosts, the record being written."""
+
+    def __init__(
+        self,
+        inventory: ClientInventory,
+        servers: Sequence[Server],
+        sessions: FleetSessions,
+        recorder: ChangeRecorder,
+        window_override: str | None,
+    ) -> None:
+        self.inv = inventory
+        self.servers = list(servers)
+        self.sessions = sessions
+        self.recorder = recorder
+        self.record = recorder.record
+        self.window_override = window_override
+        self.log = get_run_logger()
+        self.plan: MaintenancePlan | None = None
+        self.plans: dict[str, HostPlan] = {}
+        self.snapshots: dict[str, SnapshotRecord] = {}
+        self.verify_settings = HostVerificationSettings()
+        self.restored_settings = HostVerificationSettings(
+            max_pending_security=10_000, allow_pending_reboot=True
+        )
+
+    @property
+    def staging(self) -> list[Server]:
+        """The staging servers in scope."""
+        return [s for s in self.servers if s.role == "staging"]
+
+    @property
+    def production(self) -> list[Server]:
+        """The production servers in scope."""
+        return [s for s in self.servers if s.role == "production"]
+
+    def _fan_out(
+        self, servers: Sequence[Server], submit: Callable[[Server], PrefectFuture[Any]]
+    ) -> dict[str, State[Any]]:
+        return states({s.name: submit(s) for s in servers})
+
+    # ----- 1. preflight ---------------------------------------------------------
+    def preflight(self) -> None:
+        """Every host answers and is fit, every snapshot provider answers, every host is
+        planned; the plan is published. Nothing is changed."""
+        with self.recorder.phase("preflight"):
+            check_block_references(self.inv, None, read_block_names())
+            facts_states = self._fan_out(
+                self.servers, lambda s: collect_facts.submit(self.sessions.host(s), PLAN_FACTS)
+            )
+            unreachable = {
+                n: error_of(st) for n, st in facts_states.items() if not st.is_completed()
+            }
+            if unreachable:
+                lines = "; ".join(f"{n}: {e}" for n, e in unreachable.items())
+                raise MaintenanceStopped(
+                    Outcome.FAILED, f"preflight failed, nothing changed: {lines}"
+                )
+            facts: dict[str, HostFacts] = {n: st.result() for n, st in facts_states.items()}
+            problems = preflight_problems(facts)
+            probes = self._fan_out(
+                self.servers,
+                lambda s: probe_snapshot_provider.submit(s, self.inv.slug, self.inv.snapshots),
+            )
+            problems += [
+                f"{n}: snapshot provider does not answer: {error_of(st)}"
+                for n, st in probes.items()
+                if not st.is_completed()
+            ]
+            if problems:
+                raise MaintenanceStopped(Outcome.FAILED, "preflight: " + "; ".join(problems))
+            for server in self.servers:
+                self.plans[server.name] = plan_server(self.inv, server, facts[server.name])
+            plan = MaintenancePlan(
+                client=self.inv.slug,
+                change_ref=self.record.change_ref,
+                dry_run=False,
+                policy=self.inv.patch.policy,
+                hosts=list(self.plans.values()),
+            )
+            not_planned = [f"{h.server}: {h.error}" for h in plan.hosts if h.error]
+            if not_planned:
+                raise MaintenanceStopped(
+                    Outcome.FAILED, "preflight: cannot plan " + "; ".join(not_planned)
+                )
+            scope = self.record.plan.scope if self.record.plan else "all"
+            self.record.plan = plan_summary(self.inv, self.servers, plan, scope)
+            publish_plan(plan)
+            self.plan = plan
+
+    def announce(self) -> None:
+        """Tell the client's stakeholders what will change and when (before any change)."""
+        subject, body = notice_before_change(
+            self.inv.client.name,
+            self.record.change_ref,
+            self.record.window,
+            self.record.plan or PlanSummary(policy=self.inv.patch.policy),
+            tz=self.inv.tz,
+        )
+        self.record.notification_failures += notify(self.inv.client.notify, subject, body)
+
+    # ----- 2. snapshots ---------------------------------------------------------
+    def snapshot_all(self) -> None:
+        """A completed snapshot (or a recorded accepted risk) of every server, or stop."""
+        with self.recorder.phase("snapshots"):
+            policy = self.inv.snapshots
+            created = self._fan_out(
+                self.servers,
+                lambda s: create_snapshot.submit(s, self.inv.slug, self.record.change_ref, policy),
+            )
+            failures = {n: error_of(st) for n, st in created.items() if not st.is_completed()}
+            waiting = {
+                s.name: wait_for_snapshot.submit(s, created[s.name].result(), policy)
+                for s in self.servers
+                if s.name not in failures
+            }
+            for name, state in states(waiting).items():
+                if state.is_completed():
+                    # "reused" is known where the snapshot was found, not where it was awaited.
+                    reused = created[name].result().reused
+                    self.snapshots[name] = state.result().model_copy(update={"reused": reused})
+                else:
+                    failures[name] = error_of(state)
+            self.record.snapshots = [
+                recorded_snapshot(s, self.snapshots.get(s.name), failures.get(s.name))
+                for s in self.servers
+            ]
+            self.recorder.save()
+            if failures:
+                lines = "; ".join(f"{n}: {e}" for n, e in failures.items())
+                raise MaintenanceStopped(
+                    Outcome.FAILED, f"snapshots failed, nothing was changed: {lines}"
+                )
+
+    # ----- 3-4. patch and verify ------------------------------------------------
+    def patch_staging(self) -> None:
+        """Patch and verify staging; any failure stops the run before approval."""
+        with self.recorder.phase("staging"):
+            failures = self.patch_and_verify(self.staging, "staging")
+        if failures:
+            raise MaintenanceStopped(
+                Outcome.STAGING_FAILED,
+                "; ".join(f"{n}: {w}" for n, w in failures.items())
+                + " — no approval asked, production untouched",
+            )
+
+    def patch_and_verify(self, servers: Sequence[Server], phase: Phase) -> dict[str, str]:
+        """Patch, reboot when needed, and verify ``servers``; return failures by name."""
+        failures: dict[str, str] = {}
+        applied = self._fan_out(
+            servers,
+            lambda s: apply_updates.submit(
+                self.sessions.host(s),
+                self.plans[s.name],
+                lock_timeout_s=settings().dpkg_lock_timeout_s,
+            ),
+        )
+        diffs = {}
+        for server in servers:
+            state = applied[server.name]
+            if state.is_completed():
+                diffs[server.name] = state.result()
+            else:
+                failures[server.name] = f"patching failed: {error_of(state)}"
+                diff = getattr(state.result(raise_on_failure=False), "diff", None)
+                if diff is not None:
+                    diffs[server.name] = diff
+        for name, diff in diffs.items():
+            self.record.package_changes += recorded_package_changes(self.plans[name], diff)
+        to_reboot = [
+            s
+            for s in servers
+            if s.name in diffs
+            and s.name not in failures
+            and reboot_needed(self.inv.patch.reboot, diffs[s.name])
+        ]
+        rebooted = self._fan_out(
+            to_reboot,
+            lambda s: reboot_host.submit(
+                self.sessions.host(s), s.name, timeout_s=settings().reboot_timeout_s
+            ),
+        )
+        for server in to_reboot:
+            state = rebooted[server.name]
+            self.record.reboots.append(
+                recorded_reboot(server.name, state.result(raise_on_failure=False))
+            )
+            if not state.is_completed():
+                failures[server.name] = f"reboot: {error_of(state)}"
+        survivors = [s for s in servers if s.name not in failures]
+        for name, verification in self.verify(survivors, phase).items():
+            self.record.verifications.append(verification)
+            if not verification.passed:
+                failures[name] = "verification failed: " + "; ".join(verification.failures)
+        self.record.verifications += failed_verifications(self.record, phase, failures)
+        self.recorder.save()
+        return failures
+
+    def verify(
+        self, servers: Sequence[Server], phase: Phase, after_restore: bool = False
+    ) -> dict[str, Verification]:
+        """Health checks and the expectation suite on ``servers``.
+
+        After a restore the host is back at its pre-change versions, so its pending
+        updates and a pending reboot are expected there, not failures.
+        """
+        if not servers:
+            return {}
+        checks = self._fan_out(
+            servers, lambda s: run_health_checks.submit(s, self.sessions.host(s))
+        )
+        facts = self._fan_out(
+            servers,
+            lambda s: collect_facts.submit(self.sessions.host(s), PLAN_FACTS, refresh=False),
+        )
+        collected = {n: st.result() for n, st in facts.items() if st.is_completed()}
+        report = validate_host_facts(
+            collected,
+            {s.name: list(s.allowed_ports) for s in servers},
+            self.restored_settings if after_restore else self.verify_settings,
+        )
+        expectations = [e.name for e in report.expectations]
+        out: dict[str, Verification] = {}
+        for server in servers:
+            ran, per = checks[server.name], report.per_server.get(server.name)
+            out[server.name] = recorded_verification(
+                server.name,
+                phase,
+                checks=ran.result() if ran.is_completed() else error_of(ran),
+                facts_error=None if server.name in collected else error_of(facts[server.name]),
+                suite_failures=per.failures if per is not None else [],
+                expectations=expectations,
+                at=datetime.now(UTC),
+            )
+        return out
+
+    # ----- 5. approval ----------------------------------------------------------
+    def approve(self) -> None:
+        """Wait for enough listed approvers, or stop (rejected, or timed out)."""
+        assert self.plan is not None, "preflight plans before approval"
+        with self.recorder.phase("approval"):
+            self._approve(self.plan)
+
+    def _approve(self, plan: MaintenancePlan) -> None:
+        timeout = self.inv.schedule.approval_timeout
+        deadline = datetime.now(UTC) + timeout
+        approvers = [a.name for a in self.inv.client.approvers]
+        tally = ApprovalTally(required=self.inv.client.approvals_required)
+        subject, body = notice_approval_requested(
+            self.inv.client.name,
+            self.record.change_ref,
+            self.record.plan or PlanSummary(policy=self.inv.patch.policy),
+            [v for v in self.record.verifications if v.phase == "staging"],
+            approvers,
+            run_url(self.record.flow_run_id),
+            approvals_required=tally.required,
+            deadline=deadline,
+            tz=self.inv.tz,
+        )
+        self.record.notification_failures += notify(self.inv.client.notify, subject, body)
+        staging_text = staging_summary(self.record.verifications)
+        production_text = production_plan_text(plan)
+
+        def form() -> type[ApprovalForm]:
+            return ApprovalForm.with_initial_data(
+                description=approval_description(
+                    client=self.inv.client.name,
+                    change_ref=self.record.change_ref,
+                    staging_summary=staging_text,
+                    production_plan=production_text,
+                    tally=tally,
+                    approvers=approvers,
+                    deadline=deadline.astimezone(self.inv.tz),
+                ),
+                decision="approve",
+            )
+
+        def settle(answer: ApprovalForm) -> bool:
+            nonlocal tally
+            tally = count_answer(tally, answer, approvers, datetime.now(UTC))
+            self.record.approvals = list(tally.answers)
+            self.recorder.save()
+            last = tally.answers[-1]
+            if not last.counted:
+                self.log.warning("answer not counted: %s", last.not_counted_reason)
+            return tally.verdict != "pending"
+
+        settled = ask(
+            form,
+            settle,
+            flow_run_id=self.record.flow_run_id,
+            deadline=deadline,
+            key="approval",
+            form_name="approval",
+            poll_s=settings().approval_poll_s,
+        )
+        if not settled:
+            raise MaintenanceStopped(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
+        if tally.verdict == "rejected":
+            who = next(a for a in tally.counted if a.decision == "reject")
+            raise MaintenanceStopped(Outcome.REJECTED, f"rejected by {who.approver}: {who.comment}")
+
+    # ----- 6. production ----------------------------------------------------------
+    def window_gate(self) -> None:
+        """Production only inside the window, or outside it on a recorded override."""
+        now = datetime.now(UTC)
+        gate = window_gate(self.inv, now, self.window_override)
+        if gate == WindowGate.OVERRIDE:
+            self.log.warning(
+                "outside the window: going ahead on override: %s", self.window_override
+            )
+        elif gate == WindowGate.CLOSED:
+            raise MaintenanceStopped(Outcome.HALTED, outside_window_detail(self.inv, now))
+
+    def roll_out(self) -> None:
+        """Production in batches; failed servers rolled back; halt when the budget is spent."""
+        with self.recorder.phase("production"):
+            self._roll_out()
+
+    def _roll_out(self) -> None:
+        tolerated = self.inv.rollout.failures_tolerated
+        failed_total = 0
+        planned = batches(self.inv, self.production)
+        progress = RolloutProgress(self.inv.slug, self.record.change_ref, len(self.production))
+        for index, batch in enumerate(planned, start=1):
+            self.log.info("batch %d/%d: %s", index, len(planned), ", ".join(s.name for s in batch))
+            failures = self.patch_and_verify(batch, "production")
+            for name, why in failures.items():
+                self.log.error("%s failed: %s", name, why)
+                self.roll_back(next(s for s in batch if s.name == name), why)
+            failed_total += len(failures)
+            progress.advance(
+                len(batch),
+                f"batch {index}/{len(planned)} done"
+                + (f", failed: {', '.join(failures)}" if failures else ""),
+            )
+            if budget_spent(failed_total, tolerated):
+                raise MaintenanceStopped(
+                    Outcome.HALTED, budget_halt_detail(failed_total, tolerated, index, planned)
+                )
+
+    def ask_restore(self, server: Server, why: str) -> RestoreAnswer:
+        """Pause and ask a listed approver whether to restore a failed server."""
+        approvers = [a.name for a in self.inv.client.approvers]
+        timeout = self.inv.schedule.approval_timeout
+        answers: list[RestoreAnswer] = []
+
+        def form() -> type[RestoreForm]:
+            question = restore_question(server.name, self.record.change_ref, why, approvers)
+            return RestoreForm.with_initial_data(description=question, restore=True)
+
+        def settle(form: RestoreForm) -> bool:
+            answer = restore_answer(form, approvers)
+            if answer is None:
+                self.log.warning("%s is not a listed approver; asking again", form.approver)
+                return False
+            answers.append(answer)
+            return True
+
+        ask(
+            form,
+            settle,
+            flow_run_id=self.record.flow_run_id,
+            deadline=datetime.now(UTC) + timeout,
+            key=f"restore-{server.name}",
+            form_name="restore",
+            poll_s=settings().approval_poll_s,
+        )
+        return answers[0] if answers else RestoreAnswer(False, f"no decision within {timeout}")
+
+    def roll_back(self, server: Server, why: str) -> None:
+        """Restore a failed production server, ask first, or leave it, as the policy says."""
+        snapshot = self.snapshots.get(server.name)
+        on_failure = self.inv.rollout.on_failure
+        state = snapshot.state if snapshot is not None else None
+        choice = rollback_choice(on_failure, state)
+        if choice.action == RollbackAction.ASK:
+            choice = rollback_choice(on_failure, state, self.ask_restore(server, why))
+        if choice.action == RollbackAction.LEAVE or snapshot is None:
+            self.record.rollbacks.append(not_restored(server.name, choice.reason, why))
+            self.recorder.save()
+            return
+        result = restore_from_snapshot(server, snapshot, self.inv.snapshots, return_state=True)
+        failures: Sequence[str] | None = None
+        if result.is_completed():
+            self.sessions.host(server).close()
+            failures = self.verify([server], "production", after_restore=True)[server.name].failures
+        self.record.rollbacks.append(
+            restored(
+                server.name,
+                snapshot,
+                why,
+                restore_error=None if result.is_completed() else error_of(result),
+                verify_failures=failures,
+            )
+        )
+        self.recorder.save()
+
+    def complete(self) -> None:
+        """Production is done: the outcome is decided (what follows is for the record)."""
+        self.record.outcome, self.record.outcome_detail = completed_outcome(self.record)
+
+    # ----- 7. security audit (for the record) --------------------------------------
+    def security_audit(self) -> None:
+        """Read every server of the run as the ``security-audit`` flow does (no refresh:
+        the plan just did) and record what the suite fails as security findings. Findings
+        never change the outcome: they are for the record, the notice and the follow-up."""
+        with self.recorder.phase("security-audit"):
+            facts = self._fan_out(
+                self.servers,
+                lambda s: collect_facts.with_options(retries=1, retry_delay_seconds=5).submit(
+                    self.sessions.host(s), AUDIT_FACTS, refresh=False
+                ),
+            )
+            collected = {n: st.result() for n, st in facts.items() if st.is_completed()}
+            report = (
+                validate_host_facts(
+                    collected,
+                    {s.name: list(s.allowed_ports) for s in self.servers if s.name in collected},
+                    self.verify_settings,
+                )
+                if collected
+                else None
+            )
+            for server in self.servers:
+                if report is None or server.name not in collected:
+                    summary = f"not audited: {error_of(facts[server.name])}"
+                    self.record.security_findings.append(
+                        Finding(server=server.name, summary=summary)
+                    )
+                    continue
+                self.record.security_findings += [
+                    Finding(server=server.name, summary=failure)
+                    for failure in report.per_server[server.name].failures
+                ]
+            self.recorder.save()
+
+    # ----- 8-9. restore test and retention ------------------------------------
+    def restore_test(self) -> None:
+        """Restore one fresh snapshot to an isolated copy and time it (servers take turns)."""
+        with self.recorder.phase("restore-test"):
+            if not self.inv.restore_test.enabled:
+                return
+            server = restore_test_candidate(
+                self.servers,
+                {name: s.state for name, s in self.snapshots.items()},
+                self.recorder.previous_runs(),
+            )
+            if server is None:
+                return
+            bound = self.inv.restore_test.timeout.total_seconds()
+            state = run_restore_test(
+                server, self.snapshots[server.name], self.inv.snapshots, bound, return_state=True
+            )
+            self.record.restore_test = recorded_restore_test(
+                server.name, state.result() if state.is_completed() else error_of(state), bound
+            )
+
+    def retention(self) -> None:
+        """Keep each server's newest snapshots, never this run's."""
+        with self.recorder.phase("retention"):
+            protect = {i for r in self.snapshots.values() for i in r.ids}
+            for server in self.servers:
+                if server.name in self.snapshots:
+                    apply_snapshot_retention.submit(
+                        server, self.inv.slug, self.inv.snapshots, protect
+                    ).wait()
