@@ -33,6 +33,9 @@ from tasks.facts import (
     parse_os_release,
     split_facts_output,
 )
+from tasks.facts.collect import AUDIT_FACTS, PLAN_FACTS, collect_facts
+from tasks.packages import APT_REFRESH
+from tasks.remote.base import CommandResult
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
 FIXTURES = sorted(FIXTURE_DIR.glob("*.json"))
@@ -409,3 +412,49 @@ def test_sshd_weaknesses_name_what_lets_a_password_or_root_in() -> None:
     assert parse_sshd_effective(sandbox["output"]).weaknesses() == []
     with pytest.raises(FactParseError, match="expected yes or no"):
         parse_sshd_effective(loose.replace("passwordauthentication yes", "passwordauthentication"))
+
+
+# ------------------------------------------------------------------ the collect task
+
+
+class LocalShellHost:
+    """A ``RemoteHost`` that runs each command with /bin/sh here and records how."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def run(self, command: str, **kwargs: Any) -> CommandResult:
+        self.calls.append((command, kwargs))
+        if command == APT_REFRESH:  # never touch this machine's package lists
+            stdout = ""
+        else:
+            stdout = _run_sh(command)
+        return CommandResult(
+            host=self.name, command=command, exit_code=0, stdout=stdout, stderr="", duration_s=0
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def test_collect_facts_reads_only_the_named_facts_in_one_round_trip() -> None:
+    host = LocalShellHost()
+    facts = collect_facts.fn(host, ["kernel", "boot_id"], refresh=False)
+    assert len(host.calls) == 1 and host.calls[0][1]["sudo"] is True
+    assert facts.kernel and facts.boot_id and facts.errors == {}
+    assert facts.uptime is None and facts.sshd is None
+
+
+def test_collect_facts_refreshes_apt_lists_first_and_a_failed_refresh_raises() -> None:
+    host = LocalShellHost()
+    collect_facts.fn(host, ["kernel"])
+    (refresh, refresh_options), (script, _) = host.calls
+    assert refresh == APT_REFRESH and script.startswith("LC_ALL=C")
+    assert refresh_options["check"] is True  # a failed refresh raises: no stale plan
+
+
+def test_the_audit_reads_the_plans_facts_plus_sshd_firewall_and_logs() -> None:
+    assert AUDIT_FACTS == (*PLAN_FACTS, "sshd", "firewall", "log_review")
+    assert set(AUDIT_FACTS) <= set(FACTS)
