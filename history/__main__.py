@@ -5,4 +5,5 @@ from __future__ import annotations
 
 from history.importer import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())
