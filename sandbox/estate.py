@@ -9,22 +9,21 @@ range and no default route, so nothing a host does can leave the machine.
 
 State lives in ``<cache>/estates/<name>/``; ``up`` and ``down`` are idempotent, and
 ``down`` leaves no namespace, link, mount or process behind.
+
+The throwaway hosts a restore test boots live in ``sandbox.isolated``; the commands,
+process and namespace helpers both use in ``sandbox.system``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import ipaddress
-import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,15 +31,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import SandboxError
 from sandbox import image as image_mod
+from sandbox import isolated
+from sandbox.isolated import IsolatedHost
 from sandbox.paths import estates_dir
 from sandbox.repo import INITIAL, PackageSpec, Repository
+from sandbox.system import (
+    alive,
+    configure_inside,
+    first_child,
+    pid_namespace_members,
+    read_pid,
+    run,
+    tcp_open,
+    wait_gone,
+)
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 INIT_SCRIPT = HERE / "host-init.sh"
 SUPERVISE_SCRIPT = HERE / "host-supervise.sh"
-PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
 class HostSpec(BaseModel):
@@ -100,45 +110,6 @@ def numbered_hosts(name: str, net: int, count: int, prefix: str = "h") -> Estate
     return EstateSpec(name=name, net=net, hosts=hosts)
 
 
-def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise SandboxError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive for our purposes.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _tcp_open(address: str, port: int, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 class Estate:
     """A running (or stoppable) sandbox estate, driven from its on-disk state."""
 
@@ -171,15 +142,10 @@ class Estate:
 
     def init_pid(self, name: str) -> int | None:
         """The PID (in the root namespace) of the host's init, or None when down."""
-        unshare = _read_pid(self.host_dir(name) / "unshare.pid")
-        if not _alive(unshare):
+        unshare = read_pid(self.host_dir(name) / "unshare.pid")
+        if unshare is None or not alive(unshare):
             return None
-        children = Path(f"/proc/{unshare}/task/{unshare}/children")
-        try:
-            pids = children.read_text().split()
-        except OSError:
-            return None
-        return int(pids[0]) if pids else None
+        return first_child(unshare)
 
     # ----- lifecycle -------------------------------------------------------------
     def up(self, fresh: bool = False, wait: float = 20.0) -> None:
@@ -198,7 +164,7 @@ class Estate:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "spec.json").write_text(self.spec.model_dump_json(indent=2))
         if not self.key_path.exists():
-            _run(
+            run(
                 [
                     "ssh-keygen",
                     "-q",
@@ -237,9 +203,9 @@ class Estate:
         for host in self.spec.hosts:
             # Delete the veth explicitly: a namespace whose last process is still dying
             # outlives `ip netns del` for a moment, and its veth pair with it.
-            _run(["ip", "link", "del", self.spec.veth(host)], check=False)
-            _run(["ip", "netns", "del", self.spec.netns(host.name)], check=False)
-        _run(["ip", "link", "del", self.spec.bridge], check=False)
+            run(["ip", "link", "del", self.spec.veth(host)], check=False)
+            run(["ip", "netns", "del", self.spec.netns(host.name)], check=False)
+        run(["ip", "link", "del", self.spec.bridge], check=False)
         if purge and self.dir.exists():
             shutil.rmtree(self.dir)
 
@@ -254,7 +220,7 @@ class Estate:
                     "host": host.name,
                     "address": host.address,
                     "running": pid is not None,
-                    "ssh": pid is not None and _tcp_open(host.address, 22),
+                    "ssh": pid is not None and tcp_open(host.address, 22),
                     "boot_id": boot.read_text().strip() if boot.exists() else None,
                 }
             )
@@ -305,10 +271,10 @@ chroot $M apt-get clean
 
     def _ensure_bridge(self) -> None:
         br = self.spec.bridge
-        if _run(["ip", "link", "show", br], check=False).returncode != 0:
-            _run(["ip", "link", "add", br, "type", "bridge"])
-            _run(["ip", "addr", "add", f"{self.spec.gateway}/24", "dev", br])
-        _run(["ip", "link", "set", br, "up"])
+        if run(["ip", "link", "show", br], check=False).returncode != 0:
+            run(["ip", "link", "add", br, "type", "bridge"])
+            run(["ip", "addr", "add", f"{self.spec.gateway}/24", "dev", br])
+        run(["ip", "link", "set", br, "up"])
 
     def _prepare_disk(self, host: HostSpec) -> Path:
         hdir = self.host_dir(host.name)
@@ -320,7 +286,7 @@ chroot $M apt-get clean
         ssh = upper / "etc/ssh"
         ssh.mkdir(parents=True, exist_ok=True)
         key = ssh / "ssh_host_ed25519_key"
-        _run(
+        run(
             [
                 "ssh-keygen",
                 "-q",
@@ -388,9 +354,9 @@ chroot $M apt-get clean
     def _plumb(self, host: HostSpec) -> None:
         ns = self.spec.netns(host.name)
         veth = self.spec.veth(host)
-        pids = _run(["ip", "netns", "pids", ns], check=False)
+        pids = run(["ip", "netns", "pids", ns], check=False)
         if pids.returncode != 0:
-            _run(["ip", "netns", "add", ns])
+            run(["ip", "netns", "add", ns])
         elif pids.stdout.split():
             # This estate has no host running there (its init pid is gone), so someone
             # else's is: another estate on the same net, from another cache directory.
@@ -400,34 +366,29 @@ chroot $M apt-get clean
                 f" {self.spec.net}. Stop it (`CARETAKER_CACHE=<its cache> python -m sandbox"
                 " down`) or kill those processes, then try again"
             )
-        if _run(["ip", "link", "show", veth], check=False).returncode != 0:
-            _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
-            _run(["ip", "link", "set", veth, "master", self.spec.bridge])
-        _run(["ip", "link", "set", veth, "up"])
-        inside = ["ip", "netns", "exec", ns]
-        _run([*inside, "ip", "link", "set", "lo", "up"])
-        _run([*inside, "ip", "addr", "replace", f"{host.address}/24", "dev", "eth0"])
-        _run([*inside, "ip", "link", "set", "eth0", "up"])
-        for net in PRIVATE_RANGES:
-            _run([*inside, "ip", "route", "replace", "unreachable", net])
+        if run(["ip", "link", "show", veth], check=False).returncode != 0:
+            run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+            run(["ip", "link", "set", veth, "master", self.spec.bridge])
+        run(["ip", "link", "set", veth, "up"])
+        configure_inside(ns, f"{host.address}/24")
 
     def _stop_host(self, host: HostSpec) -> None:
         hdir = self.host_dir(host.name)
         if not hdir.exists():
             return
         (hdir / "stop").write_text("")
-        sup = _read_pid(hdir / "supervisor.pid")
-        unshare = _read_pid(hdir / "unshare.pid")
+        sup = read_pid(hdir / "supervisor.pid")
+        unshare = read_pid(hdir / "unshare.pid")
         # unshare ignores SIGTERM; SIGKILL on it kills the host's init (--kill-child),
         # and the PID namespace, its mounts and processes go with it.
         for pid in (sup, unshare):
-            if _alive(pid):
+            if alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (_alive(sup) or _alive(unshare)):
+        while time.monotonic() < deadline and (alive(sup) or alive(unshare)):
             time.sleep(0.05)
         for name in ("supervisor.pid", "unshare.pid"):
             (hdir / name).unlink(missing_ok=True)
@@ -445,7 +406,7 @@ chroot $M apt-get clean
         deadline = time.monotonic() + wait
         while pending and time.monotonic() < deadline:
             for address in list(pending):
-                if _tcp_open(address, 22):
+                if tcp_open(address, 22):
                     del pending[address]
             if pending:
                 time.sleep(0.1)
@@ -478,7 +439,7 @@ chroot $M apt-get clean
         init = self.init_pid(name)
         members = pid_namespace_members(init) if init else []
         self._stop_host(host)
-        _wait_gone(members, wait, f"host {name}")
+        wait_gone(members, wait, f"host {name}")
 
     def start_host(self, name: str, wait: float = 20.0) -> None:
         """Start one stopped host (a no-op if it runs) and wait for its sshd."""
@@ -491,11 +452,9 @@ chroot $M apt-get clean
     ) -> IsolatedHost:
         """Boot a throwaway host from ``disk/upper`` that only the root namespace can reach.
 
-        The host gets its own network namespace joined to the root namespace by a veth
-        pair on a /30 of ``ISOLATED_NET`` (no bridge), ``unreachable`` routes for every
-        private range and no default route: it can talk to us and to nothing else. It
-        shares the estate's lower layers read-only; everything it writes lands in
-        ``disk/upper``.
+        See :func:`sandbox.isolated.boot`: its own network namespace, a veth pair on a
+        /30 of ``ISOLATED_NET`` (no bridge), no route anywhere else. It shares the
+        estate's lower layers read-only; everything it writes lands in ``disk/upper``.
 
         Args:
             hostname: Host name inside the copy.
@@ -506,187 +465,14 @@ chroot $M apt-get clean
         Returns:
             The running host; call ``teardown()`` when done.
         """
-        for sub in ("work", "root"):
-            (disk / sub).mkdir(parents=True, exist_ok=True)
-        if not (disk / "upper").is_dir():
-            raise SandboxError(f"{disk}/upper does not exist")
-        with _isolated_net_lock():
-            net = subnet or _free_isolated_subnet()
-            block = int(net.network_address) - int(ISOLATED_NET.network_address)
-            ours, theirs = (str(a) for a in list(net.hosts())[:2])
-            host = IsolatedHost(
-                name=hostname,
-                disk=disk,
-                netns=f"ctkiso-{block}",
-                veth=f"ctkiso{block}",
-                address=theirs,
-                peer=ours,
-            )
-            # A namespace of that name can only be a leftover of a crashed run.
-            _run(["ip", "netns", "del", host.netns], check=False)
-            try:
-                _run(["ip", "netns", "add", host.netns])
-                _run(
-                    [
-                        "ip", "link", "add", host.veth, "type", "veth",
-                        "peer", "name", "eth0", "netns", host.netns,
-                    ]
-                )  # fmt: skip
-                _run(["ip", "addr", "add", f"{ours}/{net.prefixlen}", "dev", host.veth])
-                _run(["ip", "link", "set", host.veth, "up"])
-            except SandboxError:
-                host.teardown()
-                raise
-        try:
-            inside = ["ip", "netns", "exec", host.netns]
-            _run([*inside, "ip", "link", "set", "lo", "up"])
-            _run([*inside, "ip", "addr", "add", f"{theirs}/{net.prefixlen}", "dev", "eth0"])
-            _run([*inside, "ip", "link", "set", "eth0", "up"])
-            for private in PRIVATE_RANGES:
-                _run([*inside, "ip", "route", "replace", "unreachable", private])
-            with open(disk / "console.log", "a") as out:
-                host.process = subprocess.Popen(
-                    [
-                        *inside, "unshare", "--fork", "--pid", "--mount", "--uts",
-                        "--kill-child=SIGKILL", "--propagation", "private",
-                        "/bin/bash", str(INIT_SCRIPT), str(disk), hostname, self._lower(),
-                        str(self.repo.root),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=out,
-                    start_new_session=True,
-                )  # fmt: skip
-        except (SandboxError, OSError):
-            host.teardown()
-            raise
-        return host
-
-
-# The /24 isolated hosts take their /30s from; estates use 10.213.N.0/24 with N < 250.
-ISOLATED_NET = ipaddress.IPv4Network("10.213.250.0/24")
-
-
-class IsolatedHost:
-    """A throwaway host booted by ``Estate.boot_isolated``; ``teardown`` removes all of it."""
-
-    def __init__(
-        self, *, name: str, disk: Path, netns: str, veth: str, address: str, peer: str
-    ) -> None:
-        self.name = name
-        self.disk = disk
-        self.netns = netns
-        self.veth = veth
-        #: The host's address; ``peer`` is ours on the other end of the veth pair.
-        self.address = address
-        self.peer = peer
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def init_pid(self) -> int | None:
-        """PID (root namespace) of the host's init, or None before it started."""
-        if self.process is None:
-            return None
-        try:
-            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-            pids = children.read_text().split()
-        except OSError:
-            return None
-        return int(pids[0]) if pids else None
-
-    def teardown(self, wait: float = 10.0) -> list[str]:
-        """Kill every process of the host, delete its veth pair and namespace.
-
-        The disk folder is the caller's. Returns what is still there afterwards (empty
-        when everything is gone), never raises for leftovers.
-        """
-        init = self.init_pid
-        members = pid_namespace_members(init) if init else []
-        if self.process is not None:
-            # unshare ignores SIGTERM; SIGKILL takes its init (--kill-child) and the namespace.
-            try:
-                os.kill(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            _wait_gone(members, wait, f"isolated host {self.name}")
-        except SandboxError:
-            pass
-        _run(["ip", "link", "del", self.veth], check=False)
-        _run(["ip", "netns", "del", self.netns], check=False)
-        return self.leftovers(members)
-
-    def leftovers(self, members: Iterable[int] = ()) -> list[str]:
-        """What of the host still exists: processes, the veth, the namespace."""
-        found = [f"process {pid}" for pid in members if _alive(pid)]
-        if self.process is not None and self.process.poll() is None:
-            found.append(f"process {self.process.pid} (unshare)")
-        if _run(["ip", "link", "show", self.veth], check=False).returncode == 0:
-            found.append(f"link {self.veth}")
-        netns = _run(["ip", "netns", "list"], check=False).stdout.split()
-        if self.netns in netns:
-            found.append(f"netns {self.netns}")
-        return found
-
-
-def pid_namespace_members(pid: int) -> list[int]:
-    """Every process (by root-namespace PID) in the PID namespace of ``pid``."""
-    try:
-        target = os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return []
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.readlink(entry / "ns" / "pid") == target:
-                members.append(int(entry.name))
-        except OSError:
-            continue  # exited while we looked
-    return sorted(members)
-
-
-def _wait_gone(pids: Iterable[int], wait: float, what: str) -> None:
-    pending = list(pids)
-    deadline = time.monotonic() + wait
-    while pending and time.monotonic() < deadline:
-        pending = [pid for pid in pending if _alive(pid)]
-        if pending:
-            time.sleep(0.05)
-    if pending:
-        raise SandboxError(f"{what}: processes {pending} still alive after {wait:g}s")
-
-
-def _free_isolated_subnet() -> ipaddress.IPv4Network:
-    """The first /30 of ISOLATED_NET with no address on any root-namespace interface."""
-    out = _run(["ip", "-o", "-4", "addr", "show"], check=False).stdout
-    used: set[ipaddress.IPv4Network] = set()
-    for line in out.splitlines():
-        fields = line.split()
-        if "inet" in fields:
-            interface = ipaddress.IPv4Interface(fields[fields.index("inet") + 1])
-            if interface.ip in ISOLATED_NET:
-                used.add(ipaddress.IPv4Network(f"{interface.ip}/30", strict=False))
-    for subnet in ISOLATED_NET.subnets(new_prefix=30):
-        if subnet not in used:
-            return subnet
-    raise SandboxError(f"no free /30 left in {ISOLATED_NET} for an isolated host")
-
-
-@contextlib.contextmanager
-def _isolated_net_lock() -> Iterator[None]:
-    """An exclusive lock while a /30 is chosen and claimed (parallel restore tests)."""
-    fd = os.open(estates_dir() / ".isolated-net.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+        return isolated.boot(
+            hostname,
+            disk,
+            init_script=INIT_SCRIPT,
+            lower=self._lower(),
+            repo_root=self.repo.root,
+            subnet=subnet,
+        )
 
 
 def load(name: str) -> Estate:
@@ -706,19 +492,12 @@ def check_address(spec: EstateSpec, address: str) -> None:
 
 
 __all__ = [
-    "ISOLATED_NET",
     "AwsInstanceSpec",
     "Estate",
     "EstateSpec",
     "HostSpec",
-    "IsolatedHost",
     "PackageSpec",
     "check_address",
     "load",
     "numbered_hosts",
-    "pid_namespace_members",
 ]
-
-
-def _dump(rows: list[dict[str, object]]) -> str:
-    return json.dumps(rows, indent=2)

@@ -12,7 +12,7 @@ the sandbox's metadata file). The tags are what makes a rerun idempotent (``find
 what retention is allowed to see (``list`` returns caretaker-tagged snapshots only).
 
 Pure helpers (no IO) live here too: :func:`select_for_deletion` (retention),
-:func:`poll_until` (the bounded wait every provider uses) and
+:func:`poll_until` (the bounded wait every provider uses, at a :class:`Pace`) and
 :func:`restore_test_result` (a restore test's report, leftovers included).
 """
 
@@ -22,6 +22,7 @@ import builtins
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -337,6 +338,51 @@ def restore_test_result(
     )
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How long and how often a provider looks at a resource that is changing state.
+
+    Args:
+        state_timeout_s: Bound for a state change (a server or volume stopping,
+            starting, rebuilding, going away).
+        poll_s: Seconds between looks.
+        sleep: Injected for tests.
+        clock: Injected for tests.
+    """
+
+    state_timeout_s: float = 600
+    poll_s: float = 2
+    sleep: Callable[[float], None] = field(default=time.sleep)
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+    def until(
+        self,
+        probe: Callable[[], tuple[bool, str]],
+        what: str,
+        *,
+        timeout_s: float | None = None,
+        poll_s: float | None = None,
+    ) -> str:
+        """:func:`poll_until` at this pace (or within the bound and interval given)."""
+        return poll_until(
+            probe,
+            timeout_s=self.state_timeout_s if timeout_s is None else timeout_s,
+            poll_s=self.poll_s if poll_s is None else poll_s,
+            what=what,
+            sleep=self.sleep,
+            clock=self.clock,
+        )
+
+
+def parse_time(value: object) -> datetime:
+    """A provider's timestamp (datetime or ISO 8601 text) in UTC; now when there is none."""
+    if isinstance(value, datetime):
+        return utc(value)
+    if isinstance(value, str) and value:
+        return utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    return datetime.now(UTC)
+
+
 def utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime (naive values are taken to be UTC)."""
     if value.tzinfo is None:
@@ -349,6 +395,7 @@ __all__ = [
     "TAG_CLIENT",
     "TAG_MANAGED",
     "TAG_SERVER",
+    "Pace",
     "ProviderName",
     "RestoreTestResult",
     "RetentionResult",
@@ -359,6 +406,7 @@ __all__ = [
     "SnapshotState",
     "TransientSnapshotError",
     "caretaker_tags",
+    "parse_time",
     "poll_until",
     "restore_test_result",
     "select_for_deletion",

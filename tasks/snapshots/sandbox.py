@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -41,15 +40,17 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from blocks.ssh import SshIdentity
-from core.errors import CaretakerError, RemoteError, SandboxError, SnapshotError
-from inventory import Server, SnapshotPolicy
-from sandbox.estate import Estate, pid_namespace_members
+from core.errors import CaretakerError, ConfigError, RemoteError, SandboxError, SnapshotError
+from inventory import SandboxProvider, Server, SnapshotPolicy
+from sandbox.estate import Estate, load
+from sandbox.system import pid_namespace_members, tcp_open
 from tasks.remote import SshRemoteHost, SshTarget
 from tasks.snapshots.base import (
     ProviderName,
     RestoreTestResult,
     SnapshotRecord,
     poll_until,
+    restore_test_result,
 )
 
 log = logging.getLogger(__name__)
@@ -131,19 +132,11 @@ def known_hosts_for(known_hosts: str, original: str, address: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tcp_open(address: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 class SandboxSnapshotProvider:
     """Snapshots of the hosts of one sandbox estate.
 
     Args:
-        estate: The estate (``sandbox.estate.load(name)``).
+        estate: The estate (``sandbox.estate.load(name)``; see :func:`sandbox_provider`).
         policy: The client's snapshot policy.
         client: The client slug; when given, ``find`` and ``list`` see only its snapshots.
         boot_timeout_s: Bound for a restored host's sshd to answer.
@@ -425,7 +418,7 @@ class SandboxSnapshotProvider:
             address = isolated.address
 
             def sshd() -> tuple[bool, str]:
-                return _tcp_open(address, 22), "no answer on tcp 22"
+                return tcp_open(address, 22, timeout=0.5), "no answer on tcp 22"
 
             poll_until(
                 sshd,
@@ -452,16 +445,15 @@ class SandboxSnapshotProvider:
                 problems.append(f"folder {run_dir}")
             if marker is not None:
                 marker.unlink(missing_ok=True)
-        if problems:
-            detail += "; clean-up incomplete: " + ", ".join(problems)
-        return RestoreTestResult(
-            server=server.name,
-            provider="sandbox",
-            snapshot_ids=record.ids,
+        return restore_test_result(
+            server,
+            "sandbox",
+            record,
             ok=ok,
             rto_s=rto,
             detail=detail,
-            cleaned_up=not problems,
+            leftovers=problems,
+            separator=", ",
         )
 
     def _check(self, name: str, address: str) -> str:
@@ -486,3 +478,18 @@ class SandboxSnapshotProvider:
         if not lines:
             raise SnapshotError(f"{name}: check on the restored copy printed nothing")
         return f"{len(lines)} line(s) of output"
+
+
+def sandbox_provider(
+    server: Server, entry: SandboxProvider, policy: SnapshotPolicy, *, client: str | None = None
+) -> SandboxSnapshotProvider:
+    """The provider for a server of a sandbox estate (what ``provider_for`` asks for).
+
+    Raises:
+        ConfigError: The estate named in the inventory is not known here.
+    """
+    try:
+        estate = load(entry.estate)
+    except CaretakerError as exc:
+        raise ConfigError(f"{server.name}: sandbox estate {entry.estate!r}: {exc}") from exc
+    return SandboxSnapshotProvider(estate, policy, client=client)

@@ -18,8 +18,9 @@ from core.errors import SnapshotError
 from inventory import AwsProvider, Server, SnapshotPolicy
 from sandbox import moto
 from sandbox.estate import AwsInstanceSpec, Estate, EstateSpec
-from tasks.snapshots import apply_retention, take_snapshot
 from tasks.snapshots.aws.provider import AwsSnapshotProvider
+from tasks.snapshots.base import Pace
+from tasks.snapshots.tasks import apply_retention, take_snapshot
 
 pytestmark = [
     pytest.mark.integration,
@@ -75,7 +76,9 @@ def server(name: str) -> Server:
 def provider(ec2: Any, name: str, policy: SnapshotPolicy | None = None) -> AwsSnapshotProvider:
     entry = server(name).provider
     assert isinstance(entry, AwsProvider)
-    return AwsSnapshotProvider(ec2, entry, policy or SnapshotPolicy(), client="acme", poll_s=0.05)
+    return AwsSnapshotProvider(
+        ec2, entry, policy or SnapshotPolicy(), client="acme", pace=Pace(poll_s=0.05)
+    )
 
 
 def change() -> str:
@@ -253,7 +256,7 @@ def test_a_restore_test_that_fails_still_removes_everything(ec2: Any) -> None:
     entry = server("snap-web-4").provider
     assert isinstance(entry, AwsProvider)
     aws = AwsSnapshotProvider(
-        ImpairedStatus(ec2), entry, SnapshotPolicy(), client="acme", poll_s=0.05
+        ImpairedStatus(ec2), entry, SnapshotPolicy(), client="acme", pace=Pace(poll_s=0.05)
     )
     record = aws.wait(aws.create(server("snap-web-4"), "acme", change()), timeout_s=30, poll_s=0.05)
 
@@ -296,7 +299,7 @@ def test_the_prefect_tasks_load_the_aws_block_and_snapshot_once_per_change(
     from prefect_aws.client_parameters import AwsClientParameters
     from pydantic import SecretStr
 
-    from tasks.snapshots import create_snapshot, wait_for_snapshot
+    from tasks.snapshots.tasks import create_snapshot, wait_for_snapshot
 
     AwsCredentials(
         aws_access_key_id=moto.ACCESS_KEY,

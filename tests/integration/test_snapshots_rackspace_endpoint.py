@@ -15,8 +15,10 @@ from pydantic import SecretStr
 from blocks.rackspace import RackspaceCredentials
 from core.errors import SnapshotError
 from inventory import RackspaceProvider, Server, SnapshotPolicy
-from tasks.snapshots import apply_retention, take_snapshot
-from tasks.snapshots.rackspace import SERVICENET, RackspaceApi, RackspaceSnapshotProvider
+from tasks.snapshots.base import Pace
+from tasks.snapshots.rackspace.api import RackspaceApi
+from tasks.snapshots.rackspace.provider import SERVICENET, RackspaceSnapshotProvider
+from tasks.snapshots.tasks import apply_retention, take_snapshot
 from tests.integration.rackspace_endpoint import FakeRackspace
 
 pytestmark = pytest.mark.integration
@@ -63,8 +65,7 @@ def provider(
         app.provider,
         policy or SnapshotPolicy(),
         client="globex",
-        poll_s=0.01,
-        state_timeout_s=10,
+        pace=Pace(state_timeout_s=10, poll_s=0.01),
     )
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from inventory import Server, SnapshotPolicy
-from sandbox.estate import Estate, EstateSpec, HostSpec, pid_namespace_members
+from sandbox.estate import Estate, EstateSpec, HostSpec
 from sandbox.repo import PackageSpec
-from tasks.snapshots import apply_retention, provider_for
+from sandbox.system import pid_namespace_members
 from tasks.snapshots.base import SnapshotRecord
+from tasks.snapshots.factory import provider_for
 from tasks.snapshots.sandbox import SandboxSnapshotProvider, frozen
+from tasks.snapshots.tasks import apply_retention
 from tests.conftest import sandbox_unavailable, ssh
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,7 @@ from core.errors import SnapshotError
 from inventory import AwsProvider, Server, SnapshotPolicy
 from tasks.snapshots.aws.endpoint import TRANSPORT, Ec2, translate
 from tasks.snapshots.aws.provider import AwsSnapshotProvider
-from tasks.snapshots.base import SnapshotRecord, TransientSnapshotError
+from tasks.snapshots.base import Pace, SnapshotRecord, TransientSnapshotError
 
 REGION = "eu-west-1"
 WHEN = datetime(2026, 7, 1, 2, 0, tzinfo=UTC)
@@ -81,7 +81,10 @@ def provider(
     clock = FakeClock()
     assert isinstance(server.provider, AwsProvider)
     return AwsSnapshotProvider(
-        client, server.provider, policy or SnapshotPolicy(), sleep=clock.sleep, clock=clock
+        client,
+        server.provider,
+        policy or SnapshotPolicy(),
+        pace=Pace(sleep=clock.sleep, clock=clock),
     )
 
 
@@ -456,7 +459,7 @@ def test_the_mapping_covers_every_exception_botocore_defines(cls: type[BaseExcep
     if isinstance(exc, ClientError):
         exc.response = {"Error": {"Code": "Boom", "Message": "boom"}}
     with pytest.raises(SnapshotError) as failure:
-        Ec2(Raising(exc), REGION).call("describe_snapshots")
+        Ec2(Raising(exc), REGION, Pace()).call("describe_snapshots")
     assert failure.value.__cause__ is exc
     transient = isinstance(exc, TRANSPORT)
     assert isinstance(failure.value, TransientSnapshotError) is transient

@@ -6,9 +6,10 @@ import pytest
 
 from core.errors import SnapshotError
 from inventory import Server, SnapshotPolicy
-from tasks.snapshots import create_snapshot, provider_for, run_restore_test, wait_for_snapshot
 from tasks.snapshots.base import SnapshotProvider
+from tasks.snapshots.factory import provider_for
 from tasks.snapshots.none import NoSnapshotProvider
+from tasks.snapshots.tasks import create_snapshot, run_restore_test, wait_for_snapshot
 
 REASON = "bare metal at the client's colo; nightly backups by their vendor"
 

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from blocks.rackspace import RackspaceCredentials
 from core.errors import SnapshotError
 from tasks.snapshots.base import TransientSnapshotError
-from tasks.snapshots.rackspace import RackspaceApi
+from tasks.snapshots.rackspace.api import RackspaceApi
 
 API_KEY = "0123456789abcdef-secret-api-key"
 IDENTITY = "https://identity.example/v2.0"

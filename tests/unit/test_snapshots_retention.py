@@ -8,8 +8,8 @@ import pytest
 
 from core.errors import SnapshotError
 from inventory import Server
-from tasks.snapshots import apply_retention
 from tasks.snapshots.base import SnapshotRecord, SnapshotState, select_for_deletion
+from tasks.snapshots.tasks import apply_retention
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -9,19 +9,19 @@ import pytest
 
 from core.errors import ConfigError, SnapshotError
 from inventory import Server, SnapshotPolicy
-from tasks.snapshots import (
-    _only_transient,
-    create_snapshot,
-    provider_for,
-    restore_from_snapshot,
-    take_snapshot,
-    wait_for_snapshot,
-)
 from tasks.snapshots.base import (
     SnapshotRecord,
     TransientSnapshotError,
     caretaker_tags,
     poll_until,
+)
+from tasks.snapshots.factory import provider_for
+from tasks.snapshots.tasks import (
+    _only_transient,
+    create_snapshot,
+    restore_from_snapshot,
+    take_snapshot,
+    wait_for_snapshot,
 )
 
 

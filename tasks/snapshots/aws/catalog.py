@@ -19,26 +19,22 @@ from typing import Any
 from core.errors import SnapshotError
 from inventory import Server
 from tasks.snapshots.aws.endpoint import Ec2
-from tasks.snapshots.aws.shapes import (
+from tasks.snapshots.aws.images import (
     IMAGE_STATES,
-    LIVE_INSTANCE_STATES,
-    SNAPSHOT_STATES,
-    TAG_COPY_OF,
-    TAG_DEVICE,
-    TAG_ROOT_DEVICE,
     image_encrypted,
     image_size,
     image_snapshot_ids,
-    parse_time,
-    set_state,
-    tag_map,
 )
+from tasks.snapshots.aws.instances import LIVE_INSTANCE_STATES
+from tasks.snapshots.aws.shapes import TAG_COPY_OF, TAG_DEVICE, TAG_ROOT_DEVICE, tag_map
+from tasks.snapshots.aws.volumes import SNAPSHOT_STATES, set_state
 from tasks.snapshots.base import (
     TAG_CHANGE_REF,
     TAG_CLIENT,
     TAG_MANAGED,
     TAG_SERVER,
     SnapshotRecord,
+    parse_time,
 )
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from core.errors import SnapshotError
 from inventory import SnapshotPolicy
 from tasks.snapshots.aws.endpoint import Ec2
 from tasks.snapshots.aws.shapes import TAG_COPY_OF, TAG_KIND, tag_list, tag_map
-from tasks.snapshots.aws.volumes import VolumeSets
+from tasks.snapshots.aws.volumes import wait_for_snapshots
 from tasks.snapshots.base import SnapshotRecord, caretaker_tags
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,11 @@ class Encryption:
 
     Args:
         ec2: The EC2 boundary.
-        volumes: Waits for the copies.
         policy: The client's snapshot policy.
     """
 
-    def __init__(self, ec2: Ec2, volumes: VolumeSets, policy: SnapshotPolicy) -> None:
+    def __init__(self, ec2: Ec2, policy: SnapshotPolicy) -> None:
         self.ec2 = ec2
-        self.volumes = volumes
         self.policy = policy
 
     def apply(
@@ -61,7 +59,7 @@ class Encryption:
             return record
         if self.policy.encrypted_copy:
             copies = self._ensure_copies(record, unencrypted, found)
-            self.volumes.wait(list(copies.values()), timeout_s, poll_s, where)
+            wait_for_snapshots(self.ec2, list(copies.values()), timeout_s, poll_s, where)
             described = self.ec2.call("describe_snapshots", SnapshotIds=list(copies.values()))
             plain = [
                 s["SnapshotId"] for s in described.get("Snapshots", []) if not s.get("Encrypted")

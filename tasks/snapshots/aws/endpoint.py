@@ -7,15 +7,12 @@ else (refused, not found, missing credentials, invalid parameters, an answer tha
 not parse) is a plain :class:`~core.errors.SnapshotError`. :class:`Ec2` raises them
 ``from`` the botocore exception, so the evidence stays attached.
 
-:class:`Pace` is how long and how often the provider looks at a resource that is
-changing state, with the sleep and clock injected for tests.
+:class:`Ec2` also carries the provider's :class:`~tasks.snapshots.base.Pace`: how long
+and how often it looks at a resource that is changing state.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import (
@@ -28,7 +25,7 @@ from botocore.exceptions import (
 )
 
 from core.errors import SnapshotError, TransientSnapshotError
-from tasks.snapshots.base import poll_until
+from tasks.snapshots.base import Pace
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -94,11 +91,13 @@ class Ec2:
     Args:
         client: A boto3 EC2 client for the region (and endpoint).
         region: The region, named in every message.
+        pace: How long and how often to look at a resource changing state.
     """
 
-    def __init__(self, client: EC2Client, region: str) -> None:
+    def __init__(self, client: EC2Client, region: str, pace: Pace) -> None:
         self.client = client
         self.region = region
+        self.pace = pace
 
     def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """Call one EC2 operation; every botocore failure becomes a SnapshotError here."""
@@ -131,38 +130,3 @@ class Ec2:
         """The described image, or None when EC2 does not list it."""
         images = self.call("describe_images", ImageIds=[image_id]).get("Images", [])
         return images[0] if images else None
-
-
-@dataclass(frozen=True)
-class Pace:
-    """How long and how often to look at a resource that is changing state.
-
-    Args:
-        state_timeout_s: Bound for instance and volume state changes.
-        poll_s: Seconds between looks at an instance or volume.
-        sleep: Injected for tests.
-        clock: Injected for tests.
-    """
-
-    state_timeout_s: float = 600
-    poll_s: float = 2
-    sleep: Callable[[float], None] = field(default=time.sleep)
-    clock: Callable[[], float] = field(default=time.monotonic)
-
-    def until(
-        self,
-        probe: Callable[[], tuple[bool, str]],
-        what: str,
-        *,
-        timeout_s: float | None = None,
-        poll_s: float | None = None,
-    ) -> str:
-        """:func:`~tasks.snapshots.base.poll_until` at this pace (or the bounds given)."""
-        return poll_until(
-            probe,
-            timeout_s=self.state_timeout_s if timeout_s is None else timeout_s,
-            poll_s=self.poll_s if poll_s is None else poll_s,
-            what=what,
-            sleep=self.sleep,
-            clock=self.clock,
-        )

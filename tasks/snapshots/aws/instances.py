@@ -2,7 +2,7 @@
 
 An inventory entry names its instance by ``instance_id`` or by ``instance_name`` (the
 ``Name`` tag, among live instances); exactly one must match, or the error names what
-matched. Waits are bounded (:class:`~tasks.snapshots.aws.endpoint.Pace`) and give up at
+matched. Waits are bounded (the provider's :class:`~tasks.snapshots.base.Pace`) and give up at
 once on a state that cannot get better (terminated, impaired, a volume in error).
 """
 
@@ -12,23 +12,31 @@ from typing import Any
 
 from core.errors import SnapshotError
 from inventory import AwsProvider, Server
-from tasks.snapshots.aws.endpoint import Ec2, Pace
-from tasks.snapshots.aws.shapes import LIVE_INSTANCE_STATES
+from tasks.snapshots.aws.endpoint import Ec2
+
+LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
+
+
+def attached_volumes(instance: dict[str, Any]) -> dict[str, str]:
+    """Device name -> volume id of the instance's EBS volumes."""
+    return {
+        m["DeviceName"]: m["Ebs"]["VolumeId"]
+        for m in instance.get("BlockDeviceMappings", [])
+        if "Ebs" in m and "VolumeId" in m["Ebs"]
+    }
 
 
 class Instances:
     """Looks up and waits on instances and volumes in the provider's region.
 
     Args:
-        ec2: The EC2 boundary.
+        ec2: The EC2 boundary (its pace bounds the waits).
         entry: The server's ``aws`` provider entry (instance id or name).
-        pace: Bounds and polling of the waits.
     """
 
-    def __init__(self, ec2: Ec2, entry: AwsProvider, pace: Pace) -> None:
+    def __init__(self, ec2: Ec2, entry: AwsProvider) -> None:
         self.ec2 = ec2
         self.entry = entry
-        self.pace = pace
 
     def of(self, server: Server) -> dict[str, Any]:
         """The server's instance, by id or by its Name tag (exactly one must match)."""
@@ -96,7 +104,7 @@ class Instances:
                 )
             return inst == "ok" and system == "ok", f"{state}, instance {inst}, system {system}"
 
-        self.pace.until(
+        self.ec2.pace.until(
             probe,
             f"instance {instance_id} to be {wanted}" + (" with status ok" if status_ok else ""),
             timeout_s=timeout_s,
@@ -112,4 +120,4 @@ class Instances:
                 raise SnapshotError(f"volume {volume_id} is in state error")
             return state == wanted, state
 
-        self.pace.until(probe, f"volume {volume_id} to be {wanted}")
+        self.ec2.pace.until(probe, f"volume {volume_id} to be {wanted}")

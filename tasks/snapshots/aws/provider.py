@@ -10,22 +10,21 @@ to the module that knows it (``volumes``, ``images``, ``encryption``, ``catalog`
 from __future__ import annotations
 
 import builtins
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from core.errors import SnapshotError
 from inventory import AwsProvider, Server, SnapshotPolicy
 from tasks.snapshots.aws.catalog import Catalog
 from tasks.snapshots.aws.encryption import Encryption
-from tasks.snapshots.aws.endpoint import Ec2, Pace
-from tasks.snapshots.aws.images import Images
-from tasks.snapshots.aws.instances import Instances
+from tasks.snapshots.aws.endpoint import Ec2
+from tasks.snapshots.aws.images import create_image, wait_for_image
+from tasks.snapshots.aws.instances import Instances, attached_volumes
 from tasks.snapshots.aws.restore import VolumeSwap
 from tasks.snapshots.aws.restore_test import RestoreTest
-from tasks.snapshots.aws.shapes import TAG_KIND, TAG_ROOT_DEVICE, attached_volumes
-from tasks.snapshots.aws.volumes import VolumeSets
+from tasks.snapshots.aws.shapes import TAG_KIND, TAG_ROOT_DEVICE
+from tasks.snapshots.aws.volumes import create_volume_set, wait_for_snapshots
 from tasks.snapshots.base import (
+    Pace,
     ProviderName,
     RestoreTestResult,
     SnapshotRecord,
@@ -34,6 +33,9 @@ from tasks.snapshots.base import (
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
+
+#: Instance and volume state changes within 10 minutes, looked at every 2 seconds.
+AWS_PACE = Pace(state_timeout_s=600, poll_s=2)
 
 
 class AwsSnapshotProvider:
@@ -44,11 +46,8 @@ class AwsSnapshotProvider:
         provider: The server's ``aws`` provider entry from the inventory.
         policy: The client's snapshot policy (mode, encryption).
         client: The client slug; when given, ``find`` and ``list`` see only its snapshots.
-        state_timeout_s: Bound for instance and volume state changes during restore
-            and for the clean-up of a restore test.
-        poll_s: Seconds between looks at an instance or volume.
-        sleep: Injected for tests.
-        clock: Injected for tests.
+        pace: Bound for instance and volume state changes during restore and for the
+            clean-up of a restore test, seconds between looks, sleep and clock.
     """
 
     name: ProviderName = "aws"
@@ -60,20 +59,14 @@ class AwsSnapshotProvider:
         policy: SnapshotPolicy,
         *,
         client: str | None = None,
-        state_timeout_s: float = 600,
-        poll_s: float = 2,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        pace: Pace = AWS_PACE,
     ) -> None:
         self.provider = provider
         self.policy = policy
         self.client = client
-        self.ec2 = Ec2(ec2, provider.region)
-        self.pace = Pace(state_timeout_s=state_timeout_s, poll_s=poll_s, sleep=sleep, clock=clock)
-        self.instances = Instances(self.ec2, provider, self.pace)
-        self.volumes = VolumeSets(self.ec2, self.pace)
-        self.images = Images(self.ec2, self.pace)
-        self.encryption = Encryption(self.ec2, self.volumes, policy)
+        self.ec2 = Ec2(ec2, provider.region, pace)
+        self.instances = Instances(self.ec2, provider)
+        self.encryption = Encryption(self.ec2, policy)
         self.catalog = Catalog(self.ec2, client)
 
     def create(self, server: Server, client: str, change_ref: str) -> SnapshotRecord:
@@ -107,8 +100,8 @@ class AwsSnapshotProvider:
             "Name": f"{server.name} {change_ref}",
         }
         if self.policy.mode == "ami":
-            return self.images.create(server, client, change_ref, instance, tags)
-        return self.volumes.create(server, client, change_ref, instance, attached, tags)
+            return create_image(self.ec2, server, client, change_ref, instance, tags)
+        return create_volume_set(self.ec2, server, client, change_ref, instance, attached, tags)
 
     def wait(self, record: SnapshotRecord, timeout_s: float, poll_s: float) -> SnapshotRecord:
         """Poll until the set (or image) is completed, then apply the encryption policy.
@@ -123,9 +116,9 @@ class AwsSnapshotProvider:
         """
         where = f"{record.server} (aws {self.provider.region})"
         if record.kind == "ami":
-            record = self.images.wait(record, timeout_s, poll_s, where)
+            record = wait_for_image(self.ec2, record, timeout_s, poll_s, where)
         else:
-            self.volumes.wait(record.ids, timeout_s, poll_s, where)
+            wait_for_snapshots(self.ec2, record.ids, timeout_s, poll_s, where)
             record = record.model_copy(update={"state": "completed"})
         return self.encryption.apply(record, timeout_s, poll_s, where)
 
@@ -161,7 +154,7 @@ class AwsSnapshotProvider:
                 state change did not happen in time, or EC2 refused. The message says
                 which devices were already swapped; the instance is then left stopped.
         """
-        VolumeSwap(self.ec2, self.instances).restore(server, record)
+        VolumeSwap(self.instances).restore(server, record)
 
     def restore_test(
         self, server: Server, record: SnapshotRecord, timeout_s: float
@@ -176,4 +169,4 @@ class AwsSnapshotProvider:
         Returns:
             ok with the RTO in seconds, or ok=False with what failed.
         """
-        return RestoreTest(self.ec2, self.instances).run(server, record, timeout_s)
+        return RestoreTest(self.instances).run(server, record, timeout_s)

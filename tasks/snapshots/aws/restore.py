@@ -15,13 +15,12 @@ from datetime import UTC, datetime
 from core.errors import SnapshotError
 from inventory import Server
 from tasks.snapshots.aws.endpoint import Ec2
-from tasks.snapshots.aws.instances import Instances
+from tasks.snapshots.aws.images import image_devices
+from tasks.snapshots.aws.instances import Instances, attached_volumes
 from tasks.snapshots.aws.shapes import (
     TAG_DEVICE,
     TAG_REPLACED_BY,
     TAG_RESTORED_FROM,
-    attached_volumes,
-    image_devices,
     tag_list,
     tag_map,
 )
@@ -72,13 +71,13 @@ class VolumeSwap:
     """Restores an instance from a record by swapping its volumes.
 
     Args:
-        ec2: The EC2 boundary.
-        instances: Finds and waits on the instance and its volumes.
+        instances: Finds and waits on the instance and its volumes (and holds the
+            EC2 boundary).
     """
 
-    def __init__(self, ec2: Ec2, instances: Instances) -> None:
-        self.ec2 = ec2
+    def __init__(self, instances: Instances) -> None:
         self.instances = instances
+        self.ec2 = instances.ec2
 
     def restore(self, server: Server, record: SnapshotRecord) -> None:
         """Swap the instance's volumes for new ones made from the snapshots.
@@ -96,7 +95,7 @@ class VolumeSwap:
         swapped: list[str] = []
         try:
             self.ec2.call("stop_instances", InstanceIds=[instance_id])
-            self.instances.wait(instance_id, "stopped", self.instances.pace.state_timeout_s)
+            self.instances.wait(instance_id, "stopped", self.ec2.pace.state_timeout_s)
             attached = attached_volumes(self.instances.refresh(instance_id))
             for device, snapshot_id in sorted(mapping.items()):
                 old = attached.get(device)
@@ -104,7 +103,7 @@ class VolumeSwap:
                 self._swap(instance_id, device, old, new)
                 swapped.append(f"{device}: {old or '-'} -> {new} (from {snapshot_id})")
             self.ec2.call("start_instances", InstanceIds=[instance_id])
-            self.instances.wait(instance_id, "running", self.instances.pace.state_timeout_s)
+            self.instances.wait(instance_id, "running", self.ec2.pace.state_timeout_s)
         except SnapshotError as exc:
             done = "; ".join(swapped) or "none"
             raise SnapshotError(

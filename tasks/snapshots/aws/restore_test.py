@@ -31,13 +31,13 @@ class RestoreTest:
     """Runs restore tests of one server's snapshots.
 
     Args:
-        ec2: The EC2 boundary.
-        instances: Finds the original and waits on the throwaway instance.
+        instances: Finds the original and waits on the throwaway instance (and holds
+            the EC2 boundary).
     """
 
-    def __init__(self, ec2: Ec2, instances: Instances) -> None:
-        self.ec2 = ec2
+    def __init__(self, instances: Instances) -> None:
         self.instances = instances
+        self.ec2: Ec2 = instances.ec2
 
     def run(self, server: Server, record: SnapshotRecord, timeout_s: float) -> RestoreTestResult:
         """Launch, wait for running with status ok (bounded by ``timeout_s``), clean up.
@@ -45,7 +45,7 @@ class RestoreTest:
         Returns:
             ok with the RTO in seconds, or ok=False with what failed.
         """
-        clock = self.instances.pace.clock
+        clock = self.ec2.pace.clock
         started = clock()
         token = uuid.uuid4().hex[:8]
         made: dict[str, str] = {}
@@ -163,9 +163,7 @@ class RestoreTest:
             try:
                 self.ec2.call("terminate_instances", InstanceIds=[made["instance"]])
                 # The group cannot go while the instance's interface still uses it.
-                self.instances.wait(
-                    made["instance"], "terminated", self.instances.pace.state_timeout_s
-                )
+                self.instances.wait(made["instance"], "terminated", self.ec2.pace.state_timeout_s)
             except SnapshotError as exc:
                 problems.append(f"instance {made['instance']}: {exc}")
         for kind, operation, key in (

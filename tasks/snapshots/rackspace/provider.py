@@ -1,10 +1,7 @@
-"""The ``rackspace`` provider: server images through the OpenStack compute and image APIs.
+"""The ``rackspace`` provider: server images of one Rackspace cloud server.
 
 Rackspace Cloud Servers are OpenStack: a snapshot is a server *image*.
 
-* authentication: identity v2.0 ``POST /tokens`` with ``RAX-KSKEY:apiKeyCredentials``
-  (what Rackspace uses); the answer's service catalog gives the compute and image
-  endpoints of the server's region;
 * create: ``POST /servers/{id}/action {"createImage": {name, metadata}}``; the image id
   comes from the ``Location`` header (or the 2.45+ JSON body); the caretaker tags ride
   along as image metadata, which the image API v2 shows as image properties;
@@ -19,25 +16,20 @@ Rackspace Cloud Servers are OpenStack: a snapshot is a server *image*.
 
 Encryption at rest of Rackspace images cannot be verified through the API, so records
 say ``encrypted=None`` and a policy that requires encryption is refused up front.
-
-Every HTTP failure becomes a :class:`~core.errors.SnapshotError` in one place,
-:meth:`RackspaceApi.request`; the API key and the token never appear in a message.
+The HTTP calls and their error translation are in ``tasks.snapshots.rackspace.api``.
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
-import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-from blocks.rackspace import RackspaceCredentials
 from core.errors import SnapshotError
 from inventory import RackspaceProvider, Server, SnapshotPolicy
 from tasks.snapshots.base import (
@@ -45,15 +37,16 @@ from tasks.snapshots.base import (
     TAG_CLIENT,
     TAG_MANAGED,
     TAG_SERVER,
+    Pace,
     ProviderName,
     RestoreTestResult,
     SnapshotRecord,
     SnapshotState,
-    TransientSnapshotError,
     caretaker_tags,
-    poll_until,
-    utc,
+    parse_time,
+    restore_test_result,
 )
+from tasks.snapshots.rackspace.api import RackspaceApi
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +55,16 @@ PUBLICNET = "00000000-0000-0000-0000-000000000000"
 SERVICENET = "11111111-1111-1111-1111-111111111111"
 TAG_KIND = "caretaker:kind"
 TAG_RESTORE_TEST = "caretaker:restore-test"
-REDACTED = "********"
+#: A rebuild (and a restore-test server's deletion) within 30 minutes, looked at every 5 s.
+RACKSPACE_PACE = Pace(state_timeout_s=1800, poll_s=5)
 
-Service = Literal["compute", "image"]
-
+_PENDING: SnapshotState = "pending"
+_FAILED: SnapshotState = "error"
+# Glance image statuses; anything not listed (a status of a newer API) is pending.
 _IMAGE_STATES: dict[str, SnapshotState] = {
-    "queued": "pending",
-    "saving": "pending",
-    "uploading": "pending",
-    "importing": "pending",
+    **dict.fromkeys(("queued", "saving", "uploading", "importing", "unknown"), _PENDING),
     "active": "completed",
-    "killed": "error",
-    "deleted": "error",
-    "pending_delete": "error",
-    "deactivated": "error",
-    "error": "error",
-    "unknown": "pending",
+    **dict.fromkeys(("killed", "deleted", "pending_delete", "deactivated", "error"), _FAILED),
 }
 # Statuses in which a server will not become ACTIVE again without help.
 _SERVER_FAILED = {"ERROR", "DELETED", "SOFT_DELETED", "SHUTOFF", "SUSPENDED", "UNKNOWN"}
@@ -85,212 +72,6 @@ _SERVER_FAILED = {"ERROR", "DELETED", "SOFT_DELETED", "SHUTOFF", "SUSPENDED", "U
 
 def _image_state(status: str) -> SnapshotState:
     return _IMAGE_STATES.get(status.lower(), "pending")
-
-
-def _parse_time(value: Any) -> datetime:
-    if isinstance(value, str) and value:
-        return utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
-    return datetime.now(UTC)
-
-
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The OpenStack error text: ``{"itemNotFound": {"message": ...}}`` or plain text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300].strip()
-    if isinstance(body, dict):
-        for value in body.values():
-            if isinstance(value, dict) and "message" in value:
-                return str(value["message"])
-        if "message" in body:
-            return str(body["message"])
-    return str(body)[:300]
-
-
-class RackspaceApi:
-    """The few OpenStack calls the provider makes, with the token handled here.
-
-    Args:
-        credentials: The Rackspace credentials block.
-        region: Region code whose endpoints are used (DFW, ORD, ...).
-        transport: An httpx transport (tests pass ``httpx.MockTransport``).
-    """
-
-    def __init__(
-        self,
-        credentials: RackspaceCredentials,
-        region: str,
-        *,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.credentials = credentials
-        self.region = region
-        self._http = httpx.Client(timeout=credentials.timeout_s, transport=transport)
-        self._token: str | None = None
-        self._endpoints: dict[str, str] = {}
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self._http.close()
-
-    def _secrets(self) -> builtins.list[str]:
-        return [*self.credentials.secrets(), self._token or ""]
-
-    # -- the one translation boundary ---------------------------------------------
-
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TransientSnapshotError(
-                f"rackspace {self.region}: {method} {url}: timed out"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise TransientSnapshotError(
-                _redact(f"rackspace {self.region}: {method} {url}: {exc}", self._secrets())
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise SnapshotError(
-                _redact(f"rackspace {self.region}: {method} {url}: {exc}", self._secrets())
-            ) from exc
-
-    def _check(
-        self, response: httpx.Response, what: str, allow: Iterable[int] = ()
-    ) -> httpx.Response:
-        """Raise the right SnapshotError for an error status (unless allowed)."""
-        status = response.status_code
-        if status < 400 or status in allow:
-            return response
-        text = _redact(
-            f"rackspace {self.region}: {what}: HTTP {status}: {_error_message(response)}",
-            self._secrets(),
-        )
-        # 413 is how Nova says "over the rate limit"; like 429 and 5xx, later may work.
-        if status in (413, 429) or status >= 500:
-            raise TransientSnapshotError(text)
-        raise SnapshotError(text)
-
-    def json_object(self, response: httpx.Response, what: str) -> dict[str, Any]:
-        """The answer's JSON object, or SnapshotError."""
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise SnapshotError(f"rackspace {self.region}: {what}: answer is not JSON") from exc
-        if not isinstance(body, dict):
-            raise SnapshotError(f"rackspace {self.region}: {what}: answer is not a JSON object")
-        return body
-
-    # -- identity -----------------------------------------------------------------
-
-    def authenticate(self) -> None:
-        """Get a token and this region's compute and image endpoints from identity v2.0."""
-        url = self.credentials.auth_url.rstrip("/") + "/tokens"
-        response = self._check(
-            self._send("POST", url, json=self.credentials.auth_request()), "authenticate"
-        )
-        body = self.json_object(response, "authenticate")
-        try:
-            access = body["access"]
-            token = str(access["token"]["id"])
-            catalog = access["serviceCatalog"]
-        except (KeyError, TypeError) as exc:
-            raise SnapshotError(
-                f"rackspace {self.region}: authenticate: unexpected answer (no token/catalog)"
-            ) from exc
-        endpoints: dict[str, str] = {}
-        for service in catalog:
-            kind = service.get("type")
-            if kind not in ("compute", "image"):
-                continue
-            for endpoint in service.get("endpoints", []):
-                if str(endpoint.get("region", "")).upper() == self.region.upper():
-                    endpoints[kind] = str(endpoint["publicURL"]).rstrip("/")
-        missing = {"compute", "image"} - endpoints.keys()
-        if missing:
-            raise SnapshotError(
-                f"rackspace: the account's service catalog has no {' or '.join(sorted(missing))}"
-                f" endpoint in region {self.region}"
-            )
-        image = endpoints["image"]
-        if "/v2" not in urllib.parse.urlsplit(image).path:
-            # Plain OpenStack lists Glance without its version; Rackspace lists .../v2/<tenant>.
-            endpoints["image"] = image + "/v2"
-        self._token = token
-        self._endpoints = endpoints
-
-    # -- requests -----------------------------------------------------------------
-
-    def request(
-        self,
-        service: Service,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, str] | None = None,
-        allow: Iterable[int] = (),
-        what: str = "",
-    ) -> httpx.Response:
-        """One authenticated call to the compute or image API of the region.
-
-        A 401 (expired token) re-authenticates once and repeats the call: the refused
-        call was not carried out, so repeating it is safe even for a POST.
-
-        Args:
-            service: ``compute`` or ``image``.
-            method: HTTP method.
-            path: Path below the service endpoint (``/servers/{id}``) or a full URL.
-            json: JSON body.
-            params: Query parameters.
-            allow: Error statuses returned instead of raised (e.g. 404 while deleting).
-            what: What the call does, for messages.
-
-        Raises:
-            SnapshotError: Any HTTP error status not allowed, or a bad answer.
-            TransientSnapshotError: The endpoint was unreachable, timed out, rate
-                limited us or answered 5xx.
-        """
-        label = what or f"{method} {path}"
-        allowed = tuple(allow)
-        for attempt in (1, 2):
-            if self._token is None:
-                self.authenticate()
-            url = path if path.startswith("http") else self._endpoints[service] + path
-            response = self._send(
-                method,
-                url,
-                json=json,
-                params=params,
-                headers={"X-Auth-Token": self._token or "", "Accept": "application/json"},
-            )
-            if response.status_code == 401 and attempt == 1:
-                self._token = None
-                continue
-            return self._check(response, label, allowed)
-        raise SnapshotError(
-            f"rackspace {self.region}: {label}: still unauthorised"
-        )  # pragma: no cover
-
-    def get_json(
-        self, service: Service, path: str, *, params: dict[str, str] | None = None, what: str = ""
-    ) -> dict[str, Any]:
-        """GET and parse a JSON object."""
-        return self.json_object(
-            self.request(service, "GET", path, params=params, what=what), what or path
-        )
-
-    def endpoint(self, service: Service) -> str:
-        """The service's endpoint URL (authenticates first if needed)."""
-        if self._token is None:
-            self.authenticate()
-        return self._endpoints[service]
 
 
 class RackspaceSnapshotProvider:
@@ -301,11 +82,9 @@ class RackspaceSnapshotProvider:
         provider: The server's ``rackspace`` provider entry from the inventory.
         policy: The client's snapshot policy.
         client: The client slug; when given, ``find`` and ``list`` see only its images.
-        state_timeout_s: Bound for a rebuild and for deleting a restore-test server.
-        poll_s: Seconds between looks at a server.
+        pace: Bound for a rebuild and for deleting a restore-test server, seconds
+            between looks at a server, sleep and clock.
         restore_network: The only network of a restore-test server (ServiceNet).
-        sleep: Injected for tests.
-        clock: Injected for tests.
     """
 
     name: ProviderName = "rackspace"
@@ -317,21 +96,15 @@ class RackspaceSnapshotProvider:
         policy: SnapshotPolicy,
         *,
         client: str | None = None,
-        state_timeout_s: float = 1800,
-        poll_s: float = 5,
+        pace: Pace = RACKSPACE_PACE,
         restore_network: str = SERVICENET,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         self.provider = provider
         self.policy = policy
         self.client = client
-        self.state_timeout_s = state_timeout_s
-        self.poll_s = poll_s
+        self.pace = pace
         self.restore_network = restore_network
-        self._sleep = sleep
-        self._clock = clock
 
     @property
     def server_id(self) -> str:
@@ -355,7 +128,7 @@ class RackspaceSnapshotProvider:
             ids=[str(image["id"])],
             state=_image_state(str(image.get("status", ""))),
             encrypted=None,
-            created_at=_parse_time(image.get("created_at")),
+            created_at=parse_time(image.get("created_at")),
             size_gb=int(min_disk) if isinstance(min_disk, int) and min_disk > 0 else None,
             size_bytes=int(size) if isinstance(size, int) else None,
             detail=str(image.get("name", "")),
@@ -486,14 +259,7 @@ class RackspaceSnapshotProvider:
                 raise SnapshotError(f"{where}: image {image_id} is in status {status}")
             return _image_state(status) == "completed", status
 
-        poll_until(
-            probe,
-            timeout_s=timeout_s,
-            poll_s=poll_s,
-            what=f"{where}: image {image_id}",
-            sleep=self._sleep,
-            clock=self._clock,
-        )
+        self.pace.until(probe, f"{where}: image {image_id}", timeout_s=timeout_s, poll_s=poll_s)
         done = self._record(last, record.server)
         return record.model_copy(
             update={"state": "completed", "size_gb": done.size_gb, "size_bytes": done.size_bytes}
@@ -568,14 +334,7 @@ class RackspaceSnapshotProvider:
             done = status == "ACTIVE" and not task and (image_id is None or current == image_id)
             return done, status + (f" ({task})" if task else "")
 
-        poll_until(
-            probe,
-            timeout_s=timeout_s,
-            poll_s=self.poll_s,
-            what=f"server {server_id} to be ACTIVE",
-            sleep=self._sleep,
-            clock=self._clock,
-        )
+        self.pace.until(probe, f"server {server_id} to be ACTIVE", timeout_s=timeout_s)
 
     # ------------------------------------------------------------------ restore
 
@@ -592,7 +351,7 @@ class RackspaceSnapshotProvider:
 
         Raises:
             SnapshotError: The record is not a completed image, the rebuild was refused,
-                the server went to ERROR, or it is not ACTIVE within ``state_timeout_s``.
+                the server went to ERROR, or it is not ACTIVE within the pace's ``state_timeout_s``.
         """
         self._require_completed(record)
         image_id = record.ids[0]
@@ -605,7 +364,7 @@ class RackspaceSnapshotProvider:
                 json={"rebuild": {"imageRef": image_id}},
                 what="rebuild",
             )
-            self._wait_active(self.server_id, self.state_timeout_s, image_id=image_id)
+            self._wait_active(self.server_id, self.pace.state_timeout_s, image_id=image_id)
         except SnapshotError as exc:
             raise SnapshotError(f"{where}: restore from image {image_id} failed: {exc}") from exc
         log.info("%s: rebuilt from image %s", where, image_id)
@@ -618,7 +377,7 @@ class RackspaceSnapshotProvider:
         The test server is always deleted (and waited for until it is gone), whatever
         happened; ``cleaned_up`` says whether that worked.
         """
-        started = self._clock()
+        started = self.pace.clock()
         test_id: str | None = None
         ok, rto, detail = False, None, ""
         try:
@@ -650,9 +409,9 @@ class RackspaceSnapshotProvider:
                 "create restore-test server",
             )
             test_id = str(body["server"]["id"])
-            remaining = max(0.0, timeout_s - (self._clock() - started))
+            remaining = max(0.0, timeout_s - (self.pace.clock() - started))
             self._wait_active(test_id, remaining)
-            rto = round(self._clock() - started, 3)
+            rto = round(self.pace.clock() - started, 3)
             ok = True
             detail = (
                 f"server {test_id} built from image {record.ids[0]} was ACTIVE in {rto:.1f}s"
@@ -662,16 +421,14 @@ class RackspaceSnapshotProvider:
             detail = f"restore test failed: {exc}"
         finally:
             problem = self._delete_server(test_id) if test_id else None
-        if problem:
-            detail += f"; clean-up incomplete: {problem}"
-        return RestoreTestResult(
-            server=server.name,
-            provider="rackspace",
-            snapshot_ids=record.ids,
+        return restore_test_result(
+            server,
+            "rackspace",
+            record,
             ok=ok,
             rto_s=rto,
             detail=detail,
-            cleaned_up=problem is None,
+            leftovers=[problem] if problem else [],
         )
 
     def _delete_server(self, server_id: str) -> str | None:
@@ -687,14 +444,7 @@ class RackspaceSnapshotProvider:
                     return True, "gone"
                 return str(found.get("status", "")).upper() == "DELETED", str(found.get("status"))
 
-            poll_until(
-                gone,
-                timeout_s=self.state_timeout_s,
-                poll_s=self.poll_s,
-                what=f"server {server_id} to be deleted",
-                sleep=self._sleep,
-                clock=self._clock,
-            )
+            self.pace.until(gone, f"server {server_id} to be deleted")
         except SnapshotError as exc:
             return f"server {server_id}: {exc}"
         return None
