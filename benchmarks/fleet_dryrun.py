@@ -23,6 +23,7 @@ import paramiko
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.settings import telemetry_off
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.repo import PackageSpec
 from tasks.facts import build_facts_script, parse_facts, split_facts_output
@@ -89,6 +90,7 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    telemetry_off()
 
     estate = Estate(numbered_hosts("bench", 5, args.hosts))
     started = time.perf_counter()

@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.tool_venv import ANSIBLE, tool_venv
+from core.settings import telemetry_off
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.repo import PackageSpec
 
@@ -175,6 +176,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--skip-ansible", action="store_true")
     args = parser.parse_args()
+    telemetry_off()
 
     estate = Estate(numbered_hosts("bench", 5, args.hosts))
     estate.up(fresh=True)

@@ -41,6 +41,7 @@ import paramiko
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.settings import telemetry_off
 from sandbox.estate import Estate, numbered_hosts
 from tasks.checks import METRIC_FACTS
 from tasks.facts import build_facts_script, parse_facts, split_facts_output
@@ -205,6 +206,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--serve-http", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    telemetry_off()
     if args.serve_http:
         return _serve_http()
 

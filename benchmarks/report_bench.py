@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report_data import SETS, data_dir, path_for  # noqa: E402
 from benchmarks.tool_venv import POLARS_DUCKDB, tool_venv  # noqa: E402
+from core.settings import telemetry_off  # noqa: E402
 
 MAX_GAP_MIN = 3  # 1-minute checks: a silence over 3 minutes is unknown
 
@@ -299,6 +300,7 @@ def main() -> None:
         help="run each step but import N times (a fresh process each): the median, the range",
     )
     args = parser.parse_args()
+    telemetry_off()
     print(f"{'set':6} {'step':8} {'seconds':>8} {'peak MiB':>9}  note")
     for name in args.sets or ["26m"]:
         ensure_data(name)
