@@ -29,7 +29,7 @@ group and any temporary AMI.
 One module per concern:
 
 * ``endpoint``: the one botocore boundary (:func:`~.endpoint.translate`), paging, pace;
-* ``shapes``: tags, state maps, pure helpers over EC2 answers;
+* ``tags``: the aws provider's own tags, and EC2's tag lists;
 * ``instances``: the instance by id or Name tag; instance and volume waits;
 * ``volumes``: volume mode, a set created and waited for;
 * ``images``: AMI mode, an image created and waited for, its snapshots tagged;

@@ -26,7 +26,7 @@ from tasks.snapshots.aws.images import (
     image_snapshot_ids,
 )
 from tasks.snapshots.aws.instances import LIVE_INSTANCE_STATES
-from tasks.snapshots.aws.shapes import TAG_COPY_OF, TAG_DEVICE, TAG_ROOT_DEVICE, tag_map
+from tasks.snapshots.aws.tags import TAG_COPY_OF, TAG_DEVICE, TAG_ROOT_DEVICE, tag_map
 from tasks.snapshots.aws.volumes import SNAPSHOT_STATES, set_state
 from tasks.snapshots.base import (
     TAG_CHANGE_REF,

@@ -16,7 +16,7 @@ from typing import Any
 from core.errors import SnapshotError
 from inventory import SnapshotPolicy
 from tasks.snapshots.aws.endpoint import Ec2
-from tasks.snapshots.aws.shapes import TAG_COPY_OF, TAG_KIND, tag_list, tag_map
+from tasks.snapshots.aws.tags import TAG_COPY_OF, TAG_KIND, tag_list, tag_map
 from tasks.snapshots.aws.volumes import wait_for_snapshots
 from tasks.snapshots.base import SnapshotRecord, caretaker_tags
 

@@ -15,7 +15,7 @@ from typing import Any
 from core.errors import SnapshotError
 from inventory import Server
 from tasks.snapshots.aws.endpoint import Ec2
-from tasks.snapshots.aws.shapes import tag_list, tag_map
+from tasks.snapshots.aws.tags import tag_list, tag_map
 from tasks.snapshots.base import SnapshotRecord, SnapshotState, parse_time
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from tasks.snapshots.aws.images import create_image, wait_for_image
 from tasks.snapshots.aws.instances import Instances, attached_volumes
 from tasks.snapshots.aws.restore import VolumeSwap
 from tasks.snapshots.aws.restore_test import RestoreTest
-from tasks.snapshots.aws.shapes import TAG_KIND, TAG_ROOT_DEVICE
+from tasks.snapshots.aws.tags import TAG_KIND, TAG_ROOT_DEVICE
 from tasks.snapshots.aws.volumes import create_volume_set, wait_for_snapshots
 from tasks.snapshots.base import (
     Pace,

@@ -17,7 +17,7 @@ from inventory import Server
 from tasks.snapshots.aws.endpoint import Ec2
 from tasks.snapshots.aws.images import image_devices
 from tasks.snapshots.aws.instances import Instances, attached_volumes
-from tasks.snapshots.aws.shapes import (
+from tasks.snapshots.aws.tags import (
     TAG_DEVICE,
     TAG_REPLACED_BY,
     TAG_RESTORED_FROM,

@@ -18,7 +18,7 @@ from inventory import Server
 from tasks.snapshots.aws.endpoint import Ec2
 from tasks.snapshots.aws.instances import Instances
 from tasks.snapshots.aws.restore import device_map, require_completed
-from tasks.snapshots.aws.shapes import TAG_RESTORE_TEST, tag_list
+from tasks.snapshots.aws.tags import TAG_RESTORE_TEST, tag_list
 from tasks.snapshots.base import (
     TAG_CHANGE_REF,
     RestoreTestResult,

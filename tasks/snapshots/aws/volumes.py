@@ -14,7 +14,7 @@ from typing import Any
 from core.errors import SnapshotError
 from inventory import Server
 from tasks.snapshots.aws.endpoint import Ec2
-from tasks.snapshots.aws.shapes import TAG_DEVICE, TAG_ROOT_DEVICE, tag_list
+from tasks.snapshots.aws.tags import TAG_DEVICE, TAG_ROOT_DEVICE, tag_list
 from tasks.snapshots.base import SnapshotRecord, SnapshotState, parse_time
 
 log = logging.getLogger(__name__)
