@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, get_origin
@@ -1008,6 +1010,19 @@ def test_cli_schema_writes_the_file(tmp_path: Path) -> None:
 
     assert main(["schema", "-o", str(target)]) == 0
     assert json.loads(target.read_text())["title"].startswith("caretaker client inventory")
+
+
+def test_python_dash_m_inventory_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "inventory", "check", "clients/acme.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("ok   clients/acme.yaml  (acme: 1 staging")
 
 
 def test_monitoring_defaults_and_per_server_target_and_added_day(tmp_path: Path) -> None:
