@@ -32,13 +32,12 @@ from tasks.facts import (
     parse_reboot_required,
     parse_ss_listening,
 )
-from tasks.verify import (
+from tasks.verify.frame import FRAME_COLUMNS, facts_frame
+from tasks.verify.suite import (
     EXPECTATION_NAMES,
-    FRAME_COLUMNS,
     HostVerificationSettings,
     VerificationReport,
     build_suite,
-    facts_frame,
     validate_host_facts,
     verify_facts,
 )

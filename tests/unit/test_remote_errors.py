@@ -46,17 +46,9 @@ from core.errors import (
     HostKeyError,
     RemoteError,
 )
-from tasks.remote import (
-    REDACTED,
-    TRANSLATABLE,
-    CommandResult,
-    SshRemoteHost,
-    SshTarget,
-    redact,
-    sh_join,
-    sudo_wrap,
-    translate_error,
-)
+from tasks.remote.base import REDACTED, CommandResult, SshTarget, redact, sh_join, sudo_wrap
+from tasks.remote.errors import TRANSLATABLE, translate_error
+from tasks.remote.ssh import SshRemoteHost
 
 
 class _NoSources(AuthStrategy):
