@@ -144,6 +144,7 @@ def _scopes(
     return names, scope_start, np.full(len(names), hi, dtype=np.int64)
 
 
+#: The state codes of :attr:`Timeline.state` (int8).
 UP, DOWN, UNKNOWN = 0, 1, 2
 
 
