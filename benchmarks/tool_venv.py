@@ -21,7 +21,7 @@ from core.settings import settings
 
 # Pinned, so that figures from two machines compare the same versions.
 POLARS_DUCKDB = ["polars==2.1.0", "duckdb==2.0.0"]
-ANSIBLE = ["ansible-core==2.21.5"]
+ANSIBLE = ["ansible-core==2.19.14"]  # the last series that runs on Python 3.11
 
 
 def tool_venv(name: str, requirements: list[str]) -> Path | None:
