@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Literal, Protocol, TypeVar
 from uuid import UUID
 
@@ -298,3 +298,133 @@ def ask(
         if settle(answer):
             return True
     return False
+
+
+def wait_for_approval(
+    *,
+    client_name: str,
+    change_ref: str,
+    flow_run_id: str,
+    approvers: Sequence[str],
+    required: int,
+    deadline: datetime,
+    staging_text: str,
+    production_text: str,
+    tz: tzinfo,
+    on_answer: Callable[[ApprovalTally], None],
+    poll_s: int,
+    pause: Pause = prefect_pause,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ApprovalTally | None:
+    """Ask for approval until the tally is decided or the deadline passes.
+
+    Each round's form shows the staging result, the production plan, the approvals
+    received so far and the answers that did not count.
+
+    Args:
+        client_name: the client's display name.
+        change_ref: the change asked for.
+        flow_run_id: the paused run.
+        approvers: the client's listed approvers.
+        required: distinct listed approvals needed.
+        deadline: when production is left untouched without a decision (aware).
+        staging_text: :func:`staging_summary`.
+        production_text: :func:`production_plan_text`.
+        tz: the client's time zone, for the deadline shown.
+        on_answer: told the tally after each answer (to record it).
+        poll_s: how often the paused run polls for an answer.
+        pause: the pause itself (Prefect's; scripted in unit tests).
+        now: the clock.
+
+    Returns:
+        The decided tally (approved or rejected), or None at the deadline.
+    """
+    tally = ApprovalTally(required=required)
+
+    def form() -> type[ApprovalForm]:
+        return ApprovalForm.with_initial_data(
+            description=approval_description(
+                client=client_name,
+                change_ref=change_ref,
+                staging_summary=staging_text,
+                production_plan=production_text,
+                tally=tally,
+                approvers=approvers,
+                deadline=deadline.astimezone(tz),
+            ),
+            decision="approve",
+        )
+
+    def settle(answer: ApprovalForm) -> bool:
+        nonlocal tally
+        tally = count_answer(tally, answer, approvers, now())
+        on_answer(tally)
+        return tally.verdict != "pending"
+
+    settled = ask(
+        form,
+        settle,
+        flow_run_id=flow_run_id,
+        deadline=deadline,
+        key="approval",
+        form_name="approval",
+        poll_s=poll_s,
+        pause=pause,
+        now=now,
+    )
+    return tally if settled else None
+
+
+def ask_restore(
+    *,
+    server: str,
+    change_ref: str,
+    why: str,
+    approvers: Sequence[str],
+    flow_run_id: str,
+    timeout: timedelta,
+    on_ignored: Callable[[str], None],
+    poll_s: int,
+    pause: Pause = prefect_pause,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> RestoreAnswer:
+    """Ask a listed approver whether to restore a failed server; no answer in time is a no.
+
+    Args:
+        server: the failed server.
+        change_ref: the change it failed in.
+        why: what failed.
+        approvers: the client's listed approvers.
+        flow_run_id: the paused run.
+        timeout: how long to wait (the client's approval timeout).
+        on_ignored: told the name of an unlisted answer (the question is asked again).
+        poll_s: how often the paused run polls for an answer.
+        pause: the pause itself (Prefect's; scripted in unit tests).
+        now: the clock.
+    """
+    answers: list[RestoreAnswer] = []
+
+    def form() -> type[RestoreForm]:
+        question = restore_question(server, change_ref, why, approvers)
+        return RestoreForm.with_initial_data(description=question, restore=True)
+
+    def settle(form: RestoreForm) -> bool:
+        answer = restore_answer(form, approvers)
+        if answer is None:
+            on_ignored(form.approver)
+            return False
+        answers.append(answer)
+        return True
+
+    ask(
+        form,
+        settle,
+        flow_run_id=flow_run_id,
+        deadline=now() + timeout,
+        key=f"restore-{server}",
+        form_name="restore",
+        poll_s=poll_s,
+        pause=pause,
+        now=now,
+    )
+    return answers[0] if answers else RestoreAnswer(False, f"no decision within {timeout}")

@@ -28,16 +28,11 @@ from core.settings import settings
 from history.change import Finding, Outcome, PlanSummary, Verification
 from inventory import ClientInventory, Server, check_block_references
 from tasks.approval import (
-    ApprovalForm,
     ApprovalTally,
-    RestoreForm,
-    approval_description,
-    ask,
-    count_answer,
+    ask_restore,
     production_plan_text,
-    restore_answer,
-    restore_question,
     staging_summary,
+    wait_for_approval,
 )
 from tasks.checks import run_health_checks
 from tasks.facts import HostFacts
@@ -395,7 +390,6 @@ class Maintenance:
         timeout = self.inv.schedule.approval_timeout
         deadline = datetime.now(UTC) + timeout
         approvers = [a.name for a in self.inv.client.approvers]
-        tally = ApprovalTally(required=self.inv.client.approvals_required)
         subject, body = notice_approval_requested(
             self.inv.client.name,
             self.record.change_ref,
@@ -403,48 +397,33 @@ class Maintenance:
             [v for v in self.record.verifications if v.phase == "staging"],
             approvers,
             run_url(self.record.flow_run_id),
-            approvals_required=tally.required,
+            approvals_required=self.inv.client.approvals_required,
             deadline=deadline,
             tz=self.inv.tz,
         )
         self.record.notification_failures += notify(self.inv.client.notify, subject, body)
-        staging_text = staging_summary(self.record.verifications)
-        production_text = production_plan_text(plan)
 
-        def form() -> type[ApprovalForm]:
-            return ApprovalForm.with_initial_data(
-                description=approval_description(
-                    client=self.inv.client.name,
-                    change_ref=self.record.change_ref,
-                    staging_summary=staging_text,
-                    production_plan=production_text,
-                    tally=tally,
-                    approvers=approvers,
-                    deadline=deadline.astimezone(self.inv.tz),
-                ),
-                decision="approve",
-            )
-
-        def settle(answer: ApprovalForm) -> bool:
-            nonlocal tally
-            tally = count_answer(tally, answer, approvers, datetime.now(UTC))
+        def record(tally: ApprovalTally) -> None:
             self.record.approvals = list(tally.answers)
             self.recorder.save()
             last = tally.answers[-1]
             if not last.counted:
                 self.log.warning("answer not counted: %s", last.not_counted_reason)
-            return tally.verdict != "pending"
 
-        settled = ask(
-            form,
-            settle,
+        tally = wait_for_approval(
+            client_name=self.inv.client.name,
+            change_ref=self.record.change_ref,
             flow_run_id=self.record.flow_run_id,
+            approvers=approvers,
+            required=self.inv.client.approvals_required,
             deadline=deadline,
-            key="approval",
-            form_name="approval",
+            staging_text=staging_summary(self.record.verifications),
+            production_text=production_plan_text(plan),
+            tz=self.inv.tz,
+            on_answer=record,
             poll_s=settings().approval_poll_s,
         )
-        if not settled:
+        if tally is None:
             raise MaintenanceStopped(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
         if tally.verdict == "rejected":
             who = next(a for a in tally.counted if a.decision == "reject")
@@ -491,32 +470,18 @@ class Maintenance:
 
     def ask_restore(self, server: Server, why: str) -> RestoreAnswer:
         """Pause and ask a listed approver whether to restore a failed server."""
-        approvers = [a.name for a in self.inv.client.approvers]
-        timeout = self.inv.schedule.approval_timeout
-        answers: list[RestoreAnswer] = []
-
-        def form() -> type[RestoreForm]:
-            question = restore_question(server.name, self.record.change_ref, why, approvers)
-            return RestoreForm.with_initial_data(description=question, restore=True)
-
-        def settle(form: RestoreForm) -> bool:
-            answer = restore_answer(form, approvers)
-            if answer is None:
-                self.log.warning("%s is not a listed approver; asking again", form.approver)
-                return False
-            answers.append(answer)
-            return True
-
-        ask(
-            form,
-            settle,
+        return ask_restore(
+            server=server.name,
+            change_ref=self.record.change_ref,
+            why=why,
+            approvers=[a.name for a in self.inv.client.approvers],
             flow_run_id=self.record.flow_run_id,
-            deadline=datetime.now(UTC) + timeout,
-            key=f"restore-{server.name}",
-            form_name="restore",
+            timeout=self.inv.schedule.approval_timeout,
+            on_ignored=lambda name: self.log.warning(
+                "%s is not a listed approver; asking again", name
+            ),
             poll_s=settings().approval_poll_s,
         )
-        return answers[0] if answers else RestoreAnswer(False, f"no decision within {timeout}")
 
     def roll_back(self, server: Server, why: str) -> None:
         """Restore a failed production server, ask first, or leave it, as the policy says."""

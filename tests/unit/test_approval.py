@@ -23,11 +23,13 @@ from tasks.approval import (
     RestoreForm,
     approval_description,
     ask,
+    ask_restore,
     count_answer,
     production_plan_text,
     restore_answer,
     restore_question,
     staging_summary,
+    wait_for_approval,
 )
 from tasks.packages import HostPlan, MaintenancePlan
 from tasks.rollout import RestoreAnswer
@@ -227,3 +229,86 @@ def test_the_ask_loop_does_not_pause_after_the_deadline() -> None:
     script = Script([])
     assert run_ask(script, 0, []) is False
     assert script.keys == []
+
+
+# --- the approval wait and the restore question, end to end through the loop ------------------
+
+
+def approve_run(script: Script, required: int) -> tuple[ApprovalTally | None, list[int]]:
+    seen: list[int] = []
+    tally = wait_for_approval(
+        client_name="ACME",
+        change_ref="CHG-1",
+        flow_run_id=str(uuid4()),
+        approvers=LISTED,
+        required=required,
+        deadline=AT + timedelta(hours=24),
+        staging_text="- stg-1: passed",
+        production_text="- web-1: no change",
+        tz=UTC,
+        on_answer=lambda t: seen.append(len(t.answers)),
+        poll_s=1,
+        pause=script,
+        now=script.now,
+    )
+    return tally, seen
+
+
+def answer(name: str, decision: str = "approve", after_s: float = 60) -> tuple[float, RunInput]:
+    return after_s, ApprovalForm(approver=name, decision=decision)
+
+
+@pytest.mark.parametrize(
+    ("required", "answers", "verdict", "rounds"),
+    [
+        (1, [answer("alice")], "approved", 1),
+        (1, [answer("mallory"), answer("alice", "reject")], "rejected", 2),
+        (2, [answer("alice"), answer("alice"), answer("bob")], "approved", 3),
+        (2, [answer("alice"), answer("bob", "reject")], "rejected", 2),
+        (2, [answer("alice"), answer(TIMEOUT_APPROVER, "reject", after_s=86400)], None, 2),
+        (1, [answer("mallory", after_s=86400)], None, 1),  # the last answer came too late
+    ],
+)
+def test_the_approval_wait_ends_approved_rejected_or_at_the_deadline(
+    required: int, answers: list[tuple[float, RunInput]], verdict: str | None, rounds: int
+) -> None:
+    script = Script(answers)
+    tally, seen = approve_run(script, required)
+    assert (tally.verdict if tally else None) == verdict
+    assert script.keys == [f"approval-{i}" for i in range(1, rounds + 1)]
+    # every answer but the watchdog's at the deadline is recorded as it arrives
+    assert seen == list(range(1, len(seen) + 1))
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected", "ignored"),
+    [
+        ([(5, RestoreForm(approver="alice", restore=True, comment="go"))],
+         RestoreAnswer(True, "alice chose to restore: go"), []),
+        ([(5, RestoreForm(approver="mallory", restore=True)),
+          (5, RestoreForm(approver="bob", restore=False, comment="mine"))],
+         RestoreAnswer(False, "bob chose to leave it: mine"), ["mallory"]),
+        ([(86400, RestoreForm(approver=TIMEOUT_APPROVER, restore=False))],
+         RestoreAnswer(False, "no decision within 1 day, 0:00:00"), []),
+    ],
+)  # fmt: skip
+def test_the_restore_question_is_answered_by_a_listed_approver_or_left_at_the_deadline(
+    answers: list[tuple[float, RunInput]], expected: RestoreAnswer, ignored: list[str]
+) -> None:
+    script = Script(answers)
+    names: list[str] = []
+    got = ask_restore(
+        server="web-1",
+        change_ref="CHG-1",
+        why="verification failed",
+        approvers=LISTED,
+        flow_run_id=str(uuid4()),
+        timeout=timedelta(days=1),
+        on_ignored=names.append,
+        poll_s=1,
+        pause=script,
+        now=script.now,
+    )
+    assert got == expected
+    assert names == ignored
+    assert script.keys[0] == "restore-web-1-1"
