@@ -41,11 +41,17 @@ def alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     # A zombie is not alive for our purposes.
+    state = process_state(pid)
+    return state is not None and state != "Z"
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``/proc/<pid>/stat`` (R, S, D, T, Z, ...), None when gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
-        return False
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def read_pid(path: Path) -> int | None:

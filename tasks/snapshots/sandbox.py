@@ -43,7 +43,7 @@ from blocks.ssh import SshIdentity
 from core.errors import CaretakerError, ConfigError, RemoteError, SandboxError, SnapshotError
 from inventory import SandboxProvider, Server, SnapshotPolicy
 from sandbox.estate import Estate, load
-from sandbox.system import pid_namespace_members, tcp_open
+from sandbox.system import pid_namespace_members, process_state, tcp_open
 from tasks.remote import SshRemoteHost, SshTarget
 from tasks.snapshots.base import (
     ProviderName,
@@ -83,14 +83,17 @@ def tree_size(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def frozen(init_pid: int | None) -> Iterator[builtins.list[int]]:
+def frozen(init_pid: int | None, settle_s: float = 2.0) -> Iterator[builtins.list[int]]:
     """Stop every process of a host's PID namespace for the duration of the block.
 
     The scan is repeated until it finds nothing new, so a process forked between a scan
-    and the stop is caught too. Every stopped process is continued in ``finally``.
+    and the stop is caught too. SIGSTOP takes effect asynchronously, so each round waits
+    (at most ``settle_s``) until its processes read stopped before scanning again.
+    Every stopped process is continued in ``finally``.
 
     Args:
         init_pid: The host's init (root-namespace PID); None (host down) freezes nothing.
+        settle_s: Bound of the wait for one round of processes to stop.
 
     Yields:
         The PIDs that were stopped.
@@ -106,11 +109,22 @@ def frozen(init_pid: int | None) -> Iterator[builtins.list[int]]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGSTOP)
                         stopped.append(pid)
+                _wait_stopped(fresh, settle_s)
         yield stopped
     finally:
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+def _wait_stopped(pids: builtins.list[int], settle_s: float) -> None:
+    """Wait until each process reads stopped (T), a zombie or gone; at most ``settle_s``."""
+    pending = pids
+    deadline = time.monotonic() + settle_s
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if process_state(p) not in (None, "T", "t", "Z", "X")]
+        if pending:
+            time.sleep(0.005)
 
 
 def known_hosts_for(known_hosts: str, original: str, address: str) -> str:
