@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -94,17 +95,29 @@ def inventory(
     mp.undo()
 
 
+def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts of one flow run, by key (never "the latest N" of the shared server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found if a.key}
+
+
 def _agent(estate: Estate, host: str) -> str:
     return ssh(estate, host, "dpkg-query -W -f '${Version}' caretaker-agent").stdout
 
 
 def test_the_dry_run_plans_every_host_and_changes_nothing(estate: Estate, inventory: Path) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
     from flows.server_maintenance import server_maintenance
 
-    plan = server_maintenance(client="testco", dry_run=True, change_ref="CHG-1001")
+    state = server_maintenance(
+        client="testco", dry_run=True, change_ref="CHG-1001", return_state=True
+    )
+    plan = state.result()
     assert plan.change_ref == "CHG-1001" and plan.dry_run
     assert [h.server for h in plan.hosts] == [f"h0{i}" for i in range(1, 8)]
     for host in plan.hosts:
@@ -120,16 +133,10 @@ def test_the_dry_run_plans_every_host_and_changes_nothing(estate: Estate, invent
         "a dry run changed a host"
     )
 
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["plan-testco"]))
-        )
-        summary = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["plan-testco-summary"]))
-        )
-    assert found and found[0].type == "table"
-    assert "caretaker-libsec" in str(found[0].data)
-    assert summary and "CHG-1001" in str(summary[0].data)
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    assert artifacts["plan-testco"].type == "table"
+    assert "caretaker-libsec" in str(artifacts["plan-testco"].data)
+    assert "CHG-1001" in str(artifacts["plan-testco-summary"].data)
 
 
 def test_a_pending_reboot_is_planned_as_expected(estate: Estate, inventory: Path) -> None:
@@ -197,17 +204,16 @@ def test_an_unknown_client_fails_with_the_clients_that_exist(inventory: Path) ->
 
 
 def test_secrets_never_reach_the_plan_or_the_artifacts(estate: Estate, inventory: Path) -> None:
-    from prefect.client.orchestration import get_client
-
     from flows.server_maintenance import server_maintenance
 
-    plan = server_maintenance(client="testco", dry_run=True, scope="h01")
+    state = server_maintenance(client="testco", dry_run=True, scope="h01", return_state=True)
+    plan = state.result()
     key = estate.key_path.read_text()
     secret_line = key.splitlines()[1]
     assert secret_line not in plan.model_dump_json()
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts()
-    assert all(secret_line not in str(a.data) for a in artifacts)
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    assert artifacts, "the dry run published no artifact"
+    assert all(secret_line not in str(a.data) for a in artifacts.values())
     assert isinstance(ssh_identity(estate).private_key, SecretStr)
 
 
