@@ -233,7 +233,8 @@ class MaintenanceInProgress(CaretakerError):
     """Another maintenance run of the same client holds the client's run lock.
 
     Carries the holder's flow run id and change ref, so the refused run can say who is in
-    the way (and an operator can look that run up in Prefect).
+    the way (and an operator can look that run up in Prefect), and why the lock was not
+    taken over (``reason``: e.g. the holder's state could not be read).
     """
 
     def __init__(
@@ -242,22 +243,25 @@ class MaintenanceInProgress(CaretakerError):
         holder_flow_run_id: str,
         change_ref: str,
         since: datetime | None = None,
+        reason: str | None = None,
     ) -> None:
         self.client = client
         self.holder_flow_run_id = holder_flow_run_id
         self.change_ref = change_ref
         self.since = since
+        self.reason = reason
         held = f" since {since.isoformat()}" if since is not None else ""
+        why = f": {reason}" if reason else ""
         super().__init__(
             f"client {client}: maintenance is in progress: flow run {holder_flow_run_id}"
-            f" (change {change_ref}) holds the run lock{held}"
+            f" (change {change_ref}) holds the run lock{held}{why}"
         )
 
     def __reduce__(self) -> tuple[type[MaintenanceInProgress], tuple[object, ...]]:
         # Prefect pickles exceptions into states; rebuild from our own arguments.
         return (
             type(self),
-            (self.client, self.holder_flow_run_id, self.change_ref, self.since),
+            (self.client, self.holder_flow_run_id, self.change_ref, self.since, self.reason),
         )
 
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -41,10 +42,52 @@ from tasks.records import new_change_record, open_recorder, publish_plan, reques
 from tasks.sessions import HostSource, open_sessions, ssh_hosts
 
 
-def default_change_ref(client: str, now: datetime | None = None) -> str:
-    """A change reference for runs started without one: ``CHG-<client>-<UTC time>``."""
-    now = now or datetime.now(UTC)
-    return f"CHG-{client}-{now:%Y%m%d-%H%M}"
+def derive_change_ref(
+    client: str,
+    given: str | None,
+    flow_run_id: str,
+    expected_start: datetime | None = None,
+    scheduled: bool = False,
+) -> str:
+    """The run's change reference, the same for every retry of the run (pure).
+
+    A run Prefect retries (or a worker resumes) is the same flow run, with the same id and
+    the same expected start, so it gets the same reference and continues the same change:
+    its snapshots are found instead of taken again, its record is the same record.
+
+    * A reference given as a parameter is used as it is.
+    * A scheduled run (created by the deployment's schedule): ``CHG-<client>-<slot>``, the
+      slot being its scheduled start in UTC (``%Y%m%d-%H%M``), readable in a calendar.
+    * Any other run (UI, API, a direct call): ``CHG-<client>-run-<flow run id>``.
+
+    Never the current time alone: a rerun would then be a new change.
+
+    Args:
+        client: the client's slug.
+        given: the ``change_ref`` parameter, if any.
+        flow_run_id: the flow run's id.
+        expected_start: the run's scheduled (expected) start; aware.
+        scheduled: whether the deployment's schedule created the run.
+
+    Returns:
+        The change reference.
+    """
+    if given:
+        return given
+    if scheduled and expected_start is not None:
+        return f"CHG-{client}-{expected_start.astimezone(UTC):%Y%m%d-%H%M}"
+    return f"CHG-{client}-run-{flow_run_id}"
+
+
+def run_change_ref(client: str, given: str | None) -> str:
+    """The run's change reference: the one given, else derived from this flow run."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None:
+        return derive_change_ref(client, given, str(flow_run.get_id()))
+    return derive_change_ref(
+        client, given, str(run.id), run.expected_start_time, run.auto_scheduled
+    )
 
 
 @flow(
@@ -65,8 +108,9 @@ def server_maintenance(
     Args:
         client: the client's slug, the name of its file in the inventory (``clients/<slug>.yaml``).
         dry_run: only plan: change nothing on any host (apt's package lists are refreshed).
-        change_ref: the change ticket this run belongs to; generated when empty. Rerunning
-            with the same reference reuses its snapshots and skips work already done.
+        change_ref: the change ticket this run belongs to; when empty, derived from the
+            flow run (:func:`derive_change_ref`), so a retry of the run is the same change.
+            Rerunning with the same reference reuses its snapshots and skips work already done.
         scope: ``all``, ``staging``, ``production``, or a comma-separated list of server names.
         window_override: a reason to patch production outside the maintenance window
             (recorded in the change record); without it production waits for the window.
@@ -77,7 +121,7 @@ def server_maintenance(
     """
     inventory = load_client_by_slug(settings().inventory_dir, client)
     servers = select_servers(inventory, scope)
-    change_ref = change_ref or default_change_ref(client)
+    change_ref = run_change_ref(client, change_ref)
     if dry_run:
         return plan_only(inventory, servers, change_ref)
     return maintain(inventory, servers, change_ref, scope, window_override)

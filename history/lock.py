@@ -1,9 +1,12 @@
 """The per-client run lock of maintenance runs, and its history.
 
 The lock is a row in ``run_locks``: it outlives the process, so it holds while a run is
-paused for approval, which a Prefect concurrency limit does not. A run whose holder has
-finished (crashed, failed, cancelled) is taken over with a compare-and-swap, and every
-acquisition, release and takeover is kept in ``run_lock_events``. :class:`RunLocks` is
+paused for approval, which a Prefect concurrency limit does not. Whether another run's
+lock may be taken over is asked of a holder check (:class:`Takeover`: take, or refuse
+with a reason); a lock whose holder has finished (crashed, failed, cancelled) or is
+unknown is taken over with a compare-and-swap. The lock never fails open: a check that
+cannot tell refuses. Every acquisition, release and takeover is kept in
+``run_lock_events``. :class:`RunLocks` is
 the part of :class:`history.store.HistoryStore` that does it.
 """
 
@@ -24,7 +27,24 @@ from history.schema import run_lock_events, run_locks, utc_now
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LockEvent", "LockHandle", "RunLocks"]
+__all__ = ["HolderCheck", "LockEvent", "LockHandle", "RunLocks", "Takeover"]
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """What to do about another run holding the lock: take it over, or refuse.
+
+    Attributes:
+        take: True when the holder is over (final state, or unknown to Prefect).
+        reason: why, in words (shown in the refusal and the takeover's log line).
+    """
+
+    take: bool
+    reason: str
+
+
+#: Asked with the holder's flow run id; says whether its lock may be taken over.
+HolderCheck = Callable[[str], Takeover]
 
 
 @dataclass(frozen=True)
@@ -38,6 +58,7 @@ class LockHandle:
         acquired_at: when the lock was taken (UTC); for a re-entry, when it was first taken.
         took_over_from: the stale run the lock was taken from, if any.
         took_over_change_ref: that run's change ref.
+        took_over_because: why the lock could be taken over (the holder check's reason).
         reentered: the holder asked again (task retry, resumed run) and already held it.
     """
 
@@ -47,6 +68,7 @@ class LockHandle:
     acquired_at: datetime
     took_over_from: str | None = None
     took_over_change_ref: str | None = None
+    took_over_because: str | None = None
     reentered: bool = False
 
 
@@ -82,7 +104,7 @@ class RunLocks(StoreBase):
         holder_flow_run_id: str,
         change_ref: str,
         *,
-        is_stale: Callable[[str], bool] | None = None,
+        holder_check: HolderCheck | None = None,
     ) -> LockHandle:
         """Take the client's run lock for a maintenance run, atomically.
 
@@ -91,24 +113,25 @@ class RunLocks(StoreBase):
 
         * No holder: the lock is taken.
         * The same run holds it (a retried task, a resumed run): it is returned as is.
-        * Another run holds it: ``is_stale(holder_run_id)`` is asked, outside any database
-          transaction, whether that run is finished (crashed, failed, cancelled,
-          completed). If so, the lock is taken over with a compare-and-swap on the holder
+        * Another run holds it: ``holder_check(holder_run_id)`` is asked, outside any
+          database transaction, whether that run's lock may be taken over (it is finished,
+          or unknown). If so, the lock is taken over with a compare-and-swap on the holder
           seen (two contenders cannot both take over) and the takeover is recorded in
-          ``run_lock_events``. Otherwise the call is refused.
+          ``run_lock_events``. Otherwise the call is refused with the check's reason.
 
         Args:
             client: client slug.
             holder_flow_run_id: the run asking (its Prefect flow run id).
             change_ref: the change it implements.
-            is_stale: says whether a holder run is finished; None: holders are never stale.
+            holder_check: says whether a holder's lock may be taken over; None: never.
                 An exception it raises propagates (the lock is not taken).
 
         Returns:
             The handle; ``took_over_from`` names a stale holder that was replaced.
 
         Raises:
-            MaintenanceInProgress: another, live run holds the lock (names it and its change).
+            MaintenanceInProgress: another run holds the lock and the check refused (names
+                it, its change and the check's reason).
         """
         now = utc_now()
         claim = (
@@ -142,9 +165,14 @@ class RunLocks(StoreBase):
                     held.acquired_at,
                     reentered=True,
                 )
-            if is_stale is None or not is_stale(held.holder_flow_run_id):
+            verdict = holder_check(held.holder_flow_run_id) if holder_check else None
+            if verdict is None or not verdict.take:
                 raise MaintenanceInProgress(
-                    client, held.holder_flow_run_id, held.change_ref, held.acquired_at
+                    client,
+                    held.holder_flow_run_id,
+                    held.change_ref,
+                    held.acquired_at,
+                    reason=verdict.reason if verdict else None,
                 )
             swap = (
                 run_locks.update()
@@ -169,13 +197,14 @@ class RunLocks(StoreBase):
                         held.change_ref,
                     )
                     log.warning(
-                        "client %s: run lock taken over by %s (change %s) from finished run %s"
-                        " (change %s)",
+                        "client %s: run lock taken over by %s (change %s) from run %s"
+                        " (change %s): %s",
                         client,
                         holder_flow_run_id,
                         change_ref,
                         held.holder_flow_run_id,
                         held.change_ref,
+                        verdict.reason,
                     )
                     return LockHandle(
                         client,
@@ -184,6 +213,7 @@ class RunLocks(StoreBase):
                         now,
                         took_over_from=held.holder_flow_run_id,
                         took_over_change_ref=held.change_ref,
+                        took_over_because=verdict.reason,
                     )
         current = self.run_lock(client)
         if current is None:  # pragma: no cover - only under pathological churn

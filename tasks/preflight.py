@@ -2,19 +2,25 @@
 
 Pure checks of the collected facts (disk space), and the two reads of the Prefect
 API the run needs first: which blocks exist (so a missing one fails before any
-snapshot) and whether the holder of a client's run lock is still running.
+snapshot) and whether the holder of a client's run lock is over (:func:`lock_takeover`
+decides from what was read; :func:`holder_takeover` reads it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal, NamedTuple
 from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import TERMINAL_STATES, StateType
+from prefect.exceptions import ObjectNotFound
 
+from core.redact import redact
 from core.settings import settings
+from history.lock import Takeover
 from tasks.facts.script import HostFacts
 
 # Block type slugs of each kind of credentials block the inventory names; notification
@@ -80,11 +86,62 @@ def read_block_names() -> dict[str, set[str]]:
     return names
 
 
-def run_is_finished(flow_run_id: str) -> bool:
-    """Whether a flow run is over (or unknown): its lock may be taken over."""
-    with get_client(sync_client=True) as client:
-        try:
-            run = client.read_flow_run(UUID(flow_run_id))
-        except Exception:  # a run the API does not know (or cannot read) holds nothing
-            return True
-    return run.state is None or run.state.is_final()
+class HolderUnreadable(NamedTuple):
+    """The holder's flow run could not be read (the API failed); ``error`` says how."""
+
+    error: str
+
+
+#: What reading a lock holder's flow run gave: its state type (None: a run without a
+#: state), ``"not-found"`` (Prefect does not know the run), or the read failing.
+HolderObservation = StateType | None | Literal["not-found"] | HolderUnreadable
+
+
+def lock_takeover(observed: HolderObservation) -> Takeover:
+    """Whether another run's lock may be taken over, from what its flow run reads as (pure).
+
+    Only a run that is over releases a lock: one in a final state (Completed, Failed,
+    Cancelled, Crashed; a worker killed mid-run is marked Crashed by the heartbeat
+    automation, ``deployments/automations.py``), or one Prefect does not know. Anything
+    else keeps it held, a failed read above all: the lock never fails open.
+
+    Args:
+        observed: the holder's state type, ``"not-found"``, or :class:`HolderUnreadable`.
+
+    Returns:
+        Take, or refuse, with the reason in words.
+    """
+    if observed == "not-found":
+        return Takeover(True, "Prefect does not know its flow run")
+    if isinstance(observed, HolderUnreadable):
+        return Takeover(
+            False,
+            f"its state could not be read ({observed.error}), so the lock stays held;"
+            " try again when the Prefect API answers",
+        )
+    if observed is None:
+        return Takeover(False, "its flow run has no state yet")
+    if observed in TERMINAL_STATES:
+        return Takeover(True, f"its flow run is {observed.value.title()}")
+    return Takeover(False, f"its flow run is {observed.value.title()}")
+
+
+def read_holder(flow_run_id: str) -> HolderObservation:
+    """Read a lock holder's flow run from the Prefect API: its state, not found, or the error."""
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:
+        return "not-found"  # not a flow run id: no Prefect run can hold it
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+    except ObjectNotFound:
+        return "not-found"
+    except Exception as exc:  # any other failure is a read that did not happen
+        return HolderUnreadable(redact(f"{type(exc).__name__}: {exc}")[:300])
+    return run.state.type if run.state is not None else None
+
+
+def holder_takeover(flow_run_id: str) -> Takeover:
+    """The run lock's holder check: read the holder's flow run, decide (:func:`lock_takeover`)."""
+    return lock_takeover(read_holder(flow_run_id))

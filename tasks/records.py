@@ -44,7 +44,7 @@ from inventory import ClientInventory, Server
 from tasks.checks import CheckResult, summarize_checks
 from tasks.notify import notice_end, notify
 from tasks.packages import HostPlan, MaintenancePlan, PackageDiff
-from tasks.preflight import run_is_finished
+from tasks.preflight import holder_takeover
 from tasks.reboot import RebootResult
 from tasks.record_markdown import plan_markdown, plan_rows, render_markdown
 
@@ -453,7 +453,7 @@ def open_recorder(
     """
     store = store or open_store()
     client, run_id = record.client, record.flow_run_id
-    store.acquire_run_lock(client, run_id, record.change_ref, is_stale=run_is_finished)
+    store.acquire_run_lock(client, run_id, record.change_ref, holder_check=holder_takeover)
     try:
         yield ChangeRecorder(record, store)
     finally:

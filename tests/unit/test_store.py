@@ -27,7 +27,7 @@ from history.importer import bulk_import_intervals
 from history.importer import main as ingest_main
 from history.ingest import ingest
 from history.intervals import read_intervals, read_intervals_frame
-from history.lock import LockHandle
+from history.lock import LockHandle, Takeover
 from history.metrics import (
     DailyMetrics,
     MetricSample,
@@ -537,14 +537,15 @@ class StoreContract:
         store.acquire_run_lock("acme", "run-1", "CHG-1")
         asked: list[str] = []
 
-        def is_stale(run_id: str) -> bool:
+        def crashed(run_id: str) -> Takeover:
             asked.append(run_id)
-            return True  # e.g. run-1 crashed
+            return Takeover(True, "its Prefect run is Crashed")
 
-        handle = store.acquire_run_lock("acme", "run-2", "CHG-2", is_stale=is_stale)
+        handle = store.acquire_run_lock("acme", "run-2", "CHG-2", holder_check=crashed)
 
         assert asked == ["run-1"]
         assert handle.took_over_from == "run-1" and handle.took_over_change_ref == "CHG-1"
+        assert handle.took_over_because == "its Prefect run is Crashed"
         takeover = store.lock_events("acme")[-1]
         assert (takeover.event, takeover.holder_flow_run_id, takeover.previous_holder) == (
             "taken-over",
@@ -561,9 +562,38 @@ class StoreContract:
         store.acquire_run_lock("acme", "run-1", "CHG-1")
 
         with pytest.raises(MaintenanceInProgress, match="run-1"):
-            store.acquire_run_lock("acme", "run-2", "CHG-2", is_stale=lambda run_id: False)
+            store.acquire_run_lock(
+                "acme", "run-2", "CHG-2", holder_check=lambda run_id: Takeover(False, "Running")
+            )
 
         assert [e.event for e in store.lock_events("acme")] == ["acquired"]
+
+    def test_a_holder_whose_state_cannot_be_read_keeps_its_lock_and_the_refusal_says_why(
+        self, store: HistoryStore
+    ) -> None:
+        store.acquire_run_lock("acme", "run-1", "CHG-1")
+        unreadable = Takeover(False, "its state could not be read (HTTP 503)")
+
+        with pytest.raises(MaintenanceInProgress) as refused:
+            store.acquire_run_lock("acme", "run-2", "CHG-2", holder_check=lambda run: unreadable)
+
+        assert refused.value.reason == unreadable.reason
+        assert "run-1" in str(refused.value) and "could not be read" in str(refused.value)
+        holder = store.run_lock("acme")
+        assert holder is not None and holder.holder_flow_run_id == "run-1"
+        assert [e.event for e in store.lock_events("acme")] == ["acquired"]
+
+    def test_a_holder_check_that_raises_takes_nothing(self, store: HistoryStore) -> None:
+        store.acquire_run_lock("acme", "run-1", "CHG-1")
+
+        def broken(run_id: str) -> Takeover:
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            store.acquire_run_lock("acme", "run-2", "CHG-2", holder_check=broken)
+
+        holder = store.run_lock("acme")
+        assert holder is not None and holder.holder_flow_run_id == "run-1"
 
     def test_exactly_one_of_many_threads_racing_for_a_lock_wins(self, store_url: str) -> None:
         stores = [open_store(store_url) for _ in range(6)]
@@ -589,7 +619,10 @@ class StoreContract:
             results = race(
                 len(stores),
                 lambda i: stores[i].acquire_run_lock(
-                    "acme", f"run-{i}", f"CHG-{i}", is_stale=lambda run: run == "run-dead"
+                    "acme",
+                    f"run-{i}",
+                    f"CHG-{i}",
+                    holder_check=lambda run: Takeover(run == "run-dead", "Crashed"),
                 ),
             )
             events = stores[0].lock_events("acme")
@@ -847,11 +880,14 @@ def test_an_unreachable_postgresql_is_a_config_error_without_the_password() -> N
 def test_maintenance_in_progress_survives_pickling() -> None:
     import pickle
 
-    error = MaintenanceInProgress("acme", "run-1", "CHG-1", T0)
+    error = MaintenanceInProgress(
+        "acme", "run-1", "CHG-1", T0, reason="its state could not be read"
+    )
 
     again = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object
 
     assert (again.holder_flow_run_id, again.change_ref, again.since) == ("run-1", "CHG-1", T0)
+    assert again.reason == "its state could not be read"
     assert str(again) == str(error)
 
 
