@@ -33,8 +33,11 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from core.logs import redact_logs
+from core.redact import redact
 from core.settings import settings
 from history.change import ChangeRecord, Outcome
+from history.records import redacted_record
 from inventory import ClientInventory, Server, load_client_by_slug, select_servers
 from tasks.maintenance import Maintenance, plan_fleet
 from tasks.packages import MaintenancePlan
@@ -119,12 +122,17 @@ def server_maintenance(
         The plan (dry run), or the change record; a run whose outcome is not
         ``completed`` ends Failed (Cancelled when rejected) with the record as its data.
     """
-    inventory = load_client_by_slug(settings().inventory_dir, client)
-    servers = select_servers(inventory, scope)
-    change_ref = run_change_ref(client, change_ref)
-    if dry_run:
-        return plan_only(inventory, servers, change_ref)
-    return maintain(inventory, servers, change_ref, scope, window_override)
+    redact_logs()  # every log line of the run is masked from here on (core/logs.py)
+    try:
+        inventory = load_client_by_slug(settings().inventory_dir, client)
+        servers = select_servers(inventory, scope)
+        change_ref = run_change_ref(client, change_ref)
+        if dry_run:
+            return plan_only(inventory, servers, change_ref)
+        return maintain(inventory, servers, change_ref, scope, window_override)
+    except Exception as exc:  # ends Failed all the same, with a masked message
+        get_run_logger().exception("server-maintenance for %s failed", client)
+        return failed_state(exc)
 
 
 def plan_only(
@@ -193,10 +201,26 @@ def maintain(
 
 
 def final_state(record: ChangeRecord) -> State[Any]:
-    """The run's Prefect state from the record's outcome, with the record as its data."""
-    message = f"{record.outcome.value if record.outcome else 'failed'}: {record.outcome_detail}"
+    """The run's Prefect state from the record's outcome, with the record as its data.
+
+    The message and the record pass the redaction every text leaving the run passes
+    (:func:`core.redact.redact`, :func:`history.records.redacted_record`).
+    """
+    shown = redacted_record(record)
+    outcome = shown.outcome.value if shown.outcome else "failed"
+    message = f"{outcome}: {shown.outcome_detail}"
     if record.outcome == Outcome.COMPLETED:
-        return Completed(message=message, data=record)
+        return Completed(message=message, data=shown)
     if record.outcome == Outcome.REJECTED:
-        return Cancelled(message=message, data=record)
-    return Failed(message=message, data=record)
+        return Cancelled(message=message, data=shown)
+    return Failed(message=message, data=shown)
+
+
+def failed_state(exc: Exception) -> State[Any]:
+    """The state of a run that raised: Failed, its message masked, the exception as data.
+
+    Prefect's own state for a raised exception would carry the exception's text in clear;
+    this one is the same but for the masking. The exception stays the state's data, so
+    ``state.result()`` raises it (a direct call of the flow raises it as before).
+    """
+    return Failed(message=redact(f"failed: {type(exc).__name__}: {exc}")[:1000], data=exc)

@@ -2,7 +2,8 @@
 
 The record (:class:`history.change.ChangeRecord`) is stored whole as JSON (JSONB on
 PostgreSQL), keyed by client, change ref and flow run, with its outcome and times beside
-it for queries. :class:`ChangeRecords` is the part of
+it for queries. What is stored passes the same redaction as every text that leaves the
+process (:func:`redacted_record`). :class:`ChangeRecords` is the part of
 :class:`history.store.HistoryStore` that saves and reads them.
 """
 
@@ -12,11 +13,22 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from core.redact import redact_json
 from history.change import ChangeRecord
 from history.engine import StoreBase
 from history.schema import change_records, require_aware, utc_now
 
-__all__ = ["ChangeRecords"]
+__all__ = ["ChangeRecords", "redacted_record"]
+
+
+def redacted_record(record: ChangeRecord) -> ChangeRecord:
+    """A copy of the record with every text masked (:func:`core.redact.redact_json`).
+
+    Command output, provider errors and notice failures quoted in the record may carry a
+    credential; the store, the run's final state and anything else the record leaves the
+    process as get this copy. The original is left as it is.
+    """
+    return ChangeRecord.model_validate(redact_json(record.model_dump(mode="json")))
 
 
 class ChangeRecords(StoreBase):
@@ -26,12 +38,13 @@ class ChangeRecords(StoreBase):
         """Insert or replace the record of one run (keyed by client, change ref, flow run).
 
         Saving again as the run progresses replaces the earlier version; the record is
-        validated as a whole first (its lists may have been appended to in place).
+        validated as a whole first (its lists may have been appended to in place), and
+        stored redacted (:func:`redacted_record`).
 
         Args:
             record: the change record.
         """
-        record = ChangeRecord.model_validate(record.model_dump())
+        record = redacted_record(ChangeRecord.model_validate(record.model_dump()))
         values = {
             "client": record.client,
             "change_ref": record.change_ref,

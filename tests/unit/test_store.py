@@ -381,6 +381,23 @@ class StoreContract:
 
     # ---- change records
 
+    def test_a_stored_record_holds_no_secret_and_the_run_keeps_its_own(
+        self, store: HistoryStore
+    ) -> None:
+        record = make_record(outcome=Outcome.FAILED)
+        record.outcome_detail = "CommandFailed: postinst said DB_PASSWORD=hunter2"
+        record.notification_failures.append("https://hook:s3cr3t@chat.example/x: HTTP 500")
+        store.save_change_record(record)
+
+        with store.engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT body FROM change_records")).scalar_one()
+
+        assert "hunter2" not in str(stored) and "s3cr3t" not in str(stored)
+        [read] = store.change_records("acme")
+        assert read.outcome_detail == "CommandFailed: postinst said DB_PASSWORD=***"
+        assert read.notification_failures == ["https://***@chat.example/x: HTTP 500"]
+        assert "hunter2" in record.outcome_detail  # the caller's record is not changed
+
     def test_saving_a_run_again_replaces_its_record(self, store: HistoryStore) -> None:
         record = make_record()
         store.save_change_record(record)
