@@ -1,196 +1,32 @@
 """The full server-maintenance procedure, end to end on sandbox hosts and a real Prefect API.
 
 Each test runs the flow in the test's thread while an "approver" thread answers the
-approval form through the Prefect API, exactly as a script or the UI would.
+approval form through the Prefect API, exactly as a script or the UI would. The world
+(estate, client files, the approver thread) is tests/integration/maintenance_world.py.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 
 from sandbox import faults
-from sandbox.estate import Estate, numbered_hosts
-from sandbox.prefect_blocks import ssh_identity
+from sandbox.estate import Estate
 from sandbox.repo import PackageSpec
-from sandbox.webhook import WebhookReceiver
-from tasks.notify import save_demo_webhook
-from tests.conftest import sandbox_unavailable, ssh
+from tests.conftest import ssh
+from tests.integration.maintenance_world import (
+    APPROVE,
+    Approver,
+    agent,
+    run,
+    stored_records,
+    write_client,
+)
 
 pytestmark = pytest.mark.integration
-
-ESTATE = "test-maint"
-CLIENT = """\
-client:
-  slug: {slug}
-  name: Maint Co {slug}
-  timezone: Europe/Paris
-  contact: {{name: Ops, email: ops@maint.example}}
-  approvers: [{{name: alice, email: alice@maint.example}}, {{name: bob, email: bob@maint.example}}]
-  approvals_required: {quorum}
-  notify: [test-maint-hook]
-schedule:
-  cadence: quarterly
-  window: {{start: "{start}", duration: {duration}}}
-  approval_timeout: {approval_timeout}
-rollout: {{batch_size: 2, failures_tolerated: 0, on_failure: restore}}
-patch: {{policy: all, hold: [], reboot: if-required}}
-restore_test: {{enabled: true, timeout: 2m}}
-snapshots: {{retention: 2}}
-defaults: {{ssh_block: test-maint-ssh, user: root, port: 22, os_family: debian}}
-servers:
-{servers}
-"""
-
-
-def write_client(
-    directory: Path,
-    estate: Estate,
-    slug: str,
-    *,
-    quorum: int = 1,
-    approval_timeout: str = "10m",
-    in_window: bool = True,
-) -> None:
-    lines = []
-    for i, host in enumerate(estate.spec.hosts):
-        role = "staging" if i == 0 else "production"
-        lines.append(
-            f"  - {{name: {host.name}, role: {role}, address: {host.address}, "
-            f"provider: {{type: sandbox, estate: {ESTATE}}}, checks: [{{type: tcp, port: 22}}]}}"
-        )
-    if in_window:
-        start, duration = "00:00", "24h"
-    else:
-        # A one-hour window that starts 6 hours from now (Paris time): never now.
-        later = datetime.now(ZoneInfo("Europe/Paris")) + timedelta(hours=6)
-        start, duration = f"{later:%H}:00", "1h"
-    (directory / f"{slug}.yaml").write_text(
-        CLIENT.format(
-            slug=slug,
-            quorum=quorum,
-            start=start,
-            duration=duration,
-            approval_timeout=approval_timeout,
-            servers="\n".join(lines),
-        )
-    )
-
-
-class Approver(threading.Thread):
-    """Answers the approval form of a client's paused run, one answer per pause."""
-
-    def __init__(self, client: str, answers: list[dict[str, str]]) -> None:
-        super().__init__(daemon=True)
-        self.client = client
-        self.answers = list(answers)
-        self.paused_seen = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateName,
-        )
-        from prefect.flow_runs import resume_flow_run
-
-        answered: set[tuple[str, str]] = set()
-        with get_client(sync_client=True) as client:
-            while self.answers and not self.stop.is_set():
-                runs = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
-                    )
-                )
-                for run in runs:
-                    key = (str(run.id), str(run.state.state_details.pause_key) if run.state else "")
-                    if (run.parameters or {}).get("client") != self.client or key in answered:
-                        continue
-                    answered.add(key)
-                    self.paused_seen += 1
-                    resume_flow_run(run.id, run_input=self.answers.pop(0))
-                    break
-                time.sleep(0.3)
-
-
-@pytest.fixture(scope="module")
-def estate() -> Iterator[Estate]:
-    """Five fresh hosts: h01 staging, h02..h05 production (batches of 2)."""
-    reason = sandbox_unavailable()
-    if reason:
-        pytest.skip(reason)
-    estate = Estate(numbered_hosts(ESTATE, 68, 5))
-    estate.up(fresh=True)
-    try:
-        yield estate
-    finally:
-        estate.down(purge=True)
-
-
-@pytest.fixture()
-def world(
-    estate: Estate, prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, Any]]:
-    """A fresh repository state per test, the client files and the settings for speed."""
-    estate.repo.reset()
-    for host in estate.spec.hosts:
-        ssh(
-            estate,
-            host.name,
-            "apt-get -q update >/dev/null && apt-get -y -q --allow-downgrades "
-            "install caretaker-agent=1.0 caretaker-libsec=1.0 >/dev/null 2>&1; "
-            "rm -f /var/run/reboot-required*",
-        )
-    estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
-    ssh_identity(estate).save("test-maint-ssh", overwrite=True)
-    inbox = WebhookReceiver().__enter__()
-    save_demo_webhook(inbox.url, name="test-maint-hook")
-    inventory = tmp_path / "clients"
-    inventory.mkdir()
-    monkeypatch.setenv("CARETAKER_INVENTORY_DIR", str(inventory))
-    monkeypatch.setenv("CARETAKER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("CARETAKER_APPROVAL_POLL_S", "1")
-    monkeypatch.setenv("CARETAKER_REBOOT_TIMEOUT_S", "8")
-    monkeypatch.setenv("CARETAKER_DPKG_LOCK_TIMEOUT_S", "3")
-    yield {"dir": inventory, "inbox": inbox}
-    inbox.__exit__(None, None, None)
-
-
-def agent(estate: Estate, host: str) -> str:
-    return ssh(estate, host, "dpkg-query -W -f '${Version}' caretaker-agent").stdout
-
-
-def run(client: str, answers: list[dict[str, str]], **params: Any) -> tuple[Any, Any, Approver]:
-    """Run the flow with an approver answering; return (final state, record, approver)."""
-    from flows.server_maintenance import server_maintenance
-
-    approver = Approver(client, answers)
-    approver.start()
-    try:
-        state = server_maintenance(client=client, return_state=True, **params)
-    finally:
-        approver.stop.set()
-        approver.join(5)
-    return state, state.result(raise_on_failure=False), approver
-
-
-APPROVE = {"decision": "approve", "approver": "alice", "comment": "go", "ticket": "CAB-1"}
-
-
-def stored_records(client: str) -> list[Any]:
-    from history.store import open_store
-
-    with open_store() as store:
-        return store.change_records(client)
 
 
 def test_the_happy_path_patches_every_host_after_snapshot_staging_and_approval(
