@@ -34,6 +34,8 @@ __all__ = [
     "ChangeRecord",
     "ChangeWindow",
     "Finding",
+    "GateDecision",
+    "HostResult",
     "Outcome",
     "PackageChange",
     "PlanSummary",
@@ -68,6 +70,8 @@ class Outcome(StrEnum):
     APPROVAL_TIMEOUT = "approval-timeout"
     STAGING_FAILED = "staging-failed"
     HALTED = "halted"
+    RESTORE_FAILED = "restore-failed"
+    REFUSED = "refused"
     FAILED = "failed"
     DRY_RUN = "dry-run"
 
@@ -85,7 +89,17 @@ OUTCOME_MEANING: dict[Outcome, str] = {
     Outcome.STAGING_FAILED: (
         "Staging failed verification; approval was not requested and production was not touched."
     ),
-    Outcome.HALTED: "The rollout stopped part-way after failures; see rollbacks and verification.",
+    Outcome.HALTED: (
+        "The rollout stopped part-way (failures past the budget, or the window closing);"
+        " the servers it did not reach are untouched."
+    ),
+    Outcome.RESTORE_FAILED: (
+        "A failed production server could not be restored (or failed its checks after the"
+        " restore): the rollout stopped and the server needs an operator now."
+    ),
+    Outcome.REFUSED: (
+        "The run was refused before anything changed: it broke a rule of the change procedure."
+    ),
     Outcome.FAILED: "The run failed before it could finish; see the outcome detail.",
     Outcome.DRY_RUN: "Dry run: the plan was made and nothing was changed.",
 }
@@ -239,6 +253,13 @@ class Verification(_Part):
     failures: tuple[str, ...] = Field(
         default=(), description="What did not hold, one line each, with its evidence."
     )
+    warnings: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "What was not checked or was accepted by the policy (e.g. a pending reboot under"
+            " reboot: never), one line each; never a failure."
+        ),
+    )
     at: UtcDatetime | None = Field(default=None, description="When the verification ended.")
 
     @model_validator(mode="after")
@@ -285,6 +306,13 @@ class Rollback(_Part):
     snapshot_ids: tuple[str, ...] = Field(default=(), description="Snapshots it was restored from.")
     restored_ok: bool = Field(description="Whether the provider restore succeeded.")
     verified_ok: bool = Field(description="Whether the server passed its checks after restore.")
+    changed: bool = Field(
+        default=True,
+        description=(
+            "Whether this change had changed the server; False: it failed before anything"
+            " changed (e.g. the dpkg lock was held), so it was not restored."
+        ),
+    )
     detail: str = Field(default="", description="What happened, with evidence.")
 
 
@@ -301,6 +329,42 @@ class RestoreTestResult(_Part):
         default=None, ge=0, description="The RTO bound from the inventory (restore_test.timeout)."
     )
     detail: str = Field(default="", description="What happened, with evidence.")
+
+
+class GateDecision(_Part):
+    """One gate of the procedure passed, used with an override, or closed."""
+
+    gate: Literal["staging", "window", "snapshot"] = Field(
+        description=(
+            "staging: production only after staging in the same change; window: inside the"
+            " window with time left for the batch; snapshot: a fresh snapshot before the batch."
+        )
+    )
+    batch: int | None = Field(
+        default=None, ge=1, description="The production batch it was checked before; None: the run."
+    )
+    decision: str = Field(
+        min_length=1,
+        description=(
+            "staging: in-scope, accepted-risk, refused, no-production; window: inside,"
+            " override, closed, too-late; snapshot: taken, reused, retaken."
+        ),
+    )
+    at: UtcDatetime = Field(description="When the gate was checked.")
+    by: str | None = Field(
+        default=None, description="Who allowed it (the run's requester, for an override)."
+    )
+    detail: str = Field(default="", description="Why, with the numbers (time left, reason).")
+
+
+class HostResult(StrEnum):
+    """Where one production server ended up (``ChangeRecord.production_results``)."""
+
+    PATCHED = "patched"  # patched and verified
+    RESTORED = "restored"  # failed, restored from its snapshot and verified
+    UNCHANGED = "unchanged"  # failed before anything changed on it; not restored
+    UNTOUCHED = "untouched"  # the rollout never started it
+    FAILED = "failed"  # failed and left as it is, or its restore failed: an operator's job
 
 
 class Finding(_Part):
@@ -359,6 +423,17 @@ class ChangeRecord(BaseModel):
         default_factory=list, description="Every approval answer, counted or not."
     )
     rollbacks: list[Rollback] = Field(default_factory=list, description="Servers rolled back.")
+    gates: list[GateDecision] = Field(
+        default_factory=list,
+        description="Every gate checked: staging rule, window and time left per batch, snapshots.",
+    )
+    production_results: dict[str, HostResult] = Field(
+        default_factory=dict,
+        description=(
+            "Where each production server in scope ended up: patched, restored, unchanged,"
+            " untouched or failed (set when the run ends)."
+        ),
+    )
     restore_test: RestoreTestResult | None = Field(
         default=None, description="The restore test; None when it did not run."
     )

@@ -14,7 +14,7 @@ import zoneinfo
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     BaseModel,
@@ -38,10 +38,12 @@ from inventory.types import (
     Cadence,
     ClockTime,
     CronExpression,
+    Duration,
     Email,
     OnFailure,
     PackageName,
     PatchSelection,
+    Reason,
     RebootPolicy,
     RestoreTimeout,
     SlaTarget,
@@ -52,6 +54,9 @@ from inventory.types import (
     Weekday,
     WindowDuration,
 )
+
+#: How old a change's snapshot may be when its server's batch starts (at most 7 days).
+SnapshotMaxAge = Annotated[timedelta, Duration(timedelta(days=7))]
 
 
 class Contact(Model):
@@ -233,10 +238,30 @@ class Rollout(Model):
     on_failure: OnFailure = Field(
         default="halt",
         description=(
-            "What to do when more failures than tolerated occur: restore (roll the failed servers"
-            " back from their snapshots), ask (pause for a human), halt (stop, change nothing)."
+            "What happens to a failed production server: restore (roll it back from its"
+            " snapshot, verify it, go on within the budget), ask (pause for a listed approver"
+            " to decide), halt (leave it as it is and stop the rollout at once)."
         ),
     )
+    no_staging: Reason | None = Field(
+        default=None,
+        description=(
+            "Why this client has production servers but no staging server (who accepted the"
+            " risk, e.g. 'single-server client, accepted by ACME CAB-12'); recorded in every"
+            " change record as an accepted risk. Only allowed when there is no staging server."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _halt_tolerates_nothing(self) -> Self:
+        if self.on_failure == "halt" and self.failures_tolerated > 0:
+            raise fail(
+                f"on_failure is halt, which stops the rollout at the first failed server, but"
+                f" failures_tolerated is {self.failures_tolerated}",
+                "failures_tolerated: 0 with on_failure: halt, or on_failure: restore | ask",
+                ("failures_tolerated",),
+            )
+        return self
 
     def batches(self, servers: Sequence[Server]) -> list[tuple[Server, ...]]:
         """Split ``servers`` into consecutive batches of ``batch_size``."""
@@ -297,6 +322,14 @@ class SnapshotPolicy(Model):
         description=(
             "Make an encrypted copy of unencrypted snapshots (aws);"
             " the copy satisfies require_encryption."
+        ),
+    )
+    max_age: SnapshotMaxAge = Field(
+        default=timedelta(hours=6),
+        json_schema_extra={"default": "6h"},
+        description=(
+            "A production server's snapshot is taken right before its batch; a snapshot of the"
+            " same change older than this (a rerun) is taken again (<= 7d)."
         ),
     )
 
@@ -393,12 +426,20 @@ class ClientInventory(Model):
                 "one server entry per address and port",
                 ("servers", index, "address"),
             )
-        if self.production and not self.staging:
+        if self.production and not self.staging and self.rollout.no_staging is None:
             raise fail(
                 f"production without staging: {len(self.production)} production server(s)"
                 " but no staging server",
-                "at least one server with role: staging, patched and verified before production",
+                "at least one server with role: staging, patched and verified before production;"
+                " or rollout.no_staging: '<why, and who accepted the risk>'",
                 ("servers",),
+            )
+        if self.staging and self.rollout.no_staging is not None:
+            raise fail(
+                f"rollout.no_staging is set but the client has staging server(s):"
+                f" {', '.join(s.name for s in self.staging)}",
+                "remove rollout.no_staging: staging servers are always patched and verified first",
+                ("rollout", "no_staging"),
             )
         if self.snapshots.mode == "ami":
             for index, server in enumerate(self.servers):

@@ -15,6 +15,7 @@ sessions in production and on scripted hosts in unit tests.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from prefect.states import State
 
 from core.errors import MaintenanceStopped, RemoteError
 from core.settings import settings
-from history.change import Finding, Outcome, PlanSummary, Verification
+from history.change import Finding, GateDecision, Outcome, PlanSummary, Verification
 from inventory import ClientInventory, Server, check_block_references
 from tasks.approval import (
     ApprovalTally,
@@ -38,7 +39,14 @@ from tasks.checks import run_health_checks
 from tasks.facts import HostFacts
 from tasks.facts.collect import AUDIT_FACTS, PLAN_FACTS, collect_facts
 from tasks.notify import notice_approval_requested, notice_before_change, notify
-from tasks.packages import HostPlan, MaintenancePlan, apply_updates, plan_host, unreachable_host
+from tasks.packages import (
+    HostPlan,
+    MaintenancePlan,
+    PackageDiff,
+    apply_updates,
+    plan_host,
+    unreachable_host,
+)
 from tasks.preflight import preflight_problems, read_block_names
 from tasks.reboot import reboot_host, reboot_needed
 from tasks.records import (
@@ -61,13 +69,18 @@ from tasks.rollout import (
     RestoreAnswer,
     RollbackAction,
     WindowGate,
+    batch_gate,
     batches,
     budget_halt_detail,
     budget_spent,
+    expected_batch_time,
     outside_window_detail,
+    restore_halt_detail,
     restore_test_candidate,
     rollback_choice,
+    staging_rule,
     window_gate,
+    window_halt_detail,
 )
 from tasks.sessions import FleetSessions
 from tasks.snapshots import (
@@ -79,7 +92,8 @@ from tasks.snapshots import (
     run_restore_test,
     wait_for_snapshot,
 )
-from tasks.verify import HostVerificationSettings, validate_host_facts
+from tasks.snapshots.tasks import RETAKEN
+from tasks.verify import validate_host_facts, verification_settings
 
 __all__ = ["Maintenance", "plan_fleet", "plan_server"]
 
@@ -164,10 +178,10 @@ class Maintenance:
         self.plan: MaintenancePlan | None = None
         self.plans: dict[str, HostPlan] = {}
         self.snapshots: dict[str, SnapshotRecord] = {}
-        self.verify_settings = HostVerificationSettings()
-        self.restored_settings = HostVerificationSettings(
-            max_pending_security=10_000, allow_pending_reboot=True
-        )
+        # What patching did per host; None: it failed and what changed is unknown.
+        self.diffs: dict[str, PackageDiff | None] = {}
+        self.verify_settings = verification_settings(inventory.patch.reboot)
+        self.restored_settings = verification_settings(inventory.patch.reboot, after_restore=True)
 
     @property
     def staging(self) -> list[Server]:
@@ -189,6 +203,7 @@ class Maintenance:
         """Every host answers and is fit, every snapshot provider answers, every host is
         planned; the plan is published. Nothing is changed."""
         with self.recorder.phase("preflight"):
+            self.staging_gate()
             check_block_references(self.inv, None, read_block_names())
             facts_states = self._fan_out(
                 self.servers, lambda s: collect_facts.submit(self.sessions.host(s), PLAN_FACTS)
@@ -233,6 +248,35 @@ class Maintenance:
             publish_plan(plan)
             self.plan = plan
 
+    def staging_gate(self) -> None:
+        """Production only with every staging server in the same run, or the inventory's
+        recorded no-staging risk; otherwise the run is refused before anything is touched."""
+        rule = staging_rule(self.inv, self.servers)
+        self.gate("staging", rule.decision.value, rule.detail)
+        if not rule.allowed:
+            raise MaintenanceStopped(Outcome.REFUSED, rule.detail)
+
+    def gate(
+        self,
+        gate: Literal["staging", "window", "snapshot"],
+        decision: str,
+        detail: str,
+        batch: int | None = None,
+        by: str | None = None,
+    ) -> None:
+        """Record one gate decision and save the record."""
+        self.record.gates.append(
+            GateDecision(
+                gate=gate,
+                batch=batch,
+                decision=decision,
+                at=datetime.now(UTC),
+                by=by,
+                detail=detail,
+            )
+        )
+        self.recorder.save()
+
     def announce(self) -> None:
         """Tell the client's stakeholders what will change and when (before any change)."""
         subject, body = notice_before_change(
@@ -246,36 +290,60 @@ class Maintenance:
 
     # ----- 2. snapshots ---------------------------------------------------------
     def snapshot_all(self) -> None:
-        """A completed snapshot (or a recorded accepted risk) of every server, or stop."""
+        """A completed snapshot (or a recorded accepted risk) of every staging server, or
+        stop. Production servers are snapshotted right before their batch (:meth:`roll_out`),
+        not before staging and the approval wait."""
         with self.recorder.phase("snapshots"):
-            policy = self.inv.snapshots
-            created = self._fan_out(
-                self.servers,
-                lambda s: create_snapshot.submit(s, self.inv.slug, self.record.change_ref, policy),
+            failures = self.take_snapshots(self.staging)
+        if failures:
+            lines = "; ".join(f"{n}: {e}" for n, e in failures.items())
+            raise MaintenanceStopped(
+                Outcome.FAILED, f"snapshots failed, nothing was changed: {lines}"
             )
-            failures = {n: error_of(st) for n, st in created.items() if not st.is_completed()}
-            waiting = {
-                s.name: wait_for_snapshot.submit(s, created[s.name].result(), policy)
-                for s in self.servers
-                if s.name not in failures
-            }
-            for name, state in states(waiting).items():
-                if state.is_completed():
-                    # "reused" is known where the snapshot was found, not where it was awaited.
-                    reused = created[name].result().reused
-                    self.snapshots[name] = state.result().model_copy(update={"reused": reused})
-                else:
-                    failures[name] = error_of(state)
-            self.record.snapshots = [
-                recorded_snapshot(s, self.snapshots.get(s.name), failures.get(s.name))
-                for s in self.servers
-            ]
-            self.recorder.save()
-            if failures:
-                lines = "; ".join(f"{n}: {e}" for n, e in failures.items())
-                raise MaintenanceStopped(
-                    Outcome.FAILED, f"snapshots failed, nothing was changed: {lines}"
+
+    def take_snapshots(self, servers: Sequence[Server], batch: int | None = None) -> dict[str, str]:
+        """Take (or reuse while younger than ``snapshots.max_age``) each server's snapshot
+        and wait until it is completed; record them; return the failures by name."""
+        policy = self.inv.snapshots
+        created = self._fan_out(
+            servers,
+            lambda s: create_snapshot.submit(s, self.inv.slug, self.record.change_ref, policy),
+        )
+        failures = {n: error_of(st) for n, st in created.items() if not st.is_completed()}
+        waiting = {
+            s.name: wait_for_snapshot.submit(s, created[s.name].result(), policy)
+            for s in servers
+            if s.name not in failures
+        }
+        for name, state in states(waiting).items():
+            if not state.is_completed():
+                failures[name] = error_of(state)
+                continue
+            # "reused" and "re-taken" are known where the snapshot was found, not awaited.
+            first = created[name].result()
+            done = state.result().model_copy(update={"reused": first.reused})
+            if first.detail.startswith(RETAKEN):
+                done = done.model_copy(update={"detail": first.detail})
+            self.snapshots[name] = done
+            if batch is not None:
+                decision = (
+                    "reused"
+                    if first.reused
+                    else "retaken"
+                    if first.detail.startswith(RETAKEN)
+                    else "taken"
                 )
+                ids = ", ".join(done.ids) or "none (accepted risk)"
+                detail = "; ".join(x for x in (f"{name}: {ids}", done.detail) if x)
+                self.gate("snapshot", decision, detail, batch=batch)
+        entries = {e.server: e for e in self.record.snapshots}
+        for server in servers:
+            entries[server.name] = recorded_snapshot(
+                server, self.snapshots.get(server.name), failures.get(server.name)
+            )
+        self.record.snapshots = list(entries.values())
+        self.recorder.save()
+        return failures
 
     # ----- 3-4. patch and verify ------------------------------------------------
     def patch_staging(self) -> None:
@@ -310,6 +378,7 @@ class Maintenance:
                 diff = getattr(state.result(raise_on_failure=False), "diff", None)
                 if diff is not None:
                     diffs[server.name] = diff
+            self.diffs[server.name] = diffs.get(server.name)
         for name, diff in diffs.items():
             self.record.package_changes += recorded_package_changes(self.plans[name], diff)
         to_reboot = [
@@ -376,6 +445,7 @@ class Maintenance:
                 suite_failures=per.failures if per is not None else [],
                 expectations=expectations,
                 at=datetime.now(UTC),
+                suite_warnings=per.warnings if per is not None else [],
             )
         return out
 
@@ -438,8 +508,18 @@ class Maintenance:
             self.log.warning(
                 "outside the window: going ahead on override: %s", self.window_override
             )
+            self.gate(
+                "window",
+                gate.value,
+                f"outside the maintenance window; override: {self.window_override}",
+                by=self.record.requester,
+            )
         elif gate == WindowGate.CLOSED:
-            raise MaintenanceStopped(Outcome.HALTED, outside_window_detail(self.inv, now))
+            detail = outside_window_detail(self.inv, now)
+            self.gate("window", gate.value, detail)
+            raise MaintenanceStopped(Outcome.HALTED, detail)
+        else:
+            self.gate("window", gate.value, "inside the maintenance window")
 
     def roll_out(self) -> None:
         """Production in batches; failed servers rolled back; halt when the budget is spent."""
@@ -448,22 +528,53 @@ class Maintenance:
 
     def _roll_out(self) -> None:
         tolerated = self.inv.rollout.failures_tolerated
+        on_failure = self.inv.rollout.on_failure
         failed_total = 0
         planned = batches(self.inv, self.production)
         progress = RolloutProgress(self.inv.slug, self.record.change_ref, len(self.production))
+        # What the window must leave for a batch is measured: staging (snapshot, patch,
+        # verify), then every batch finished so far.
+        measured = [
+            self.record.phase_seconds.get("snapshots", 0.0)
+            + self.record.phase_seconds.get("staging", 0.0)
+        ]
         for index, batch in enumerate(planned, start=1):
+            started = time.monotonic()
+            expected = expected_batch_time(measured)
+            gate = batch_gate(self.inv, datetime.now(UTC), self.window_override, expected)
+            by = self.record.requester if gate.gate == WindowGate.OVERRIDE else None
+            self.gate("window", gate.gate.value, gate.detail, batch=index, by=by)
+            if not gate.allowed:
+                raise MaintenanceStopped(
+                    Outcome.HALTED, window_halt_detail(gate, index - 1, planned)
+                )
             self.log.info("batch %d/%d: %s", index, len(planned), ", ".join(s.name for s in batch))
+            snapshot_failures = self.take_snapshots(batch, batch=index)
+            if snapshot_failures:
+                lines = "; ".join(f"{n}: {e}" for n, e in snapshot_failures.items())
+                raise MaintenanceStopped(
+                    Outcome.HALTED,
+                    f"snapshots before batch {index}/{len(planned)} failed: {lines}; "
+                    f"untouched: {', '.join(s.name for b in planned[index - 1 :] for s in b)}",
+                )
             failures = self.patch_and_verify(batch, "production")
+            broken = []
             for name, why in failures.items():
                 self.log.error("%s failed: %s", name, why)
-                self.roll_back(next(s for s in batch if s.name == name), why)
+                if not self.roll_back(next(s for s in batch if s.name == name), why):
+                    broken.append(name)
             failed_total += len(failures)
+            measured.append(time.monotonic() - started)
             progress.advance(
                 len(batch),
                 f"batch {index}/{len(planned)} done"
                 + (f", failed: {', '.join(failures)}" if failures else ""),
             )
-            if budget_spent(failed_total, tolerated):
+            if broken:
+                raise MaintenanceStopped(
+                    Outcome.RESTORE_FAILED, restore_halt_detail(broken, index, planned)
+                )
+            if budget_spent(failed_total, tolerated, on_failure):
                 raise MaintenanceStopped(
                     Outcome.HALTED, budget_halt_detail(failed_total, tolerated, index, planned)
                 )
@@ -483,33 +594,43 @@ class Maintenance:
             poll_s=settings().approval_poll_s,
         )
 
-    def roll_back(self, server: Server, why: str) -> None:
-        """Restore a failed production server, ask first, or leave it, as the policy says."""
+    def roll_back(self, server: Server, why: str) -> bool:
+        """Restore a failed production server, ask first, or leave it, as the policy says.
+
+        A server on which nothing changed (its package diff is empty) is not restored.
+
+        Returns:
+            False when a restore was tried and failed or did not verify (the rollout
+            must stop); True otherwise.
+        """
         snapshot = self.snapshots.get(server.name)
         on_failure = self.inv.rollout.on_failure
         state = snapshot.state if snapshot is not None else None
-        choice = rollback_choice(on_failure, state)
+        diff = self.diffs.get(server.name)
+        changed = diff is None or bool(diff.changes)  # unknown counts as changed
+        choice = rollback_choice(on_failure, state, changed=changed)
         if choice.action == RollbackAction.ASK:
-            choice = rollback_choice(on_failure, state, self.ask_restore(server, why))
+            answer = self.ask_restore(server, why)
+            choice = rollback_choice(on_failure, state, answer, changed=changed)
         if choice.action == RollbackAction.LEAVE or snapshot is None:
             self.record.rollbacks.append(not_restored(server.name, choice.reason, why))
             self.recorder.save()
-            return
+            return True
         result = restore_from_snapshot(server, snapshot, self.inv.snapshots, return_state=True)
         failures: Sequence[str] | None = None
         if result.is_completed():
             self.sessions.host(server).close()
             failures = self.verify([server], "production", after_restore=True)[server.name].failures
-        self.record.rollbacks.append(
-            restored(
-                server.name,
-                snapshot,
-                why,
-                restore_error=None if result.is_completed() else error_of(result),
-                verify_failures=failures,
-            )
+        rollback = restored(
+            server.name,
+            snapshot,
+            why,
+            restore_error=None if result.is_completed() else error_of(result),
+            verify_failures=failures,
         )
+        self.record.rollbacks.append(rollback)
         self.recorder.save()
+        return rollback.restored_ok and rollback.verified_ok
 
     def complete(self) -> None:
         """Production is done: the outcome is decided (what follows is for the record)."""

@@ -34,8 +34,14 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from core.errors import ConfigError
 from core.redact import redact
-from history.change import OUTCOME_MEANING, ChangeRecord, ChangeWindow, PlanSummary, Verification
-from tasks.record_markdown import format_time
+from history.change import (
+    OUTCOME_MEANING,
+    ChangeRecord,
+    ChangeWindow,
+    PlanSummary,
+    Verification,
+)
+from tasks.record_markdown import format_time, results_line
 
 __all__ = [
     "DEMO_WEBHOOK_BLOCK",
@@ -230,12 +236,26 @@ def notice_end(
         f"Approvals: {len(counted)} of {record.approvals_required}"
         + (f" ({', '.join(a.approver for a in counted)})" if counted else ""),
     ]
+    if record.production_results:
+        lines.append("Production: " + results_line(record.production_results))
     failed = [v for v in record.verifications if not v.passed]
     if failed:
         lines.append("Failed verification: " + "; ".join(f"{v.server} ({v.phase})" for v in failed))
     if record.rollbacks:
         rolled = [
-            f"{r.server} ({'restored' if r.restored_ok else 'restore FAILED'})"
+            f"{r.server} ("
+            + (
+                "not restored: nothing changed"
+                if not r.changed
+                else "restored"
+                if r.restored_ok and r.verified_ok
+                else "restored, FAILED its checks"
+                if r.restored_ok
+                else "restore FAILED"
+                if r.snapshot_ids
+                else "left as it is"
+            )
+            + ")"
             for r in record.rollbacks
         ]
         lines.append(f"Rolled back: {', '.join(rolled)}")

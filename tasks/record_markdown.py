@@ -7,15 +7,15 @@ Pure: the same record (or plan) gives the same text; credentials in free text ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 from core.redact import redact
-from history.change import OUTCOME_MEANING, ChangeRecord, Finding
+from history.change import OUTCOME_MEANING, ChangeRecord, Finding, HostResult
 from tasks.packages import MaintenancePlan
 
-__all__ = ["format_time", "plan_markdown", "plan_rows", "render_markdown"]
+__all__ = ["format_time", "plan_markdown", "plan_rows", "render_markdown", "results_line"]
 
 
 def format_time(value: datetime | None, tz: tzinfo = UTC) -> str:
@@ -24,6 +24,16 @@ def format_time(value: datetime | None, tz: tzinfo = UTC) -> str:
         return "-"
     local = value.astimezone(tz)
     return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
+def results_line(results: Mapping[str, HostResult]) -> str:
+    """``patched: a, b; restored: c; untouched: d, e`` (pure; empty without production)."""
+    parts = []
+    for result in HostResult:
+        names = [n for n, r in results.items() if r is result]
+        if names:
+            parts.append(f"{result.value}: {', '.join(names)}")
+    return "; ".join(parts)
 
 
 def _duration(delta: timedelta | None) -> str:
@@ -114,6 +124,7 @@ def render_markdown(record: ChangeRecord, tz: tzinfo | str = UTC) -> str:
                 f" {len(record.reboots)} reboot(s), {len(record.rollbacks)} rollback(s)",
             ),
             ("Approvals", f"{len(counted)} of {record.approvals_required} required"),
+            ("Production", results_line(record.production_results) or "-"),
         ],
     )
     lines.append("")
@@ -211,7 +222,7 @@ def render_markdown(record: ChangeRecord, tz: tzinfo | str = UTC) -> str:
     lines += ["## Verification", ""]
     if record.verifications:
         lines += _table(
-            ["server", "phase", "result", "checks", "expectations", "failures"],
+            ["server", "phase", "result", "checks", "expectations", "failures", "warnings"],
             [
                 (
                     v.server,
@@ -220,6 +231,7 @@ def render_markdown(record: ChangeRecord, tz: tzinfo | str = UTC) -> str:
                     ", ".join(v.checks) or "-",
                     ", ".join(v.expectations) or "-",
                     "; ".join(v.failures) or "-",
+                    "; ".join(v.warnings) or "-",
                 )
                 for v in record.verifications
             ],
@@ -247,6 +259,19 @@ def render_markdown(record: ChangeRecord, tz: tzinfo | str = UTC) -> str:
             ],
         )
         lines.append("")
+
+    lines += ["## Gates", ""]
+    if record.gates:
+        lines += _table(
+            ["gate", "batch", "decision", "at", "by", "detail"],
+            [
+                (g.gate, g.batch or "-", g.decision, when(g.at), g.by or "-", g.detail or "-")
+                for g in record.gates
+            ],
+        )
+    else:
+        lines.append("_No gate was reached._")
+    lines.append("")
 
     lines += ["## Rollbacks", ""]
     if record.rollbacks:

@@ -38,7 +38,7 @@ import tasks.snapshots.base
 from core.artifacts import artifact_key
 from core.errors import MaintenanceStopped
 from history import change
-from history.change import ChangeRecord, ChangeWindow, Outcome, PlanSummary
+from history.change import ChangeRecord, ChangeWindow, HostResult, Outcome, PlanSummary
 from history.store import HistoryStore, open_store
 from inventory import ClientInventory, Server
 from tasks.checks import CheckResult, summarize_checks
@@ -47,6 +47,7 @@ from tasks.packages import HostPlan, MaintenancePlan, PackageDiff
 from tasks.preflight import holder_takeover
 from tasks.reboot import RebootResult
 from tasks.record_markdown import plan_markdown, plan_rows, render_markdown
+from tasks.rollout import NOTHING_CHANGED
 
 
 @task(name="publish-plan", cache_policy=NO_CACHE)
@@ -266,6 +267,7 @@ def recorded_verification(
     suite_failures: Sequence[str],
     expectations: Sequence[str],
     at: datetime,
+    suite_warnings: Sequence[str] = (),
 ) -> change.Verification:
     """One server's verification: its health checks and the suite over its facts (pure).
 
@@ -277,6 +279,8 @@ def recorded_verification(
         suite_failures: what the expectation suite found on the server.
         expectations: the suite's expectation names.
         at: when the verification ended.
+        suite_warnings: what the suite reported but did not fail (a pending reboot
+            under ``reboot: never``).
     """
     failures: list[str] = []
     names: list[str] = []
@@ -295,6 +299,7 @@ def recorded_verification(
         expectations=tuple(expectations),
         passed=not failures,
         failures=tuple(failures),
+        warnings=tuple(suite_warnings),
         at=at,
     )
 
@@ -315,11 +320,12 @@ def failed_verifications(
 
 
 def not_restored(server: str, reason: str, why: str) -> change.Rollback:
-    """A failed server left as it is (pure)."""
+    """A failed server left as it is (pure); ``nothing changed`` marks it unchanged."""
     return change.Rollback(
         server=server,
         restored_ok=False,
         verified_ok=False,
+        changed=reason != NOTHING_CHANGED,
         detail=f"not restored ({reason}); failure: {why}",
     )
 
@@ -373,10 +379,44 @@ def recorded_restore_test(
 
 
 def completed_outcome(record: ChangeRecord) -> tuple[Outcome, str]:
-    """The outcome of a run that got through production, and its detail (pure)."""
-    outcome = Outcome.COMPLETED_WITH_ROLLBACKS if record.rollbacks else Outcome.COMPLETED
+    """The outcome of a run that got through production, and its detail (pure).
+
+    Never "completed-with-rollbacks" when a restore failed or did not verify: that is
+    ``restore-failed``, whatever else went well.
+    """
     servers = len({c.server for c in record.package_changes})
-    return outcome, f"{len(record.package_changes)} package change(s) on {servers} server(s)"
+    detail = f"{len(record.package_changes)} package change(s) on {servers} server(s)"
+    broken = [r.server for r in record.rollbacks if r.snapshot_ids and not r.verified_ok]
+    if broken:
+        return Outcome.RESTORE_FAILED, f"{detail}; restore failed on {', '.join(broken)}"
+    outcome = Outcome.COMPLETED_WITH_ROLLBACKS if record.rollbacks else Outcome.COMPLETED
+    return outcome, detail
+
+
+def production_results(record: ChangeRecord) -> dict[str, HostResult]:
+    """Where each production server in scope ended up, from the record's parts (pure).
+
+    restored: failed and restored and verified; failed: left as it is, or its restore
+    failed or did not verify; unchanged: failed before anything changed on it (not
+    restored); patched: verified in production; untouched: never started.
+    """
+    names = record.plan.production if record.plan else ()
+    results: dict[str, HostResult] = {}
+    for name in names:
+        rollback = next((r for r in reversed(record.rollbacks) if r.server == name), None)
+        verified = [v for v in record.verifications if v.server == name and v.phase == "production"]
+        if rollback is not None:
+            if rollback.restored_ok and rollback.verified_ok:
+                results[name] = HostResult.RESTORED
+            elif not rollback.changed:
+                results[name] = HostResult.UNCHANGED
+            else:
+                results[name] = HostResult.FAILED
+        elif verified:
+            results[name] = HostResult.PATCHED if verified[-1].passed else HostResult.FAILED
+        else:
+            results[name] = HostResult.UNTOUCHED
+    return results
 
 
 # --------------------------------------------------------------------------- saving
@@ -431,6 +471,7 @@ class ChangeRecorder:
             raise
         finally:
             record.ended = datetime.now(UTC)
+            record.production_results = production_results(record)
             self.save()
             publish_change_record(record)
             subject, body = notice_end(record, client_name=inventory.client.name, tz=inventory.tz)

@@ -17,6 +17,7 @@ See docs/snapshots.md.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import task
@@ -24,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.errors import SnapshotError
 from inventory import Server, SnapshotPolicy
+from tasks.rollout import snapshot_reusable
 from tasks.snapshots.base import (
     RestoreTestResult,
     RetentionResult,
@@ -41,21 +43,52 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- plain functions
 
 
+#: How a snapshot taken again (its change's earlier one too old) says so in ``detail``.
+RETAKEN = "re-taken"
+
+
 def take_snapshot(
-    provider: SnapshotProvider, server: Server, client: str, change_ref: str
+    provider: SnapshotProvider,
+    server: Server,
+    client: str,
+    change_ref: str,
+    max_age: timedelta | None = None,
 ) -> SnapshotRecord:
-    """Find this change's snapshot or take one: at most one snapshot per change and server.
+    """Find this change's snapshot or take one: at most one fresh snapshot per change and server.
 
     Args:
         provider: The server's provider.
         server: The server.
         client: The client slug.
         change_ref: The change the snapshot belongs to.
+        max_age: Reuse the change's snapshot only while younger than this
+            (``snapshots.max_age``); an older one is taken again. None: always reuse.
 
     Returns:
-        The existing record (``reused=True``) or the new one (usually still pending).
+        The existing record (``reused=True``) or the new one (usually still pending;
+        its ``detail`` starts with :data:`RETAKEN` when it replaces a too-old one).
     """
     existing = provider.find(server, change_ref)
+    now = datetime.now(UTC)
+    if existing is not None and max_age is not None:
+        if not snapshot_reusable(existing.created_at, now, max_age):
+            age = now - existing.created_at
+            log.info(
+                "%s: snapshot %s of %s is %s old (max_age %s): taking a fresh one",
+                server.name,
+                ", ".join(existing.ids),
+                change_ref,
+                age,
+                max_age,
+            )
+            fresh = provider.create(server, client, change_ref)
+            note = (
+                f"{RETAKEN}: {', '.join(existing.ids)} was {int(age.total_seconds())} s old"
+                f" (max_age {int(max_age.total_seconds())} s)"
+            )
+            return fresh.model_copy(
+                update={"detail": "; ".join(x for x in (note, fresh.detail) if x)}
+            )
     if existing is not None:
         log.info(
             "%s: snapshot %s already taken for %s: not taking another",
@@ -137,7 +170,7 @@ def create_snapshot(
         ConfigError: Credentials or estate missing.
     """
     provider = provider_for(server, policy, client=client)
-    return take_snapshot(provider, server, client, change_ref)
+    return take_snapshot(provider, server, client, change_ref, policy.max_age)
 
 
 @task(

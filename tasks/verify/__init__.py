@@ -20,6 +20,7 @@ from tasks.verify.suite import (
     VerificationReport,
     build_suite,
     validate_host_facts,
+    verification_settings,
     verify_facts,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "build_suite",
     "facts_frame",
     "validate_host_facts",
+    "verification_settings",
     "verify_facts",
 ]

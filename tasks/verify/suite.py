@@ -44,6 +44,7 @@ from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.gx import run_suite
+from inventory.types import RebootPolicy
 from tasks.facts.script import HostFacts
 from tasks.verify.frame import FRAME_COLUMNS, facts_frame
 
@@ -59,6 +60,7 @@ __all__ = [
     "VerificationReport",
     "build_suite",
     "validate_host_facts",
+    "verification_settings",
     "verify_facts",
 ]
 
@@ -110,6 +112,25 @@ class HostVerificationSettings(BaseModel):
             " could not answer) when the firewall fact was read. When false, a warning."
         ),
     )
+
+
+def verification_settings(
+    reboot: RebootPolicy, *, after_restore: bool = False
+) -> HostVerificationSettings:
+    """The verification thresholds for a client's reboot policy (pure).
+
+    With ``reboot: never`` a host is never rebooted, so a reboot the OS asks for stays
+    pending by policy: it is reported as a warning, not a failure. After a restore the
+    host is back at its pre-change versions, so its pending security updates and a
+    pending reboot are expected there too.
+
+    Args:
+        reboot: the inventory's ``patch.reboot``.
+        after_restore: verifying a host just restored from its snapshot.
+    """
+    if after_restore:
+        return HostVerificationSettings(max_pending_security=10_000, allow_pending_reboot=True)
+    return HostVerificationSettings(allow_pending_reboot=reboot == "never")
 
 
 # ----------------------------------------------------------------------------- report

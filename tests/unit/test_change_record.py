@@ -13,6 +13,8 @@ from history.change import (
     ChangeRecord,
     ChangeWindow,
     Finding,
+    GateDecision,
+    HostResult,
     Outcome,
     PackageChange,
     PlanSummary,
@@ -123,6 +125,18 @@ def full_record() -> ChangeRecord:
         security_findings=[
             Finding(server="acme-web-2", severity="critical", summary="port 6379 open to all")
         ],
+        gates=[
+            GateDecision(
+                gate="window",
+                batch=2,
+                decision="override",
+                at=T0 + timedelta(minutes=40),
+                by="user: alice",
+                detail="the window closes at 06:00 GMT: 3m00s left, the batch needs about 5m00s;"
+                " going ahead on override: CAB-9 emergency fix",
+            )
+        ],
+        production_results={"acme-web-1": HostResult.PATCHED, "acme-web-2": HostResult.RESTORED},
         outcome=Outcome.COMPLETED_WITH_ROLLBACKS,
         outcome_detail="acme-web-2 failed verification and was restored.",
         review="The agent unit needs a restart hook after libc upgrades.",
@@ -145,6 +159,7 @@ def test_the_rendered_record_has_every_itil_section_in_order() -> None:
         "## Changes per host",
         "## Verification",
         "## Approvals",
+        "## Gates",
         "## Rollbacks",
         "## Restore test",
         "## Findings",
@@ -175,6 +190,11 @@ def test_the_rendered_record_shows_what_happened_to_each_host() -> None:
     # Critical findings come first.
     assert text.index("port 6379") > text.index("### Security")
     assert "**completed-with-rollbacks**: The change was applied, but some servers" in text
+    assert "| Production | patched: acme-web-1; restored: acme-web-2 |" in text
+    assert (
+        "| window | 2 | override | 2026-01-03 02:40 UTC | user: alice | the window closes at"
+        in text
+    )
     assert "The agent unit needs a restart hook after libc upgrades." in text
 
 

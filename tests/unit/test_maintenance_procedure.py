@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from core.errors import RebootTimeout
-from history.change import ChangeRecord, ChangeWindow, Outcome, PackageChange, Verification
+from history.change import (
+    ChangeRecord,
+    ChangeWindow,
+    HostResult,
+    Outcome,
+    PackageChange,
+    PlanSummary,
+    Verification,
+)
 from inventory import ClientInventory, Server, load_client
 from tasks.checks import CheckResult
 from tasks.packages import HostPlan, PackageDiff, PackageVersionChange
@@ -24,6 +32,7 @@ from tasks.records import (
     completed_outcome,
     failed_verifications,
     not_restored,
+    production_results,
     recorded_package_changes,
     recorded_reboot,
     recorded_restore_test,
@@ -32,8 +41,10 @@ from tasks.records import (
     restored,
 )
 from tasks.remote import CommandResult
+from tasks.rollout import NOTHING_CHANGED
 from tasks.sessions import HostFactory, open_sessions
 from tasks.snapshots.base import RestoreTestResult, SnapshotRecord
+from tasks.verify import verification_settings
 
 CLIENTS = Path(__file__).resolve().parents[2] / "clients"
 AT = datetime(2026, 1, 10, 3, 0, tzinfo=UTC)
@@ -285,3 +296,80 @@ def test_production_done_is_completed_or_completed_with_rollbacks(
     changes = [PackageChange(server=s, name="openssl", to_version="2") for s in ("a", "a", "b")]
     done = record(package_changes=changes, rollbacks=[not_restored("a", "r", "w")] * rollbacks)
     assert completed_outcome(done) == (outcome, "3 package change(s) on 2 server(s)")
+
+
+def test_a_failed_restore_is_never_completed_with_rollbacks() -> None:
+    bad = restored("a", taken("completed"), "why", restore_error="gone", verify_failures=None)
+    unverified = restored("a", taken("completed"), "why", restore_error=None, verify_failures=["x"])
+    for rollback in (bad, unverified):
+        outcome, detail = completed_outcome(record(rollbacks=[rollback]))
+        assert outcome is Outcome.RESTORE_FAILED
+        assert detail.endswith("restore failed on a")
+
+
+def test_a_server_on_which_nothing_changed_is_recorded_as_not_restored() -> None:
+    rollback = not_restored("w", NOTHING_CHANGED, "patching failed: dpkg lock")
+    assert rollback.detail == "not restored (nothing changed); failure: patching failed: dpkg lock"
+    assert rollback.changed is False and rollback.snapshot_ids == ()
+
+
+def passed(server: str) -> Verification:
+    return Verification(server=server, phase="production", passed=True)
+
+
+def failed(server: str) -> Verification:
+    return Verification(server=server, phase="production", passed=False, failures=("x",))
+
+
+@pytest.mark.parametrize(
+    ("verifications", "rollbacks", "result"),
+    [
+        ([], [], HostResult.UNTOUCHED),
+        ([passed("p")], [], HostResult.PATCHED),
+        ([failed("p")], [], HostResult.FAILED),
+        ([failed("p")], [restored("p", taken("completed"), "x", restore_error=None,
+                                  verify_failures=[])], HostResult.RESTORED),
+        ([failed("p")], [restored("p", taken("completed"), "x", restore_error="gone",
+                                  verify_failures=None)], HostResult.FAILED),
+        ([failed("p")], [restored("p", taken("completed"), "x", restore_error=None,
+                                  verify_failures=["tcp:22"])], HostResult.FAILED),
+        ([failed("p")], [not_restored("p", NOTHING_CHANGED, "dpkg lock")], HostResult.UNCHANGED),
+        ([failed("p")], [not_restored("p", "on_failure is halt", "x")], HostResult.FAILED),
+        # staging's verification is not production's
+        ([Verification(server="p", phase="staging", passed=True)], [], HostResult.UNTOUCHED),
+    ],
+)  # fmt: skip
+def test_each_production_server_ends_patched_restored_unchanged_untouched_or_failed(
+    verifications: list[Verification], rollbacks: list[object], result: HostResult
+) -> None:
+    plan = PlanSummary(policy="all", staging=("s",), production=("p",))
+    done = record(plan=plan, verifications=verifications, rollbacks=rollbacks)
+    assert production_results(done) == {"p": result}
+
+
+@pytest.mark.parametrize(
+    ("reboot", "after_restore", "pending_reboot_allowed", "security_allowed"),
+    [
+        ("if-required", False, False, 0),
+        ("always", False, False, 0),
+        ("never", False, True, 0),  # never rebooted: a pending reboot is expected
+        ("if-required", True, True, 10_000),  # back at the old versions
+        ("never", True, True, 10_000),
+    ],
+)
+def test_a_pending_reboot_fails_verification_unless_the_policy_never_reboots(
+    reboot: str, after_restore: bool, pending_reboot_allowed: bool, security_allowed: int
+) -> None:
+    settings = verification_settings(reboot, after_restore=after_restore)  # type: ignore[arg-type]
+    assert settings.allow_pending_reboot is pending_reboot_allowed
+    assert settings.max_pending_security == security_allowed
+
+
+def test_a_verification_keeps_the_suites_warnings_without_failing() -> None:
+    verification = recorded_verification(
+        "w", "production", checks=[check(True)], facts_error=None, suite_failures=[],
+        expectations=["no_pending_reboot"], at=AT,
+        suite_warnings=["reboot pending (allowed by the settings)"],
+    )  # fmt: skip
+    assert verification.passed
+    assert verification.warnings == ("reboot pending (allowed by the settings)",)

@@ -7,25 +7,36 @@ failures, a snapshot that is not completed, an answer that says nothing).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from inventory import ClientInventory, Server, load_client
+from core.errors import InventoryError
+from inventory import ClientInventory, Server, load_client, select_servers
 from tasks.rollout import (
+    NOTHING_CHANGED,
     RestoreAnswer,
     RollbackAction,
     RollbackChoice,
+    StagingDecision,
     WindowGate,
+    batch_gate,
     batches,
     budget_halt_detail,
     budget_spent,
+    expected_batch_time,
     outside_window_detail,
+    restore_halt_detail,
     restore_test_candidate,
     rollback_choice,
+    snapshot_reusable,
+    staging_rule,
     window_allows,
+    window_end,
     window_gate,
+    window_halt_detail,
 )
 
 CLIENTS = Path(__file__).resolve().parents[2] / "clients"
@@ -73,25 +84,114 @@ def test_no_production_server_makes_no_batch(acme: ClientInventory) -> None:
     assert batches(acme, []) == []
 
 
+# --- staging rule ----------------------------------------------------------------------------
+
+
+def without_staging(inventory: ClientInventory, reason: str | None) -> ClientInventory:
+    """The client with its staging server removed, and ``rollout.no_staging`` as given."""
+    data = inventory.model_dump(mode="json")
+    data["servers"] = [s for s in data["servers"] if s["role"] != "staging"]
+    data["rollout"]["no_staging"] = reason
+    return ClientInventory.model_validate(data)
+
+
+def decide(inventory: ClientInventory, scope: str) -> StagingDecision:
+    """The rule as a run meets it: the scope is selected first, then judged."""
+    try:
+        selected = select_servers(inventory, scope)
+    except InventoryError:
+        return StagingDecision.REFUSED  # an unknown name is refused before the rule
+    return staging_rule(inventory, selected).decision
+
+
+@pytest.mark.parametrize(
+    ("scope", "decision"),
+    [
+        ("all", StagingDecision.IN_SCOPE),
+        ("staging,production", StagingDecision.IN_SCOPE),
+        ("acme-stg-1,acme-web-1", StagingDecision.IN_SCOPE),
+        ("staging", StagingDecision.NO_PRODUCTION),
+        ("acme-stg-1", StagingDecision.NO_PRODUCTION),
+        # the ways around it
+        ("production", StagingDecision.REFUSED),  # production alone
+        ("acme-web-1,acme-web-2,acme-db-1", StagingDecision.REFUSED),  # production by name
+        ("acme-web-1", StagingDecision.REFUSED),
+        ("acme-stg-9,acme-web-1", StagingDecision.REFUSED),  # a staging name that does not exist
+        ("stagingx,production", StagingDecision.REFUSED),  # a role typo
+        # "staging" in one run, then "production" in another (any change ref): the second
+        # run is judged on its own scope; staging verified elsewhere does not count
+        ("production", StagingDecision.REFUSED),
+    ],
+)
+def test_production_is_patched_only_with_the_clients_staging_servers_in_the_same_run(
+    acme: ClientInventory, scope: str, decision: StagingDecision
+) -> None:
+    assert decide(acme, scope) is decision
+
+
+def test_a_refusal_names_the_rule_the_missing_staging_servers_and_the_scope_to_use(
+    acme: ClientInventory,
+) -> None:
+    rule = staging_rule(acme, select_servers(acme, "production"))
+    assert not rule.allowed
+    assert rule.detail.startswith(
+        "refused: production servers are patched only in a change whose staging servers"
+        " passed verification against the same plan, in the same run;"
+    )
+    assert "without staging server(s) acme-stg-1; nothing was changed" in rule.detail
+    assert "rerun with scope 'all'" in rule.detail
+
+
+def test_a_client_without_staging_goes_ahead_only_on_its_recorded_reason(
+    acme: ClientInventory,
+) -> None:
+    single = without_staging(acme, "single-server client, accepted by ACME CAB-12")
+    rule = staging_rule(single, select_servers(single, "production"))
+    assert rule.decision is StagingDecision.ACCEPTED_RISK
+    assert "accepted by ACME CAB-12" in rule.detail
+
+
+def test_an_inventory_cannot_hide_a_staging_server_behind_a_no_staging_reason(
+    acme: ClientInventory,
+) -> None:
+    data = acme.model_dump(mode="json")
+    data["rollout"]["no_staging"] = "we are in a hurry this quarter"
+    with pytest.raises(ValidationError, match="no_staging is set but the client has staging"):
+        ClientInventory.model_validate(data)
+    with pytest.raises(ValidationError, match="production without staging"):
+        without_staging(acme, None)
+
+
 # --- failure budget ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("failed", "tolerated", "spent"),
+    ("failed", "tolerated", "on_failure", "spent"),
     [
-        (0, 0, False),  # nothing failed
-        (1, 0, True),  # the default: the first failure halts
-        (1, 1, False),  # exactly the budget still goes on
-        (2, 1, True),
-        (5, 5, False),
-        (6, 5, True),
-        (0, 1000, False),
+        (0, 0, "restore", False),  # nothing failed
+        (1, 0, "restore", True),  # the default: the first failure halts
+        (1, 1, "restore", False),  # exactly the budget still goes on
+        (2, 1, "restore", True),
+        (5, 5, "ask", False),
+        (6, 5, "ask", True),
+        (0, 1000, "restore", False),
+        # halt: "stop and change nothing more" at the first failed server
+        (0, 0, "halt", False),
+        (1, 0, "halt", True),
+        (1, 3, "halt", True),  # (the inventory refuses this pair; the rule holds anyway)
     ],
 )
-def test_the_rollout_halts_only_when_more_servers_failed_than_tolerated(
-    failed: int, tolerated: int, spent: bool
+def test_the_rollout_halts_when_more_servers_failed_than_tolerated_or_at_once_on_halt(
+    failed: int, tolerated: int, on_failure: str, spent: bool
 ) -> None:
-    assert budget_spent(failed, tolerated) is spent
+    assert budget_spent(failed, tolerated, on_failure) is spent  # type: ignore[arg-type]
+
+
+def test_halt_with_a_failure_budget_is_refused_by_the_inventory(acme: ClientInventory) -> None:
+    data = acme.model_dump(mode="json")
+    data["rollout"] |= {"on_failure": "halt", "failures_tolerated": 1}
+    with pytest.raises(ValidationError, match="on_failure is halt, which stops the rollout"):
+        ClientInventory.model_validate(data)
 
 
 def test_a_halted_rollout_names_the_untouched_servers(acme: ClientInventory) -> None:
@@ -157,6 +257,103 @@ def test_a_closed_gate_says_when_the_next_window_starts(
     assert "window_override='<reason>'" in detail
 
 
+# --- the window and the time left, per batch ----------------------------------------------------
+
+FIVE = timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected"),
+    [
+        ([], FIVE),  # nothing measured (no staging): the floor
+        ([20.0], FIVE),  # 2 x 20 s is under the floor
+        ([200.0], timedelta(seconds=400)),  # 2 x the staging time
+        ([200.0, 400.0], timedelta(seconds=800)),  # a slow batch makes the next one slower
+        ([-1.0], FIVE),
+    ],
+)
+def test_a_batch_is_expected_to_take_twice_the_longest_phase_measured_or_the_floor(
+    measured: list[float], expected: timedelta
+) -> None:
+    assert expected_batch_time(measured) == expected
+
+
+@pytest.mark.parametrize(
+    ("now", "override", "expected", "gate"),
+    [
+        ("2026-01-10T03:00:00", None, FIVE, WindowGate.INSIDE),  # 3 h left
+        ("2026-01-10T05:55:00", None, FIVE, WindowGate.INSIDE),  # exactly 5 min left
+        ("2026-01-10T05:55:01", None, FIVE, WindowGate.TOO_LATE),  # a second short
+        ("2026-01-10T05:00:00", None, timedelta(hours=2), WindowGate.TOO_LATE),
+        ("2026-01-10T05:59:59", None, FIVE, WindowGate.TOO_LATE),
+        ("2026-01-10T06:00:00", None, FIVE, WindowGate.CLOSED),
+        ("2026-01-10T12:00:00", None, FIVE, WindowGate.CLOSED),
+        # an override carries a batch past the window's end, and is recorded as used
+        ("2026-01-10T05:58:00", "CAB-9 emergency fix", FIVE, WindowGate.OVERRIDE),
+        ("2026-01-10T12:00:00", "CAB-9 emergency fix", FIVE, WindowGate.OVERRIDE),
+        ("2026-01-10T05:58:00", "", FIVE, WindowGate.TOO_LATE),  # an empty reason is none
+        ("2026-01-10T03:00:00", "not needed", FIVE, WindowGate.INSIDE),  # not used inside
+        # DST: the spring-forward window still lasts 4 h of real time (01:00-05:00 UTC)
+        ("2026-03-29T04:54:00", None, FIVE, WindowGate.INSIDE),
+        ("2026-03-29T04:56:00", None, FIVE, WindowGate.TOO_LATE),
+    ],
+)
+def test_a_batch_starts_only_with_enough_window_left_or_on_a_recorded_override(
+    acme: ClientInventory, now: str, override: str | None, expected: timedelta, gate: WindowGate
+) -> None:
+    decision = batch_gate(acme, utc(now), override, expected)
+    assert decision.gate is gate
+    assert decision.allowed is (gate in (WindowGate.INSIDE, WindowGate.OVERRIDE))
+
+
+def test_a_window_that_never_closes_leaves_time_for_any_batch(acme: ClientInventory) -> None:
+    data = acme.model_dump(mode="json")
+    data["schedule"]["window"] = {"start": "00:00", "duration": "24h"}
+    always = ClientInventory.model_validate(data)
+    now = utc("2026-01-10T23:59:00")
+    assert window_end(always, now) is not None and window_end(always, now) > now + FIVE  # type: ignore[operator]
+    assert batch_gate(always, now, None, FIVE).gate is WindowGate.INSIDE
+
+
+def test_a_batch_stopped_by_the_window_names_the_hosts_left_untouched(
+    acme: ClientInventory,
+) -> None:
+    planned = batches(with_batch_size(acme, 1), production(acme))
+    gate = batch_gate(acme, utc("2026-01-10T05:58:00"), None, FIVE)
+    assert window_halt_detail(gate, 1, planned) == (
+        "the window closes at 06:00 GMT: 2m00s left, the batch needs about 5m00s:"
+        " rollout stopped before batch 2/3; untouched: acme-web-2, acme-db-1"
+        " (rerun the same change_ref in the next window)"
+    )
+
+
+def test_a_failed_restore_names_the_server_and_the_untouched_ones(acme: ClientInventory) -> None:
+    planned = batches(with_batch_size(acme, 1), production(acme))
+    assert restore_halt_detail(["acme-web-1"], 1, planned) == (
+        "restore of acme-web-1 failed or did not verify: rollout halted after batch 1/3;"
+        " acme-web-1 need(s) an operator now; untouched: acme-web-2, acme-db-1"
+    )
+
+
+# --- snapshot age ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age", "max_age", "reusable"),
+    [
+        (timedelta(minutes=5), timedelta(hours=6), True),
+        (timedelta(hours=6) - timedelta(seconds=1), timedelta(hours=6), True),
+        (timedelta(hours=6), timedelta(hours=6), False),  # the bound itself is too old
+        (timedelta(days=3), timedelta(hours=6), False),  # a rerun after the approval wait
+    ],
+)
+def test_a_changes_snapshot_is_reused_only_while_younger_than_max_age(
+    age: timedelta, max_age: timedelta, reusable: bool
+) -> None:
+    now = utc("2026-01-10T03:00:00")
+    assert snapshot_reusable(now - age, now, max_age) is reusable
+
+
 # --- rollback choice -------------------------------------------------------------------------
 
 RESTORE = RollbackChoice(RollbackAction.RESTORE)
@@ -199,6 +396,23 @@ def test_a_failed_server_is_restored_asked_about_or_left_as_the_policy_says(
     on_failure: str, snapshot: str | None, answer: RestoreAnswer | None, choice: RollbackChoice
 ) -> None:
     assert rollback_choice(on_failure, snapshot, answer) == choice  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("on_failure", "snapshot", "answer"),
+    [
+        ("restore", "completed", None),
+        ("ask", "completed", None),  # nobody is even asked
+        ("ask", "completed", YES),  # a yes cannot make it changed
+        ("halt", "completed", None),
+        ("restore", None, None),
+    ],
+)
+def test_a_failed_server_on_which_nothing_changed_is_never_restored(
+    on_failure: str, snapshot: str | None, answer: RestoreAnswer | None
+) -> None:
+    choice = rollback_choice(on_failure, snapshot, answer, changed=False)  # type: ignore[arg-type]
+    assert choice == leave(NOTHING_CHANGED)
 
 
 # --- restore-test rotation -------------------------------------------------------------------
