@@ -1,4 +1,4 @@
-"""A tiny local Rackspace: identity v2.0, compute v2 and image v2, for the calls caretaker makes.
+"""A tiny local Rackspace: identity v2.0, compute v2, image v2 and block storage v1.
 
 No OpenStack emulator is small enough to start in a test, so this answers exactly the
 calls of ``tasks/snapshots/rackspace.py`` over real HTTP on ``127.0.0.1`` (a free port,
@@ -11,13 +11,21 @@ Rackspace API references:
   ``GET /servers/detail?image=``, ``POST /servers``, ``DELETE /servers/{id}``,
   ``POST /servers/{id}/action`` with ``createImage`` (202 + ``Location``) or ``rebuild``;
 * image ``/image/<region>/v2/<tenant>``: ``GET /images/{id}``, ``GET /images`` (property
-  filters, ``limit``/``marker`` paging with a ``next`` link), ``DELETE /images/{id}``.
+  filters, ``limit``/``marker`` paging with a ``next`` link), ``DELETE /images/{id}``;
+* compute volume attachments: ``GET|POST /servers/{id}/os-volume_attachments``,
+  ``DELETE /servers/{id}/os-volume_attachments/{volume}``;
+* block storage (Cinder v1, as Rackspace Cloud Block Storage) ``/volume/<region>/v1/<tenant>``:
+  ``GET /snapshots/detail``, ``POST /snapshots`` (``force`` needed for an attached
+  volume), ``GET|DELETE /snapshots/{id}``, ``POST /volumes`` (from a snapshot),
+  ``GET /volumes/{id}``. ``block_storage=False`` leaves it out of the catalog.
 
 Things move one step per look, like a slow cloud: an image is ``queued`` then ``saving``
 then ``active``; a new server is ``BUILD`` then ``ACTIVE``; a deleted one lingers as
-``DELETED`` once, then 404s. Tests steer it with attributes: ``hold_saving`` keeps new
-images saving, ``fail_images`` kills them, ``fail_builds`` puts new servers in ERROR,
-``expire_tokens()`` makes the next call 401.
+``DELETED`` once, then 404s; a volume snapshot is ``creating`` then ``available``; a
+volume is ``creating``/``attaching``/``detaching`` for one look. Tests steer it with
+attributes: ``hold_saving`` keeps new images saving, ``fail_images`` kills them,
+``fail_builds`` puts new servers in ERROR, ``fail_volume_snapshots`` puts new volume
+snapshots in ``error``, ``expire_tokens()`` makes the next call 401.
 """
 
 from __future__ import annotations
@@ -48,22 +56,27 @@ class FakeRackspace:
         tenant: str = "123456",
         regions: tuple[str, ...] = ("DFW", "ORD"),
         page_size: int = 100,
+        block_storage: bool = True,
     ) -> None:
         self.username = username
         self.api_key = api_key
         self.tenant = tenant
         self.regions = regions
         self.page_size = page_size
+        self.block_storage = block_storage
         self.lock = threading.Lock()
         self.tokens: set[str] = set()
         self.images: dict[str, dict[str, Any]] = {}
         self.servers: dict[str, dict[str, Any]] = {}
+        self.volumes: dict[str, dict[str, Any]] = {}
+        self.volume_snapshots: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
         #: The ``server`` part of every POST /servers, kept after the server is gone.
         self.builds: list[dict[str, Any]] = []
         self.hold_saving = False
         self.fail_images = False
         self.fail_builds = False
+        self.fail_volume_snapshots = False
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -125,6 +138,32 @@ class FakeRackspace:
             }
         return server_id
 
+    def add_volume(self, server_id: str, device: str, size_gb: int = 100) -> str:
+        """A volume attached to the server at ``device``; returns its id."""
+        volume_id = str(uuid.uuid4())
+        with self.lock:
+            server = self.servers[server_id]
+            self.volumes[volume_id] = {
+                "id": volume_id,
+                "display_name": f"{server['name']} {device}",
+                "size": size_gb,
+                "status": "in-use",
+                "attachments": [{"server_id": server_id, "device": device}],
+                "region": server["region"],
+                "pending": [],
+            }
+        return volume_id
+
+    def attached(self, server_id: str) -> dict[str, str]:
+        """device -> volume id of what is attached to the server now."""
+        with self.lock:
+            return {
+                a["device"]: v["id"]
+                for v in self.volumes.values()
+                for a in v["attachments"]
+                if a["server_id"] == server_id
+            }
+
     def add_image(self, region: str = "DFW", **properties: Any) -> str:
         """An image that exists already (e.g. an older snapshot), active; returns its id."""
         image_id = str(uuid.uuid4())
@@ -147,6 +186,10 @@ class FakeRackspace:
     def public_image(self, image: dict[str, Any]) -> dict[str, Any]:
         """An image as the API shows it (no internal fields)."""
         return {k: v for k, v in image.items() if k not in ("region", "pending")}
+
+    def public_volume(self, volume: dict[str, Any]) -> dict[str, Any]:
+        """A volume or volume snapshot as the API shows it."""
+        return {k: v for k, v in volume.items() if k not in ("region", "pending")}
 
     def public_server(self, server: dict[str, Any]) -> dict[str, Any]:
         """A server as the API shows it."""
@@ -207,8 +250,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not authorised:
             self._error(401, "unauthorized", "The request you have made requires authentication.")
             return
-        # /compute/<region>/v2/<tenant>/... and /image/<region>/v2/<tenant>/...
-        if len(parts) < 4 or parts[2] != "v2" or parts[3] != cloud.tenant:
+        # /compute/<region>/v2/<tenant>/..., /image/<region>/v2/<tenant>/...,
+        # /volume/<region>/v1/<tenant>/...
+        if len(parts) < 4 or parts[2] not in ("v1", "v2") or parts[3] != cloud.tenant:
             self._error(404, "itemNotFound", "no such endpoint")
             return
         service, region, rest = parts[0], parts[1], parts[4:]
@@ -217,6 +261,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._compute(method, region, rest, query)
             elif service == "image":
                 self._image(method, region, rest, query)
+            elif service == "volume" and cloud.block_storage:
+                self._volume(method, region, rest)
             else:
                 self._error(404, "itemNotFound", "no such service")
 
@@ -260,6 +306,21 @@ class _Handler(BaseHTTPRequestHandler):
             },
             {"name": "cloudFiles", "type": "object-store", "endpoints": []},
         ]
+        if cloud.block_storage:
+            catalog.append(
+                {
+                    "name": "cloudBlockStorage",
+                    "type": "volume",
+                    "endpoints": [
+                        {
+                            "region": r,
+                            "tenantId": cloud.tenant,
+                            "publicURL": f"{base}/volume/{r}/v1/{cloud.tenant}",
+                        }
+                        for r in cloud.regions
+                    ],
+                }
+            )
         self._reply(
             200,
             {
@@ -333,7 +394,59 @@ class _Handler(BaseHTTPRequestHandler):
         if rest[2:] == ["action"] and method == "POST":
             self._action(server, region)
             return
+        if rest[2:3] == ["os-volume_attachments"]:
+            self._attachments(method, server, rest[3:])
+            return
         self._error(404, "itemNotFound", "no such call")
+
+    def _attachments(self, method: str, server: dict[str, Any], rest: list[str]) -> None:
+        cloud = self.cloud
+        mine = {
+            v["id"]: a
+            for v in cloud.volumes.values()
+            for a in v["attachments"]
+            if a["server_id"] == server["id"]
+        }
+        if method == "GET" and not rest:
+            self._reply(
+                200,
+                {
+                    "volumeAttachments": [
+                        {
+                            "id": volume_id,
+                            "volumeId": volume_id,
+                            "serverId": server["id"],
+                            "device": a["device"],
+                        }
+                        for volume_id, a in mine.items()
+                    ]
+                },
+            )
+            return
+        if method == "DELETE" and len(rest) == 1:
+            if rest[0] not in mine:
+                self._error(404, "itemNotFound", "Volume attachment could not be found")
+                return
+            volume = cloud.volumes[rest[0]]
+            volume["attachments"] = []
+            volume["status"], volume["pending"] = "detaching", ["available"]
+            self._reply(202)
+            return
+        if method == "POST" and not rest:
+            spec = (self._body() or {}).get("volumeAttachment", {})
+            volume = cloud.volumes.get(str(spec.get("volumeId")))
+            if volume is None or volume["status"] != "available":
+                self._error(400, "badRequest", "Volume is not available to attach.")
+                return
+            device = str(spec.get("device") or f"/dev/xvd{chr(ord('b') + len(mine))}")
+            if any(a["device"] == device for a in mine.values()):
+                self._error(409, "conflictingRequest", f"{device} is in use")
+                return
+            volume["attachments"] = [{"server_id": server["id"], "device": device}]
+            volume["status"], volume["pending"] = "attaching", ["in-use"]
+            self._reply(200, {"volumeAttachment": {"id": volume["id"], "device": device}})
+            return
+        self._error(405, "badMethod", "not allowed")
 
     def _action(self, server: dict[str, Any], region: str) -> None:
         cloud = self.cloud
@@ -416,6 +529,75 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(204)
             return
         self._error(405, "badMethod", "not allowed")
+
+    # -- block storage -------------------------------------------------------------------
+
+    def _volume(self, method: str, region: str, rest: list[str]) -> None:
+        cloud = self.cloud
+        snapshots = {k: v for k, v in cloud.volume_snapshots.items() if v["region"] == region}
+        volumes = {k: v for k, v in cloud.volumes.items() if v["region"] == region}
+        if rest == ["snapshots", "detail"] and method == "GET":
+            self._reply(200, {"snapshots": [cloud.public_volume(s) for s in snapshots.values()]})
+            return
+        if rest == ["snapshots"] and method == "POST":
+            spec = (self._body() or {}).get("snapshot", {})
+            volume = volumes.get(str(spec.get("volume_id")))
+            if volume is None:
+                self._error(404, "itemNotFound", "Volume could not be found")
+                return
+            if volume["status"] == "in-use" and not spec.get("force"):
+                self._error(400, "badRequest", "Volume is attached: force is required")
+                return
+            snapshot_id = str(uuid.uuid4())
+            cloud.volume_snapshots[snapshot_id] = {
+                "id": snapshot_id,
+                "display_name": spec.get("display_name"),
+                "display_description": spec.get("display_description"),
+                "volume_id": volume["id"],
+                "size": volume["size"],
+                "status": "creating",
+                "created_at": _now(),
+                "metadata": {str(k): str(v) for k, v in (spec.get("metadata") or {}).items()},
+                "region": region,
+                "pending": ["error" if cloud.fail_volume_snapshots else "available"],
+            }
+            self._reply(200, {"snapshot": cloud.public_volume(cloud.volume_snapshots[snapshot_id])})
+            return
+        if rest == ["volumes"] and method == "POST":
+            spec = (self._body() or {}).get("volume", {})
+            source = snapshots.get(str(spec.get("snapshot_id")))
+            if source is None or source["status"] != "available":
+                self._error(400, "badRequest", "Snapshot is not available.")
+                return
+            volume_id = str(uuid.uuid4())
+            cloud.volumes[volume_id] = {
+                "id": volume_id,
+                "display_name": spec.get("display_name"),
+                "size": spec.get("size") or source["size"],
+                "snapshot_id": source["id"],
+                "status": "creating",
+                "attachments": [],
+                "region": region,
+                "pending": ["available"],
+            }
+            self._reply(200, {"volume": cloud.public_volume(cloud.volumes[volume_id])})
+            return
+        if len(rest) == 2 and rest[0] in ("snapshots", "volumes"):
+            found = (snapshots if rest[0] == "snapshots" else volumes).get(rest[1])
+            if found is None:
+                self._error(404, "itemNotFound", f"{rest[0][:-1].title()} could not be found")
+                return
+            kind = rest[0][:-1]
+            if method == "GET":
+                if found["pending"]:
+                    found["status"] = found["pending"].pop(0)
+                self._reply(200, {kind: cloud.public_volume(found)})
+                return
+            if method == "DELETE" and kind == "snapshot":
+                del cloud.volume_snapshots[found["id"]]
+                self._reply(202)
+                return
+        self._error(404, "itemNotFound", "no such call")
 
 
 @contextmanager

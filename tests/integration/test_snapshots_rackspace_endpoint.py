@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from blocks.rackspace import RackspaceCredentials
 from core.errors import SnapshotError
 from inventory import RackspaceProvider, Server, SnapshotPolicy
-from tasks.snapshots.base import Pace
+from tasks.snapshots.base import Pace, SnapshotRecord
 from tasks.snapshots.rackspace.api import RackspaceApi
 from tasks.snapshots.rackspace.provider import SERVICENET, RackspaceSnapshotProvider
 from tasks.snapshots.tasks import apply_retention, take_snapshot
@@ -211,3 +211,153 @@ def test_an_expired_token_is_renewed_without_failing_the_call(
     cloud.expire_tokens()
     assert rackspace.wait(record, timeout_s=10, poll_s=0.01).state == "completed"
     assert sum(1 for m, p in cloud.requests if p.endswith("/tokens")) == 2
+
+
+# ---- attached volumes (Cloud Block Storage)
+
+
+def taken(rackspace: RackspaceSnapshotProvider, app: Server, ref: str) -> SnapshotRecord:
+    """This change's snapshot, found or taken, and waited for."""
+    return rackspace.wait(take_snapshot(rackspace, app, "globex", ref), timeout_s=10, poll_s=0.01)
+
+
+def server_id(app: Server) -> str:
+    assert isinstance(app.provider, RackspaceProvider)
+    return str(app.provider.server_id)
+
+
+def test_every_attached_volume_is_snapshotted_with_the_image_and_tagged_with_it(
+    cloud: FakeRackspace, app: Server
+) -> None:
+    data = cloud.add_volume(server_id(app), "/dev/xvdb")
+    logs = cloud.add_volume(server_id(app), "/dev/xvdc", size_gb=50)
+    ref = change()
+    rackspace = provider(cloud, app)
+
+    done = rackspace.wait(rackspace.create(app, "globex", ref), timeout_s=10, poll_s=0.01)
+
+    image_id, *snapshot_ids = done.ids
+    assert done.state == "completed" and len(snapshot_ids) == 2
+    snapshots = [cloud.volume_snapshots[i] for i in snapshot_ids]
+    assert {s["volume_id"] for s in snapshots} == {data, logs}
+    assert all(s["status"] == "available" for s in snapshots)
+    for snapshot in snapshots:
+        assert {
+            "caretaker:client": "globex",
+            "caretaker:change-ref": ref,
+            "caretaker:server": "glx-app-1",
+            "caretaker:image": image_id,
+        }.items() <= snapshot["metadata"].items()
+    assert cloud.images[image_id]["caretaker:volumes"] == ",".join(sorted([data, logs]))
+
+
+def test_volumes_without_block_storage_are_refused_before_anything_is_made(app: Server) -> None:
+    bare = FakeRackspace(block_storage=False).start()
+    try:
+        app = app.model_copy(
+            update={
+                "provider": app.provider.model_copy(  # type: ignore[union-attr]
+                    update={"server_id": bare.add_server("glx-app-1")}
+                )
+            }
+        )
+        bare.add_volume(server_id(app), "/dev/xvdb")
+
+        with pytest.raises(SnapshotError, match="no block storage endpoint in DFW"):
+            provider(bare, app).create(app, "globex", change())
+
+        assert bare.images == {}
+    finally:
+        bare.stop()
+
+
+def test_a_server_without_volumes_needs_no_block_storage(app: Server) -> None:
+    bare = FakeRackspace(block_storage=False).start()
+    try:
+        app = app.model_copy(
+            update={
+                "provider": app.provider.model_copy(  # type: ignore[union-attr]
+                    update={"server_id": bare.add_server("glx-app-1")}
+                )
+            }
+        )
+        rackspace = provider(bare, app)
+        done = taken(rackspace, app, change())
+
+        assert done.state == "completed" and list(bare.images) == done.ids
+    finally:
+        bare.stop()
+
+
+def test_a_failed_volume_snapshot_fails_the_snapshot_and_is_not_reused(
+    cloud: FakeRackspace, app: Server
+) -> None:
+    cloud.add_volume(server_id(app), "/dev/xvdb")
+    cloud.fail_volume_snapshots = True
+    rackspace = provider(cloud, app)
+    record = rackspace.create(app, "globex", change())
+
+    with pytest.raises(SnapshotError, match=f"volume snapshot {record.ids[1]} is in status error"):
+        rackspace.wait(record, timeout_s=10, poll_s=0.01)
+
+    assert rackspace.find(app, record.change_ref) is None
+
+
+def test_a_rerun_finds_the_image_and_its_volume_snapshots_and_takes_none(
+    cloud: FakeRackspace, app: Server
+) -> None:
+    cloud.add_volume(server_id(app), "/dev/xvdb")
+    ref = change()
+    rackspace = provider(cloud, app)
+    first = taken(rackspace, app, ref)
+
+    again = take_snapshot(rackspace, app, "globex", ref)
+
+    assert again.reused and again.ids == first.ids and len(first.ids) == 2
+    assert len(cloud.images) == 1 and len(cloud.volume_snapshots) == 1
+
+
+def test_an_image_whose_volume_snapshot_is_gone_is_not_this_changes_snapshot(
+    cloud: FakeRackspace, app: Server
+) -> None:
+    cloud.add_volume(server_id(app), "/dev/xvdb")
+    ref = change()
+    rackspace = provider(cloud, app)
+    first = taken(rackspace, app, ref)
+    del cloud.volume_snapshots[first.ids[1]]
+
+    assert rackspace.find(app, ref) is None
+    again = take_snapshot(rackspace, app, "globex", ref)
+    assert not again.reused and again.ids[0] != first.ids[0]
+
+
+def test_a_restore_puts_back_each_volume_from_its_snapshot_at_its_device(
+    cloud: FakeRackspace, app: Server
+) -> None:
+    data = cloud.add_volume(server_id(app), "/dev/xvdb")
+    rackspace = provider(cloud, app)
+    record = taken(rackspace, app, change())
+
+    rackspace.restore(app, record)
+
+    server = cloud.servers[server_id(app)]
+    assert server["image"]["id"] == record.ids[0] and server["status"] == "ACTIVE"
+    now_attached = cloud.attached(server_id(app))["/dev/xvdb"]
+    assert now_attached != data
+    assert cloud.volumes[now_attached]["snapshot_id"] == record.ids[1]
+    assert cloud.volumes[now_attached]["status"] == "in-use"
+    assert cloud.volumes[data]["status"] == "available"  # the old volume is kept, detached
+
+
+def test_retention_deletes_an_images_volume_snapshots_with_it(
+    cloud: FakeRackspace, app: Server
+) -> None:
+    cloud.add_volume(server_id(app), "/dev/xvdb")
+    rackspace = provider(cloud, app)
+    records = [taken(rackspace, app, change()) for _ in range(3)]
+
+    result = apply_retention(rackspace, app, keep=2, protect_ids=set(records[-1].ids))
+
+    assert [r.ids for r in result.deleted] == [records[0].ids]
+    assert set(cloud.volume_snapshots) == {records[1].ids[1], records[2].ids[1]}
+    assert set(cloud.images) == {records[1].ids[0], records[2].ids[0]}

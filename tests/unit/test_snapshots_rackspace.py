@@ -1,4 +1,5 @@
-"""The Rackspace client's one translation boundary, against scripted answers (MockTransport)."""
+"""The Rackspace client's one translation boundary, against scripted answers (MockTransport),
+and the provider's pure decisions (an image and its volume snapshots as one snapshot)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pydantic import SecretStr
 
 from blocks.rackspace import RackspaceCredentials
 from core.errors import SnapshotError
-from tasks.snapshots.base import TransientSnapshotError
+from tasks.snapshots.base import SnapshotState, TransientSnapshotError
 from tasks.snapshots.rackspace.api import RackspaceApi
+from tasks.snapshots.rackspace.provider import set_state
 
 API_KEY = "0123456789abcdef-secret-api-key"
 IDENTITY = "https://identity.example/v2.0"
@@ -177,3 +179,34 @@ def test_the_block_builds_the_rackspace_api_key_request_and_hides_the_key() -> N
         }
     }
     assert API_KEY not in repr(block)
+
+
+# ---- an image and its volume snapshots as one snapshot
+
+
+@pytest.mark.parametrize(
+    ("image", "volumes", "expected"),
+    [
+        ("completed", {}, "completed"),  # no volumes attached: the image is the snapshot
+        ("pending", {}, "pending"),
+        ("completed", {"vol-a": "completed", "vol-b": "completed"}, "completed"),
+        ("completed", {"vol-a": "completed", "vol-b": "pending"}, "pending"),
+        ("pending", {"vol-a": "completed"}, "pending"),
+        ("completed", {"vol-a": "error"}, "error"),  # a failed volume snapshot fails the set
+        ("error", {"vol-a": "completed"}, "error"),
+        ("pending", {"vol-a": "error"}, "error"),
+        ("completed", {"vol-a": "completed", "vol-b": None}, "error"),  # a volume left out
+    ],
+)
+def test_an_image_counts_only_with_a_snapshot_of_every_volume_it_was_taken_with(
+    image: SnapshotState, volumes: dict[str, SnapshotState | None], expected: SnapshotState
+) -> None:
+    assert set_state(image, volumes) == expected
+
+
+def test_a_catalog_without_block_storage_is_known_and_named_when_asked_for() -> None:
+    rackspace = api(with_identity(lambda request: httpx.Response(404)))
+
+    assert rackspace.has("compute") and not rackspace.has("volume")
+    with pytest.raises(SnapshotError, match="no volume endpoint in region DFW"):
+        rackspace.endpoint("volume")

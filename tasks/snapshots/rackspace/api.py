@@ -2,7 +2,8 @@
 
 Authentication is identity v2.0 ``POST /tokens`` with ``RAX-KSKEY:apiKeyCredentials``
 (what Rackspace uses); the answer's service catalog gives the compute and image
-endpoints of the server's region. An expired token (401) re-authenticates once.
+endpoints of the server's region, and its block storage (``volume``, Cinder) endpoint
+when the account has one. An expired token (401) re-authenticates once.
 
 Every HTTP failure becomes a :class:`~core.errors.SnapshotError` in one place,
 :meth:`RackspaceApi.request`: unreachable, timed out, rate limited (413, 429) and 5xx
@@ -24,7 +25,7 @@ from core.errors import SnapshotError, TransientSnapshotError
 
 REDACTED = "********"
 
-Service = Literal["compute", "image"]
+Service = Literal["compute", "image", "volume"]
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
@@ -141,7 +142,7 @@ class RackspaceApi:
         endpoints: dict[str, str] = {}
         for service in catalog:
             kind = service.get("type")
-            if kind not in ("compute", "image"):
+            if kind not in ("compute", "image", "volume"):
                 continue
             for endpoint in service.get("endpoints", []):
                 if str(endpoint.get("region", "")).upper() == self.region.upper():
@@ -172,13 +173,13 @@ class RackspaceApi:
         allow: Iterable[int] = (),
         what: str = "",
     ) -> httpx.Response:
-        """One authenticated call to the compute or image API of the region.
+        """One authenticated call to the compute, image or block storage API of the region.
 
         A 401 (expired token) re-authenticates once and repeats the call: the refused
         call was not carried out, so repeating it is safe even for a POST.
 
         Args:
-            service: ``compute`` or ``image``.
+            service: ``compute``, ``image`` or ``volume``.
             method: HTTP method.
             path: Path below the service endpoint (``/servers/{id}``) or a full URL.
             json: JSON body.
@@ -196,7 +197,7 @@ class RackspaceApi:
         for attempt in (1, 2):
             if self._token is None:
                 self.authenticate()
-            url = path if path.startswith("http") else self._endpoints[service] + path
+            url = path if path.startswith("http") else self.endpoint(service) + path
             response = self._send(
                 method,
                 url,
@@ -220,8 +221,22 @@ class RackspaceApi:
             self.request(service, "GET", path, params=params, what=what), what or path
         )
 
-    def endpoint(self, service: Service) -> str:
-        """The service's endpoint URL (authenticates first if needed)."""
+    def has(self, service: Service) -> bool:
+        """Whether the account's catalog lists the service in this region (authenticates)."""
         if self._token is None:
             self.authenticate()
+        return service in self._endpoints
+
+    def endpoint(self, service: Service) -> str:
+        """The service's endpoint URL (authenticates first if needed).
+
+        Raises:
+            SnapshotError: The catalog lists no such endpoint in the region (only block
+                storage may be missing; compute and image are checked at authentication).
+        """
+        if not self.has(service):
+            raise SnapshotError(
+                f"rackspace: the account's service catalog has no {service} endpoint in"
+                f" region {self.region}"
+            )
         return self._endpoints[service]
