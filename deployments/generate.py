@@ -32,7 +32,7 @@ import argparse
 import difflib
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from inventory import ClientInventory, format_duration, load_inventory
 
 __all__ = [
     "BUILD_STEPS",
+    "HEARTBEAT_FREQUENCY_S",
     "MAINTENANCE_ENTRYPOINT",
     "MAINTENANCE_FLOW",
     "PREFECT_YAML",
@@ -76,6 +77,12 @@ REPORT_FLOW = "maintenance-report"
 REPORT_ENTRYPOINT = "flows/maintenance_report.py:maintenance_report"
 AUDIT_FLOW = "security-audit"
 AUDIT_ENTRYPOINT = "flows/security_audit.py:security_audit"
+
+#: Seconds between the heartbeats of a maintenance run (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
+#: in the deployment's job variables; Prefect's floor is 30). A run whose heartbeats stop
+#: is marked Crashed by the zombie-run automation (``deployments/automations.py``), which
+#: releases its client's run lock to the next run.
+HEARTBEAT_FREQUENCY_S = 60
 
 #: The slug of a maintenance deployment's one schedule: with a slug, a redeploy updates
 #: that schedule in place instead of replacing it (its id, and so its history, survive).
@@ -131,6 +138,7 @@ class DeploymentSpec:
         timezone: IANA time zone of the schedule (the client's).
         day_or: cron's day-of-month/day-of-week combination: OR (True) or AND (False).
         schedule_slug: the schedule's stable slug (what it is for, e.g. ``monthly-report``).
+        env: environment of the flow run's process (the work pool's ``env`` job variable).
     """
 
     flow_name: str
@@ -143,6 +151,7 @@ class DeploymentSpec:
     timezone: str
     day_or: bool
     schedule_slug: str = SCHEDULE_SLUG
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
@@ -172,6 +181,7 @@ def maintenance_spec(inventory: ClientInventory) -> DeploymentSpec:
         cron=cron,
         timezone=inventory.client.timezone,
         day_or=day_or,
+        env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_FREQUENCY_S)},
     )
 
 
@@ -257,6 +267,9 @@ def _yaml_entry(spec: DeploymentSpec) -> dict[str, Any]:
     No deployment concurrency limit: Prefect releases it while a run is paused for
     approval, so one run per client is the flow's run lock (docs/maintenance.md).
     """
+    work_pool: dict[str, Any] = {"name": WORK_POOL}
+    if spec.env:
+        work_pool["job_variables"] = {"env": dict(spec.env)}
     return {
         "name": spec.name,
         "description": spec.description,
@@ -265,7 +278,7 @@ def _yaml_entry(spec: DeploymentSpec) -> dict[str, Any]:
         # The server refuses runs whose parameters do not fit the flow's parameter schema.
         "enforce_parameter_schema": True,
         "tags": list(spec.tags),
-        "work_pool": {"name": WORK_POOL},
+        "work_pool": work_pool,
         "schedules": [
             {
                 "cron": spec.cron,

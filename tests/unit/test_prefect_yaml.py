@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from deployments.generate import (
+    HEARTBEAT_FREQUENCY_S,
     MAINTENANCE_ENTRYPOINT,
     MAINTENANCE_FLOW,
     REPORT_ENTRYPOINT,
@@ -193,6 +194,48 @@ def test_the_deployment_runs_on_the_process_pool_from_the_repository(
     step_id = build["prefect.deployments.steps.run_shell_script"]["id"]
     directory = pull["prefect.deployments.steps.set_working_directory"]["directory"]
     assert directory == "{{ " + step_id + ".stdout }}"
+
+
+@each_maintenance_deployment()
+def test_a_maintenance_run_sends_heartbeats_often_enough_for_the_zombie_bound(
+    deployment: dict[str, Any],
+) -> None:
+    from prefect.settings.models.flows import FlowsSettings
+
+    from deployments.automations import ZOMBIE_AFTER
+
+    env = deployment["work_pool"]["job_variables"]["env"]
+    frequency = int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+    assert frequency == HEARTBEAT_FREQUENCY_S and frequency >= 30  # Prefect's floor
+    # Three heartbeats may go missing, even at Prefect's own default (a run without our
+    # setting), before a live run could be taken for dead.
+    prefect_default = FlowsSettings.model_fields["heartbeat_frequency"].default
+    assert ZOMBIE_AFTER.total_seconds() >= 3 * max(frequency, prefect_default)
+
+
+def test_a_maintenance_run_gone_silent_is_marked_crashed_and_no_other_flows_run_is() -> None:
+    from prefect.automations import ChangeFlowRunState, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+
+    from deployments.automations import ZOMBIE_AFTER, zombie_run_automation
+
+    automation = zombie_run_automation()
+    trigger = automation.trigger
+
+    assert isinstance(trigger, EventTrigger) and trigger.posture == Posture.Proactive
+    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    assert trigger.expect == {"prefect.flow-run.*"}  # a heartbeat or any state change
+    assert trigger.for_each == {"prefect.resource.id"}  # each run on its own
+    assert trigger.within == ZOMBIE_AFTER and trigger.threshold == 1
+    related = trigger.match_related
+    assert not isinstance(related, list)
+    assert related.root == {
+        "prefect.resource.role": "flow",
+        "prefect.resource.name": MAINTENANCE_FLOW,
+    }
+    (action,) = automation.actions
+    assert isinstance(action, ChangeFlowRunState) and action.state == StateType.CRASHED
+    assert not action.force  # a run that reached a final state stays as it ended
 
 
 # --------------------------------------------------------------------------- the checker
