@@ -66,6 +66,7 @@ class Outcome(StrEnum):
 
     COMPLETED = "completed"
     COMPLETED_WITH_ROLLBACKS = "completed-with-rollbacks"
+    COMPLETED_WITH_FAILURES = "completed-with-failures"
     REJECTED = "rejected"
     APPROVAL_TIMEOUT = "approval-timeout"
     STAGING_FAILED = "staging-failed"
@@ -81,6 +82,10 @@ OUTCOME_MEANING: dict[Outcome, str] = {
     Outcome.COMPLETED: "All planned changes were applied and verified.",
     Outcome.COMPLETED_WITH_ROLLBACKS: (
         "The change was applied, but some servers failed verification and were rolled back."
+    ),
+    Outcome.COMPLETED_WITH_FAILURES: (
+        "The rollout finished within the failure budget, but some servers failed and were left"
+        " as they were (nothing had changed on them, or the policy or an approver said so)."
     ),
     Outcome.REJECTED: "An approver rejected the change; production was not touched.",
     Outcome.APPROVAL_TIMEOUT: (

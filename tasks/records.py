@@ -382,13 +382,18 @@ def completed_outcome(record: ChangeRecord) -> tuple[Outcome, str]:
     """The outcome of a run that got through production, and its detail (pure).
 
     Never "completed-with-rollbacks" when a restore failed or did not verify: that is
-    ``restore-failed``, whatever else went well.
+    ``restore-failed``, whatever else went well; a failed server that was left as it is
+    (nothing had changed on it, or the policy said so) makes it
+    ``completed-with-failures``.
     """
     servers = len({c.server for c in record.package_changes})
     detail = f"{len(record.package_changes)} package change(s) on {servers} server(s)"
     broken = [r.server for r in record.rollbacks if r.snapshot_ids and not r.verified_ok]
     if broken:
         return Outcome.RESTORE_FAILED, f"{detail}; restore failed on {', '.join(broken)}"
+    left = [r.server for r in record.rollbacks if not r.snapshot_ids]
+    if left:
+        return Outcome.COMPLETED_WITH_FAILURES, f"{detail}; failed, not restored: {', '.join(left)}"
     outcome = Outcome.COMPLETED_WITH_ROLLBACKS if record.rollbacks else Outcome.COMPLETED
     return outcome, detail
 

@@ -287,15 +287,24 @@ def test_the_restore_test_is_recorded_from_its_result_or_its_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rollbacks", "outcome"),
-    [(0, Outcome.COMPLETED), (1, Outcome.COMPLETED_WITH_ROLLBACKS)],
-)
-def test_production_done_is_completed_or_completed_with_rollbacks(
-    rollbacks: int, outcome: Outcome
+    ("rollbacks", "outcome", "detail"),
+    [
+        ([], Outcome.COMPLETED, ""),
+        ([restored("a", taken("completed"), "w", restore_error=None, verify_failures=[])],
+         Outcome.COMPLETED_WITH_ROLLBACKS, ""),
+        ([not_restored("a", NOTHING_CHANGED, "w")], Outcome.COMPLETED_WITH_FAILURES,
+         "; failed, not restored: a"),
+        ([restored("b", taken("completed"), "w", restore_error=None, verify_failures=[]),
+          not_restored("a", "on_failure is ask", "w")], Outcome.COMPLETED_WITH_FAILURES,
+         "; failed, not restored: a"),
+    ],
+)  # fmt: skip
+def test_production_done_is_completed_with_rollbacks_only_when_every_failed_server_was_restored(
+    rollbacks: list[object], outcome: Outcome, detail: str
 ) -> None:
     changes = [PackageChange(server=s, name="openssl", to_version="2") for s in ("a", "a", "b")]
-    done = record(package_changes=changes, rollbacks=[not_restored("a", "r", "w")] * rollbacks)
-    assert completed_outcome(done) == (outcome, "3 package change(s) on 2 server(s)")
+    done = record(package_changes=changes, rollbacks=rollbacks)
+    assert completed_outcome(done) == (outcome, "3 package change(s) on 2 server(s)" + detail)
 
 
 def test_a_failed_restore_is_never_completed_with_rollbacks() -> None:
