@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import socket
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from core.errors import MaintenanceInProgress
 from flows.server_maintenance import derive_change_ref
+from history.store import open_store
 from tasks.preflight import (
     HolderObservation,
     HolderUnreadable,
@@ -122,3 +125,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_a_run_is_refused_when_the_lock_holders_state_cannot_be_read(tmp_path: Path) -> None:
+    # The fault "lock holder's API read fails": a real store, a real Prefect client, no API.
+    with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        store.acquire_run_lock("acme", RUN, "CHG-1")
+        with (
+            temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}),
+            pytest.raises(MaintenanceInProgress) as refused,
+        ):
+            store.acquire_run_lock("acme", OTHER_RUN, "CHG-2", holder_check=holder_takeover)
+
+        assert refused.value.holder_flow_run_id == RUN
+        assert "could not be read" in str(refused.value)
+        held = store.run_lock("acme")
+        assert held is not None and held.holder_flow_run_id == RUN
+        assert [e.event for e in store.lock_events("acme")] == ["acquired"]
