@@ -1,24 +1,118 @@
-"""Approve or reject a waiting maintenance run from a script, by flow-run id.
+"""Answer a waiting maintenance run from a shell, signed with your own SSH key.
 
     python -m deployments.approve list
-    python -m deployments.approve RUN_ID --approver alice [--comment "..."] [--ticket CHG-42]
-    python -m deployments.approve RUN_ID --approver alice --reject --comment "not this week"
+    python -m deployments.approve RUN_ID --approver alice --key ~/.ssh/id_ed25519
+    python -m deployments.approve RUN_ID --approver alice --key ~/.ssh/id_ed25519 --reject \\
+        --comment "not this week"
+    python -m deployments.approve RUN_ID --approver alice --key ~/.ssh/id_ed25519 --restore
 
-It sends the same input as the form in the Prefect UI (``resume_flow_run`` with
-``run_input``); the server checks it against the form and the flow checks that the
-approver is listed for the client. ``PREFECT_API_URL`` says which server.
+The paused run published what it asks as the run input ``approval-request`` (or
+``restore-<server>-request``): the client, the change ref, the production plan and its
+digest, and per approver and decision the exact line to sign. This command checks that
+the digest is the plan's, shows what you are signing, signs that line with
+``ssh-keygen -Y sign -n caretaker-approval`` and your key (a passphrase is asked for on
+the terminal, or ssh-agent is used), and resumes the run with the same input as the
+form in the Prefect UI. The run verifies the signature against your public key in the
+inventory. ``PREFECT_API_URL`` says which server.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 from uuid import UUID
 
+from core.errors import ConfigError
 from core.settings import telemetry_off
+from tasks.approval import NAMESPACE, digest_of, request_key, signed_message
+
+#: What a failed API call can raise (a connection refused, a 4xx/5xx, a bad reply).
+API_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError)
 
 
-def _list() -> int:
+def _api_errors() -> tuple[type[BaseException], ...]:
+    import httpx
+    from prefect.exceptions import PrefectException
+
+    return (*API_ERRORS, httpx.HTTPError, PrefectException)
+
+
+def sign_message(message: str, key: Path, *, timeout_s: float = 120) -> str:
+    """Sign ``message`` with ``ssh-keygen -Y sign -n caretaker-approval`` and ``key``.
+
+    The message is signed as a file (exactly its bytes), so the terminal stays free for
+    the key's passphrase.
+
+    Raises:
+        ConfigError: ssh-keygen is missing, or it could not sign (its reason).
+    """
+    tool = shutil.which("ssh-keygen")
+    if tool is None:
+        raise ConfigError("ssh-keygen is not installed (install openssh-client)")
+    with tempfile.TemporaryDirectory(prefix="caretaker-sign-") as folder:
+        path = Path(folder) / "message.txt"
+        path.write_bytes(message.encode())
+        done = subprocess.run(
+            [tool, "-Y", "sign", "-q", "-n", NAMESPACE, "-f", str(key.expanduser()), str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        signature = path.with_name("message.txt.sig")
+        if done.returncode != 0 or not signature.exists():
+            raise ConfigError(f"ssh-keygen could not sign with {key}: {done.stderr.strip()}")
+        return signature.read_text()
+
+
+def message_to_sign(request: dict[str, Any], approver: str, decision: str) -> str:
+    """The line ``approver`` signs for ``decision``, checked against the request (pure).
+
+    Raises:
+        ConfigError: the request's digest is not its plan's, the decision is not one of
+            the question's, the approver has no key listed, or the published line is not
+            the one built from the request's own fields.
+    """
+    if digest_of(request.get("production_plan") or []) != request.get("plan_digest"):
+        raise ConfigError("the request's plan digest is not the digest of its plan: not signing")
+    decisions = request.get("decisions") or []
+    if decision not in decisions:
+        raise ConfigError(f"this question is answered with {' or '.join(decisions)}")
+    if approver not in (request.get("approvers") or []):
+        listed = ", ".join(request.get("approvers") or []) or "nobody"
+        raise ConfigError(f"{approver} is not a listed approver with a key (listed: {listed})")
+    message = signed_message(
+        client=request["client"],
+        change_ref=request["change_ref"],
+        plan=request["plan_digest"],
+        decision=decision,
+        approver=approver,
+        server=request.get("server"),
+    )
+    if request["messages"][approver][decision] != message:
+        raise ConfigError("the published message does not match the request: not signing")
+    return message
+
+
+def describe(request: dict[str, Any]) -> str:
+    """What is being answered, for the terminal (pure)."""
+    lines = [f"client {request['client']}, change {request['change_ref']}"]
+    if request.get("server"):
+        lines.append(f"restore question for {request['server']}")
+    lines.append(f"production plan {request['plan_digest']}:")
+    for host in request.get("production_plan") or []:
+        changes = ", ".join(f"{n} {f or '(new)'} -> {t}" for n, f, t in host["changes"])
+        lines.append(f"  {host['server']}: {changes or 'no change'}")
+    return "\n".join(lines)
+
+
+def waiting_runs() -> list[Any]:
+    """Flow runs paused for an answer."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -27,20 +121,72 @@ def _list() -> int:
     )
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused", "Suspended"]))
-            ),
-            limit=200,
+        return list(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        name=FlowRunFilterStateName(any_=["Paused", "Suspended"])
+                    )
+                ),
+                limit=200,
+            )
         )
+
+
+def answer_run(
+    run_id: UUID,
+    *,
+    approver: str,
+    key: Path,
+    decision: str,
+    comment: str = "",
+    ticket: str = "",
+    show: bool = True,
+) -> dict[str, str]:
+    """Sign ``decision`` on the question ``run_id`` waits on and resume it.
+
+    Returns:
+        The run input sent.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input.actions import read_flow_run_input
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    if run.state is None or not run.state.is_paused():
+        raise ConfigError(f"flow run {run_id} is not waiting for an answer")
+    pause_key = str(run.state.state_details.pause_key or "")
+    request = read_flow_run_input(request_key(pause_key), flow_run_id=run_id)
+    if not isinstance(request, dict):
+        raise ConfigError(f"flow run {run_id} published no request to sign ({pause_key})")
+    message = message_to_sign(request, approver, decision)
+    if show:
+        print(describe(request))
+        print(f"signing: {message}")
+    run_input = {
+        "decision": decision,
+        "approver": approver,
+        "signature": sign_message(message, key),
+        "comment": comment,
+    }
+    if request.get("question") == "approval":
+        run_input["ticket"] = ticket
+    resume_flow_run(run_id, run_input=run_input)
+    return run_input
+
+
+def _list() -> int:
+    runs = waiting_runs()
     for run in runs:
         params = run.parameters or {}
+        pause_key = run.state.state_details.pause_key if run.state else ""
         print(
             f"{run.id}  {run.name:<24} client={params.get('client')} "
-            f"change_ref={params.get('change_ref')}"
+            f"change_ref={params.get('change_ref')} waiting on {pause_key}"
         )
     if not runs:
-        print("no run is waiting for approval")
+        print("no run is waiting for an answer")
     return 0
 
 
@@ -54,31 +200,51 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run", help="flow-run id, or 'list' to show waiting runs")
     parser.add_argument("--approver", help="your name as listed for the client")
-    parser.add_argument("--reject", action="store_true", help="reject instead of approve")
+    parser.add_argument(
+        "--key", type=Path, help="your private key (its public half is in the inventory)"
+    )
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--reject", action="store_true", help="reject instead of approve")
+    choice.add_argument("--restore", action="store_true", help="restore question: restore")
+    choice.add_argument("--leave", action="store_true", help="restore question: leave it")
     parser.add_argument("--comment", default="")
     parser.add_argument("--ticket", default="")
     args = parser.parse_args(argv)
-    if args.run == "list":
-        return _list()
-    if not args.approver:
-        parser.error("--approver is required")
-    from prefect.flow_runs import resume_flow_run
-
     try:
-        run_id = UUID(args.run)
-    except ValueError:
-        parser.error(f"not a flow-run id: {args.run}")
-    decision = "reject" if args.reject else "approve"
-    resume_flow_run(
-        run_id,
-        run_input={
-            "decision": decision,
-            "approver": args.approver,
-            "comment": args.comment,
-            "ticket": args.ticket,
-        },
-    )
-    print(f"{decision} sent for flow run {run_id} as {args.approver}")
+        if args.run == "list":
+            return _list()
+        if not args.approver or not args.key:
+            parser.error("--approver and --key are required")
+        try:
+            run_id = UUID(args.run)
+        except ValueError:
+            parser.error(f"not a flow-run id: {args.run}")
+        decision = (
+            "reject"
+            if args.reject
+            else "restore"
+            if args.restore
+            else "leave"
+            if args.leave
+            else "approve"
+        )
+        answer_run(
+            run_id,
+            approver=args.approver,
+            key=args.key,
+            decision=decision,
+            comment=args.comment,
+            ticket=args.ticket,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except _api_errors() as exc:
+        print(
+            f"error: the Prefect API did not answer: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        return 2
+    print(f"{decision} signed and sent for flow run {run_id} as {args.approver}")
     return 0
 
 

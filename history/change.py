@@ -287,7 +287,24 @@ class Approval(_Part):
         default=None, description="Ticket reference given with the answer (change ticket)."
     )
     counted: bool = Field(
-        description="Whether the answer counted (only listed approvers, once each, count)."
+        description=(
+            "Whether the answer counted (only listed approvers whose signature verifies,"
+            " once each, count)."
+        )
+    )
+    proof: str | None = Field(
+        default=None,
+        description=(
+            "How the answer was proven: 'ssh-signature SHA256:<fingerprint of the approver's"
+            " key>', or 'not proven: <why>'. None in records made before answers were signed."
+        ),
+    )
+    plan_digest: str | None = Field(
+        default=None,
+        description=(
+            "Digest of the production plan the answer was about (sha256:<hex>; part of the"
+            " signed message, so a changed plan needs a new approval)."
+        ),
     )
     not_counted_reason: str | None = Field(
         default=None,

@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {problem}", file=sys.stderr)
         else:
             print(f"ok   {file}  ({_summary(inventory)})")
+            for warning in inventory.client.approval_warnings():
+                print(f"  warning: {warning}")
     if not files:
         print("no client files given", file=sys.stderr)
         return 2

@@ -49,6 +49,7 @@ from inventory.types import (
     SlaTarget,
     Slug,
     SnapshotMode,
+    SshPublicKey,
     Text,
     TimeZoneName,
     Weekday,
@@ -73,6 +74,15 @@ class Approver(Model):
         description="Login-like name the approval form compares against (lowercase, e.g. alice)."
     )
     email: Email = Field(description="Where the approval request is sent.")
+    ssh_key: SshPublicKey | None = Field(
+        default=None,
+        description=(
+            "The approver's OpenSSH public key (one line of ~/.ssh/id_ed25519.pub; ed25519,"
+            " ecdsa, or rsa of at least 3072 bits). An answer counts only when signed with it"
+            " (ssh-keygen -Y sign -n caretaker-approval); without a key, none of this"
+            " approver's answers can count. Each approver needs their own key."
+        ),
+    )
 
 
 class Client(Model):
@@ -107,6 +117,19 @@ class Client(Model):
                 "each approver name once",
                 ("approvers", index, "name"),
             )
+        keys: dict[str, str] = {}
+        for index, approver in enumerate(self.approvers):
+            if approver.ssh_key is None:
+                continue
+            key = " ".join(approver.ssh_key.split()[:2])
+            if key in keys:
+                raise fail(
+                    f"approver {approver.name!r} has the same ssh_key as {keys[key]!r}:"
+                    " one person could answer as both",
+                    "each approver their own key",
+                    ("approvers", index, "ssh_key"),
+                )
+            keys[key] = approver.name
         if self.approvals_required > len(self.approvers):
             raise fail(
                 f"approvals_required is {self.approvals_required}"
@@ -126,6 +149,25 @@ class Client(Model):
     def tz(self) -> zoneinfo.ZoneInfo:
         """The client's time zone."""
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def approver_keys(self) -> dict[str, str | None]:
+        """Each listed approver's public key, None for one without (who can never count)."""
+        return {a.name: a.ssh_key for a in self.approvers}
+
+    def approval_warnings(self) -> list[str]:
+        """What keeps approvals from counting (shown by ``python -m inventory check``)."""
+        keyless = [a.name for a in self.approvers if a.ssh_key is None]
+        warnings = [
+            f"approver {name} has no ssh_key: none of their answers can count" for name in keyless
+        ]
+        if len(self.approvers) - len(keyless) < self.approvals_required:
+            warnings.append(
+                f"approvals_required is {self.approvals_required} but only"
+                f" {len(self.approvers) - len(keyless)} approver(s) have an ssh_key:"
+                " no production change can be approved"
+            )
+        return warnings
 
 
 class MaintenanceWindow(Model):

@@ -10,8 +10,11 @@ mypy sees the plain Python type.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import functools
+import hashlib
 import ipaddress
 import re
 import urllib.parse
@@ -512,6 +515,96 @@ CronExpression = Annotated[
     str,
     AfterValidator(_check_cron),
     WithJsonSchema({"type": "string", "examples": ["0 2 * * sat"]}),
+]
+
+# ---- OpenSSH public keys (an approver's credential)
+
+#: Key types an approver may sign with (``ssh-keygen -Y sign``): Ed25519, ECDSA (also on a
+#: FIDO security key) and RSA of at least ``SSH_RSA_MIN_BITS``. DSA is refused outright.
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "sk-ssh-ed25519@openssh.com",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
+)
+SSH_RSA_MIN_BITS = 3072
+_SSH_KEY_ALLOWED = (
+    "one OpenSSH public key line, as in ~/.ssh/id_ed25519.pub: '<type> <base64> [comment]';"
+    f" type {', '.join(SSH_KEY_TYPES)}; RSA of at least {SSH_RSA_MIN_BITS} bits"
+)
+
+
+def _wire_strings(blob: bytes) -> list[bytes]:
+    """The SSH wire-format strings (uint32 length + bytes) that make up ``blob``."""
+    out, at = [], 0
+    while at < len(blob):
+        if at + 4 > len(blob):
+            raise ValueError("truncated length")
+        size = int.from_bytes(blob[at : at + 4], "big")
+        at += 4
+        if at + size > len(blob):
+            raise ValueError("truncated value")
+        out.append(blob[at : at + size])
+        at += size
+    return out
+
+
+def ssh_key_blob(line: str) -> tuple[str, bytes]:
+    """``(type, key blob)`` of an OpenSSH public key line; ValueError saying what is wrong."""
+    parts = line.split()
+    if len(parts) < 2:
+        raise ValueError("is not '<type> <base64 key> [comment]'")
+    kind, encoded = parts[0], parts[1]
+    if kind not in SSH_KEY_TYPES:
+        raise ValueError(f"has key type {kind!r}, which is not allowed")
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+        fields = _wire_strings(blob)
+    except (ValueError, binascii.Error):
+        raise ValueError("has a key that is not valid base64 of an SSH key") from None
+    if not fields or fields[0] != kind.encode():
+        raise ValueError(f"has a key whose content is not a {kind} key")
+    if kind == "ssh-rsa":
+        if len(fields) != 3:
+            raise ValueError("has a malformed RSA key")
+        bits = int.from_bytes(fields[2], "big").bit_length()
+        if bits < SSH_RSA_MIN_BITS:
+            raise ValueError(f"is an RSA key of {bits} bits, fewer than {SSH_RSA_MIN_BITS}")
+    return kind, blob
+
+
+def ssh_key_fingerprint(line: str) -> str:
+    """The key's SHA256 fingerprint as ``ssh-keygen -l`` prints it (``SHA256:...``)."""
+    _kind, blob = ssh_key_blob(line)
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def _check_ssh_key(value: str) -> str:
+    line = " ".join(value.split())
+    try:
+        ssh_key_blob(line)
+    except ValueError as exc:
+        shown = line if len(line) <= 40 else line[:37] + "..."
+        raise fail(f"public key {shown!r} {exc}", _SSH_KEY_ALLOWED) from None
+    return line
+
+
+SshPublicKey = Annotated[
+    str,
+    AfterValidator(_check_ssh_key),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(ssh-ed25519|sk-ssh-ed25519@openssh\.com|ecdsa-sha2-nistp(256|384|521)"
+            r"|sk-ecdsa-sha2-nistp256@openssh\.com|ssh-rsa) [A-Za-z0-9+/]+={0,2}( .*)?$",
+            "maxLength": 4096,
+            "examples": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... alice@laptop"],
+        }
+    ),
 ]
 
 # ---- enumerations

@@ -1,24 +1,45 @@
-"""Approval of a production change: the form approvers fill in, and how answers count.
+"""Approval of a production change: the forms, the signed answers, and how answers count.
 
 The flow pauses with :class:`ApprovalForm` (the Prefect UI renders it as a form; the
-API accepts the same fields as ``run_input``). Only approvers listed for the client
-count, each once; a rejection by a listed approver ends the wait; the change goes
-ahead when ``approvals_required`` distinct listed approvers said yes. Everything else
-(an unlisted name, a second answer from the same person) is recorded, not counted,
-and the run waits again. The counting is pure and tested without Prefect.
+API accepts the same fields as ``run_input``). An answer counts only when it proves who
+gave it: an OpenSSH signature (``ssh-keygen -Y sign -n caretaker-approval``) by the key
+the inventory lists for that approver, over the one message :func:`signed_message`
+builds from the client, the change ref, the production plan's digest
+(:func:`plan_digest`), the decision and the approver's name. A signature made for
+another change, another plan, another decision or another name does not verify, so it
+cannot be replayed; a changed plan needs a new approval. Only listed approvers count,
+each once; a proven rejection ends the wait; the change goes ahead when
+``approvals_required`` distinct listed approvers signed yes. Everything else (an
+unlisted name, a missing or bad signature, a second answer from the same person) is
+recorded with the reason, not counted, and the run waits again.
 
-The same pause serves the restore question (on_failure ``ask``): :func:`ask` is the one
-wait loop for both, bounded by a deadline that :class:`ApprovalDeadline` keeps; the
-texts shown above the forms (:func:`approval_description`, :func:`restore_question`)
-and :func:`restore_answer` are pure.
+Before pausing, the flow publishes what is to be signed as the run input
+``<question>-request`` (:func:`request_key`), so ``python -m deployments.approve`` can
+sign it with the approver's own key. Counting (:func:`count_answer`), the signature's
+pre-checks (:func:`parse_signature`, :func:`prove`) and the texts are pure; only
+:func:`verify_signature` runs ``ssh-keygen -Y verify``.
+
+The same pause serves the restore question (on_failure ``ask``), with a signed
+``restore`` or ``leave``: :func:`ask` is the one wait loop for both, bounded by a
+deadline that :class:`ApprovalDeadline` keeps.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Literal, Protocol, TypeVar
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
 from uuid import UUID
 
 from prefect import pause_flow_run
@@ -26,20 +47,42 @@ from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import ConfigError
 from history.change import Approval, Verification
+from inventory.types import ssh_key_blob, ssh_key_fingerprint
 from tasks.packages import MaintenancePlan
 from tasks.rollout import RestoreAnswer
+
+#: The signature namespace: a signature made for anything else (git commits, files) is refused.
+NAMESPACE = "caretaker-approval"
+#: The longest signature text the forms take (an RSA-8192 signature is about 2,700 characters).
+SIGNATURE_MAX = 8000
+#: How long one ``ssh-keygen -Y verify`` may take.
+VERIFY_TIMEOUT_S = 10.0
+#: The command shown to approvers (the file is the message, saved as message.txt).
+SIGN_COMMAND = f"ssh-keygen -Y sign -n {NAMESPACE} -f ~/.ssh/id_ed25519 message.txt"
+
+#: Who may answer, and the public key each answer must be signed with (None: cannot count).
+ApproverKeys = Mapping[str, "str | None"]
+
+
+_SIGNATURE_HELP = (
+    "The whole -----BEGIN SSH SIGNATURE----- ... -----END SSH SIGNATURE----- text of"
+    f" `{SIGN_COMMAND}` (message.txt.sig), the message being the one shown above for your"
+    " decision."
+)
 
 
 class ApprovalForm(RunInput):
     """The approval form shown in the Prefect UI when a maintenance run waits."""
 
     decision: Literal["approve", "reject"] = Field(
-        default="approve", description="Approve the production change, or reject it."
+        description="Approve the production change, or reject it (no default: choose)."
     )
     approver: str = Field(
         min_length=1, max_length=64, description="Your approver name, as listed for the client."
     )
+    signature: str = Field(min_length=1, max_length=SIGNATURE_MAX, description=_SIGNATURE_HELP)
     comment: str = Field(default="", max_length=2000, description="Why, or any condition.")
     ticket: str = Field(default="", max_length=64, description="Change ticket reference.")
 
@@ -53,29 +96,261 @@ TIMEOUT_APPROVER = "caretaker-approval-timeout"
 class RestoreForm(RunInput):
     """Asked when a production server failed and the client's on_failure is ``ask``."""
 
-    restore: bool = Field(
-        default=True, description="Restore the failed server from its pre-change snapshot."
+    decision: Literal["restore", "leave"] = Field(
+        description=(
+            "restore: roll the failed server back from its pre-change snapshot; leave: leave"
+            " it as it is (no default: choose)."
+        )
     )
     approver: str = Field(
         min_length=1, max_length=64, description="Your approver name, as listed for the client."
     )
+    signature: str = Field(min_length=1, max_length=SIGNATURE_MAX, description=_SIGNATURE_HELP)
     comment: str = Field(default="", max_length=2000, description="Why.")
 
 
-#: What the deadline watchdog answers on each form: a rejection / no restore.
+#: What the deadline watchdog answers on each form: a rejection / no restore. Its answer is
+#: recognised by name at the deadline; before it, the name is unlisted and cannot count.
 TIMEOUT_ANSWERS: dict[str, dict[str, object]] = {
     "approval": {
         "decision": "reject",
         "approver": TIMEOUT_APPROVER,
+        "signature": "none: the deadline passed",
         "comment": "no decision before the approval deadline",
         "ticket": "",
     },
     "restore": {
-        "restore": False,
+        "decision": "leave",
         "approver": TIMEOUT_APPROVER,
+        "signature": "none: the deadline passed",
         "comment": "no decision before the deadline: left as it is",
     },
 }
+
+
+# ---- what is signed ---------------------------------------------------------------------
+
+
+def production_canonical(plan: MaintenancePlan) -> list[dict[str, Any]]:
+    """The production part of ``plan`` in its canonical form (pure).
+
+    The production hosts sorted by name, each with its package changes ``[name, from,
+    to]`` (from is ``""`` for a new package) and removals, sorted.
+    """
+    hosts = [
+        {
+            "server": h.server,
+            "changes": sorted([c.name, c.from_version or "", c.to_version] for c in h.changes),
+            "removals": sorted(h.removals),
+        }
+        for h in plan.hosts
+        if h.role == "production"
+    ]
+    return sorted(hosts, key=lambda host: str(host["server"]))
+
+
+def digest_of(canonical: list[dict[str, Any]]) -> str:
+    """``sha256:<hex>`` of a canonical production plan, as JSON with sorted keys (pure)."""
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_digest(plan: MaintenancePlan) -> str:
+    """``sha256:<hex>`` of the production part of ``plan`` (pure).
+
+    The same production plan always gives the same digest (order of hosts and packages
+    does not matter; staging and the change ref are not part of it), and any change to
+    what production would get (a host, a package, a version, a removal) gives another.
+    """
+    return digest_of(production_canonical(plan))
+
+
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._:@+/=-]+")
+
+
+def _value(text: str) -> str:
+    # Plain values as they are; anything else JSON-quoted, so no two answers share a message.
+    return text if _PLAIN_VALUE.fullmatch(text) else json.dumps(text)
+
+
+def signed_message(
+    *,
+    client: str,
+    change_ref: str,
+    plan: str,
+    decision: str,
+    approver: str,
+    server: str | None = None,
+) -> str:
+    """The one line an approver signs (pure).
+
+    ``caretaker-approval client=acme change=CHG-1 plan=sha256:... decision=approve
+    approver=alice``; the restore question adds ``server=<name>`` before the decision.
+    Verification accepts the line with or without one final newline (a saved file).
+    """
+    fields = [("client", client), ("change", change_ref), ("plan", plan)]
+    if server is not None:
+        fields.append(("server", server))
+    fields += [("decision", decision), ("approver", approver)]
+    return " ".join([NAMESPACE, *(f"{k}={_value(v)}" for k, v in fields)])
+
+
+# ---- is the signature the approver's, over this message? ----------------------------------
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """What an armored SSH signature says about itself (before it is verified)."""
+
+    namespace: str
+    fingerprint: str
+    armored: str
+
+
+_ARMOR = re.compile(
+    r"-----BEGIN SSH SIGNATURE-----(?P<body>[A-Za-z0-9+/=\s]*)-----END SSH SIGNATURE-----"
+)
+
+
+def parse_signature(text: str) -> SignatureInfo:
+    """Read an armored OpenSSH signature (pure); ValueError saying what is wrong.
+
+    Whitespace inside the armor is free (a form may rewrap it); the text is re-armored
+    as ``ssh-keygen`` writes it.
+    """
+    match = _ARMOR.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("not an OpenSSH signature (-----BEGIN SSH SIGNATURE----- ... END)")
+    body = "".join(match.group("body").split())
+    try:
+        blob = base64.b64decode(body, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError("the signature is not valid base64") from None
+    if not blob.startswith(b"SSHSIG"):
+        raise ValueError("not an OpenSSH signature (no SSHSIG header)")
+    fields: list[bytes] = []
+    at = 10  # magic (6) and version (4)
+    while at + 4 <= len(blob) and len(fields) < 5:
+        size = int.from_bytes(blob[at : at + 4], "big")
+        fields.append(blob[at + 4 : at + 4 + size])
+        at += 4 + size
+    if len(fields) < 5 or at > len(blob):
+        raise ValueError("a truncated OpenSSH signature")
+    public_key, namespace = fields[0], fields[1]
+    digest = base64.b64encode(hashlib.sha256(public_key).digest()).decode().rstrip("=")
+    lines = [body[i : i + 70] for i in range(0, len(body), 70)]
+    armored = "\n".join(
+        ["-----BEGIN SSH SIGNATURE-----", *lines, "-----END SSH SIGNATURE-----", ""]
+    )
+    return SignatureInfo(namespace.decode(errors="replace"), f"SHA256:{digest}", armored)
+
+
+class Verifier(Protocol):
+    """Checks a signature over a message with one approver's key: None when good, else why."""
+
+    def __call__(
+        self, message: str, armored: str, approver: str, public_key: str
+    ) -> str | None: ...
+
+
+def verify_signature(
+    message: str,
+    armored: str,
+    approver: str,
+    public_key: str,
+    *,
+    timeout_s: float = VERIFY_TIMEOUT_S,
+) -> str | None:
+    """``ssh-keygen -Y verify`` of ``armored`` over ``message`` with ``approver``'s key.
+
+    The message is tried as it is, then with a final newline (a saved file has one).
+
+    Returns:
+        None when the signature is good, else ssh-keygen's reason.
+
+    Raises:
+        ConfigError: ssh-keygen is not installed.
+    """
+    tool = shutil.which("ssh-keygen")
+    if tool is None:
+        raise ConfigError(
+            "ssh-keygen is not installed: approvals cannot be verified (install openssh-client)"
+        )
+    kind, blob = ssh_key_blob(public_key)
+    why = "the signature does not verify"
+    with tempfile.TemporaryDirectory(prefix="caretaker-approval-") as folder:
+        signers, sig = Path(folder) / "allowed_signers", Path(folder) / "answer.sig"
+        key = base64.b64encode(blob).decode()
+        signers.write_text(f'{approver} namespaces="{NAMESPACE}" {kind} {key}\n')
+        sig.write_text(armored)
+        command = [tool, "-Y", "verify", "-f", str(signers), "-I", approver, "-n", NAMESPACE]
+        for variant in (message, message + "\n", message + "\r\n"):
+            try:
+                done = subprocess.run(
+                    [*command, "-s", str(sig)],
+                    input=variant.encode(),
+                    capture_output=True,
+                    timeout=timeout_s,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                return f"ssh-keygen -Y verify took longer than {timeout_s:g} s"
+            if done.returncode == 0:
+                return None
+            why = (done.stderr.decode(errors="replace").strip().splitlines() or [why])[-1]
+    return why
+
+
+@dataclass(frozen=True)
+class Proof:
+    """Whether an answer proved who gave it, and how (or why not)."""
+
+    ok: bool
+    detail: str  # "ssh-signature SHA256:..." when ok, else the reason
+    fingerprint: str | None = None
+
+    @property
+    def recorded(self) -> str:
+        """The change record's ``proof`` text."""
+        return self.detail if self.ok else f"not proven: {self.detail}"
+
+
+def prove(
+    signature: str,
+    message: str,
+    approver: str,
+    public_key: str | None,
+    verify: Verifier = verify_signature,
+) -> Proof:
+    """Whether ``signature`` is ``approver``'s signature over ``message``.
+
+    The pre-checks are pure (no key, no signature, not a signature, another namespace,
+    another key); only a signature by the approver's own key reaches ``verify``.
+    """
+    if public_key is None:
+        return Proof(False, f"{approver} has no ssh_key in the inventory: cannot be proven")
+    if not signature.strip():
+        return Proof(False, "no signature given")
+    try:
+        info = parse_signature(signature)
+    except ValueError as exc:
+        return Proof(False, str(exc))
+    if info.namespace != NAMESPACE:
+        return Proof(False, f"signed for namespace {info.namespace!r}, not {NAMESPACE!r}")
+    expected = ssh_key_fingerprint(public_key)
+    if info.fingerprint != expected:
+        return Proof(
+            False, f"signed with another key ({info.fingerprint}), not {approver}'s ({expected})"
+        )
+    why = verify(message, info.armored, approver, public_key)
+    if why is not None:
+        return Proof(
+            False,
+            "the signature is not over this answer's message (signed for another change,"
+            f" plan, decision or approver): {why}",
+            expected,
+        )
+    return Proof(True, f"ssh-signature {expected}", expected)
 
 
 class ApprovalDeadline:
@@ -128,8 +403,29 @@ class ApprovalTally(BaseModel):
         return "approved" if len(approvals) >= self.required else "pending"
 
 
+def check_answer(
+    answer: ApprovalForm | RestoreForm,
+    approvers: ApproverKeys,
+    message: Callable[[str, str], str],
+    verify: Verifier = verify_signature,
+) -> Proof:
+    """Prove one answer: ``message(decision, approver)`` is what it must be a signature of.
+
+    An unlisted name is not checked at all (its proof says so).
+    """
+    name = answer.approver.strip()
+    if name not in approvers:
+        return Proof(False, "not checked: not a listed approver")
+    return prove(answer.signature, message(answer.decision, name), name, approvers[name], verify)
+
+
 def count_answer(
-    tally: ApprovalTally, form: ApprovalForm, approvers: Sequence[str], at: datetime
+    tally: ApprovalTally,
+    form: ApprovalForm,
+    approvers: Sequence[str],
+    at: datetime,
+    proof: Proof,
+    digest: str | None = None,
 ) -> ApprovalTally:
     """Add one answer to the tally (pure).
 
@@ -138,16 +434,23 @@ def count_answer(
         form: the answer received.
         approvers: names of the client's listed approvers.
         at: when the answer arrived (aware).
+        proof: what :func:`check_answer` found about its signature.
+        digest: the plan digest the answer was about (for the record).
 
     Returns:
         The new tally; the answer is recorded whether it counted or not.
     """
     name = form.approver.strip()
     reason: str | None = None
+    counted = [a for a in tally.answers if a.counted]
     if name not in approvers:
         reason = f"{name!r} is not a listed approver (listed: {', '.join(approvers)})"
-    elif any(a.counted and a.approver == name for a in tally.answers):
+    elif not proof.ok:
+        reason = proof.detail
+    elif any(a.approver == name for a in counted):
         reason = f"{name} already answered; each approver counts once"
+    elif proof.fingerprint and any(proof.fingerprint in (a.proof or "") for a in counted):
+        reason = f"signed with the key of an answer already counted ({proof.fingerprint})"
     answer = Approval(
         approver=name or "?",
         decision=form.decision,
@@ -155,9 +458,35 @@ def count_answer(
         comment=form.comment,
         ticket=form.ticket or None,
         counted=reason is None,
+        proof=proof.recorded,
+        plan_digest=digest,
         not_counted_reason=reason,
     )
     return tally.model_copy(update={"answers": (*tally.answers, answer)})
+
+
+def how_to_answer(question: Question, *, choices: str) -> list[str]:
+    """The markdown lines saying exactly what to sign and how (pure)."""
+    lines = [
+        "### How to answer",
+        f"Plan digest: `{question.digest}`",
+        "",
+        "Your answer counts only when signed with your own key, the one the inventory lists"
+        f" for you. Save the line for your name and decision ({choices}) as `message.txt`,"
+        " unchanged:",
+        "",
+    ]
+    for name, messages in question.messages().items():
+        for decision, message in messages.items():
+            lines += [f"{name}, {decision}:", "```", message, "```"]
+    decision = "--reject" if question.server is None else "--leave (or --restore)"
+    lines += [
+        "",
+        f"Sign it with `{SIGN_COMMAND}` and paste all of `message.txt.sig` into Signature.",
+        f"Or from a shell: `python -m deployments.approve {question.flow_run_id} --approver"
+        f" NAME --key ~/.ssh/id_ed25519` (add `{decision}` for the other answer).",
+    ]
+    return lines
 
 
 def approval_description(
@@ -167,11 +496,13 @@ def approval_description(
     staging_summary: str,
     production_plan: str,
     tally: ApprovalTally,
-    approvers: Sequence[str],
+    approvers: ApproverKeys,
     deadline: datetime,
+    question: Question | None = None,
 ) -> str:
-    """The markdown shown above the form: staging result, production plan, who may approve."""
+    """The markdown shown above the form: staging result, production plan, what to sign."""
     received = len({a.approver for a in tally.counted})
+    keyless = [name for name, key in approvers.items() if key is None]
     lines = [
         f"## Approve production maintenance for {client} — {change_ref}",
         "",
@@ -179,6 +510,12 @@ def approval_description(
         f"Approvals needed: {tally.required} (received {received}).",
         f"Waiting until {deadline:%Y-%m-%d %H:%M %Z}; "
         "without an answer production stays untouched.",
+    ]
+    if keyless:
+        lines.append(
+            f"No ssh_key in the inventory, so their answers cannot count: {', '.join(keyless)}."
+        )
+    lines += [
         "",
         "### Staging result",
         staging_summary,
@@ -186,6 +523,8 @@ def approval_description(
         "### Production plan",
         production_plan,
     ]
+    if question is not None:
+        lines += ["", *how_to_answer(question, choices="approve or reject")]
     ignored = [a for a in tally.answers if not a.counted]
     if ignored:
         lines += ["", "### Answers that did not count"]
@@ -229,16 +568,105 @@ def restore_question(server: str, change_ref: str, why: str, approvers: Sequence
     )
 
 
-def restore_answer(form: RestoreForm, approvers: Sequence[str]) -> RestoreAnswer | None:
-    """A listed approver's answer to the restore question; None for anyone else (pure).
+def restore_answer(
+    form: RestoreForm, approvers: Sequence[str], proof: Proof
+) -> RestoreAnswer | None:
+    """A listed approver's proven answer to the restore question; None otherwise (pure).
 
     The name must match a listed approver exactly (unlike the approval form's, it is not
-    stripped): an unlisted answer is ignored and the question is asked again.
+    stripped) and the signature must verify: any other answer is ignored and the question
+    is asked again.
     """
-    if form.approver not in approvers:
+    if form.approver not in approvers or not proof.ok:
         return None
-    verb = "restore" if form.restore else "leave it"
-    return RestoreAnswer(form.restore, f"{form.approver} chose to {verb}: {form.comment}")
+    restore = form.decision == "restore"
+    verb = "restore" if restore else "leave it"
+    return RestoreAnswer(
+        restore, f"{form.approver} chose to {verb} ({proof.detail}): {form.comment}"
+    )
+
+
+# ---- the request scripts read, and the question it belongs to ----------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to the client's approvers: what it is about and who may answer."""
+
+    client: str  # the client's slug
+    change_ref: str
+    digest: str  # plan_digest of the production plan
+    approvers: ApproverKeys
+    flow_run_id: str
+    server: str | None = None  # the restore question's failed server
+    production: tuple[dict[str, Any], ...] = ()  # production_canonical, shown to scripts
+
+    @property
+    def key(self) -> str:
+        """The pause key's prefix: ``approval``, or ``restore-<server>``."""
+        return "approval" if self.server is None else f"restore-{self.server}"
+
+    @property
+    def decisions(self) -> tuple[str, str]:
+        """The two answers: approve/reject, or restore/leave."""
+        return ("approve", "reject") if self.server is None else ("restore", "leave")
+
+    def message(self, decision: str, approver: str) -> str:
+        """What ``approver`` signs to answer ``decision`` (:func:`signed_message`)."""
+        return signed_message(
+            client=self.client,
+            change_ref=self.change_ref,
+            plan=self.digest,
+            decision=decision,
+            approver=approver,
+            server=self.server,
+        )
+
+    def messages(self) -> dict[str, dict[str, str]]:
+        """Per approver who can be proven, per decision, the message to sign."""
+        return {
+            name: {d: self.message(d, name) for d in self.decisions}
+            for name, key in self.approvers.items()
+            if key is not None
+        }
+
+    def request(self) -> dict[str, Any]:
+        """The run input ``<key>-request`` (JSON) that ``deployments.approve`` signs from."""
+        return {
+            "question": "approval" if self.server is None else "restore",
+            "client": self.client,
+            "change_ref": self.change_ref,
+            "plan_digest": self.digest,
+            "production_plan": list(self.production),
+            "server": self.server,
+            "namespace": NAMESPACE,
+            "decisions": list(self.decisions),
+            "approvers": [name for name, key in self.approvers.items() if key is not None],
+            "messages": self.messages(),
+        }
+
+
+def request_key(pause_key: str) -> str:
+    """The run input key of the request a paused run published (``approval-2`` ->
+    ``approval-request``, ``restore-web-1-1`` -> ``restore-web-1-request``) (pure)."""
+    return pause_key.rsplit("-", 1)[0] + "-request"
+
+
+def publish_request(key: str, request: dict[str, Any], flow_run_id: str) -> None:
+    """Write ``request`` as the flow run's input ``key`` (replacing one from a retry)."""
+    from prefect.input.actions import (
+        create_flow_run_input,
+        delete_flow_run_input,
+        read_flow_run_input,
+    )
+
+    run_id = UUID(flow_run_id)
+    if read_flow_run_input(key, flow_run_id=run_id) is not None:
+        delete_flow_run_input(key, flow_run_id=run_id)
+    create_flow_run_input(key, request, flow_run_id=run_id)
+
+
+Publish = Callable[[str, dict[str, Any], str], None]
 
 
 FormT = TypeVar("FormT", bound=RunInput)
@@ -301,11 +729,9 @@ def ask(
 
 
 def wait_for_approval(
+    question: Question,
     *,
     client_name: str,
-    change_ref: str,
-    flow_run_id: str,
-    approvers: Sequence[str],
     required: int,
     deadline: datetime,
     staging_text: str,
@@ -315,17 +741,18 @@ def wait_for_approval(
     poll_s: int,
     pause: Pause = prefect_pause,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    verify: Verifier = verify_signature,
+    publish: Publish = publish_request,
 ) -> ApprovalTally | None:
     """Ask for approval until the tally is decided or the deadline passes.
 
-    Each round's form shows the staging result, the production plan, the approvals
-    received so far and the answers that did not count.
+    The request (what to sign) is published first; each round's form shows the staging
+    result, the production plan, the messages to sign, the approvals received so far
+    and the answers that did not count.
 
     Args:
+        question: the client, change, plan digest, approvers' keys and paused run.
         client_name: the client's display name.
-        change_ref: the change asked for.
-        flow_run_id: the paused run.
-        approvers: the client's listed approvers.
         required: distinct listed approvals needed.
         deadline: when production is left untouched without a decision (aware).
         staging_text: :func:`staging_summary`.
@@ -335,38 +762,43 @@ def wait_for_approval(
         poll_s: how often the paused run polls for an answer.
         pause: the pause itself (Prefect's; scripted in unit tests).
         now: the clock.
+        verify: the signature check (``ssh-keygen -Y verify``).
+        publish: writes the request as a run input.
 
     Returns:
         The decided tally (approved or rejected), or None at the deadline.
     """
     tally = ApprovalTally(required=required)
+    publish(f"{question.key}-request", question.request(), question.flow_run_id)
 
     def form() -> type[ApprovalForm]:
         return ApprovalForm.with_initial_data(
             description=approval_description(
                 client=client_name,
-                change_ref=change_ref,
+                change_ref=question.change_ref,
                 staging_summary=staging_text,
                 production_plan=production_text,
                 tally=tally,
-                approvers=approvers,
+                approvers=question.approvers,
                 deadline=deadline.astimezone(tz),
-            ),
-            decision="approve",
+                question=question,
+            )
         )
 
     def settle(answer: ApprovalForm) -> bool:
         nonlocal tally
-        tally = count_answer(tally, answer, approvers, now())
+        proof = check_answer(answer, question.approvers, question.message, verify)
+        names = list(question.approvers)
+        tally = count_answer(tally, answer, names, now(), proof, question.digest)
         on_answer(tally)
         return tally.verdict != "pending"
 
     settled = ask(
         form,
         settle,
-        flow_run_id=flow_run_id,
+        flow_run_id=question.flow_run_id,
         deadline=deadline,
-        key="approval",
+        key=question.key,
         form_name="approval",
         poll_s=poll_s,
         pause=pause,
@@ -376,42 +808,49 @@ def wait_for_approval(
 
 
 def ask_restore(
+    question: Question,
     *,
-    server: str,
-    change_ref: str,
     why: str,
-    approvers: Sequence[str],
-    flow_run_id: str,
     timeout: timedelta,
-    on_ignored: Callable[[str], None],
+    on_ignored: Callable[[str, str], None],
     poll_s: int,
     pause: Pause = prefect_pause,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    verify: Verifier = verify_signature,
+    publish: Publish = publish_request,
 ) -> RestoreAnswer:
     """Ask a listed approver whether to restore a failed server; no answer in time is a no.
 
     Args:
-        server: the failed server.
-        change_ref: the change it failed in.
+        question: the change, the failed server (``question.server``), approvers' keys.
         why: what failed.
-        approvers: the client's listed approvers.
-        flow_run_id: the paused run.
         timeout: how long to wait (the client's approval timeout).
-        on_ignored: told the name of an unlisted answer (the question is asked again).
+        on_ignored: told the name and the reason of an answer that did not count (the
+            question is asked again).
         poll_s: how often the paused run polls for an answer.
         pause: the pause itself (Prefect's; scripted in unit tests).
         now: the clock.
+        verify: the signature check (``ssh-keygen -Y verify``).
+        publish: writes the request as a run input.
     """
+    assert question.server is not None, "the restore question names its server"
     answers: list[RestoreAnswer] = []
+    publish(f"{question.key}-request", question.request(), question.flow_run_id)
+    names = list(question.approvers)
 
     def form() -> type[RestoreForm]:
-        question = restore_question(server, change_ref, why, approvers)
-        return RestoreForm.with_initial_data(description=question, restore=True)
+        text = restore_question(question.server or "", question.change_ref, why, names)
+        text += "\n\n" + "\n".join(how_to_answer(question, choices="restore or leave"))
+        return RestoreForm.with_initial_data(description=text)
 
     def settle(form: RestoreForm) -> bool:
-        answer = restore_answer(form, approvers)
+        proof = check_answer(form, question.approvers, question.message, verify)
+        answer = restore_answer(form, names, proof)
         if answer is None:
-            on_ignored(form.approver)
+            on_ignored(
+                form.approver,
+                proof.detail if form.approver in names else "not a listed approver",
+            )
             return False
         answers.append(answer)
         return True
@@ -419,9 +858,9 @@ def ask_restore(
     ask(
         form,
         settle,
-        flow_run_id=flow_run_id,
+        flow_run_id=question.flow_run_id,
         deadline=now() + timeout,
-        key=f"restore-{server}",
+        key=question.key,
         form_name="restore",
         poll_s=poll_s,
         pause=pause,

@@ -30,7 +30,10 @@ from history.change import Finding, GateDecision, Outcome, PlanSummary, Verifica
 from inventory import ClientInventory, Server, check_block_references
 from tasks.approval import (
     ApprovalTally,
+    Question,
     ask_restore,
+    plan_digest,
+    production_canonical,
     production_plan_text,
     staging_summary,
     wait_for_approval,
@@ -467,6 +470,7 @@ class Maintenance:
             [v for v in self.record.verifications if v.phase == "staging"],
             approvers,
             run_url(self.record.flow_run_id),
+        question = self.question(plan)
             approvals_required=self.inv.client.approvals_required,
             deadline=deadline,
             tz=self.inv.tz,
@@ -477,17 +481,18 @@ class Maintenance:
             self.record.approvals = list(tally.answers)
             self.recorder.save()
             last = tally.answers[-1]
+            plan_digest=question.digest,
+            flow_run_id=self.record.flow_run_id,
+            keyless=[n for n, key in question.approvers.items() if key is None],
             if not last.counted:
                 self.log.warning("answer not counted: %s", last.not_counted_reason)
 
         tally = wait_for_approval(
             client_name=self.inv.client.name,
-            change_ref=self.record.change_ref,
-            flow_run_id=self.record.flow_run_id,
-            approvers=approvers,
             required=self.inv.client.approvals_required,
             deadline=deadline,
             staging_text=staging_summary(self.record.verifications),
+            question,
             production_text=production_plan_text(plan),
             tz=self.inv.tz,
             on_answer=record,
@@ -506,6 +511,18 @@ class Maintenance:
         gate = window_gate(self.inv, now, self.window_override)
         if gate == WindowGate.OVERRIDE:
             self.log.warning(
+    def question(self, plan: MaintenancePlan, server: str | None = None) -> Question:
+        """What the approvers are asked about: this change, this plan's digest, their keys."""
+        return Question(
+            client=self.inv.slug,
+            change_ref=self.record.change_ref,
+            digest=plan_digest(plan),
+            approvers=self.inv.client.approver_keys,
+            flow_run_id=self.record.flow_run_id,
+            server=server,
+            production=tuple(production_canonical(plan)),
+        )
+
                 "outside the window: going ahead on override: %s", self.window_override
             )
             self.gate(
@@ -582,14 +599,12 @@ class Maintenance:
     def ask_restore(self, server: Server, why: str) -> RestoreAnswer:
         """Pause and ask a listed approver whether to restore a failed server."""
         return ask_restore(
-            server=server.name,
-            change_ref=self.record.change_ref,
+            self.question(self.plan, server.name),
             why=why,
-            approvers=[a.name for a in self.inv.client.approvers],
-            flow_run_id=self.record.flow_run_id,
             timeout=self.inv.schedule.approval_timeout,
-            on_ignored=lambda name: self.log.warning(
-                "%s is not a listed approver; asking again", name
+        assert self.plan is not None, "preflight plans before the rollout"
+            on_ignored=lambda name, reason: self.log.warning(
+                "answer by %s not counted: %s; asking again", name, reason
             ),
             poll_s=settings().approval_poll_s,
         )

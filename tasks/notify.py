@@ -149,6 +149,9 @@ def notice_approval_requested(
     approvals_required: int = 1,
     deadline: datetime | None = None,
     tz: tzinfo | str = UTC,
+    plan_digest: str | None = None,
+    flow_run_id: str | None = None,
+    keyless: Sequence[str] = (),
 ) -> Notice:
     """The notice asking the client's approvers to approve the production change.
 
@@ -162,6 +165,9 @@ def notice_approval_requested(
         approvals_required: how many distinct approvals are needed.
         deadline: when the wait ends without approval (production is then left alone).
         tz: the client's time zone.
+        plan_digest: the digest of the production plan an answer must be signed for.
+        flow_run_id: the paused run (for the signing command).
+        keyless: listed approvers without an ssh_key, whose answers cannot count.
 
     Returns:
         (subject, body).
@@ -187,6 +193,17 @@ def notice_approval_requested(
         "",
         f"Who may approve: {_servers(approvers)} ({approvals_required} approval(s) needed).",
     ]
+    if keyless:
+        lines.append(
+            f"No ssh_key in the inventory, so their answers cannot count: {_servers(keyless)}."
+        )
+    if plan_digest:
+        lines += [
+            f"Plan digest: {plan_digest}. An answer counts only when signed with your own SSH key:",
+            f"  python -m deployments.approve {flow_run_id or '<flow-run-id>'} --approver <name>"
+            " --key ~/.ssh/id_ed25519 [--reject]",
+            "or in the form, with the message and signing command it shows.",
+        ]
     if deadline is not None:
         lines.append(
             f"Answer before {format_time(deadline, zone)}; without approval by then,"

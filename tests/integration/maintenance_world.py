@@ -12,6 +12,9 @@ to every integration test module, which imports the helpers it needs::
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +39,10 @@ __all__ = [
     "Approver",
     "agent",
     "estate",
+    "private_key",
+    "public_key",
     "run",
+    "signed_answer",
     "stored_records",
     "world",
     "write_client",
@@ -49,7 +55,9 @@ client:
   name: Maint Co {slug}
   timezone: Europe/Paris
   contact: {{name: Ops, email: ops@maint.example}}
-  approvers: [{{name: alice, email: alice@maint.example}}, {{name: bob, email: bob@maint.example}}]
+  approvers:
+    - {{name: alice, email: alice@maint.example, ssh_key: "{alice_key}"}}
+    - {{name: bob, email: bob@maint.example, ssh_key: "{bob_key}"}}
   approvals_required: {quorum}
   notify: [test-maint-hook]
 schedule:
@@ -96,17 +104,75 @@ def write_client(
             duration=duration,
             approval_timeout=approval_timeout,
             servers="\n".join(lines),
+            alice_key=public_key("alice"),
+            bob_key=public_key("bob"),
         )
     )
 
 
-class Approver(threading.Thread):
-    """Answers the approval form of a client's paused run, one answer per pause."""
+@functools.cache
+def _keys_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="caretaker-test-approvers-"))
 
-    def __init__(self, client: str, answers: list[dict[str, str]]) -> None:
+
+def private_key(name: str) -> Path:
+    """``name``'s ed25519 private key (made by ssh-keygen on first use; any name has one)."""
+    path = _keys_dir() / name
+    if not path.exists():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
+            check=True,
+        )
+    return path
+
+
+def public_key(name: str) -> str:
+    """``name``'s public key line, as the inventory lists it."""
+    return private_key(name).with_suffix(".pub").read_text().strip()
+
+
+def signed_answer(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """The run input for ``answer``, signed as a real approver would sign it.
+
+    ``answer`` holds the form's fields; without a ``signature`` it is signed with the key
+    of ``signer`` (default: the approver) over the message of the request's question,
+    where ``signed_change``, ``signed_plan``, ``signed_decision`` and ``signed_name``
+    replace what is signed (to send a replayed or mismatched proof).
+    """
+    from deployments.approve import sign_message
+    from tasks.approval import signed_message
+
+    fields = dict(answer)
+    options = {k: fields.pop(k) for k in list(fields) if k.startswith("signe")}
+    if request.get("question") == "restore":
+        fields.pop("ticket", None)
+    if "signature" not in fields:
+        message = signed_message(
+            client=request["client"],
+            change_ref=options.get("signed_change", request["change_ref"]),
+            plan=options.get("signed_plan", request["plan_digest"]),
+            decision=options.get("signed_decision", fields["decision"]),
+            approver=options.get("signed_name", fields["approver"]),
+            server=request.get("server"),
+        )
+        signer = options.get("signer", fields["approver"])
+        fields["signature"] = sign_message(message, private_key(signer))
+    return fields
+
+
+class Approver(threading.Thread):
+    """Answers the forms of a client's paused run, one answer per pause, signed.
+
+    Each answer is signed with the approver's key over the message the run published
+    (:func:`signed_answer`), exactly as ``python -m deployments.approve`` does; an answer
+    may carry its own ``signature``, or ``signer``/``signed_*`` keys to send a bad proof.
+    """
+
+    def __init__(self, client: str, answers: list[dict[str, Any]]) -> None:
         super().__init__(daemon=True)
         self.client = client
         self.answers = list(answers)
+        self.sent: list[dict[str, Any]] = []  # the run inputs sent, signatures included
         self.paused_seen = 0
         self.stop = threading.Event()
 
@@ -118,6 +184,9 @@ class Approver(threading.Thread):
             FlowRunFilterStateName,
         )
         from prefect.flow_runs import resume_flow_run
+        from prefect.input.actions import read_flow_run_input
+
+        from tasks.approval import request_key
 
         answered: set[tuple[str, str]] = set()
         with get_client(sync_client=True) as client:
@@ -133,7 +202,10 @@ class Approver(threading.Thread):
                         continue
                     answered.add(key)
                     self.paused_seen += 1
-                    resume_flow_run(run.id, run_input=self.answers.pop(0))
+                    request = read_flow_run_input(request_key(key[1]), flow_run_id=run.id)
+                    answer = signed_answer(request or {}, self.answers.pop(0))
+                    self.sent.append(answer)
+                    resume_flow_run(run.id, run_input=answer)
                     break
                 time.sleep(0.3)
 
@@ -185,7 +257,7 @@ def agent(estate: Estate, host: str) -> str:
     return ssh(estate, host, "dpkg-query -W -f '${Version}' caretaker-agent").stdout
 
 
-def run(client: str, answers: list[dict[str, str]], **params: Any) -> tuple[Any, Any, Approver]:
+def run(client: str, answers: list[dict[str, Any]], **params: Any) -> tuple[Any, Any, Approver]:
     """Run the flow with an approver answering; return (final state, record, approver)."""
     from flows.server_maintenance import server_maintenance
 
