@@ -255,6 +255,13 @@ class Maintenance:
         """Production only with every staging server in the same run, or the inventory's
         recorded no-staging risk; otherwise the run is refused before anything is touched."""
         rule = staging_rule(self.inv, self.servers)
+        if self.record.plan is not None:  # the servers in scope, before anything is planned
+            self.record.plan = self.record.plan.model_copy(
+                update={
+                    "staging": tuple(s.name for s in self.staging),
+                    "production": tuple(s.name for s in self.production),
+                }
+            )
         self.gate("staging", rule.decision.value, rule.detail)
         if not rule.allowed:
             raise MaintenanceStopped(Outcome.REFUSED, rule.detail)
