@@ -352,8 +352,27 @@ BAD_INPUTS: list[tuple[str, str, list[str], str | None]] = [
             "servers",
             "production without staging",
             "allowed: at least one server with role: staging",
+            "or rollout.no_staging: '<why, and who accepted the risk>'",
         ],
         "servers:",
+    ),
+    (
+        "a no-staging reason beside a staging server",
+        edit("patch:\n", "rollout: {no_staging: accepted by CAB-12 in a hurry}\npatch:\n"),
+        ["rollout.no_staging", "the client has staging server(s): demo-stg-1"],
+        "rollout:",
+    ),
+    (
+        "halt with a failure budget",
+        edit("patch:\n", "rollout: {on_failure: halt, failures_tolerated: 2}\npatch:\n"),
+        ["rollout.failures_tolerated", "on_failure is halt", "failures_tolerated is 2"],
+        "rollout:",
+    ),
+    (
+        "snapshot max_age beyond a week",
+        edit("patch:\n", "snapshots: {max_age: 8d}\npatch:\n"),
+        ["snapshots.max_age", "longer than 7d"],
+        "snapshots:",
     ),
     (
         "bad block name syntax",
@@ -1088,3 +1107,15 @@ def test_an_identifier_names_the_shell_characters_it_refuses(name: str) -> None:
     assert "contains characters that are not allowed" in message
     for char in (";", "$", "(", ")", " ", "`"):
         assert repr(char) in message
+
+
+def test_a_client_without_staging_loads_only_with_its_recorded_reason(tmp_path: Path) -> None:
+    text = edit("role: staging", "role: production")
+    text = edit(
+        "patch:\n",
+        "rollout: {no_staging: 'single-server client, accepted by CAB-12'}\npatch:\n",
+        text,
+    )
+    inventory = load_client(write(tmp_path, text))
+    assert inventory.staging == ()
+    assert inventory.rollout.no_staging == "single-server client, accepted by CAB-12"
