@@ -1,7 +1,7 @@
 """Benchmark: the full maintenance of a 20-host client, batch 5, against ansible-core.
 
 Prints the wall time of one ``server-maintenance`` run (snapshots, staging, approval
-answered at once through the API, production in batches of 5, restore test,
+answered at once through the API with alice's signature, production in batches of 5, restore test,
 retention) and per phase (from the run's task runs), then the same upgrade done by
 ansible-core with a playbook using ``serial: 5`` on the same hosts, after putting
 them back at the old version.
@@ -40,7 +40,7 @@ client:
   name: Benchmark Ltd
   timezone: UTC
   contact: {{name: Ops, email: ops@bench.example}}
-  approvers: [{{name: alice, email: alice@bench.example}}]
+  approvers: [{{name: alice, email: alice@bench.example, ssh_key: "{alice_key}"}}]
 schedule: {{cadence: quarterly, window: {{start: "00:00", duration: 24h}}}}
 rollout: {{batch_size: {batch}, failures_tolerated: 0, on_failure: restore}}
 patch: {{policy: all, hold: [], reboot: if-required}}
@@ -114,15 +114,16 @@ def run_ansible(estate: Estate, playbook: Path, batch: int) -> float:
     return time.perf_counter() - started
 
 
-def approve(stop: threading.Event) -> None:
-    """Approve the benchmark's run as soon as it pauses."""
+def approve(key: Path, stop: threading.Event) -> None:
+    """Approve the benchmark's run as soon as it pauses, signed with alice's key."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterState,
         FlowRunFilterStateName,
     )
-    from prefect.flow_runs import resume_flow_run
+
+    from deployments.approve import answer_run
 
     with get_client(sync_client=True) as client:
         while not stop.is_set():
@@ -132,15 +133,7 @@ def approve(stop: threading.Event) -> None:
                 )
             )
             for run in runs:
-                resume_flow_run(
-                    run.id,
-                    run_input={
-                        "decision": "approve",
-                        "approver": "alice",
-                        "comment": "",
-                        "ticket": "",
-                    },
-                )
+                answer_run(run.id, approver="alice", key=key, decision="approve", show=False)
                 return
             time.sleep(0.2)
 
@@ -188,7 +181,12 @@ def main() -> int:
         "checks: [{type: tcp, port: 22}]}"
         for i, h in enumerate(estate.spec.hosts)
     )
-    (inventory / "bench.yaml").write_text(CLIENT.format(batch=args.batch, servers=servers))
+    key = inventory / "alice"  # the approver's key pair, for this run only
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    alice_key = key.with_suffix(".pub").read_text().strip()
+    (inventory / "bench.yaml").write_text(
+        CLIENT.format(batch=args.batch, servers=servers, alice_key=alice_key)
+    )
     os.environ["CARETAKER_INVENTORY_DIR"] = str(inventory)
     os.environ["CARETAKER_DATA_DIR"] = str(inventory / "data")
     os.environ["CARETAKER_APPROVAL_POLL_S"] = "1"
@@ -204,7 +202,7 @@ def main() -> int:
             with prefect_test_harness(server_startup_timeout=60):
                 ssh_identity(estate).save("bench-ssh", overwrite=True)
                 stop = threading.Event()
-                threading.Thread(target=approve, args=(stop,), daemon=True).start()
+                threading.Thread(target=approve, args=(key, stop), daemon=True).start()
                 started = time.perf_counter()
                 state = server_maintenance(client="bench", change_ref="BENCH-1", return_state=True)
                 total = time.perf_counter() - started

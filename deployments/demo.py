@@ -5,7 +5,9 @@
 3. saves the sandbox's SSH identity, AWS credentials and a notice webhook as Prefect blocks;
 4. publishes new package versions in the estate's apt repository;
 5. runs ``server-maintenance`` for every example client: a dry run first, then the full
-   procedure, approving through the API as the client's first listed approver; on
+   procedure, approving as the client's first listed approver with a signature made by
+   that approver's key (key pairs made in the cache; the demo runs on a copy of the
+   inventory that lists their public halves); on
    ``globex`` it holds the dpkg lock of one production host, so its rollback can be seen;
 6. prints the outcomes, where the change records are, and how to approve in the UI;
 7. runs ``maintenance-report`` for every example client for the current month and prints
@@ -18,10 +20,12 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from core.settings import settings, telemetry_off
@@ -52,15 +56,55 @@ def say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"==> {text}", flush=True)
 
 
-def approve_when_paused(client: str, approver: str, stop: threading.Event) -> None:
-    """Answer the approval form of ``client``'s paused run through the API, as ``approver``."""
+def demo_approvers(source: Path, cache: Path) -> tuple[Path, dict[str, Path]]:
+    """Key pairs for the example approvers, and an inventory copy that lists their keys.
+
+    Each approver of every client file in ``source`` gets an ed25519 key pair under
+    ``<cache>/demo/approvers`` (made once; private keys never leave the cache), and the
+    client files are copied to ``<cache>/demo/clients`` with each approver's ``ssh_key``
+    set to the public half, so the demo's approvals are signed with real credentials.
+
+    Returns:
+        (the inventory copy's folder, the private key of each approver).
+    """
+    import yaml
+
+    keys_dir, clients_dir = cache / "demo" / "approvers", cache / "demo" / "clients"
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    clients_dir.mkdir(parents=True, exist_ok=True)
+    for old in clients_dir.glob("*.yaml"):
+        old.unlink()
+    private: dict[str, Path] = {}
+    for file in sorted(source.glob("*.yaml")):
+        data = yaml.safe_load(file.read_text())
+        for approver in data["client"]["approvers"]:
+            key = keys_dir / approver["name"]
+            if not key.exists():
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key),
+                     "-C", f"{approver['name']}@caretaker-demo"],
+                    check=True,
+                )  # fmt: skip
+            approver["ssh_key"] = key.with_suffix(".pub").read_text().strip()
+            private[approver["name"]] = key
+        (clients_dir / file.name).write_text(yaml.safe_dump(data, sort_keys=False))
+    return clients_dir, private
+
+
+def approve_when_paused(client: str, approver: str, key: Path, stop: threading.Event) -> None:
+    """Answer the approval form of ``client``'s paused run, signed with ``approver``'s key.
+
+    It does what ``python -m deployments.approve RUN_ID --approver NAME --key KEY`` does:
+    read the request the run published, sign its message with ssh-keygen, resume the run.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterState,
         FlowRunFilterStateName,
     )
-    from prefect.flow_runs import resume_flow_run
+
+    from deployments.approve import answer_run
 
     with get_client(sync_client=True) as api:
         while not stop.is_set():
@@ -74,19 +118,20 @@ def approve_when_paused(client: str, approver: str, stop: threading.Event) -> No
                     continue
                 print(f"    approval requested: run {run.id} is paused")
                 print(
-                    f"    (in the UI: open the run, click Resume, fill in the form; from a"
-                    f" script: python -m deployments.approve {run.id} --approver {approver})"
+                    f"    (in the UI: open the run, click Resume, sign the message it shows and"
+                    f" paste the signature; from a shell: python -m deployments.approve {run.id}"
+                    f" --approver {approver} --key {key})"
                 )
-                print(f"    approving through the API as {approver}, a listed approver")
-                resume_flow_run(
+                answer_run(
                     run.id,
-                    run_input={
-                        "decision": "approve",
-                        "approver": approver,
-                        "comment": "approved by the demo",
-                        "ticket": "DEMO-1",
-                    },
+                    approver=approver,
+                    key=key,
+                    decision="approve",
+                    comment="approved by the demo",
+                    ticket="DEMO-1",
+                    show=False,
                 )
+                print(f"    approved as {approver}, signed with {key} (ssh-keygen -Y sign)")
                 return
             time.sleep(0.5)
 
@@ -108,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CARETAKER_APPROVAL_POLL_S", "1")
     os.environ.setdefault("CARETAKER_DPKG_LOCK_TIMEOUT_S", "10")
 
-    inventory_dir = settings().inventory_dir
+    # The example approvers sign with key pairs made in the cache; the inventory copy the
+    # demo runs on lists their public halves.
+    inventory_dir, approver_keys = demo_approvers(settings().inventory_dir, settings().cache)
+    os.environ["CARETAKER_INVENTORY_DIR"] = str(inventory_dir)
     clients = load_inventory(inventory_dir)
     say(f"sandbox estate from {inventory_dir}")
     estate = Estate(spec_from_inventory("demo", inventory_dir))
@@ -178,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         approver = inv.client.approvers[0].name
         stop = threading.Event()
         thread = threading.Thread(
-            target=approve_when_paused, args=(slug, approver, stop), daemon=True
+            target=approve_when_paused,
+            args=(slug, approver, approver_keys[approver], stop),
+            daemon=True,
         )
         thread.start()
         failing = FAILING_HOST[1] if slug == FAILING_HOST[0] else None
