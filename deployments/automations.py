@@ -7,11 +7,13 @@ Prefect forever, and a lock never fails open, so the client could never be maint
 again. Maintenance runs send a heartbeat every ``HEARTBEAT_FREQUENCY_S`` seconds (set in
 the deployments' job variables, ``deployments/generate.py``); this automation marks a
 ``server-maintenance`` run Crashed when no event of it arrives within ``ZOMBIE_AFTER``
-of its last heartbeat, Prefect's "Detect Zombie Flows" pattern (a proactive trigger on
-``prefect.flow-run.heartbeat``). Crashed is final, so the next run takes the lock over
-and records the takeover. The bound is generous on purpose: 10 minutes is more than
-three heartbeats even at Prefect's own default frequency (180 s), so a live run that
-did not get our setting (a direct call, serve mode) is never taken for dead::
+of its last heartbeat (or its last move into Running or Paused), Prefect's "Detect Zombie
+Flows" pattern (a proactive trigger on ``prefect.flow-run.heartbeat``). Crashed is
+final, so the next run takes the lock over and records the takeover. The bound is
+generous on purpose: 10 minutes is more than three heartbeats even at Prefect's own
+default frequency (180 s), so a live run that did not get our setting (a direct call,
+serve mode) is never taken for dead; runs with heartbeats turned off must not be
+watched (a Running run would be taken for dead after 10 silent minutes)::
 
     python -m deployments.automations --zombie-runs
 
@@ -49,6 +51,7 @@ from core.settings import telemetry_off
 from deployments.generate import HEARTBEAT_FREQUENCY_S, MAINTENANCE_FLOW
 
 __all__ = [
+    "ALIVE_EVENTS",
     "DOWN_BODY",
     "DOWN_SUBJECT",
     "HEARTBEAT_FREQUENCY_S",
@@ -67,6 +70,13 @@ ZOMBIE_RUN_AUTOMATION = "caretaker-zombie-maintenance-runs"
 
 #: A maintenance run with no event this long after its last heartbeat is dead.
 ZOMBIE_AFTER = timedelta(minutes=10)
+#: Events after which a live run's process sends more: its heartbeat, and the states it
+#: runs in (a Suspended run has no process and is not watched).
+ALIVE_EVENTS = (
+    "prefect.flow-run.heartbeat",
+    "prefect.flow-run.Running",
+    "prefect.flow-run.Paused",
+)
 
 
 def zombie_run_automation(
@@ -76,12 +86,15 @@ def zombie_run_automation(
 ) -> Automation:
     """The automation (not yet saved): a run of ``flow_name`` gone silent is marked Crashed.
 
-    After each ``prefect.flow-run.heartbeat`` of a run of the flow, any event of that run
-    (its next heartbeat, or a state change: ``prefect.flow-run.*``) is expected within
-    ``within``; when none comes, the run is set Crashed. A state change (Completed,
-    Paused...) disarms the wait; the next heartbeat arms it again, so a run paused for
-    approval, whose process keeps sending heartbeats, is never taken for dead, and one
-    whose process dies while paused is.
+    After each heartbeat of a run of the flow, and after each move into a state in which
+    its process must be alive and sending heartbeats (Running, Paused: the approval waits
+    in the process), any event of that run (its next heartbeat, or a state change:
+    ``prefect.flow-run.*``) is expected within ``within``; when none comes, the run is set
+    Crashed. A final state disarms the wait for good. Arming on those states too, not
+    only on heartbeats as Prefect's own example does, matters: a state change right after
+    a heartbeat disarms that heartbeat's wait, and a process killed before its next
+    heartbeat (measured: killed just after pausing for approval) would then never be
+    taken for dead.
 
     Args:
         within: how long after a heartbeat silence means death; more than a few
@@ -100,7 +113,7 @@ def zombie_run_automation(
             " marked Crashed, so its client's run lock can be taken over (caretaker)."
         ),
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            after=set(ALIVE_EVENTS),
             expect={"prefect.flow-run.*"},
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": flow_name},

@@ -223,7 +223,12 @@ def test_a_maintenance_run_gone_silent_is_marked_crashed_and_no_other_flows_run_
     trigger = automation.trigger
 
     assert isinstance(trigger, EventTrigger) and trigger.posture == Posture.Proactive
-    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    # Armed by each heartbeat and by each move into a state its process lives in.
+    assert trigger.after == {
+        "prefect.flow-run.heartbeat",
+        "prefect.flow-run.Running",
+        "prefect.flow-run.Paused",
+    }
     assert trigger.expect == {"prefect.flow-run.*"}  # a heartbeat or any state change
     assert trigger.for_each == {"prefect.resource.id"}  # each run on its own
     assert trigger.within == ZOMBIE_AFTER and trigger.threshold == 1
