@@ -245,7 +245,7 @@ def render_markdown(record: ChangeRecord, tz: tzinfo | str = UTC) -> str:
     lines.append("")
     if record.approvals:
         lines += _table(
-            ["approver", "decision", "at", "ticket", "counted", "comment"],
+            ["approver", "decision", "at", "ticket", "counted", "proof", "comment"],
             [
                 (
                     a.approver,
@@ -253,6 +253,7 @@ def render_markdown(record: ChangeRecord, tz: tzinfo | str = UTC) -> str:
                     when(a.at),
                     a.ticket or "-",
                     "yes" if a.counted else f"no: {a.not_counted_reason}",
+                    a.proof or "-",
                     a.comment or "-",
                 )
                 for a in record.approvals

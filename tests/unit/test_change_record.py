@@ -181,10 +181,10 @@ def test_the_rendered_record_shows_what_happened_to_each_host() -> None:
     assert "| caretaker-legacy | 1.0 | (removed) | no |" in text
     assert "Rebooted in 42 s: boot id aaaa-1 → bbbb-2." in text
     assert "| acme-web-2 | production | **FAILED** |" in text
-    mallory = "| mallory | approve | 2026-01-03 02:20 UTC | - | no: not a listed approver | - |"
+    mallory = "| mallory | approve | 2026-01-03 02:20 UTC | - | no: not a listed approver | - | - |"
     assert mallory in text
     # A pipe in free text must not break the table.
-    assert "| alice | approve | 2026-01-03 02:30 UTC | CAB-77 | yes | go \\| ahead |" in text
+    assert "| alice | approve | 2026-01-03 02:30 UTC | CAB-77 | yes | - | go \\| ahead |" in text
     assert "| acme-web-2 | snap-0b1 | yes | yes | agent healthy after restore |" in text
     assert "| acme-web-1 | snap-0a1 | passed | 312 s (bound 900 s) | - |" in text
     # Critical findings come first.
