@@ -259,13 +259,13 @@ def test_on_failure_halt_leaves_the_failed_host_and_starts_no_further_batch(
 # --- the window closes mid-rollout; reboot: never ----------------------------------------------
 
 #: Seconds the run gets to reach the approval pause (preflight, staging snapshot and patch).
-LEAD_S = 20
+LEAD_S = 25
 #: The answer comes this long before the window has only a batch's time left: batch 1 passes
 #: its gate, and batch 2's gate, a batch later, finds too little time.
-MARGIN_S = 4
+MARGIN_S = 6
 #: Batch 1 lasts at least this long after the answer: another process holds h02's dpkg
 #: lock until then (apt waits for it), so batch 2's gate comes after the margin is used up.
-BATCH_1_S = 10
+BATCH_1_S = 14
 
 
 def test_a_window_closing_mid_rollout_stops_before_the_next_batch_and_names_its_hosts(
