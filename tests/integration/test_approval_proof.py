@@ -18,7 +18,7 @@ import pytest
 
 from inventory.types import ssh_key_fingerprint
 from sandbox.estate import Estate
-from tests.integration.maintenance_world import Approver, agent, public_key, run, write_client
+from tests.integration.maintenance_world import agent, private_key, public_key, run, write_client
 
 pytestmark = pytest.mark.integration
 
@@ -108,12 +108,13 @@ def test_one_person_cannot_make_a_quorum_of_two_by_answering_under_two_names(
     assert record.approvals[0].ticket == "CAB-7"
 
 
-def test_a_ui_submission_without_a_decision_is_refused_by_the_server(
-    estate: Estate, world: dict[str, Any]
+def test_a_form_without_a_decision_is_refused_by_the_server_and_the_script_signs_an_answer(
+    estate: Estate, world: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.flow_runs import resume_flow_run
 
+    from deployments.approve import main as approve_main
     from flows.server_maintenance import server_maintenance
 
     write_client(world["dir"], estate, "nodecision")
@@ -144,11 +145,17 @@ def test_a_ui_submission_without_a_decision_is_refused_by_the_server(
         still = client.read_flow_run(paused.id)
         assert still.state is not None and still.state.is_paused()
 
-    rejecter = Approver("nodecision", [REJECT])
-    rejecter.start()
+    # The script answers it: it lists the run, reads the request, signs with bob's key.
+    assert approve_main(["list"]) == 0
+    assert str(paused.id) in capsys.readouterr().out
+    bob = ["--approver", "bob", "--key", str(private_key("bob"))]
+    assert approve_main([str(paused.id), *bob, "--restore"]) == 1  # not this question's answer
+    assert "approve or reject" in capsys.readouterr().err
+    assert approve_main([str(paused.id), *bob, "--reject", "--comment", "not now"]) == 0
     flow.join(120)
-    rejecter.stop.set()
     record = results["state"].result(raise_on_failure=False)
     assert record.outcome.value == "rejected"
-    assert [a.approver for a in record.approvals] == ["bob"]  # the refused forms never arrived
+    (answer,) = record.approvals  # the refused forms never arrived
+    assert (answer.approver, answer.counted, answer.comment) == ("bob", True, "not now")
+    assert answer.proof == f"ssh-signature {fingerprint('bob')}"
     assert_production_untouched(estate, record)
