@@ -5,6 +5,10 @@
 - ``hold_dpkg_lock`` / ``release_dpkg_lock``: another process holds dpkg's lock.
 - ``no_boot``: the next reboot never comes back.
 - ``publish_broken``: a package version whose postinst fails.
+- ``fill_disk`` / ``free_disk``: the host's ``/var`` is a small filesystem of its own,
+  nearly full (a loop-mounted ext4 image holding a copy of ``/var``).
+- ``in_host``: a shell command run inside a host (as its PID 1 sees it), e.g. to kill
+  the processes an SSH session left running when its sshd was killed.
 """
 
 from __future__ import annotations
@@ -128,8 +132,65 @@ def publish_broken(estate: Estate, name: str, version: str) -> None:
     estate.publish(PackageSpec(name=name, version=version, broken=True))
 
 
+def in_host(estate: Estate, host: str, script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``sh -c script`` inside ``host`` (its namespaces and root), not over SSH."""
+    return _nsenter(estate, host, "sh", "-c", script)
+
+
+def _disk_image(estate: Estate, host: str) -> Path:
+    return estate.host_dir(host) / "var-full.img"
+
+
+def fill_disk(estate: Estate, host: str, free_mb: int = 10, size_mb: int = 128) -> None:
+    """Give ``host`` a ``/var`` of its own, ``size_mb`` large with ``free_mb`` left free.
+
+    A real filesystem (ext4 on a loop device), so ``df`` on the host reports it as it
+    would a full disk; it holds a copy of the host's ``/var``, so the host keeps working.
+    Writes to it are lost at ``free_disk``.
+    """
+    pid = estate.init_pid(host)
+    if pid is None:
+        raise SandboxError(f"{host} is not running")
+    image = _disk_image(estate, host)
+    subprocess.run(["truncate", "-s", f"{size_mb}M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    device = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    (estate.host_dir(host) / "var-full.dev").write_text(device + "\n")
+    work = estate.host_dir(host) / "var-full.mnt"
+    work.mkdir(exist_ok=True)
+    subprocess.run(["mount", device, str(work)], check=True)
+    try:
+        subprocess.run(["cp", "-a", f"/proc/{pid}/root/var/.", str(work)], check=True)
+        stat = os.statvfs(work)
+        fill = stat.f_bavail * stat.f_frsize - free_mb * 2**20
+        if fill > 0:
+            subprocess.run(["fallocate", "-l", str(fill), str(work / "fill")], check=True)
+    finally:
+        subprocess.run(["umount", str(work)], check=True)
+    proc = in_host(estate, host, f"mount {device} /var")
+    if proc.returncode != 0:
+        free_disk(estate, host)
+        raise SandboxError(f"{host}: could not mount the full /var: {proc.stderr.strip()}")
+
+
+def free_disk(estate: Estate, host: str) -> None:
+    """Undo ``fill_disk``: the host's own ``/var`` is back, the image is gone."""
+    marker = estate.host_dir(host) / "var-full.dev"
+    if not marker.exists():
+        return
+    if estate.init_pid(host) is not None:
+        in_host(estate, host, "umount /var")
+    subprocess.run(["losetup", "-d", marker.read_text().strip()], check=False)
+    marker.unlink()
+    _disk_image(estate, host).unlink(missing_ok=True)
+    (estate.host_dir(host) / "var-full.mnt").rmdir()
+
+
 def release_all(estate: Estate) -> None:
     """Undo every fault that leaves a process or a down link behind."""
     for host in estate.spec.hosts:
         release_dpkg_lock(estate, host.name)
         no_boot(estate, host.name, on=False)
+        free_disk(estate, host.name)

@@ -35,6 +35,11 @@ class PackageSpec(BaseModel):
     security: bool = Field(default=False, description="Publish in the -security suite.")
     reboot: bool = Field(default=False, description="postinst asks for a reboot.")
     broken: bool = Field(default=False, description="postinst fails (a fault).")
+    postinst_script: str = Field(
+        default="",
+        description="Shell lines the postinst runs first (a fault aimed at one host, e.g."
+        " `[ -e /etc/slow ] && sleep 60`).",
+    )
     description: str = "caretaker sandbox package"
 
 
@@ -49,6 +54,8 @@ INITIAL = [
 
 def _postinst(spec: PackageSpec) -> str:
     lines = ["#!/bin/sh", "set -e"]
+    if spec.postinst_script:
+        lines.append(spec.postinst_script)
     if spec.broken:
         lines.append(f'echo "{spec.name} {spec.version}: postinst failed (sandbox fault)" >&2')
         lines.append("exit 1")

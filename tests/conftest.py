@@ -90,3 +90,36 @@ def ssh(
 def repo_root() -> Path:
     """The repository's root folder."""
     return Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------- the fault matrix's figure
+# Tests marked ``fault`` are the rows of docs/faults.md. Their outcomes are counted here and
+# `./run faults` (pytest -m fault) ends with "faults survived / faults tried: N/M". A fault
+# is tried when its test ran (passed or failed); one that was skipped is counted apart.
+_fault_outcomes: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Note the outcome of each ``fault``-marked test: failed wins over every other phase."""
+    if "fault" not in report.keywords:
+        return
+    seen = _fault_outcomes.get(report.nodeid)
+    if report.failed:
+        _fault_outcomes[report.nodeid] = "failed"
+    elif report.skipped and seen is None:
+        _fault_outcomes[report.nodeid] = "skipped"
+    elif report.when == "call" and report.passed and seen is None:
+        _fault_outcomes[report.nodeid] = "passed"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault matrix's figure when fault-marked tests ran."""
+    if not _fault_outcomes:
+        return
+    outcomes = list(_fault_outcomes.values())
+    survived, failed = outcomes.count("passed"), outcomes.count("failed")
+    skipped = outcomes.count("skipped")
+    line = f"faults survived / faults tried: {survived}/{survived + failed}"
+    if skipped:
+        line += f" ({skipped} not tried: skipped)"
+    terminalreporter.write_sep("=", line, bold=True, red=bool(failed), green=not failed)

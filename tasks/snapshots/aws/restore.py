@@ -93,22 +93,29 @@ class VolumeSwap:
         zone = instance["Placement"]["AvailabilityZone"]
         mapping = device_map(self.ec2, record)
         swapped: list[str] = []
+        # Where the device being swapped stands, so a failure says where its disks are.
+        step: list[str] = []
         try:
             self.ec2.call("stop_instances", InstanceIds=[instance_id])
             self.instances.wait(instance_id, "stopped", self.ec2.pace.state_timeout_s)
             attached = attached_volumes(self.instances.refresh(instance_id))
             for device, snapshot_id in sorted(mapping.items()):
                 old = attached.get(device)
+                step[:] = [f"{device}: {old or 'no volume'} still attached"]
                 new = self._volume_from(server, record, device, snapshot_id, old, zone)
-                self._swap(instance_id, device, old, new)
+                step[:] = [f"{step[0]}, {new} made from {snapshot_id} but not attached"]
+                self._swap(instance_id, device, old, new, step)
                 swapped.append(f"{device}: {old or '-'} -> {new} (from {snapshot_id})")
+                step.clear()
             self.ec2.call("start_instances", InstanceIds=[instance_id])
             self.instances.wait(instance_id, "running", self.ec2.pace.state_timeout_s)
         except SnapshotError as exc:
             done = "; ".join(swapped) or "none"
+            doing = f"; in progress: {step[0]}" if step else ""
             raise SnapshotError(
                 f"{server.name}: restore of {instance_id} from {', '.join(record.ids)} failed"
-                f" (devices swapped so far: {done}; the instance may be left stopped): {exc}"
+                f" (devices swapped so far: {done}{doing}; no volume was deleted;"
+                f" the instance may be left stopped): {exc}"
             ) from exc
         log.info("%s: restored %s: %s", server.name, instance_id, "; ".join(swapped))
 
@@ -143,10 +150,16 @@ class VolumeSwap:
         self.instances.wait_volume(new, "available")
         return new
 
-    def _swap(self, instance_id: str, device: str, old: str | None, new: str) -> None:
-        """Detach (and tag) the old volume at ``device``, attach the new one."""
+    def _swap(
+        self, instance_id: str, device: str, old: str | None, new: str, step: list[str]
+    ) -> None:
+        """Detach (and tag) the old volume at ``device``, attach the new one.
+
+        ``step`` is kept saying where the device's volumes are, for a failure's message.
+        """
         if old:
             self.ec2.call("detach_volume", VolumeId=old, InstanceId=instance_id, Device=device)
+            step[:] = [f"{device}: {old} detached from the instance, {new} not attached yet"]
             self.instances.wait_volume(old, "available")
             self.ec2.call(
                 "create_tags",
@@ -156,5 +169,8 @@ class VolumeSwap:
                     {"Key": "caretaker:replaced-at", "Value": datetime.now(UTC).isoformat()},
                 ],
             )
+            step[:] = [
+                f"{device}: {old} detached (tagged {TAG_REPLACED_BY}={new}), {new} not attached"
+            ]
         self.ec2.call("attach_volume", VolumeId=new, InstanceId=instance_id, Device=device)
         self.instances.wait_volume(new, "in-use")
