@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -356,10 +356,13 @@ class RestoreTestResult(_Part):
 class GateDecision(_Part):
     """One gate of the procedure passed, used with an override, or closed."""
 
-    gate: Literal["staging", "window", "snapshot"] = Field(
+    gate: Literal["staging", "window", "snapshot", "package-set", "resume"] = Field(
         description=(
             "staging: production only after staging in the same change; window: inside the"
-            " window with time left for the batch; snapshot: a fresh snapshot before the batch."
+            " window with time left for the batch; snapshot: a fresh snapshot before the batch;"
+            " package-set: production gets only versions staging was verified with; resume: a"
+            " rerun continuing the change (the record continued, hosts skipped, the approval"
+            " carried over or asked again)."
         )
     )
     batch: int | None = Field(
@@ -369,7 +372,9 @@ class GateDecision(_Part):
         min_length=1,
         description=(
             "staging: in-scope, accepted-risk, refused, no-production; window: inside,"
-            " override, closed, too-late; snapshot: taken, reused, retaken."
+            " override, closed, too-late; snapshot: taken, reused, retaken; package-set:"
+            " same, production-only, refused; resume: continued, skipped,"
+            " approval-carried-over, approval-needed."
         ),
     )
     at: UtcDatetime = Field(description="When the gate was checked.")
@@ -443,6 +448,14 @@ class ChangeRecord(BaseModel):
     )
     approvals: list[Approval] = Field(
         default_factory=list, description="Every approval answer, counted or not."
+    )
+    approval_plan: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description=(
+            "The production plan approval was last asked for, in the canonical form whose"
+            " digest approvers sign (per host: package changes [name, from, to], removals);"
+            " a rerun of the change checks what is left of it against this."
+        ),
     )
     rollbacks: list[Rollback] = Field(default_factory=list, description="Servers rolled back.")
     gates: list[GateDecision] = Field(

@@ -5,6 +5,10 @@ PostgreSQL), keyed by client, change ref and flow run, with its outcome and time
 it for queries. What is stored passes the same redaction as every text that leaves the
 process (:func:`redacted_record`). :class:`ChangeRecords` is the part of
 :class:`history.store.HistoryStore` that saves and reads them.
+
+A rerun of a change (same client and change ref, a new flow run) continues the change's
+record rather than writing a second one: it reads it (:meth:`ChangeRecords.change_record`)
+and moves the row to its own flow run (:meth:`ChangeRecords.continue_change_record`).
 """
 
 from __future__ import annotations
@@ -65,6 +69,55 @@ class ChangeRecords(StoreBase):
         )
         with self._write() as conn:
             conn.execute(statement)
+
+    def change_record(self, client: str, change_ref: str) -> ChangeRecord | None:
+        """The newest record of one change (client and change ref), or None.
+
+        Args:
+            client: client slug.
+            change_ref: the change reference.
+        """
+        query = (
+            sa.select(change_records.c.body)
+            .where(change_records.c.client == client, change_records.c.change_ref == change_ref)
+            .order_by(change_records.c.started.desc(), change_records.c.id.desc())
+            .limit(1)
+        )
+        with self._read() as conn:
+            body = conn.execute(query).scalar_one_or_none()
+        return None if body is None else ChangeRecord.model_validate(body)
+
+    def continue_change_record(self, record: ChangeRecord, previous_flow_run_id: str) -> None:
+        """Save ``record`` over the row the flow run ``previous_flow_run_id`` wrote for the
+        same change: one change, one row, now keyed by the run that continues it.
+
+        Args:
+            record: the continued record (its ``flow_run_id`` is the continuing run's).
+            previous_flow_run_id: the run whose row it continues.
+        """
+        record = redacted_record(ChangeRecord.model_validate(record.model_dump()))
+        statement = (
+            sa.update(change_records)
+            .where(
+                change_records.c.client == record.client,
+                change_records.c.change_ref == record.change_ref,
+                change_records.c.flow_run_id == previous_flow_run_id,
+            )
+            .values(
+                flow_run_id=record.flow_run_id,
+                outcome=record.outcome.value if record.outcome else None,
+                started=record.started,
+                ended=record.ended,
+                body=record.model_dump(mode="json"),
+                saved_at=utc_now(),
+            )
+        )
+        with self._write() as conn:
+            if conn.execute(statement).rowcount != 1:
+                raise LookupError(
+                    f"no change record of {record.client} {record.change_ref} by flow run"
+                    f" {previous_flow_run_id} to continue"
+                )
 
     def change_records(
         self, client: str, since: datetime | None = None, until: datetime | None = None

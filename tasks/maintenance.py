@@ -11,6 +11,11 @@ failure budget, window gate, rollback choice, restore-test rotation) and
 
 The hosts come from :func:`tasks.sessions.open_sessions`, so the procedure runs on SSH
 sessions in production and on scripted hosts in unit tests.
+
+A rerun of a change continues it (:mod:`tasks.resume`): the record it continues says
+which production hosts are already patched and verified (skipped: no second snapshot,
+no second patch) and whether its counted approvals were for the digest of the plan as
+it stands now (then none is asked again).
 """
 
 from __future__ import annotations
@@ -67,6 +72,15 @@ from tasks.records import (
     recorded_verification,
     restored,
     run_url,
+)
+from tasks.resume import (
+    ApprovalCarry,
+    PackageSet,
+    ResumePoint,
+    package_set_rule,
+    patched_hosts,
+    remaining_plan,
+    resume_point,
 )
 from tasks.rollout import (
     RestoreAnswer,
@@ -178,7 +192,10 @@ class Maintenance:
         self.record = recorder.record
         self.window_override = window_override
         self.log = get_run_logger()
+        # What is left of the change: the plan without the production hosts patched and
+        # verified earlier in this change (tasks.resume.remaining_plan).
         self.plan: MaintenancePlan | None = None
+        self.resume: ResumePoint | None = None
         self.plans: dict[str, HostPlan] = {}
         self.snapshots: dict[str, SnapshotRecord] = {}
         # What patching did per host; None: it failed and what changed is unknown.
@@ -249,7 +266,27 @@ class Maintenance:
             scope = self.record.plan.scope if self.record.plan else "all"
             self.record.plan = plan_summary(self.inv, self.servers, plan, scope)
             publish_plan(plan)
-            self.plan = plan
+            self.resume_from(plan)
+
+    def resume_from(self, plan: MaintenancePlan) -> None:
+        """Where this run picks the change up: the production hosts it skips (patched and
+        verified earlier in this change) and whether its recorded approvals still stand.
+        A first run of the change skips nothing and asks for approval."""
+        production = [s.name for s in self.production]
+        self.plan = remaining_plan(plan, patched_hosts(self.record, production))
+        self.resume = resume_point(
+            self.record,
+            production,
+            production_canonical(self.plan),
+            self.inv.client.approvals_required,
+        )
+        if self.resume.skip:
+            self.gate(
+                "resume",
+                "skipped",
+                f"{', '.join(self.resume.skip)}: patched and verified earlier in this change;"
+                " not snapshotted or patched again",
+            )
 
     def staging_gate(self) -> None:
         """Production only with every staging server in the same run, or the inventory's
@@ -268,7 +305,7 @@ class Maintenance:
 
     def gate(
         self,
-        gate: Literal["staging", "window", "snapshot"],
+        gate: Literal["staging", "window", "snapshot", "package-set", "resume"],
         decision: str,
         detail: str,
         batch: int | None = None,
@@ -461,15 +498,34 @@ class Maintenance:
 
     # ----- 5. approval ----------------------------------------------------------
     def approve(self) -> None:
-        """Wait for enough listed approvers, or stop (rejected, or timed out)."""
+        """The plan keeps to staging's package set (else refused); then wait for enough
+        listed approvers, or stop (rejected, or timed out). A rerun whose recorded counted
+        approvals were for this plan's digest is not asked again."""
         assert self.plan is not None, "preflight plans before approval"
+        assert self.resume is not None, "preflight decides where the run resumes"
+        package_set = self.package_set_gate(self.plan)
+        if self.resume.approval == ApprovalCarry.CARRIED_OVER:
+            self.gate("resume", self.resume.approval.value, self.resume.detail)
+            return
+        if self.resume.approval == ApprovalCarry.NEEDED:
+            self.gate("resume", self.resume.approval.value, self.resume.detail)
         with self.recorder.phase("approval"):
-            self._approve(self.plan)
+            self._approve(self.plan, package_set)
 
-    def _approve(self, plan: MaintenancePlan) -> None:
+    def package_set_gate(self, plan: MaintenancePlan) -> PackageSet:
+        """Production only to versions staging was patched to and verified with in this
+        change (:func:`tasks.resume.package_set_rule`); refused before approval otherwise."""
+        rule = package_set_rule(plan, self.record, [s.name for s in self.staging])
+        self.gate("package-set", rule.decision.value, rule.detail)
+        if not rule.allowed:
+            raise MaintenanceStopped(Outcome.REFUSED, rule.detail)
+        return rule
+
+    def _approve(self, plan: MaintenancePlan, package_set: PackageSet) -> None:
         timeout = self.inv.schedule.approval_timeout
         deadline = datetime.now(UTC) + timeout
         approvers = [a.name for a in self.inv.client.approvers]
+        question = self.question(plan)
         subject, body = notice_approval_requested(
             self.inv.client.name,
             self.record.change_ref,
@@ -477,30 +533,39 @@ class Maintenance:
             [v for v in self.record.verifications if v.phase == "staging"],
             approvers,
             run_url(self.record.flow_run_id),
-        question = self.question(plan)
             approvals_required=self.inv.client.approvals_required,
             deadline=deadline,
             tz=self.inv.tz,
-        )
-        self.record.notification_failures += notify(self.inv.client.notify, subject, body)
-
-        def record(tally: ApprovalTally) -> None:
-            self.record.approvals = list(tally.answers)
-            self.recorder.save()
-            last = tally.answers[-1]
             plan_digest=question.digest,
             flow_run_id=self.record.flow_run_id,
             keyless=[n for n, key in question.approvers.items() if key is None],
+        )
+        self.record.notification_failures += notify(self.inv.client.notify, subject, body)
+
+        earlier = list(self.record.approvals)  # a continued change keeps its earlier answers
+        self.record.approval_plan = list(question.production)
+        self.recorder.save()
+
+        def record(tally: ApprovalTally) -> None:
+            self.record.approvals = earlier + list(tally.answers)
+            self.recorder.save()
+            last = tally.answers[-1]
             if not last.counted:
                 self.log.warning("answer not counted: %s", last.not_counted_reason)
 
         tally = wait_for_approval(
+            question,
             client_name=self.inv.client.name,
             required=self.inv.client.approvals_required,
             deadline=deadline,
             staging_text=staging_summary(self.record.verifications),
-            question,
-            production_text=production_plan_text(plan),
+            production_text=production_plan_text(plan)
+            + (
+                "\n\nNot proven on staging (no staging server got these packages in this"
+                " change):\n" + "\n".join(f"- {line}" for line in package_set.untested)
+                if package_set.untested
+                else ""
+            ),
             tz=self.inv.tz,
             on_answer=record,
             poll_s=settings().approval_poll_s,
@@ -511,13 +576,6 @@ class Maintenance:
             who = next(a for a in tally.counted if a.decision == "reject")
             raise MaintenanceStopped(Outcome.REJECTED, f"rejected by {who.approver}: {who.comment}")
 
-    # ----- 6. production ----------------------------------------------------------
-    def window_gate(self) -> None:
-        """Production only inside the window, or outside it on a recorded override."""
-        now = datetime.now(UTC)
-        gate = window_gate(self.inv, now, self.window_override)
-        if gate == WindowGate.OVERRIDE:
-            self.log.warning(
     def question(self, plan: MaintenancePlan, server: str | None = None) -> Question:
         """What the approvers are asked about: this change, this plan's digest, their keys."""
         return Question(
@@ -530,6 +588,13 @@ class Maintenance:
             production=tuple(production_canonical(plan)),
         )
 
+    # ----- 6. production ----------------------------------------------------------
+    def window_gate(self) -> None:
+        """Production only inside the window, or outside it on a recorded override."""
+        now = datetime.now(UTC)
+        gate = window_gate(self.inv, now, self.window_override)
+        if gate == WindowGate.OVERRIDE:
+            self.log.warning(
                 "outside the window: going ahead on override: %s", self.window_override
             )
             self.gate(
@@ -555,6 +620,7 @@ class Maintenance:
         on_failure = self.inv.rollout.on_failure
         failed_total = 0
         planned = batches(self.inv, self.production)
+        skip = set(self.resume.skip if self.resume is not None else ())
         progress = RolloutProgress(self.inv.slug, self.record.change_ref, len(self.production))
         # What the window must leave for a batch is measured: staging (snapshot, patch,
         # verify), then every batch finished so far.
@@ -562,7 +628,12 @@ class Maintenance:
             self.record.phase_seconds.get("snapshots", 0.0)
             + self.record.phase_seconds.get("staging", 0.0)
         ]
-        for index, batch in enumerate(planned, start=1):
+        for index, whole in enumerate(planned, start=1):
+            # Hosts patched and verified earlier in this change are not touched again.
+            batch = tuple(s for s in whole if s.name not in skip)
+            if not batch:
+                progress.advance(len(whole), f"batch {index}/{len(planned)} done earlier")
+                continue
             started = time.monotonic()
             expected = expected_batch_time(measured)
             gate = batch_gate(self.inv, datetime.now(UTC), self.window_override, expected)
@@ -590,7 +661,7 @@ class Maintenance:
             failed_total += len(failures)
             measured.append(time.monotonic() - started)
             progress.advance(
-                len(batch),
+                len(whole),
                 f"batch {index}/{len(planned)} done"
                 + (f", failed: {', '.join(failures)}" if failures else ""),
             )
@@ -605,11 +676,11 @@ class Maintenance:
 
     def ask_restore(self, server: Server, why: str) -> RestoreAnswer:
         """Pause and ask a listed approver whether to restore a failed server."""
+        assert self.plan is not None, "preflight plans before the rollout"
         return ask_restore(
             self.question(self.plan, server.name),
             why=why,
             timeout=self.inv.schedule.approval_timeout,
-        assert self.plan is not None, "preflight plans before the rollout"
             on_ignored=lambda name, reason: self.log.warning(
                 "answer by %s not counted: %s; asking again", name, reason
             ),

@@ -47,6 +47,7 @@ from tasks.packages import HostPlan, MaintenancePlan, PackageDiff
 from tasks.preflight import holder_takeover
 from tasks.reboot import RebootResult
 from tasks.record_markdown import plan_markdown, plan_rows, render_markdown
+from tasks.resume import continue_record
 from tasks.rollout import NOTHING_CHANGED
 
 
@@ -492,6 +493,9 @@ def open_recorder(
 
     A row lock in the store: unlike a deployment concurrency limit, it holds while the
     run is paused for approval. Released, and the store closed, when the block ends.
+    When the store already has a record of this change ref by another flow run (a rerun
+    after a crash, a halt or a closed window), ``record`` continues it
+    (:func:`tasks.resume.continue_record`) and takes its row over.
 
     Args:
         record: the run's record (client, flow run and change ref name the lock).
@@ -501,6 +505,12 @@ def open_recorder(
     client, run_id = record.client, record.flow_run_id
     store.acquire_run_lock(client, run_id, record.change_ref, holder_check=holder_takeover)
     try:
+        # A rerun of the change (same change ref, another flow run) continues its record:
+        # one change, one record. Read under the lock, so no other run is writing it.
+        previous = store.change_record(client, record.change_ref)
+        if previous is not None and previous.flow_run_id != run_id:
+            continue_record(record, previous, datetime.now(UTC))
+            store.continue_change_record(record, previous.flow_run_id)
         yield ChangeRecorder(record, store)
     finally:
         store.release_run_lock(client, run_id)
