@@ -1,0 +1,191 @@
+"""A worker killed with SIGKILL during production batch 2, then a rerun of the change.
+
+The first run is the flow in a process of its own against the test Prefect API, on the
+sandbox estate (h01 staging; h02, h03 batch 1; h04, h05 batch 2). It is approved (one
+signed answer), patches batch 1, snapshots batch 2 and starts patching it: h05 is patched,
+h04 waits for its dpkg lock, held by another process. Then the worker's whole process
+group is killed with SIGKILL. Prefect's zombie-run automation would mark the dead run
+Crashed after its heartbeats stop (test_crash_safety.py shows that on a real server); here
+the test sets that state through the API as the automation does, which releases the run
+lock. The rerun with the same change ref continues the change: one record, no second
+snapshot of batch 1, batch 1 not patched again, batch 2 finished, no approval asked again,
+and every production host patched and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import pytest
+
+from sandbox import faults
+from sandbox.estate import Estate
+from tests.conftest import ssh
+from tests.integration.maintenance_world import APPROVE, Approver, agent, run, write_client
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+SLUG = "rerunco"
+REF = "CHG-RERUN-1"
+PRODUCTION = ("h02", "h03", "h04", "h05")
+
+# The first run: the flow as a worker runs it, in a process (and process group) of its own.
+CHILD = """
+import sys
+from flows.server_maintenance import server_maintenance
+server_maintenance(client=sys.argv[1], change_ref=sys.argv[2])
+"""
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Ask ``probe`` every half second until it answers; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = probe()
+        if answer is not None:
+            return answer
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+def the_record() -> Any:
+    from history.store import open_store
+
+    with open_store() as store:
+        return store.change_record(SLUG, REF)
+
+
+def batch_2_snapshotted() -> bool | None:
+    record = the_record()
+    if record is None:
+        return None
+    hosts = {g.detail.split(":")[0] for g in record.gates if g.gate == "snapshot" and g.batch == 2}
+    return True if hosts == {"h04", "h05"} else None
+
+
+def snapshots_of(estate: Estate, host: str) -> list[str]:
+    """The sandbox snapshots of ``host`` made for the change (ids)."""
+    found = []
+    for meta in (estate.dir / "snapshots").glob("sbx-*/snapshot.json"):
+        data = json.loads(meta.read_text())
+        if (data.get("server"), data.get("change_ref")) == (host, REF):
+            found.append(meta.parent.name)
+    return found
+
+
+def upgrades(estate: Estate, host: str) -> int:
+    """How many times dpkg upgraded caretaker-agent to 1.1 on ``host`` (its dpkg log)."""
+    log = ssh(estate, host, "cat /var/log/dpkg.log").stdout
+    return sum(1 for line in log.splitlines() if " upgrade caretaker-agent:all 1.0 1.1" in line)
+
+
+def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeating_work(
+    world: dict[str, Any], estate: Estate, repo_root: Path, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Crashed
+
+    write_client(world["dir"], estate, SLUG)
+    before = {host: upgrades(estate, host) for host in PRODUCTION}
+    approver = Approver(SLUG, [APPROVE, APPROVE])  # a second answer stays unused
+    approver.start()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        # apt waits for h04's held lock instead of failing: batch 2 stays running.
+        "CARETAKER_DPKG_LOCK_TIMEOUT_S": "120",
+    }
+    output = tmp_path / "killed-run.log"
+    faults.hold_dpkg_lock(estate, "h04")
+    try:
+        with output.open("w") as sink:
+            worker = subprocess.Popen(
+                [sys.executable, "-c", CHILD, SLUG, REF],
+                cwd=repo_root,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            eventually(batch_2_snapshotted, 150, f"batch 2 to start:\n{output.read_text()[-3000:]}")
+            # h05 is patched; h04's apt waits for the lock: batch 2 is running.
+            eventually(lambda: True if agent(estate, "h05") == "1.1" else None, 60, "h05")
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(10)
+        dead = the_record()
+        assert dead.outcome is None  # the dead run never finished its record
+        dead_run = dead.flow_run_id
+        # The apt-get the dead worker left waiting on h04 goes with its session; make sure
+        # before the lock is let go, so nothing of the dead run changes h04 afterwards.
+        ssh(estate, "h04", "pkill -KILL -x apt-get; pkill -KILL -x dpkg; true")
+    finally:
+        faults.release_dpkg_lock(estate, "h04")
+    assert agent(estate, "h04") == "1.0"
+    assert {h: agent(estate, h) for h in ("h02", "h03", "h05")} == dict.fromkeys(
+        ("h02", "h03", "h05"), "1.1"
+    )
+    batch_1_snapshots = {h: snapshots_of(estate, h) for h in ("h02", "h03")}
+    assert all(len(ids) == 1 for ids in batch_1_snapshots.values()), batch_1_snapshots
+
+    # What Prefect's zombie-run automation does once the heartbeats stop: mark it Crashed.
+    with get_client(sync_client=True) as api:
+        api.set_flow_run_state(
+            UUID(dead_run), Crashed(message="No heartbeat (set by the test)"), force=True
+        )
+        assert api.read_flow_run(UUID(dead_run)).state.type == StateType.CRASHED
+
+    try:
+        state, record, _ = run(SLUG, [], change_ref=REF)
+    finally:
+        approver.stop.set()
+        approver.join(5)
+
+    # One change, one record, continued by the rerun.
+    from tests.integration.maintenance_world import stored_records
+
+    records = [r for r in stored_records(SLUG) if r.change_ref == REF]
+    assert len(records) == 1 and records[0].flow_run_id == record.flow_run_id != dead_run
+    assert state.is_completed(), record.outcome_detail
+    assert record.outcome.value == "completed"
+    resume = [(g.decision, g.detail) for g in record.gates if g.gate == "resume"]
+    assert [d for d, _ in resume] == ["continued", "skipped", "approval-carried-over"], resume
+    assert f"flow run {dead_run}, which never ended" in resume[0][1]
+    assert resume[1][1].startswith("h02, h03: patched and verified earlier in this change")
+    # Both runs checked production's versions against staging's before approval.
+    assert [g.decision for g in record.gates if g.gate == "package-set"] == ["same", "same"]
+    # No new approval: the approver saw one pause, the dead run's.
+    assert approver.paused_seen == 1 and len(approver.answers) == 1
+    assert [a.approver for a in record.approvals if a.counted] == ["alice"]
+    # Batch 1: no second snapshot, not patched twice (one upgrade in each dpkg log).
+    assert {h: snapshots_of(estate, h) for h in ("h02", "h03")} == batch_1_snapshots
+    snapshot_gates = sorted(
+        (g.detail.split(":")[0], g.batch) for g in record.gates if g.gate == "snapshot"
+    )
+    assert [x for x in snapshot_gates if x[0] in ("h02", "h03")] == [("h02", 1), ("h03", 1)]
+    assert {h: upgrades(estate, h) - before[h] for h in PRODUCTION} == dict.fromkeys(PRODUCTION, 1)
+    # Batch 2 finished; every production host patched and verified.
+    assert {h: agent(estate, h) for h in PRODUCTION} == dict.fromkeys(PRODUCTION, "1.1")
+    assert {k: v.value for k, v in record.production_results.items()} == dict.fromkeys(
+        PRODUCTION, "patched"
+    )
+    for host in PRODUCTION:
+        last = [v for v in record.verifications if v.server == host and v.phase == "production"]
+        assert last and last[-1].passed, host
