@@ -121,6 +121,24 @@ def test_the_approval_request_shows_staging_results_approvers_and_where_to_answe
     assert body.rstrip().endswith("Approve or reject here: http://ui/runs/flow-run/abc")
 
 
+def test_the_approval_request_gives_the_plan_digest_and_how_to_sign() -> None:
+    _subject, body = notice_approval_requested(
+        "ACME",
+        "CHG-7",
+        PLAN,
+        [],
+        ["alice", "bob", "carol"],
+        "http://ui/runs/flow-run/abc",
+        plan_digest="sha256:" + "ab" * 32,
+        flow_run_id="abc",
+        keyless=["carol"],
+    )
+
+    assert "No ssh_key in the inventory, so their answers cannot count: carol." in body
+    assert f"Plan digest: sha256:{'ab' * 32}." in body
+    assert "python -m deployments.approve abc --approver <name> --key ~/.ssh/id_ed25519" in body
+
+
 def test_the_end_notice_sums_up_the_record_without_its_secrets() -> None:
     subject, body = notice_end(finished_record(), client_name="ACME")
 
