@@ -373,7 +373,7 @@ class GateDecision(_Part):
         description=(
             "staging: in-scope, accepted-risk, refused, no-production; window: inside,"
             " override, closed, too-late; snapshot: taken, reused, retaken; package-set:"
-            " same, production-only, refused; resume: continued, skipped,"
+            " same, production-only, refused; resume: continued, skipped, mid-patch,"
             " approval-carried-over, approval-needed."
         ),
     )

@@ -77,6 +77,7 @@ from tasks.resume import (
     ApprovalCarry,
     PackageSet,
     ResumePoint,
+    done_unrecorded,
     package_set_rule,
     patched_hosts,
     remaining_plan,
@@ -286,6 +287,14 @@ class Maintenance:
                 "skipped",
                 f"{', '.join(self.resume.skip)}: patched and verified earlier in this change;"
                 " not snapshotted or patched again",
+            )
+        for server, lines in done_unrecorded(self.record, production_canonical(self.plan)).items():
+            self.gate(
+                "resume",
+                "mid-patch",
+                f"{server}: approved, no longer in apt's plan and not in the record (changed by"
+                f" an earlier run of this change that died): {', '.join(lines)}; planned"
+                " again from its facts and verified in its batch",
             )
 
     def staging_gate(self) -> None:

@@ -11,6 +11,8 @@ continues that change instead of starting another one:
   change; the rerun skips them (no second snapshot, no second patch).
 - :func:`remaining_plan`: what is left: the plan without the skipped hosts (a host that
   was mid-patch is planned from its facts: the remainder, or nothing).
+- :func:`done_unrecorded`: approved changes apt no longer plans that the record does not
+  show (a dead run did them before it could record them): named in the record.
 - :func:`resume_point`: what the rerun skips, and whether the recorded counted approvals
   still stand: they were for the digest of the plan recorded with them, and what is left
   is a part of that plan (:func:`plan_left_of`); else a new approval, and why.
@@ -39,6 +41,7 @@ __all__ = [
     "PackageSetDecision",
     "ResumePoint",
     "continue_record",
+    "done_unrecorded",
     "package_set_rule",
     "patched_hosts",
     "plan_left_of",
@@ -154,6 +157,43 @@ def plan_left_of(
         ]
         outside += [f"{name}: remove {r}" for r in host["removals"] if r not in was["removals"]]
     return outside
+
+
+def done_unrecorded(
+    record: ChangeRecord, plan_now: Sequence[Mapping[str, Any]]
+) -> dict[str, list[str]]:
+    """Approved changes that apt no longer plans and the record does not show (pure).
+
+    On a rerun, a server that was mid-patch when its worker died may have got some (or
+    all) of its approved packages before the dead run could record them: they are in the
+    record's ``approval_plan`` but no longer in apt's plan. They are named so the record
+    says what an earlier run of the change did without recording it (read from apt's
+    plan, not from the package database: worded as such).
+
+    Args:
+        record: the change's record as continued.
+        plan_now: the canonical production plan of what is left (skipped servers out).
+
+    Returns:
+        Server -> ``"name from → to"`` per such change; only servers with any.
+    """
+    approved = {str(h["server"]): h for h in record.approval_plan}
+    recorded = {(c.server, c.name, c.to_version) for c in record.package_changes}
+    found: dict[str, list[str]] = {}
+    for host in plan_now:
+        name = str(host["server"])
+        was = approved.get(name)
+        if was is None:
+            continue
+        left = {tuple(c) for c in host["changes"]}
+        lines = [
+            f"{c[0]} {c[1] or '(new)'} → {c[2]}"
+            for c in was["changes"]
+            if tuple(c) not in left and (name, c[0], c[2]) not in recorded
+        ]
+        if lines:
+            found[name] = lines
+    return found
 
 
 class ApprovalCarry(StrEnum):

@@ -224,8 +224,11 @@ def test_a_rerun_with_the_same_change_ref_takes_no_second_snapshot(
         (s.server, s.ids) for s in record.snapshots if s.server == "h01"
     ]
     assert all("reused" in s.detail for s in record.snapshots if s.server == "h01")
-    # staging was patched by the first run: the rerun changed nothing there
-    assert not [c for c in record.package_changes if c.server == "h01"]
+    # staging was patched by the first run: the rerun changed nothing there, and the
+    # change's one record (continued by the rerun) keeps what the first run did
+    h01 = [c for c in first.package_changes if c.server == "h01"]
+    assert h01 and [c for c in record.package_changes if c.server == "h01"] == h01
+    assert [r.flow_run_id for r in stored_records("rerun")] == [record.flow_run_id]
     assert len(list((estate.dir / "snapshots").glob("*"))) >= 5
 
 

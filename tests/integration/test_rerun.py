@@ -166,9 +166,13 @@ def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeatin
     assert state.is_completed(), record.outcome_detail
     assert record.outcome.value == "completed"
     resume = [(g.decision, g.detail) for g in record.gates if g.gate == "resume"]
-    assert [d for d, _ in resume] == ["continued", "skipped", "approval-carried-over"], resume
+    decisions = ["continued", "skipped", "mid-patch", "approval-carried-over"]
+    assert [d for d, _ in resume] == decisions, resume
     assert f"flow run {dead_run}, which never ended" in resume[0][1]
     assert resume[1][1].startswith("h02, h03: patched and verified earlier in this change")
+    # h05 was patched by the dead run before it could record it: the record names it
+    assert resume[2][1].startswith("h05: approved, no longer in apt's plan")
+    assert resume[2][1].count("caretaker-agent 1.0 → 1.1") == 1
     # Both runs checked production's versions against staging's before approval.
     assert [g.decision for g in record.gates if g.gate == "package-set"] == ["same", "same"]
     # No new approval: the approver saw one pause, the dead run's.

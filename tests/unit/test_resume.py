@@ -25,6 +25,7 @@ from tasks.resume import (
     ApprovalCarry,
     PackageSetDecision,
     continue_record,
+    done_unrecorded,
     package_set_rule,
     patched_hosts,
     plan_left_of,
@@ -175,6 +176,29 @@ def test_a_new_removal_is_outside_the_approved_plan() -> None:
     removing = production_canonical(plan(host("h02")))
     removing[0]["removals"] = ["telnetd"]
     assert plan_left_of(APPROVED_CANON, removing) == ["h02: remove telnetd"]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "now", "named"),
+    [
+        pytest.param([], APPROVED, {}, id="nothing-done-yet"),
+        pytest.param([], plan(host("h04", LIBSEC)), {"h04": ["agent 1.0 → 1.1"]}, id="mid-patch"),
+        pytest.param(
+            [], plan(host("h04")), {"h04": ["agent 1.0 → 1.1", "libsec 1.0 → 1.0+sec1"]},
+            id="patched-before-it-could-record",
+        ),
+        pytest.param(
+            [changed("h04", "agent", "1.0", "1.1")], plan(host("h04", LIBSEC)), {},
+            id="recorded-already",
+        ),
+        pytest.param([], plan(host("h09")), {}, id="a-host-never-approved"),
+    ],
+)  # fmt: skip
+def test_approved_changes_apt_no_longer_plans_and_the_record_lacks_are_named(
+    recorded: list[PackageChange], now: MaintenancePlan, named: dict[str, list[str]]
+) -> None:
+    done = record(package_changes=recorded, approval_plan=APPROVED_CANON)
+    assert done_unrecorded(done, production_canonical(now)) == named
 
 
 # --- does the recorded approval still stand? --------------------------------------------------
