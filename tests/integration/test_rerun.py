@@ -29,6 +29,7 @@ import pytest
 
 from sandbox import faults
 from sandbox.estate import Estate
+from sandbox.repo import PackageSpec
 from tests.conftest import ssh
 from tests.integration.maintenance_world import APPROVE, Approver, agent, run, write_client
 
@@ -59,27 +60,27 @@ def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
     raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
-def the_record() -> Any:
+def the_record(slug: str = SLUG, ref: str = REF) -> Any:
     from history.store import open_store
 
     with open_store() as store:
-        return store.change_record(SLUG, REF)
+        return store.change_record(slug, ref)
 
 
-def batch_2_snapshotted() -> bool | None:
-    record = the_record()
+def batch_2_snapshotted(slug: str, ref: str) -> bool | None:
+    record = the_record(slug, ref)
     if record is None:
         return None
     hosts = {g.detail.split(":")[0] for g in record.gates if g.gate == "snapshot" and g.batch == 2}
     return True if hosts == {"h04", "h05"} else None
 
 
-def snapshots_of(estate: Estate, host: str) -> list[str]:
-    """The sandbox snapshots of ``host`` made for the change (ids)."""
+def snapshots_of(estate: Estate, host: str, ref: str = REF) -> list[str]:
+    """The sandbox snapshots of ``host`` made for the change ``ref`` (ids)."""
     found = []
     for meta in (estate.dir / "snapshots").glob("sbx-*/snapshot.json"):
         data = json.loads(meta.read_text())
-        if (data.get("server"), data.get("change_ref")) == (host, REF):
+        if (data.get("server"), data.get("change_ref")) == (host, ref):
             found.append(meta.parent.name)
     return found
 
@@ -90,18 +91,17 @@ def upgrades(estate: Estate, host: str) -> int:
     return sum(1 for line in log.splitlines() if " upgrade caretaker-agent:all 1.0 1.1" in line)
 
 
-def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeating_work(
-    world: dict[str, Any], estate: Estate, repo_root: Path, tmp_path: Path
-) -> None:
+def kill_during_batch_2(
+    estate: Estate, repo_root: Path, tmp_path: Path, slug: str, ref: str
+) -> str:
+    """Run the change in a worker process and SIGKILL its process group while batch 2 runs
+    (h05 patched, h04's apt waiting for its held dpkg lock); mark the dead run Crashed as
+    the zombie-run automation does. Returns the dead run's id."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL
     from prefect.states import Crashed
 
-    write_client(world["dir"], estate, SLUG)
-    before = {host: upgrades(estate, host) for host in PRODUCTION}
-    approver = Approver(SLUG, [APPROVE, APPROVE])  # a second answer stays unused
-    approver.start()
     env = {
         **os.environ,
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
@@ -113,7 +113,7 @@ def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeatin
     try:
         with output.open("w") as sink:
             worker = subprocess.Popen(
-                [sys.executable, "-c", CHILD, SLUG, REF],
+                [sys.executable, "-c", CHILD, slug, ref],
                 cwd=repo_root,
                 env=env,
                 stdout=sink,
@@ -121,7 +121,11 @@ def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeatin
                 start_new_session=True,
             )
         try:
-            eventually(batch_2_snapshotted, 150, f"batch 2 to start:\n{output.read_text()[-3000:]}")
+            eventually(
+                lambda: batch_2_snapshotted(slug, ref),
+                150,
+                f"batch 2 to start:\n{output.read_text()[-3000:]}",
+            )
             # h05 is patched; h04's apt waits for the lock: batch 2 is running.
             eventually(lambda: True if agent(estate, "h05") == "1.1" else None, 60, "h05")
             os.killpg(worker.pid, signal.SIGKILL)
@@ -130,9 +134,8 @@ def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeatin
             if worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait(10)
-        dead = the_record()
+        dead = the_record(slug, ref)
         assert dead.outcome is None  # the dead run never finished its record
-        dead_run = dead.flow_run_id
         # The apt-get the dead worker left waiting on h04 goes with its session; make sure
         # before the lock is let go, so nothing of the dead run changes h04 afterwards.
         ssh(estate, "h04", "pkill -KILL -x apt-get; pkill -KILL -x dpkg; true")
@@ -142,15 +145,25 @@ def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeatin
     assert {h: agent(estate, h) for h in ("h02", "h03", "h05")} == dict.fromkeys(
         ("h02", "h03", "h05"), "1.1"
     )
-    batch_1_snapshots = {h: snapshots_of(estate, h) for h in ("h02", "h03")}
-    assert all(len(ids) == 1 for ids in batch_1_snapshots.values()), batch_1_snapshots
-
     # What Prefect's zombie-run automation does once the heartbeats stop: mark it Crashed.
     with get_client(sync_client=True) as api:
         api.set_flow_run_state(
-            UUID(dead_run), Crashed(message="No heartbeat (set by the test)"), force=True
+            UUID(dead.flow_run_id), Crashed(message="No heartbeat (set by the test)"), force=True
         )
-        assert api.read_flow_run(UUID(dead_run)).state.type == StateType.CRASHED
+        assert api.read_flow_run(UUID(dead.flow_run_id)).state.type == StateType.CRASHED
+    return str(dead.flow_run_id)
+
+
+def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeating_work(
+    world: dict[str, Any], estate: Estate, repo_root: Path, tmp_path: Path
+) -> None:
+    write_client(world["dir"], estate, SLUG)
+    before = {host: upgrades(estate, host) for host in PRODUCTION}
+    approver = Approver(SLUG, [APPROVE, APPROVE])  # a second answer stays unused
+    approver.start()
+    dead_run = kill_during_batch_2(estate, repo_root, tmp_path, SLUG, REF)
+    batch_1_snapshots = {h: snapshots_of(estate, h) for h in ("h02", "h03")}
+    assert all(len(ids) == 1 for ids in batch_1_snapshots.values()), batch_1_snapshots
 
     try:
         state, record, _ = run(SLUG, [], change_ref=REF)
@@ -193,3 +206,42 @@ def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeatin
     for host in PRODUCTION:
         last = [v for v in record.verifications if v.server == host and v.phase == "production"]
         assert last and last[-1].passed, host
+
+
+def test_a_rerun_whose_plan_changed_since_the_approval_asks_again_and_says_why(
+    world: dict[str, Any], estate: Estate, repo_root: Path, tmp_path: Path
+) -> None:
+    slug, ref = "rerunnew", "CHG-RERUN-2"
+    write_client(world["dir"], estate, slug)
+    approver = Approver(slug, [APPROVE, APPROVE])
+    approver.start()
+    dead_run = kill_during_batch_2(estate, repo_root, tmp_path, slug, ref)
+    # Between the crash and the rerun the repository gets a newer version.
+    estate.publish(PackageSpec(name="caretaker-agent", version="1.2"))
+    try:
+        state, record, _ = run(slug, [], change_ref=ref)
+    finally:
+        approver.stop.set()
+        approver.join(5)
+
+    assert state.is_completed(), record.outcome_detail
+    resume = {g.decision: g.detail for g in record.gates if g.gate == "resume"}
+    assert f"flow run {dead_run}, which never ended" in resume["continued"]
+    why = resume["approval-needed"]
+    assert why.startswith("the production plan changed since sha256:")
+    assert "h04: caretaker-agent 1.0 → 1.2" in why and "h05: caretaker-agent 1.1 → 1.2" in why
+    assert why.endswith("a new approval is needed")
+    # Asked again (a second pause, a second counted answer for the new digest).
+    assert approver.paused_seen == 2
+    digests = [a.plan_digest for a in record.approvals if a.counted]
+    assert len(digests) == 2 and digests[0] != digests[1]
+    # Staging went to 1.2 first, so production's 1.2 is staging's package set.
+    assert agent(estate, "h01") == "1.2"
+    assert [g.decision for g in record.gates if g.gate == "package-set"] == ["same", "same"]
+    # Batch 1 (done in the change) is not touched again; batch 2 gets the approved 1.2.
+    assert {h: agent(estate, h) for h in PRODUCTION} == {
+        "h02": "1.1", "h03": "1.1", "h04": "1.2", "h05": "1.2",
+    }  # fmt: skip
+    assert {k: v.value for k, v in record.production_results.items()} == dict.fromkeys(
+        PRODUCTION, "patched"
+    )
