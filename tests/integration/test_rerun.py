@@ -33,7 +33,7 @@ from sandbox.repo import PackageSpec
 from tests.conftest import ssh
 from tests.integration.maintenance_world import APPROVE, Approver, agent, run, write_client
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = pytest.mark.integration
 
 SLUG = "rerunco"
 REF = "CHG-RERUN-1"
@@ -154,6 +154,7 @@ def kill_during_batch_2(
     return str(dead.flow_run_id)
 
 
+@pytest.mark.fault
 def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeating_work(
     world: dict[str, Any], estate: Estate, repo_root: Path, tmp_path: Path
 ) -> None:
@@ -208,6 +209,7 @@ def test_a_worker_killed_during_batch_2_is_continued_by_a_rerun_without_repeatin
         assert last and last[-1].passed, host
 
 
+@pytest.mark.fault
 def test_a_rerun_whose_plan_changed_since_the_approval_asks_again_and_says_why(
     world: dict[str, Any], estate: Estate, repo_root: Path, tmp_path: Path
 ) -> None:
@@ -244,4 +246,43 @@ def test_a_rerun_whose_plan_changed_since_the_approval_asks_again_and_says_why(
     }  # fmt: skip
     assert {k: v.value for k, v in record.production_results.items()} == dict.fromkeys(
         PRODUCTION, "patched"
+    )
+
+
+PIN = "/etc/apt/preferences.d/caretaker-test-pin"
+
+
+def test_production_is_refused_a_version_staging_was_not_verified_with(
+    world: dict[str, Any], estate: Estate
+) -> None:
+    slug, ref = "pinned", "CHG-PINNED"
+    write_client(world["dir"], estate, slug)
+    # The repository has 1.1 and 1.2; staging is pinned to 1.1, production would get 1.2.
+    estate.publish(PackageSpec(name="caretaker-agent", version="1.2"))
+    ssh(
+        estate,
+        "h01",
+        f"printf 'Package: caretaker-agent\\nPin: version 1.1\\nPin-Priority: 1001\\n' > {PIN}",
+    )
+    try:
+        state, record, approver = run(slug, [APPROVE], change_ref=ref)
+    finally:
+        ssh(estate, "h01", f"rm -f {PIN}")
+
+    assert state.is_failed()
+    assert record.outcome.value == "refused"
+    assert record.outcome_detail.startswith(
+        "refused: production gets only package versions that staging was patched to and"
+        " verified with in this change"
+    )
+    assert "h02: caretaker-agent 1.0 → 1.2 (staging was verified with 1.1)" in (
+        record.outcome_detail
+    )
+    assert [g.decision for g in record.gates if g.gate == "package-set"] == ["refused"]
+    # Refused before approval: nobody was asked, production untouched.
+    assert approver.paused_seen == 0 and record.approvals == []
+    assert agent(estate, "h01") == "1.1"
+    assert {h: agent(estate, h) for h in PRODUCTION} == dict.fromkeys(PRODUCTION, "1.0")
+    assert {k: v.value for k, v in record.production_results.items()} == dict.fromkeys(
+        PRODUCTION, "untouched"
     )
