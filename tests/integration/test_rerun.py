@@ -9,7 +9,10 @@ Crashed after its heartbeats stop (test_crash_safety.py shows that on a real ser
 the test sets that state through the API as the automation does, which releases the run
 lock. The rerun with the same change ref continues the change: one record, no second
 snapshot of batch 1, batch 1 not patched again, batch 2 finished, no approval asked again,
-and every production host patched and verified.
+and every production host patched and verified. With a newer version published between
+the crash and the rerun, the rerun asks again and says why. Last, the same-package-set
+rule on real hosts: production planned a version staging was not verified with is
+refused before anyone is asked.
 """
 
 from __future__ import annotations
