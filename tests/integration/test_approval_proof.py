@@ -39,6 +39,7 @@ def assert_production_untouched(estate: Estate, record: Any) -> None:
     assert not [c for c in record.package_changes if c.server in PRODUCTION]
 
 
+@pytest.mark.fault
 def test_a_forged_approval_by_a_listed_name_is_not_counted_and_production_is_untouched(
     estate: Estate, world: dict[str, Any]
 ) -> None:
@@ -62,6 +63,7 @@ def test_a_forged_approval_by_a_listed_name_is_not_counted_and_production_is_unt
     assert rejection.plan_digest.startswith("sha256:")
 
 
+@pytest.mark.fault
 def test_an_approval_replayed_from_another_change_or_plan_is_not_counted(
     estate: Estate, world: dict[str, Any]
 ) -> None:
@@ -85,6 +87,7 @@ def test_an_approval_replayed_from_another_change_or_plan_is_not_counted(
         assert "not over this answer's message" in answer.not_counted_reason
 
 
+@pytest.mark.fault
 def test_one_person_cannot_make_a_quorum_of_two_by_answering_under_two_names(
     estate: Estate, world: dict[str, Any]
 ) -> None:

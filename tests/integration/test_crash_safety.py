@@ -72,6 +72,7 @@ def lock_holder(client: str) -> str | None:
     return held.holder_flow_run_id if held else None
 
 
+@pytest.mark.fault
 def test_a_killed_runs_lock_holds_until_prefect_marks_it_crashed_then_is_taken_over(
     world: dict[str, Any], estate: Estate, repo_root: Path, tmp_path: Path
 ) -> None:

@@ -82,6 +82,7 @@ def end_notice(world: dict[str, Any], change_ref: str) -> dict[str, Any]:
 # --- scope without staging ------------------------------------------------------------------
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("scope", ["production", "h02,h03"])
 def test_a_scope_without_staging_is_refused_before_anything_changes(
     estate: Estate, world: dict[str, Any], scope: str
@@ -121,6 +122,7 @@ def age_snapshot(estate: Estate, snapshot_id: str, hours: int) -> None:
     meta.write_text(json.dumps(data))
 
 
+@pytest.mark.fault
 def test_within_the_budget_a_no_op_host_is_not_restored_and_a_stale_snapshot_is_retaken(
     estate: Estate, world: dict[str, Any]
 ) -> None:
@@ -195,6 +197,7 @@ class SnapshotSpoiler(threading.Thread):
             time.sleep(0.05)
 
 
+@pytest.mark.fault
 def test_a_failed_restore_halts_the_rollout_with_its_own_outcome_and_notice(
     estate: Estate, world: dict[str, Any]
 ) -> None:
@@ -231,6 +234,7 @@ def test_a_failed_restore_halts_the_rollout_with_its_own_outcome_and_notice(
 # --- on_failure: halt -------------------------------------------------------------------------
 
 
+@pytest.mark.fault
 def test_on_failure_halt_leaves_the_failed_host_and_starts_no_further_batch(
     estate: Estate, world: dict[str, Any]
 ) -> None:
@@ -268,6 +272,7 @@ MARGIN_S = 6
 BATCH_1_S = 14
 
 
+@pytest.mark.fault
 def test_a_window_closing_mid_rollout_stops_before_the_next_batch_and_names_its_hosts(
     estate: Estate, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

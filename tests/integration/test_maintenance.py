@@ -157,6 +157,7 @@ def test_an_approval_timeout_leaves_production_untouched(
     assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
 
 
+@pytest.mark.fault
 def test_a_staging_failure_asks_no_approval_and_leaves_production_untouched(
     estate: Estate, world: dict[str, Any]
 ) -> None:
@@ -170,6 +171,7 @@ def test_a_staging_failure_asks_no_approval_and_leaves_production_untouched(
     assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
 
 
+@pytest.mark.fault
 def test_a_failed_production_host_on_which_nothing_changed_halts_the_rollout_unrestored(
     estate: Estate, world: dict[str, Any]
 ) -> None:
@@ -189,6 +191,7 @@ def test_a_failed_production_host_on_which_nothing_changed_halts_the_rollout_unr
     assert "untouched: h04, h05" in record.outcome_detail
 
 
+@pytest.mark.fault
 def test_a_reboot_that_never_returns_is_bounded_and_recorded(
     estate: Estate, world: dict[str, Any]
 ) -> None:
@@ -232,6 +235,7 @@ def test_a_rerun_with_the_same_change_ref_takes_no_second_snapshot(
     assert len(list((estate.dir / "snapshots").glob("*"))) >= 5
 
 
+@pytest.mark.fault
 def test_a_second_run_for_the_same_client_is_refused_while_the_first_waits(
     estate: Estate, world: dict[str, Any]
 ) -> None:

@@ -78,6 +78,7 @@ def stored_bodies(client: str) -> list[str]:
     return [json.dumps(row.body) if not isinstance(row.body, str) else row.body for row in rows]
 
 
+@pytest.mark.fault
 def test_no_planted_secret_reaches_any_output_of_a_maintenance_run(
     world: dict[str, Any], estate: Estate
 ) -> None:
