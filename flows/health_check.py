@@ -34,6 +34,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
+from core.logs import redact_logs
 from core.settings import settings
 from history.fold import CheckSample
 from history.ingest import StateChange, ingest
@@ -190,6 +191,7 @@ def health_check(client: str | None = None) -> State[Any]:
         Completed with a :class:`HealthCheckSummary` (down servers are results, not
         failures), or Failed when a server's checks crashed (the others are recorded).
     """
+    redact_logs()  # every log line of the run is masked from here on (core/logs.py)
     logger = get_run_logger()
     inventories = _inventories(client)
     checked_at = datetime.now(UTC)

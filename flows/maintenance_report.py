@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from core.errors import PdfNotMade
+from core.logs import redact_logs
 from core.settings import settings
 from inventory import load_client_by_slug
 from reports.compute import compute_report
@@ -92,6 +93,7 @@ def maintenance_report(
         ReportInputError: the store's data failed validation (the message names every
             failed expectation and rows); nothing is written.
     """
+    redact_logs()  # every log line of the run is masked from here on (core/logs.py)
     logger = get_run_logger()
     inventory = load_client_by_slug(settings().inventory_dir, client)
     resolved = resolve_period(period, inventory.tz)

@@ -30,6 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from core.errors import ConfigError
+from core.logs import redact_logs
 from core.settings import settings
 from inventory import load_client_by_slug
 from tasks.facts.collect import AUDIT_FACTS, collect_facts
@@ -116,6 +117,7 @@ def security_audit(
         Completed when every server passed, else Failed; either way with a
         :class:`SecurityAuditSummary`.
     """
+    redact_logs()  # every log line of the run is masked from here on (core/logs.py)
     logger = get_run_logger()
     inventory = load_client_by_slug(settings().inventory_dir, client)
     known = [s.name for s in inventory.servers]

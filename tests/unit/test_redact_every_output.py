@@ -96,3 +96,26 @@ def test_every_string_of_a_json_body_is_masked_and_nothing_else_changes() -> Non
     assert masked["client"] == "acme" and masked["count"] == 3 and masked["ok"] is True
     assert masked["none"] is None
     assert masked["hosts"][0] == {"detail": "apt said password=***", "password": "field name kept"}
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "flows.server_maintenance",
+        "flows.health_check",
+        "flows.security_audit",
+        "flows.maintenance_report",
+    ],
+)
+def test_every_flow_masks_its_logs_before_it_does_anything(module: str) -> None:
+    import importlib
+    import inspect
+
+    from prefect import Flow
+
+    flows = [f for f in vars(importlib.import_module(module)).values() if isinstance(f, Flow)]
+    assert flows, f"{module} defines no flow"
+    for found in flows:
+        body = inspect.getsource(found.fn).split('"""')[2]  # after the docstring
+        first_call = body.strip().splitlines()[0]
+        assert first_call.startswith("redact_logs()"), (found.name, first_call)
