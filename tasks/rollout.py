@@ -373,7 +373,7 @@ def rollback_choice(
     Args:
         on_failure: the inventory's ``rollout.on_failure``: restore, ask or halt.
         snapshot_state: the server's snapshot state this run (completed, pending, error,
-            accepted-risk), None when it has no snapshot at all.
+            accepted-risk; the record's skipped), None when it has no snapshot at all.
         answer: the approver's answer, once asked.
         changed: whether this change changed the server (its package diff is not
             empty, or could not be read: unknown counts as changed).
@@ -383,7 +383,8 @@ def rollback_choice(
     """
     if not changed:
         return RollbackChoice(RollbackAction.LEAVE, NOTHING_CHANGED)
-    if snapshot_state is None:
+    if snapshot_state in (None, "accepted-risk", "skipped"):
+        # provider none: no snapshot by design (the record's state is "skipped").
         return RollbackChoice(RollbackAction.LEAVE, "no snapshot (accepted risk)")
     restorable = snapshot_state == "completed"
     if on_failure == "ask" and restorable:

@@ -374,12 +374,14 @@ def leave(reason: str) -> RollbackChoice:
         ("restore", "completed", None, RESTORE),
         ("restore", "pending", None, leave("on_failure is restore")),
         ("restore", "error", None, leave("on_failure is restore")),
-        ("restore", "accepted-risk", None, leave("on_failure is restore")),
+        ("restore", "accepted-risk", None, leave("no snapshot (accepted risk)")),
+        ("restore", "skipped", None, leave("no snapshot (accepted risk)")),  # as recorded
         ("restore", None, None, leave("no snapshot (accepted risk)")),
         # halt: never restores, whatever the snapshot or an answer says
         ("halt", "completed", None, leave("on_failure is halt")),
         ("halt", "completed", YES, leave("on_failure is halt")),
         ("halt", None, None, leave("no snapshot (accepted risk)")),
+        ("halt", "accepted-risk", None, leave("no snapshot (accepted risk)")),
         # ask: asks only when there is something to restore from
         ("ask", "completed", None, ASK),
         ("ask", "completed", YES, RESTORE),
@@ -388,7 +390,7 @@ def leave(reason: str) -> RollbackChoice:
         ("ask", "completed", RestoreAnswer(False, ""), leave("on_failure is halt")),
         ("ask", "pending", None, leave("on_failure is ask")),
         ("ask", "error", YES, leave("on_failure is ask")),  # a yes cannot restore nothing
-        ("ask", "accepted-risk", None, leave("on_failure is ask")),
+        ("ask", "accepted-risk", YES, leave("no snapshot (accepted risk)")),
         ("ask", None, YES, leave("no snapshot (accepted risk)")),
     ],
 )
