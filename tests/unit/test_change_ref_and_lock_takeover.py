@@ -127,6 +127,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.fault
 def test_a_run_is_refused_when_the_lock_holders_state_cannot_be_read(tmp_path: Path) -> None:
     # The fault "lock holder's API read fails": a real store, a real Prefect client, no API.
     with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
