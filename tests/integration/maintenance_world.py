@@ -17,10 +17,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -31,6 +31,28 @@ from sandbox.repo import PackageSpec
 from sandbox.webhook import WebhookReceiver
 from tasks.notify import save_demo_webhook
 from tests.conftest import sandbox_unavailable, ssh
+
+#: A maintenance run as a deployment's worker runs it: the flow in a process of its own
+#: (``python -c CHILD <client> <change_ref>``), so a test can SIGKILL it.
+CHILD = """
+import sys
+from flows.server_maintenance import server_maintenance
+server_maintenance(client=sys.argv[1], change_ref=sys.argv[2])
+"""
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Ask ``probe`` every half second until it answers; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = probe()
+        if answer is not None:
+            return answer
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
 
 __all__ = [
     "APPROVE",

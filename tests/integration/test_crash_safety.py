@@ -17,17 +17,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import pytest
 
 from sandbox.estate import Estate
-from tests.integration.maintenance_world import write_client
+from tests.integration.maintenance_world import CHILD, eventually, write_client
 
 pytestmark = pytest.mark.integration
 
@@ -35,26 +33,6 @@ SLUG = "crashco"
 #: Prefect's heartbeat floor is 30 s; the automation waits a little longer than one.
 HEARTBEAT_S = 30
 SILENCE = timedelta(seconds=40)
-
-# The dead run: the flow as a deployment's worker would run it, in a process of its own.
-CHILD = """
-import sys
-from flows.server_maintenance import server_maintenance
-server_maintenance(client=sys.argv[1], change_ref=sys.argv[2])
-"""
-
-T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Ask ``probe`` every half second until it answers; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = probe()
-        if answer is not None:
-            return answer
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
 def flow_run_state(run_id: str) -> Any:

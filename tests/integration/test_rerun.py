@@ -22,10 +22,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -34,33 +32,21 @@ from sandbox import faults
 from sandbox.estate import Estate
 from sandbox.repo import PackageSpec
 from tests.conftest import ssh
-from tests.integration.maintenance_world import APPROVE, Approver, agent, run, write_client
+from tests.integration.maintenance_world import (
+    APPROVE,
+    CHILD,
+    Approver,
+    agent,
+    eventually,
+    run,
+    write_client,
+)
 
 pytestmark = pytest.mark.integration
 
 SLUG = "rerunco"
 REF = "CHG-RERUN-1"
 PRODUCTION = ("h02", "h03", "h04", "h05")
-
-# The first run: the flow as a worker runs it, in a process (and process group) of its own.
-CHILD = """
-import sys
-from flows.server_maintenance import server_maintenance
-server_maintenance(client=sys.argv[1], change_ref=sys.argv[2])
-"""
-
-T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Ask ``probe`` every half second until it answers; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = probe()
-        if answer is not None:
-            return answer
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
 def the_record(slug: str = SLUG, ref: str = REF) -> Any:
