@@ -19,6 +19,7 @@ import ipaddress
 import re
 import urllib.parse
 import zoneinfo
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import time, timedelta
@@ -39,7 +40,7 @@ from inventory.base import char_list, fail
 from inventory.schedule import CRON_ALLOWED, cron_problem
 
 
-class _Rule:
+class _Rule(ABC):
     """Metadata that pydantic expands into its parts (annotated-types' GroupedMetadata protocol).
 
     A subclass yields the validators, serializer and JSON Schema of one kind of value, so a
@@ -48,8 +49,9 @@ class _Rule:
 
     __is_annotated_types_grouped_metadata__ = True
 
-    def __iter__(self) -> Iterator[object]:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
+    @abstractmethod
+    def __iter__(self) -> Iterator[object]:
+        """The validators, serializer and JSON Schema pydantic applies for this rule."""
 
 
 @dataclass(frozen=True)
