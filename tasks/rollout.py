@@ -12,7 +12,7 @@ operator would try to get around the rule.
 - :func:`budget_spent`: more servers failed than ``failures_tolerated`` (Ansible's
   ``max_fail_percentage`` semantics with a count: equal to the budget still goes on);
   ``on_failure: halt`` stops at the first failed server.
-- :func:`window_gate` / :func:`window_allows`: production only inside the maintenance
+- :func:`window_gate`: production only inside the maintenance
   window, or outside it with a recorded override reason.
 - :func:`batch_gate`: before each batch, the window is open and has time left for the
   batch's expected duration (:func:`expected_batch_time`, measured from staging).
@@ -59,7 +59,6 @@ __all__ = [
     "rollback_choice",
     "snapshot_reusable",
     "staging_rule",
-    "window_allows",
     "window_end",
     "window_gate",
     "window_halt_detail",
@@ -204,11 +203,6 @@ def window_gate(inventory: ClientInventory, now: datetime, override: str | None)
     if inventory.in_window(now):
         return WindowGate.INSIDE
     return WindowGate.OVERRIDE if override else WindowGate.CLOSED
-
-
-def window_allows(inventory: ClientInventory, now: datetime, override: str | None) -> bool:
-    """Whether production may be touched at ``now`` (inside the window, or overridden)."""
-    return window_gate(inventory, now, override) is not WindowGate.CLOSED
 
 
 #: The expected duration of a production batch: this many times the longest phase measured.

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,19 @@ def ssh(
         timeout=timeout,
         check=False,
     )
+
+
+def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts one flow run published, by key: never "the latest N" of the shared
+    Prefect server, so what ran on it before cannot change the answer."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found if a.key}
 
 
 @pytest.fixture()

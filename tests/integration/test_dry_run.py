@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -13,7 +12,7 @@ from sandbox import faults
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.prefect_blocks import ssh_identity
 from sandbox.repo import PackageSpec
-from tests.conftest import sandbox_unavailable, ssh
+from tests.conftest import artifacts_of, sandbox_unavailable, ssh
 
 pytestmark = pytest.mark.integration
 
@@ -93,18 +92,6 @@ def inventory(
     mp.setenv("CARETAKER_INVENTORY_DIR", str(directory))
     yield directory
     mp.undo()
-
-
-def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
-    """The artifacts of one flow run, by key (never "the latest N" of the shared server)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return {a.key: a for a in found if a.key}
 
 
 def _agent(estate: Estate, host: str) -> str:

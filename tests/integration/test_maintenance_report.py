@@ -35,7 +35,6 @@ import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,6 +42,7 @@ from history.change import Approval, ChangeRecord, ChangeWindow, Outcome, Packag
 from history.schema import check_intervals, pack_interval
 from history.store import open_store
 from reports.render import find_chromium
+from tests.conftest import artifacts_of
 
 pytestmark = pytest.mark.integration
 
@@ -161,18 +161,6 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
     """A CSV file's rows as dicts of strings."""
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
-    """The artifacts a flow run published, by key."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as api:
-        found = api.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return {str(a.key): a for a in found}
 
 
 def test_the_report_writes_hand_checked_uptime_incidents_and_activity(seeded: str) -> None:

@@ -15,7 +15,7 @@ from sandbox.estate import Estate, numbered_hosts
 from sandbox.prefect_blocks import ssh_identity
 from sandbox.repo import PackageSpec
 from sandbox.webhook import WebhookReceiver
-from tests.conftest import sandbox_unavailable, ssh
+from tests.conftest import artifacts_of, sandbox_unavailable, ssh
 
 if TYPE_CHECKING:
     from prefect.states import State
@@ -86,19 +86,6 @@ def audit(**parameters: Any) -> tuple[str, SecurityAuditSummary]:
     """One security-audit run: its final state's name and its summary."""
     state, summary = audit_run(**parameters)
     return state.name, summary
-
-
-def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
-    """The artifacts one flow run published, by key (never another run's, whatever ran
-    on the Prefect server before)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return {str(a.key): a for a in found}
 
 
 def test_findings_are_named_per_server_published_and_notified(

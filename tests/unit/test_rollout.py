@@ -33,7 +33,6 @@ from tasks.rollout import (
     rollback_choice,
     snapshot_reusable,
     staging_rule,
-    window_allows,
     window_end,
     window_gate,
     window_halt_detail,
@@ -237,7 +236,6 @@ def test_production_is_touched_only_inside_the_window_or_on_a_recorded_reason(
     acme: ClientInventory, now: str, override: str | None, gate: WindowGate
 ) -> None:
     assert window_gate(acme, utc(now), override) is gate
-    assert window_allows(acme, utc(now), override) is (gate is not WindowGate.CLOSED)
 
 
 @pytest.mark.parametrize(
