@@ -139,6 +139,8 @@ class DeploymentSpec:
         day_or: cron's day-of-month/day-of-week combination: OR (True) or AND (False).
         schedule_slug: the schedule's stable slug (what it is for, e.g. ``monthly-report``).
         env: environment of the flow run's process (the work pool's ``env`` job variable).
+        concurrency_limit: at most this many runs of the deployment at once; a run
+            beyond it is cancelled, not queued (collision strategy ``CANCEL_NEW``).
     """
 
     flow_name: str
@@ -152,6 +154,7 @@ class DeploymentSpec:
     day_or: bool
     schedule_slug: str = SCHEDULE_SLUG
     env: Mapping[str, str] = field(default_factory=dict)
+    concurrency_limit: int | None = None
 
     @property
     def full_name(self) -> str:
@@ -186,7 +189,11 @@ def maintenance_spec(inventory: ClientInventory) -> DeploymentSpec:
 
 
 def health_check_spec() -> DeploymentSpec:
-    """``health-check/all``: every client's servers, every 5 minutes."""
+    """``health-check/all``: every client's servers, every 5 minutes.
+
+    One run at a time: a run scheduled while the last one still checks is cancelled
+    (``CANCEL_NEW``), so slow rounds cannot pile up on the estate.
+    """
     return DeploymentSpec(
         flow_name="health-check",
         entrypoint="flows/health_check.py:health_check",
@@ -198,6 +205,7 @@ def health_check_spec() -> DeploymentSpec:
         timezone="UTC",
         day_or=True,
         schedule_slug="every-5-minutes",
+        concurrency_limit=1,
     )
 
 
@@ -264,13 +272,14 @@ def deployment_specs(inventories: Mapping[str, ClientInventory]) -> list[Deploym
 def _yaml_entry(spec: DeploymentSpec) -> dict[str, Any]:
     """One item of prefect.yaml's ``deployments``.
 
-    No deployment concurrency limit: Prefect releases it while a run is paused for
-    approval, so one run per client is the flow's run lock (docs/maintenance.md).
+    No deployment concurrency limit on maintenance: Prefect releases it while a run is
+    paused for approval, so one run per client is the flow's run lock
+    (docs/maintenance.md). ``health-check/all`` has one (``CANCEL_NEW``).
     """
     work_pool: dict[str, Any] = {"name": WORK_POOL}
     if spec.env:
         work_pool["job_variables"] = {"env": dict(spec.env)}
-    return {
+    entry: dict[str, Any] = {
         "name": spec.name,
         "description": spec.description,
         "entrypoint": spec.entrypoint,
@@ -278,6 +287,13 @@ def _yaml_entry(spec: DeploymentSpec) -> dict[str, Any]:
         # The server refuses runs whose parameters do not fit the flow's parameter schema.
         "enforce_parameter_schema": True,
         "tags": list(spec.tags),
+    }
+    if spec.concurrency_limit is not None:
+        entry["concurrency_limit"] = {
+            "limit": spec.concurrency_limit,
+            "collision_strategy": "CANCEL_NEW",
+        }
+    return entry | {
         "work_pool": work_pool,
         "schedules": [
             {

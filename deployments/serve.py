@@ -71,6 +71,7 @@ def flow_from_entrypoint(entrypoint: str) -> Flow[..., Any]:
 def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
     """The served form of one deployment."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
@@ -88,6 +89,14 @@ def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
         description=spec.description,
         tags=list(spec.tags),
         schedules=[schedule],
+        concurrency_limit=(
+            None
+            if spec.concurrency_limit is None
+            else ConcurrencyLimitConfig(
+                limit=spec.concurrency_limit,
+                collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW,
+            )
+        ),
         # serve() paused these when it last stopped; starting again must resume them.
         paused=False,
         entrypoint_type=EntrypointType.MODULE_PATH,
