@@ -62,6 +62,25 @@ class CaretakerSettings(BaseSettings):
         ge=0,
         description="Preflight: free space needed on / and /var of every host, in MiB.",
     )
+    ssh_sessions_limit: int = Field(
+        default=64,
+        ge=1,
+        le=10000,
+        description=(
+            "SSH sessions open at once across every worker: the global concurrency limit"
+            " caretaker-ssh-sessions (`caretaker-limits apply`); health checks size their"
+            " threads by it."
+        ),
+    )
+    aws_api_calls_per_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=1000,
+        description=(
+            "AWS API calls per second per region across every worker: the rate limit"
+            " caretaker-aws-api-<region> (`caretaker-limits apply`)."
+        ),
+    )
 
     @property
     def data(self) -> Path:
