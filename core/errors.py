@@ -25,6 +25,7 @@ and chained with ``raise ... from exc``. A failure carries its evidence.
     ├── PdfNotMade                report.pdf was not made (the HTML and CSV were)
     ├── ImportRejected            an import file has bad rows; nothing was imported
     ├── HistoryExists             a bulk import met a server that already has history
+    ├── LimitUnavailable          a global concurrency / rate limit's slots were not granted
     └── SandboxError              the sandbox estate could not do what was asked
 
 A test (tests/unit/test_errors.py) checks that every ``CaretakerError`` subclass in the
@@ -263,6 +264,11 @@ class MaintenanceInProgress(CaretakerError):
             type(self),
             (self.client, self.holder_flow_run_id, self.change_ref, self.since, self.reason),
         )
+
+
+class LimitUnavailable(CaretakerError):
+    """A global concurrency or rate limit's slots were not granted (timed out waiting,
+    the limit vanished, or the Prefect API refused); nothing was done under it."""
 
 
 class SandboxError(CaretakerError):
