@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from core.errors import ConfigError
 from history.engine import shown_url
 from history.schema import (
+    BY_CHARS,
     CLIENT_CHARS,
     PACKED_FORMAT,
     REF_CHARS,
@@ -432,6 +433,22 @@ def _v5_packed_timeline(conn: Connection) -> None:
     )
 
 
+def _v6_announcements(conn: Connection) -> None:
+    # Frozen DDL of version 6: who announced a planned window, when and why.
+    timestamp = "BIGINT" if conn.dialect.name == "sqlite" else "TIMESTAMP WITH TIME ZONE"
+    for column, kind in (
+        ("announced_at", timestamp),
+        ("announced_by", f"VARCHAR({BY_CHARS})"),
+        ("reason", "TEXT"),
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE maintenance_windows ADD COLUMN {column} {kind}")
+    # A planned window recorded before version 6 is known to have been announced no
+    # earlier than it was recorded: that is the only proof there is.
+    conn.exec_driver_sql(
+        "UPDATE maintenance_windows SET announced_at = recorded_at WHERE kind = 'planned'"
+    )
+
+
 #: Every migration, in order; the last one's version is the current schema version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "change records, maintenance windows, run locks", _v1_runs),
@@ -446,6 +463,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         5,
         "check_intervals.packed (a row's numbers in one value); interval index covers reads",
         _v5_packed_timeline,
+    ),
+    Migration(
+        6,
+        "maintenance_windows: announced_at, announced_by, reason (planned = announced before)",
+        _v6_announcements,
     ),
 )
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 __all__ = [
+    "BY_CHARS",
     "CLIENT_CHARS",
     "EPOCH",
     "PACKED_FIELDS",
@@ -50,6 +51,7 @@ CLIENT_CHARS = 64
 SERVER_CHARS = 255
 REF_CHARS = 128
 RUN_ID_CHARS = 64
+BY_CHARS = 128
 
 
 def require_aware(value: datetime, what: str = "timestamp") -> datetime:
@@ -166,6 +168,9 @@ maintenance_windows = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("change_ref", sa.String(REF_CHARS), nullable=True),
     sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.Column("announced_at", UtcDateTime, nullable=True),
+    sa.Column("announced_by", sa.String(BY_CHARS), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
     sa.CheckConstraint("kind IN ('planned', 'run')", name="ck_maintenance_windows_kind"),
     sa.Index("ix_maintenance_windows_client_start", "client", "start"),
 )

@@ -1,8 +1,10 @@
 """Maintenance windows in the history store: time that reports count as planned.
 
-A window is ``planned`` (announced before it began) or ``run`` (when a run actually
-worked); for one server or the whole client. :class:`MaintenanceWindows` is the part of
-:class:`history.store.HistoryStore` that records and reads them.
+A window is ``planned`` (announced to the client: ``announced_at``, by whom and why) or
+``run`` (when a run actually worked); for one server or the whole client. Reports count a
+planned window only from when it was announced (docs/reports.md, "Planned time").
+:class:`MaintenanceWindows` is the part of :class:`history.store.HistoryStore` that
+records and reads them.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ class StoredWindow:
         server: the server, or None when the window covers the whole client.
         start: start (UTC).
         end: end (UTC).
-        kind: ``planned`` (the scheduled window) or ``run`` (when a run actually worked).
+        kind: ``planned`` (announced to the client) or ``run`` (when a run actually worked).
         change_ref: the change the window belongs to, if any.
         recorded_at: when the row was written (UTC).
+        announced_at: when the client was told (UTC; ``planned`` windows), else None.
+        announced_by: who announced it (a person, or the pre-change notice's run).
+        reason: why (the notice's subject, or the reason given to the command).
     """
 
     id: int
@@ -45,6 +50,9 @@ class StoredWindow:
     kind: WindowKind
     change_ref: str | None
     recorded_at: datetime
+    announced_at: datetime | None = None
+    announced_by: str | None = None
+    reason: str | None = None
 
 
 class MaintenanceWindows(StoreBase):
@@ -58,6 +66,10 @@ class MaintenanceWindows(StoreBase):
         kind: WindowKind = "planned",
         change_ref: str | None = None,
         server: str | None = None,
+        *,
+        announced_at: datetime | None = None,
+        announced_by: str | None = None,
+        reason: str | None = None,
     ) -> StoredWindow:
         """Record a maintenance window (reports count it as planned maintenance time).
 
@@ -69,9 +81,13 @@ class MaintenanceWindows(StoreBase):
             client: client slug.
             start: start (aware).
             end: end (aware), after ``start``.
-            kind: ``planned`` (the scheduled window) or ``run`` (when a run worked).
+            kind: ``planned`` (announced to the client) or ``run`` (when a run worked).
             change_ref: the change it belongs to, if any.
             server: the server, or None for the whole client.
+            announced_at: when the client was told (aware); a ``planned`` window without
+                one counts as announced now. Not for ``run`` windows.
+            announced_by: who announced it.
+            reason: why.
 
         Returns:
             The stored window.
@@ -82,6 +98,11 @@ class MaintenanceWindows(StoreBase):
             raise ValueError(f"window end {end.isoformat()} is not after start {start.isoformat()}")
         if kind not in ("planned", "run"):
             raise ValueError(f"window kind {kind!r} is not 'planned' or 'run'")
+        if kind == "run" and announced_at is not None:
+            raise ValueError("a run window is not announced: announced_at is for planned ones")
+        now = utc_now()
+        if kind == "planned":
+            announced_at = now if announced_at is None else require_aware(announced_at)
         t = maintenance_windows
         same = sa.select(t).where(
             t.c.client == client,
@@ -102,7 +123,10 @@ class MaintenanceWindows(StoreBase):
                         end=end,
                         kind=kind,
                         change_ref=change_ref,
-                        recorded_at=utc_now(),
+                        recorded_at=now,
+                        announced_at=announced_at,
+                        announced_by=announced_by,
+                        reason=reason,
                     )
                 )
                 row = conn.execute(same).one()
@@ -149,4 +173,7 @@ def _window(row: sa.Row[Any]) -> StoredWindow:
         kind=row.kind,
         change_ref=row.change_ref,
         recorded_at=row.recorded_at,
+        announced_at=row.announced_at,
+        announced_by=row.announced_by,
+        reason=row.reason,
     )

@@ -173,7 +173,19 @@ class StoreContract:
         with open_store(store_url, migrate_to=1) as old:
             assert old.schema_version() == 1
             old.save_change_record(make_record(outcome=Outcome.COMPLETED))
-            old.record_window("acme", T0, T0 + timedelta(hours=4), change_ref="CHG-1")
+            # A planned window as version 1 wrote it (no announcement columns yet).
+            windows = sa.Table("maintenance_windows", sa.MetaData(), autoload_with=old.engine)
+            with old.engine.begin() as conn:
+                conn.execute(
+                    windows.insert().values(
+                        client="acme",
+                        start=T0,
+                        end=T0 + timedelta(hours=4),
+                        kind="planned",
+                        change_ref="CHG-1",
+                        recorded_at=T0 - timedelta(days=1),
+                    )
+                )
             with old.engine.begin() as conn:  # a lock held across the upgrade
                 conn.execute(
                     run_locks.insert().values(
@@ -188,7 +200,9 @@ class StoreContract:
         with open_store(store_url) as new:
             assert new.schema_version() == SCHEMA_VERSION
             assert [r.outcome for r in new.change_records("acme")] == [Outcome.COMPLETED]
-            assert len(new.windows("acme", T0, T0 + timedelta(days=1))) == 1
+            (window,) = new.windows("acme", T0, T0 + timedelta(days=1))
+            # Version 6: a planned window counts as announced when it was recorded.
+            assert window.announced_at == window.recorded_at == T0 - timedelta(days=1)
             lock = new.run_lock("acme")
             assert lock is not None and lock.holder_flow_run_id == "run-1"
             assert lock.acquired_at == T0
@@ -496,6 +510,24 @@ class StoreContract:
 
         assert again.id == first.id
         assert len(store.windows("acme", T0, T0 + timedelta(hours=4))) == 1
+
+    def test_a_planned_window_keeps_who_announced_it_when_and_why(
+        self, store: HistoryStore
+    ) -> None:
+        told = T0 - timedelta(days=3)
+        given = store.record_window(
+            "acme", T0, T0 + timedelta(hours=4), announced_at=told, announced_by="bob", reason="fw"
+        )
+        unsaid = store.record_window("acme", T0 + timedelta(days=1), T0 + timedelta(days=2))
+        run = store.record_window("acme", T0, T0 + timedelta(hours=1), kind="run")
+
+        (stored,) = store.windows("acme", T0, T0 + timedelta(hours=4), kind="planned")
+        assert (stored.announced_at, stored.announced_by, stored.reason) == (told, "bob", "fw")
+        assert stored == given
+        assert unsaid.announced_at == unsaid.recorded_at  # no time given: announced now
+        assert run.announced_at is None
+        with pytest.raises(ValueError, match="not announced"):
+            store.record_window("acme", T0, T0 + timedelta(hours=1), kind="run", announced_at=T0)
 
     def test_a_window_must_end_after_it_starts(self, store: HistoryStore) -> None:
         with pytest.raises(ValueError, match="not after start"):
