@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,6 +39,14 @@ class CaretakerSettings(BaseSettings):
         description=(
             "SQLAlchemy URL of the history store (postgresql+psycopg://user@host/db);"
             " default: the SQLite file <data>/caretaker.db."
+        ),
+    )
+    history_store_shared: bool = Field(
+        default=False,
+        description=(
+            "The history store must be shared by every machine that runs flows (worker mode:"
+            " the run lock, health history and reports are one for the fleet). A SQLite"
+            " store is per machine, so it is refused then."
         ),
     )
     approval_poll_s: int = Field(
@@ -82,12 +92,39 @@ class CaretakerSettings(BaseSettings):
         ),
     )
 
+    def store_url(self) -> str:
+        """The history store's URL: ``history_store_url``, else the SQLite file in the data
+        folder.
+
+        Raises:
+            ConfigError: the store must be shared (``history_store_shared``) but is a
+                SQLite file, which only this machine sees.
+        """
+        url = self.history_store_url or f"sqlite:///{self.data / 'caretaker.db'}"
+        if self.history_store_shared and is_sqlite_url(url):
+            where = "the SQLite default" if not self.history_store_url else "a SQLite file"
+            raise ConfigError(
+                f"the history store must be shared by every worker"
+                f" (CARETAKER_HISTORY_STORE_SHARED=true) but is {where}, which only this"
+                " machine sees: set CARETAKER_HISTORY_STORE_URL to the fleet's PostgreSQL"
+                " database (postgresql+psycopg://user@host/db) in the work pool's or the"
+                " deployment's job variables"
+            )
+        return url
+
     @property
     def data(self) -> Path:
         """The data folder (created on demand)."""
         path = self.data_dir or self.cache / "data"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def is_sqlite_url(url: str) -> bool:
+    """Whether a SQLAlchemy URL names a SQLite database (``sqlite:///...``,
+    ``sqlite+pysqlite:///...``) (pure)."""
+    scheme = url.partition(":")[0]
+    return scheme.partition("+")[0].strip().lower() == "sqlite"
 
 
 def settings() -> CaretakerSettings:

@@ -35,11 +35,13 @@ def shown_url(url: URL) -> str:
 
 
 def default_store_url() -> str:
-    """The store's URL from settings: ``CARETAKER_HISTORY_STORE_URL``, else the SQLite file."""
-    current = settings()
-    if current.history_store_url:
-        return current.history_store_url
-    return f"sqlite:///{current.data / 'caretaker.db'}"
+    """The store's URL from settings: ``CARETAKER_HISTORY_STORE_URL``, else the SQLite file.
+
+    Raises:
+        ConfigError: the settings say the store is shared but it is a SQLite file
+            (:meth:`core.settings.CaretakerSettings.store_url`).
+    """
+    return settings().store_url()
 
 
 def _use_wal(dbapi_connection: DBAPIConnection) -> None:
