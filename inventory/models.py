@@ -29,6 +29,7 @@ from pydantic import (
 from core.errors import InventoryError
 from inventory import schedule
 from inventory.base import Model, duplicates, fail
+from inventory.hygiene import Hygiene
 from inventory.scope import BLOCK_KINDS, block_references, select_servers
 from inventory.servers import DEFAULTABLE_KEYS, Server, ServerDefaults
 from inventory.types import (
@@ -238,6 +239,28 @@ class Schedule(Model):
         json_schema_extra={"default": "24h"},
         description="Wait this long for approval, then give up, production untouched (<= 7d).",
     )
+    agreed_on: date | None = Field(
+        default=None, description="Day the schedule was agreed with the client (YYYY-MM-DD)."
+    )
+    reviewed_on: date | None = Field(
+        default=None, description="Day the schedule was last reviewed with the client."
+    )
+    review_every_months: StrictInt = Field(
+        default=12,
+        ge=1,
+        le=60,
+        description="Review the schedule at least this often; reports and audits flag it late.",
+    )
+
+    @model_validator(mode="after")
+    def _reviewed_after_agreed(self) -> Self:
+        if self.agreed_on and self.reviewed_on and self.reviewed_on < self.agreed_on:
+            raise fail(
+                f"reviewed_on {self.reviewed_on} is before agreed_on {self.agreed_on}",
+                "a review on or after the day the schedule was agreed",
+                ("reviewed_on",),
+            )
+        return self
 
     @model_validator(mode="after")
     def _cron_iff_cadence_cron(self) -> Self:
@@ -422,6 +445,10 @@ class ClientInventory(Model):
     monitoring: Monitoring = Field(
         default_factory=Monitoring,
         description="Outage confirmation and the contracted uptime target.",
+    )
+    hygiene: Hygiene = Field(
+        default_factory=Hygiene,
+        description="Malware scan, unnecessary software, unused services, log review, stress.",
     )
     defaults: ServerDefaults = Field(
         default_factory=ServerDefaults,

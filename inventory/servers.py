@@ -15,6 +15,7 @@ from uuid import UUID
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from inventory.base import Model, duplicates, fail
+from inventory.hygiene import Criticality
 from inventory.types import (
     Address,
     AwsRegion,
@@ -44,6 +45,7 @@ DEFAULTABLE_KEYS: tuple[str, ...] = (
     "jump",
     "checks",
     "allowed_ports",
+    "allowed_services",
 )
 
 # ---- snapshot providers
@@ -179,6 +181,10 @@ class ServerDefaults(Model):
         default=None,
         description="Default allowed listening ports (a server's own list replaces them).",
     )
+    allowed_services: tuple[UnitName, ...] | None = Field(
+        default=None,
+        description="Default allowed enabled services (a server's own list replaces them).",
+    )
 
 
 def _server_schema(schema: dict[str, Any]) -> None:
@@ -215,6 +221,20 @@ class Server(Model):
             " Must include the SSH port and every tcp check port."
         ),
     )
+    allowed_services: tuple[UnitName, ...] = Field(
+        default=(),
+        description=(
+            "Services (systemd units, e.g. nginx.service) allowed to be enabled; the audit"
+            " flags other enabled services. Empty: no service policy."
+        ),
+    )
+    criticality: Criticality = Field(
+        default="medium",
+        description=(
+            "low, medium, high or critical: the rollout patches the least critical"
+            " production servers first."
+        ),
+    )
     jump: JumpHost | None = Field(default=None, description="Optional bastion to connect through.")
     added: date | None = Field(
         default=None,
@@ -236,6 +256,12 @@ class Server(Model):
 
     @model_validator(mode="after")
     def _ports_are_consistent(self) -> Self:
+        for index, unit in duplicates(self.allowed_services):
+            raise fail(
+                f"service {unit!r} is listed more than once",
+                "each service once",
+                ("allowed_services", index),
+            )
         for index, port in duplicates(self.allowed_ports):
             raise fail(
                 f"port {port} is listed more than once",
