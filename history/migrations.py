@@ -449,6 +449,53 @@ def _v6_announcements(conn: Connection) -> None:
     )
 
 
+def _v7_compliance(conn: Connection) -> None:
+    # Frozen DDL of version 7: audit results and verification results.
+    md = sa.MetaData()
+    stamp: Any = sa.BigInteger if conn.dialect.name == "sqlite" else _V1_TIMESTAMP
+    sa.Table(
+        "audit_results",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("client", sa.String(CLIENT_CHARS), nullable=False),
+        sa.Column("server", sa.String(SERVER_CHARS), nullable=False),
+        sa.Column("flow_run_id", sa.String(RUN_ID_CHARS), nullable=False),
+        sa.Column("audited_at", stamp, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("findings", json_type(), nullable=False),
+        sa.Column("warnings", json_type(), nullable=False),
+        sa.Column("pending_security", json_type(), nullable=True),
+        sa.Column("recorded_at", stamp, nullable=False),
+        sa.CheckConstraint(
+            "status IN ('passed', 'findings', 'unreachable')", name="ck_audit_results_status"
+        ),
+        sa.UniqueConstraint("flow_run_id", "server", name="uq_audit_results_run_server"),
+        sa.Index("ix_audit_results_client_audited_at", "client", "audited_at"),
+    )
+    sa.Table(
+        "verification_results",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("client", sa.String(CLIENT_CHARS), nullable=False),
+        sa.Column("change_ref", sa.String(REF_CHARS), nullable=False),
+        sa.Column("flow_run_id", sa.String(RUN_ID_CHARS), nullable=False),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("server", sa.String(SERVER_CHARS), nullable=False),
+        sa.Column("phase", sa.String(16), nullable=False),
+        sa.Column("passed", sa.Boolean, nullable=False),
+        sa.Column("rolled_back", sa.Boolean, nullable=False),
+        sa.Column("failures", json_type(), nullable=False),
+        sa.Column("warnings", json_type(), nullable=False),
+        sa.Column("at", stamp, nullable=True),
+        sa.CheckConstraint(
+            "phase IN ('staging', 'production')", name="ck_verification_results_phase"
+        ),
+        sa.UniqueConstraint("client", "change_ref", "seq", name="uq_verification_results_seq"),
+        sa.Index("ix_verification_results_client_server_at", "client", "server", "at"),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, in order; the last one's version is the current schema version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "change records, maintenance windows, run locks", _v1_runs),
@@ -468,6 +515,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         6,
         "maintenance_windows: announced_at, announced_by, reason (planned = announced before)",
         _v6_announcements,
+    ),
+    Migration(
+        7,
+        "audit_results (security-audit per server), verification_results (per run, server)",
+        _v7_compliance,
     ),
 )
 

@@ -28,6 +28,7 @@ __all__ = [
     "SERVER_CHARS",
     "STATE_CODES",
     "UtcDateTime",
+    "audit_results",
     "change_records",
     "check_intervals",
     "daily_rollups",
@@ -43,6 +44,7 @@ __all__ = [
     "schema_version",
     "to_epoch_us",
     "utc_now",
+    "verification_results",
 ]
 
 
@@ -245,6 +247,46 @@ metrics = sa.Table(
     sa.Column("memory_used_pct", sa.Float, nullable=True),
     sa.Column("disk_used_pct", sa.Float, nullable=True),
     sa.Index("ux_metrics_client_server_ts", "client", "server", "ts", unique=True),
+)
+
+audit_results = sa.Table(
+    "audit_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("client", sa.String(CLIENT_CHARS), nullable=False),
+    sa.Column("server", sa.String(SERVER_CHARS), nullable=False),
+    sa.Column("flow_run_id", sa.String(RUN_ID_CHARS), nullable=False),
+    sa.Column("audited_at", UtcDateTime, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("findings", json_type(), nullable=False),
+    sa.Column("warnings", json_type(), nullable=False),
+    sa.Column("pending_security", json_type(), nullable=True),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(
+        "status IN ('passed', 'findings', 'unreachable')", name="ck_audit_results_status"
+    ),
+    sa.UniqueConstraint("flow_run_id", "server", name="uq_audit_results_run_server"),
+    sa.Index("ix_audit_results_client_audited_at", "client", "audited_at"),
+)
+
+verification_results = sa.Table(
+    "verification_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("client", sa.String(CLIENT_CHARS), nullable=False),
+    sa.Column("change_ref", sa.String(REF_CHARS), nullable=False),
+    sa.Column("flow_run_id", sa.String(RUN_ID_CHARS), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("server", sa.String(SERVER_CHARS), nullable=False),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("rolled_back", sa.Boolean, nullable=False),
+    sa.Column("failures", json_type(), nullable=False),
+    sa.Column("warnings", json_type(), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=True),
+    sa.CheckConstraint("phase IN ('staging', 'production')", name="ck_verification_results_phase"),
+    sa.UniqueConstraint("client", "change_ref", "seq", name="uq_verification_results_seq"),
+    sa.Index("ix_verification_results_client_server_at", "client", "server", "at"),
 )
 
 

@@ -9,7 +9,8 @@ Prefect keeping old runs. By default it is the SQLite file ``<data>/caretaker.db
 (:mod:`history.migrations`; the current tables are in :mod:`history.schema`).
 :class:`HistoryStore` is made of one part per area: change records
 (:mod:`history.records`), maintenance windows (:mod:`history.windows`) and the per-client
-run lock (:mod:`history.lock`). Health history has functions of its own that take the
+run lock (:mod:`history.lock`), security-audit and verification results
+(:mod:`history.compliance`). Health history has functions of its own that take the
 store: :mod:`history.ingest`, :mod:`history.intervals`, :mod:`history.rollups`,
 :mod:`history.metrics` and the import (:mod:`history.importer`). Tables and columns are
 documented in ``docs/store.md``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from core.errors import ConfigError
+from history.compliance import ComplianceRecords
 from history.engine import default_store_url, make_engine, shown_url
 from history.lock import RunLocks
 from history.migrations import current_version, migrate
@@ -58,7 +60,7 @@ def open_store(url: str | None = None, *, migrate_to: int | None = None) -> Hist
     return HistoryStore(engine)
 
 
-class HistoryStore(ChangeRecords, MaintenanceWindows, RunLocks):
+class HistoryStore(ChangeRecords, MaintenanceWindows, RunLocks, ComplianceRecords):
     """The history store's operations. Get one from :func:`open_store`.
 
     Thread-safe (each call checks a connection out of the engine's pool). Each method is
