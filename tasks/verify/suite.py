@@ -151,6 +151,13 @@ class ServerVerification(_Frozen):
         default_factory=list,
         description="What could not be checked or was accepted by the settings; never a failure.",
     )
+    failed_checks: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Each failure's sentence by the name of the expectation it broke (a stable key"
+            " to follow a finding from one audit to the next)."
+        ),
+    )
 
 
 class ExpectationOutcome(_Frozen):
@@ -500,6 +507,7 @@ def verify_facts(
     result = run_suite(data, suite)
 
     failures: list[list[str]] = [[] for _ in rows]
+    named: list[dict[str, str]] = [{} for _ in rows]
     by_name: dict[str, ExpectationOutcome] = {}
     for item in result.results:
         config = item.expectation_config
@@ -516,11 +524,13 @@ def verify_facts(
                 if error is not None
                 else f"expectation {name} failed without naming a server"
             )
-            for row_failures in failures:
+            for row_failures, row_named in zip(failures, named, strict=True):
                 row_failures.append(sentence)
+                row_named[name] = sentence
         elif check is not None:
             for i in indices:
                 failures[i].append(check.sentence(rows[i], settings))
+                named[i][name] = failures[i][-1]
         by_name[name] = ExpectationOutcome(
             name=name,
             description=(config.description or "") if config else "",
@@ -539,6 +549,7 @@ def verify_facts(
             passed=not row_failures,
             failures=list(dict.fromkeys(row_failures)),
             warnings=list(dict.fromkeys(row_warnings)),
+            failed_checks=(previous.failed_checks if previous else {}) | named[i],
         )
 
     outcomes = [by_name[n] for n in EXPECTATION_NAMES if n in by_name]

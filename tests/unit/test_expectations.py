@@ -384,6 +384,12 @@ def test_in_a_mixed_fleet_only_the_bad_servers_are_named() -> None:
         "unexpected listening ports: 8080",
     ]
     assert report.per_server["db-1"].failures == ["reboot pending"]
+    # Each failure under the name of the check it broke (the audit's key for a finding).
+    assert report.per_server["app-2"].failed_checks == {
+        "disk_used_pct_max": "disk use 96.8% over 90% on /",
+        "no_unexpected_ports": "unexpected listening ports: 8080",
+    }
+    assert report.per_server["app-1"].failed_checks == {}
     failed = {o.name: o.unexpected_servers for o in report.expectations if not o.success}
     assert failed == {
         "disk_used_pct_max": ["app-2"],
