@@ -9,9 +9,12 @@ TCP port outside ``allowed_ports``, no failed systemd unit, sshd letting no pass
 no root by password) in, inbound traffic denied by default, disks, pending reboot, and
 every fact read. A host that cannot be reached (a host-key mismatch included) is a finding.
 
-Each run publishes a table artifact (``security-audit-<client>``, one row per server) and,
-when anything was found, notifies the client's notification blocks and ends **Failed**,
-so a scheduled audit that finds something is red in the UI and can drive automations.
+Each run publishes a table artifact (``security-audit-<client>``, one row per server),
+stores each server's result in the history store (``tasks/compliance.py``: status, findings
+keyed by check, warnings, pending security updates; the maintenance report's compliance
+section reads them) and, when anything was found, notifies the client's notification
+blocks and ends **Failed**, so a scheduled audit that finds something is red in the UI
+and can drive automations. A result that could not be stored fails the run too.
 
 Parameters: ``client`` (slug), ``servers`` (names; default all), ``refresh`` (default true),
 ``require_firewall_known`` (default false: a host without nft or iptables is a warning).
@@ -33,6 +36,7 @@ from core.errors import ConfigError
 from core.logs import redact_logs
 from core.settings import settings
 from inventory import load_client_by_slug
+from tasks.compliance import store_audit_results, stored_audits
 from tasks.facts.collect import AUDIT_FACTS, collect_facts
 from tasks.facts.script import HostFacts
 from tasks.notify import notice_audit, notify
@@ -60,6 +64,10 @@ class SecurityAuditSummary(BaseModel):
     servers: list[ServerAudit]
     notice_problems: list[str] = Field(
         default_factory=list, description="Notification blocks that could not be used."
+    )
+    store_problem: str = Field(
+        default="",
+        description="Why the results could not be stored in the history store (then Failed).",
     )
 
     @property
@@ -164,6 +172,13 @@ def security_audit(
         description=f"Security audit of {inventory.client.name}",
     )
     summary = SecurityAuditSummary(client=client, audited_at=audited_at, servers=rows)
+    stored = store_audit_results(
+        stored_audits(client, str(flow_run.id), audited_at, rows, report, facts),
+        return_state=True,
+    )
+    if not stored.is_completed():
+        summary.store_problem = f"results not stored in the history store: {stored.message}"
+        logger.error("%s", summary.store_problem)
     found = summary.with_findings
     if found:
         subject, body = notice_audit(
@@ -177,7 +192,10 @@ def security_audit(
     logger.info(
         "security audit of %s: %d server(s), %d with findings", client, len(rows), len(found)
     )
-    if found:
+    if found or summary.store_problem:
         names = ", ".join(r.server for r in found)
-        return Failed(message=f"findings on {names}", data=summary)
+        message = "; ".join(
+            m for m in (f"findings on {names}" if found else "", summary.store_problem) if m
+        )
+        return Failed(message=message, data=summary)
     return Completed(message=f"{len(rows)} server(s) passed", data=summary)
