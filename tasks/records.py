@@ -436,8 +436,32 @@ class ChangeRecorder:
         self.store = store
 
     def save(self) -> None:
-        """Upsert the record as it is now (the store validates it as a whole)."""
+        """Upsert the record as it is now (the store validates it as a whole), and the
+        verification results it holds (one row per server verification, for reports)."""
         self.store.save_change_record(self.record)
+        self.store.save_verifications(self.record)
+
+    def record_announcement(self, subject: str, at: datetime) -> None:
+        """Record the run's window as announced to the client at ``at``: planned time in
+        reports from then on (docs/reports.md), for each server the plan will change.
+
+        The pre-change notice's part (:meth:`tasks.maintenance.Maintenance.announce`): called
+        once the notice was sent or attempted, before anything changes. A rerun of the
+        change finds its windows already there and keeps their first announcement.
+        """
+        record, plan = self.record, self.record.plan
+        for server in [*plan.staging, *plan.production] if plan else []:
+            self.store.record_window(
+                record.client,
+                record.window.start,
+                record.window.end,
+                "planned",
+                record.change_ref,
+                server,
+                announced_at=at,
+                announced_by=f"notice:{record.flow_run_id}",
+                reason=subject,
+            )
 
     def previous_runs(self) -> int:
         """How many change records the client has in the store (this run's, once saved)."""
