@@ -38,6 +38,7 @@ __all__ = [
     "HostResult",
     "Outcome",
     "PackageChange",
+    "Performance",
     "PlanSummary",
     "Reboot",
     "RestoreTestResult",
@@ -161,6 +162,20 @@ class PlanSummary(_Part):
     not_planned: tuple[str, ...] = Field(
         default=(), description="Servers left out of the plan, each as 'server: why'."
     )
+    hygiene: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "The hygiene steps planned, one line each (packages removed, services disabled,"
+            " malware scan, stress test), as the approvers saw them."
+        ),
+    )
+    warnings: tuple[str, ...] = Field(
+        default=(),
+        description="What the approvers must weigh: providers' scheduled events in the window.",
+    )
+    order: tuple[Server, ...] = Field(
+        default=(), description="Production servers in rollout order (least critical first)."
+    )
     summary: str = Field(default="", description="Free text: anything else worth knowing.")
 
 
@@ -240,6 +255,20 @@ class Reboot(_Part):
         return self.new_boot_id is not None and self.new_boot_id != self.old_boot_id
 
 
+class Performance(_Part):
+    """What a server was doing when it was verified: the health check's metrics and the
+    top processes (their command names only: arguments can hold secrets)."""
+
+    load_1m: float | None = Field(default=None, description="1-minute load average.")
+    cpus: int | None = Field(default=None, description="CPUs (for reading the load).")
+    memory_used_pct: float | None = Field(default=None, description="Memory in use, %.")
+    disk_used_pct: float | None = Field(default=None, description="Fullest filesystem, % used.")
+    top_cpu: tuple[str, ...] = Field(
+        default=(), description="Top processes by CPU: 'name (pid N): C% cpu, M% mem, R MiB'."
+    )
+    top_memory: tuple[str, ...] = Field(default=(), description="Top processes by resident memory.")
+
+
 class Verification(_Part):
     """The result of verifying one server after its change."""
 
@@ -266,6 +295,10 @@ class Verification(_Part):
         ),
     )
     at: UtcDatetime | None = Field(default=None, description="When the verification ended.")
+    performance: Performance | None = Field(
+        default=None,
+        description="Load, memory, disk and the top processes at verification; None: not read.",
+    )
 
     @model_validator(mode="after")
     def _failures_match_result(self) -> Self:
@@ -403,6 +436,14 @@ class Finding(_Part):
     )
     summary: str = Field(min_length=1, description="One line: what was found.")
     detail: str = Field(default="", description="Evidence (command output tail, file, port).")
+    kind: str = Field(
+        default="",
+        max_length=32,
+        description=(
+            "What found it: malware, software, services, logs, stress, provider-event,"
+            " schedule; empty for the security audit's suite."
+        ),
+    )
 
 
 class ChangeRecord(BaseModel):
