@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StrictBool,
+    StrictFloat,
     StrictInt,
     model_validator,
 )
@@ -416,6 +417,13 @@ class Monitoring(Model):
         description=(
             "Contracted uptime, % (e.g. 99.9); reports say whether it was met and how much of"
             " the allowed downtime was used. Unset: reports show the target as n/a."
+        ),
+    )
+    min_coverage_pct: Annotated[StrictFloat, Field(ge=0, le=100)] = Field(
+        default=90.0,
+        description=(
+            "Data coverage, % of a server's time in the period, below which reports judge no"
+            " SLA: 'insufficient data' instead of met or missed."
         ),
     )
 

@@ -334,7 +334,9 @@ class Maintenance:
         self.recorder.save()
 
     def announce(self) -> None:
-        """Tell the client's stakeholders what will change and when (before any change)."""
+        """Tell the client's stakeholders what will change and when (before any change),
+        and record the window as announced from now on, when a notice was sent or at least
+        attempted (a client with no notice configured was not told: nothing is planned)."""
         subject, body = notice_before_change(
             self.inv.client.name,
             self.record.change_ref,
@@ -342,7 +344,10 @@ class Maintenance:
             self.record.plan or PlanSummary(policy=self.inv.patch.policy),
             tz=self.inv.tz,
         )
+        at = datetime.now(UTC)
         self.record.notification_failures += notify(self.inv.client.notify, subject, body)
+        if self.inv.client.notify:
+            self.recorder.record_announcement(subject, at)
 
     # ----- 2. snapshots ---------------------------------------------------------
     def snapshot_all(self) -> None:

@@ -1048,6 +1048,7 @@ def test_monitoring_defaults_and_per_server_target_and_added_day(tmp_path: Path)
     assert load_client(write(tmp_path, BASE)).monitoring.model_dump() == {
         "confirm_after": 2,
         "sla_target_pct": None,
+        "min_coverage_pct": 90.0,
     }
     text = edit("patch:\n", "monitoring: {confirm_after: 3, sla_target_pct: 99.9}\npatch:\n")
     text = edit("    address: 10.0.0.1\n", "    address: 10.0.0.1\n    added: 2026-10-14\n", text)
