@@ -279,6 +279,12 @@ class Schedule(Model):
             )
         return self
 
+    def review_problem(self, today: date) -> str | None:
+        """Why the schedule's review is late on ``today`` (client's date), or None."""
+        return schedule.review_problem(
+            self.agreed_on, self.reviewed_on, self.review_every_months, today
+        )
+
     def cron_expression(self) -> tuple[str, bool]:
         """The cron string for Prefect's ``CronSchedule`` and its ``day_or`` flag.
 

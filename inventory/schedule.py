@@ -10,6 +10,7 @@ ambiguous one takes its first occurrence (what :func:`datetime.combine` with a
 
 from __future__ import annotations
 
+import calendar
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 #: Weekday names in :meth:`date.weekday` order.
@@ -171,3 +172,33 @@ def cron_problem(expression: str) -> str | None:
             if start > end:
                 return f"{name} field {text!r}: range {base!r} runs backwards"
     return None
+
+
+def add_months(day: date, months: int) -> date:
+    """``day`` plus ``months`` calendar months, the day clamped to the month's last."""
+    index = day.month - 1 + months
+    year, month = day.year + index // 12, index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def review_problem(
+    agreed_on: date | None, reviewed_on: date | None, every_months: int, today: date
+) -> str | None:
+    """Why a maintenance schedule's review is late, or None when it is within its period.
+
+    The schedule is due for review ``every_months`` after its last review (or, never
+    reviewed, after it was agreed). A schedule with neither date recorded is late too:
+    nobody can tell when it was agreed or weighed.
+    """
+    last = reviewed_on or agreed_on
+    if last is None:
+        return "the maintenance schedule has no agreed_on or reviewed_on date recorded"
+    due = add_months(last, every_months)
+    if today <= due:
+        return None
+    what = "last reviewed on" if reviewed_on else "agreed on"
+    never = "" if reviewed_on else " and never reviewed"
+    return (
+        f"the maintenance schedule was {what} {last.isoformat()}{never}: its review was due by"
+        f" {due.isoformat()} (every {every_months} months), {(today - due).days} days ago"
+    )

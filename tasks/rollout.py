@@ -8,7 +8,8 @@ operator would try to get around the rule.
 - :func:`staging_rule`: production only in a change whose staging servers are in the
   same run (so they pass verification against the same plan first), or with the
   inventory's recorded ``rollout.no_staging`` risk acceptance; anything else is refused.
-- :func:`batches`: production servers split into the inventory's ``batch_size``.
+- :func:`batches`: production servers, least critical first (:func:`rollout_order`), split
+  into the inventory's ``batch_size``.
 - :func:`budget_spent`: more servers failed than ``failures_tolerated`` (Ansible's
   ``max_fail_percentage`` semantics with a count: equal to the budget still goes on);
   ``on_failure: halt`` stops at the first failed server.
@@ -34,6 +35,7 @@ from enum import StrEnum
 from typing import Literal
 
 from inventory import ClientInventory, Server
+from inventory.hygiene import CRITICALITY_ORDER
 
 __all__ = [
     "BATCH_TIME_FACTOR",
@@ -57,6 +59,7 @@ __all__ = [
     "restore_halt_detail",
     "restore_test_candidate",
     "rollback_choice",
+    "rollout_order",
     "snapshot_reusable",
     "staging_rule",
     "window_end",
@@ -149,9 +152,16 @@ def staging_rule(inventory: ClientInventory, selected: Sequence[Server]) -> Stag
     )
 
 
+def rollout_order(production: Sequence[Server]) -> list[Server]:
+    """``production`` least critical first (``criticality``: low, medium, high, critical),
+    in inventory order within a criticality (pure): a change that goes wrong meets the
+    servers the business can best do without first."""
+    return sorted(production, key=lambda s: CRITICALITY_ORDER[s.criticality])
+
+
 def batches(inventory: ClientInventory, production: Sequence[Server]) -> list[tuple[Server, ...]]:
-    """``production`` in consecutive batches of the client's ``rollout.batch_size``."""
-    return inventory.rollout.batches(production)
+    """``production`` in :func:`rollout_order`, in batches of ``rollout.batch_size``."""
+    return inventory.rollout.batches(rollout_order(production))
 
 
 def budget_spent(failed: int, tolerated: int, on_failure: OnFailure = "restore") -> bool:
