@@ -10,8 +10,8 @@ Two tables (schema version 7, ``docs/store.md``):
   pending), so the store keeps the list and not only a count.
 - ``verification_results``: one row per server verification of a maintenance run (staging
   and production), derived from the change record (:class:`history.change.ChangeRecord`)
-  each time it is saved. "Last patched" is the newest passed verification of a server that
-  was not rolled back in that change.
+  each time it is saved. Reports take "last patched" from them: the newest passed
+  verification of a server that was not rolled back in that change.
 
 What is stored passes the same redaction as the change record (:func:`core.redact.redact_json`):
 a finding or warning quoting a credential is masked. :class:`ComplianceRecords` is the part
@@ -217,7 +217,7 @@ class ComplianceRecords(StoreBase):
             change_ref: only this change's.
         """
         t = verification_results
-        query = sa.select(t).where(t.c.client == client)
+        query = sa.select(*(c for c in t.c if c.name != "id")).where(t.c.client == client)
         if until is not None:
             query = query.where(t.c.at < require_aware(until, "until"))
         if change_ref is not None:
@@ -226,24 +226,6 @@ class ComplianceRecords(StoreBase):
         with self._read() as conn:
             rows = conn.execute(query.order_by(*order)).all()
         return [StoredVerification.model_validate(row._asdict()) for row in rows]
-
-    def last_patched(self, client: str, until: datetime) -> dict[str, datetime]:
-        """When each server was last patched before ``until``: its newest passed
-        verification in a change that did not roll it back."""
-        t = verification_results
-        query = (
-            sa.select(t.c.server, sa.func.max(t.c.at))
-            .where(
-                t.c.client == client,
-                t.c.passed.is_(True),
-                t.c.rolled_back.is_(False),
-                t.c.at < require_aware(until, "until"),
-            )
-            .group_by(t.c.server)
-        )
-        with self._read() as conn:
-            rows = conn.execute(query).all()
-        return {server: at for server, at in rows}
 
 
 def _audit(row: sa.Row[Any]) -> StoredAudit:

@@ -25,13 +25,15 @@ Where each part is computed:
   unknown gaps (one timeline shared by every table);
 - :mod:`reports.windows`: planned time and outages split at window edges;
 - :mod:`reports.uptime`: uptime.csv, incidents.csv, the SLA budget, the daily bars;
-- :mod:`reports.activity`: activity.csv from the change records and Prefect's runs.
+- :mod:`reports.activity`: activity.csv from the change records and Prefect's runs;
+- :mod:`reports.compliance`: compliance.csv from the stored audits, verifications and the
+  change records' restore tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,12 @@ import pandas as pd
 
 from history.change import ChangeRecord
 from reports.activity import activity_table, complement_activity
+from reports.compliance import (
+    COMPLIANCE_COLUMNS,
+    ComplianceInputs,
+    compliance_table,
+    empty_compliance_inputs,
+)
 from reports.timeline import timeline_parts
 from reports.uptime import uptime_frames
 
@@ -58,6 +66,9 @@ class ReportTables:
     incidents: pd.DataFrame
     daily: pd.DataFrame
     activity: pd.DataFrame
+    compliance: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(COMPLIANCE_COLUMNS))
+    )
 
 
 def compute_report(
@@ -70,6 +81,7 @@ def compute_report(
     *,
     change_records: Sequence[ChangeRecord] = (),
     maintenance_runs: Sequence[MaintenanceRun] = (),
+    compliance: ComplianceInputs | None = None,
     confirm_after: int = 2,
     client_sla_target_pct: float | None = None,
 ) -> ReportTables:
@@ -79,7 +91,20 @@ def compute_report(
     only re-checks what would make a number silently wrong (overlaps, unknown servers).
     ``maintenance_runs`` (Prefect's history, :func:`reports.inputs.read_maintenance_runs`)
     complement the change records' activity (:func:`reports.activity.complement_activity`).
+    ``compliance`` (the stored audits and verifications, :mod:`reports.compliance`) makes
+    the compliance table; without it the table has a row per server and no audit data.
     """
     parts = timeline_parts(intervals, windows, servers, start, end, confirm_after)
     activity = complement_activity(activity_table(change_records), maintenance_runs)
-    return ReportTables(**uptime_frames(parts, tz, client_sla_target_pct), activity=activity)
+    compliance_frame = compliance_table(
+        [str(s) for s in servers["server"]],
+        compliance or empty_compliance_inputs(),
+        change_records,
+        start,
+        end,
+    )
+    return ReportTables(
+        **uptime_frames(parts, tz, client_sla_target_pct),
+        activity=activity,
+        compliance=compliance_frame,
+    )

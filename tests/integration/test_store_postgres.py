@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from history.store import open_store
+from tests.unit.test_compliance_store import ComplianceStoreContract
 from tests.unit.test_store import StoreContract
 
 ADMIN_URL = os.environ.get(
@@ -81,6 +82,14 @@ def fresh_database(database: str) -> Iterator[str]:
 
 class TestPostgresStore(StoreContract):
     """The contract on PostgreSQL."""
+
+    @pytest.fixture()
+    def store_url(self, fresh_database: str) -> str:
+        return fresh_database
+
+
+class TestPostgresComplianceStore(ComplianceStoreContract):
+    """Audit and verification results on PostgreSQL."""
 
     @pytest.fixture()
     def store_url(self, fresh_database: str) -> str:
