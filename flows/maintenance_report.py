@@ -124,6 +124,7 @@ def maintenance_report(
         inventory.tz,
         change_records=inputs.change_records,
         maintenance_runs=runs,
+        compliance=inputs.compliance,
         confirm_after=inventory.monitoring.confirm_after,
         client_sla_target_pct=inventory.monitoring.sla_target_pct,
     )

@@ -33,6 +33,7 @@ from history.intervals import read_intervals_frame
 from history.store import open_store
 from history.windows import StoredWindow
 from inventory import ClientInventory
+from reports.compliance import ComplianceInputs, audit_frames, verifications_frame
 
 __all__ = [
     "API_PAGE_SIZE",
@@ -124,12 +125,15 @@ class ReportInputs:
         windows: planned maintenance time (:func:`windows_frame`).
         servers: the client's servers (:func:`servers_frame`).
         change_records: the maintenance runs that started in the period, oldest first.
+        compliance: the stored audits and verifications before the period's end, and the
+            RTO target (:mod:`reports.compliance`).
     """
 
     intervals: pd.DataFrame
     windows: pd.DataFrame
     servers: pd.DataFrame
     change_records: list[ChangeRecord]
+    compliance: ComplianceInputs | None = None
 
 
 @task(name="read-report-inputs", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -149,6 +153,10 @@ def read_report_inputs(inventory: ClientInventory, start: datetime, end: datetim
         intervals = read_intervals_frame(store, slug, start, end)
         stored = store.windows(slug, start, end)
         records = store.change_records(slug, since=start, until=end)
+        # Every audit and verification before the end: earlier ones date what is still
+        # pending or open, and when each server was last patched.
+        audits = store.audits(slug, until=end)
+        verifications = store.verifications(slug, until=end)
     declared = inventory.windows_between(start, end)
     get_run_logger().info(
         "%s: %d interval(s), %d stored and %d declared window(s), %d change record(s)",
@@ -163,6 +171,11 @@ def read_report_inputs(inventory: ClientInventory, start: datetime, end: datetim
         windows=windows_frame(stored, declared),
         servers=servers_frame(inventory),
         change_records=records,
+        compliance=ComplianceInputs(
+            audit_frames(audits),
+            verifications_frame(verifications),
+            inventory.restore_test.timeout.total_seconds(),
+        ),
     )
 
 
