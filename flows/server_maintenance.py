@@ -10,11 +10,18 @@ host, in parallel, and the exact plan per host. Otherwise it carries out the
 policy's change procedure:
 
     preflight ─► snapshot every server ─► patch staging ─► verify staging
-      ─► approval (pause with a form) ─► window gate
+      ─► approval (a form; the run waits suspended) ─► window gate
       ─► production in rolling batches (verify each; restore failed hosts; halt
          when the failure budget is spent) ─► security audit (findings for the record)
       ─► restore test ─► snapshot retention
       ─► change record (history store + artifact) ─► notices
+
+A deployment's run waits for the approval (and the restore question) *suspended*: its
+process exits, its SSH sessions closed, its client's run lock kept; once answered, any
+worker runs it again from the start, and it takes its own change record up where it
+stopped: preflight reads the hosts again, staging is not snapshotted, patched or
+announced again, the wait goes on with the answer (:mod:`tasks.approval`). A run that is
+no deployment's (a direct call) cannot be suspended: it pauses in its process.
 
 Production is only ever touched after (a) a completed snapshot of it or a recorded
 risk acceptance, (b) a passed staging verification, (c) a recorded approval by
@@ -39,6 +46,7 @@ from core.settings import settings
 from history.change import ChangeRecord, Outcome
 from history.records import redacted_record
 from inventory import ClientInventory, Server, load_client_by_slug, select_servers
+from tasks.approval import used_pause_keys
 from tasks.maintenance import Maintenance, plan_fleet
 from tasks.packages import MaintenancePlan
 from tasks.records import new_change_record, open_recorder, publish_plan, requester
@@ -166,7 +174,8 @@ def maintain(
 ) -> State[Any]:
     """The change procedure, phase by phase; the record is kept whatever happens.
 
-    The run holds the client's run lock for its whole length (approval wait included).
+    The run holds the client's run lock for its whole length (approval wait included,
+    suspended or not).
     A phase that stops the run (:class:`~core.errors.MaintenanceStopped`) sets the
     outcome; the record is then saved, published and announced all the same.
     """
@@ -182,13 +191,22 @@ def maintain(
         now=now,
         window_override=window_override,
     )
-    with open_recorder(record) as recorder, open_sessions(inventory, servers, hosts) as sessions:
+    # A deployment's run waits for answers suspended (no process, no SSH session; the
+    # lock kept) and is run again from here once answered: it takes its record up.
+    resumed = bool(used_pause_keys())
+    with (
+        open_recorder(record, resumed=resumed) as recorder,
+        open_sessions(inventory, servers, hosts) as sessions,
+    ):
         run = Maintenance(inventory, servers, sessions, recorder, window_override)
         with recorder.outcome(inventory, get_run_logger()):
             run.preflight()  # hosts answer, providers answer, every host planned
-            run.announce()  # the pre-change notice
-            run.snapshot_all()  # a completed snapshot or an accepted risk per server
-            run.patch_staging()  # staging patched and verified, or stop before approval
+            if recorder.resumed:
+                run.staging_done()  # run again after its wait: not done twice
+            else:
+                run.announce()  # the pre-change notice
+                run.snapshot_all()  # a completed snapshot or an accepted risk per server
+                run.patch_staging()  # staging patched and verified, or stop before approval
             if run.production:
                 run.approve()  # enough listed approvers, or rejected / timed out
                 run.window_gate()  # inside the window, or an override reason

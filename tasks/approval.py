@@ -19,9 +19,23 @@ sign it with the approver's own key. Counting (:func:`count_answer`), the signat
 pre-checks (:func:`parse_signature`, :func:`prove`) and the texts are pure; only
 :func:`verify_signature` runs ``ssh-keygen -Y verify``.
 
-The same pause serves the restore question (on_failure ``ask``), with a signed
+The same wait serves the restore question (on_failure ``ask``), with a signed
 ``restore`` or ``leave``: :func:`ask` is the one wait loop for both, bounded by a
-deadline that :class:`ApprovalDeadline` keeps.
+deadline.
+
+**Waits hold nothing.** A run of a deployment waits *suspended* (:func:`prefect_wait`:
+Prefect's ``suspend_flow_run``): its process exits (SSH sessions closed, the client's run
+lock kept in the history store) and, once answered, any worker runs it again from the
+start; the procedure skips what this run already did (``tasks/maintenance.py``), and the
+wait continues where it was: :class:`Wait` (the deadline, the first round, the answers
+recorded before it) is kept as the run input ``<question>-wait``, each round's answer is
+the run input of its pause key (``approval-<n>``), which Prefect hands back at once to a
+run resumed past that round. The deadline of a suspended wait is kept by
+:func:`end_expired_waits` (run by every ``health-check`` round): it answers an expired
+wait as ``TIMEOUT_APPROVER``, and the resumed run records the timeout. A run that is not
+a deployment's (a direct call, ``python -m flows...``) cannot be suspended: it pauses in
+its process instead, and :class:`ApprovalDeadline` (a timer in that process) keeps its
+deadline.
 """
 
 from __future__ import annotations
@@ -35,15 +49,18 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 from uuid import UUID
 
-from prefect import pause_flow_run
-from prefect.flow_runs import resume_flow_run
+from prefect import pause_flow_run, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.flow_runs import resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +76,9 @@ NAMESPACE = "caretaker-approval"
 SIGNATURE_MAX = 8000
 #: How long one ``ssh-keygen -Y verify`` may take.
 VERIFY_TIMEOUT_S = 10.0
+#: How long past a wait's deadline Prefect itself fails a run nobody ended: a backstop only
+#: (the deadline watchdog, or :func:`end_expired_waits` every health-check round, ends it).
+WAIT_GRACE_S = 3600
 #: The command shown to approvers (the file is the message, saved as message.txt).
 SIGN_COMMAND = f"ssh-keygen -Y sign -n {NAMESPACE} -f ~/.ssh/id_ed25519 message.txt"
 
@@ -666,21 +686,127 @@ def publish_request(key: str, request: dict[str, Any], flow_run_id: str) -> None
     create_flow_run_input(key, request, flow_run_id=run_id)
 
 
+def read_input(key: str, flow_run_id: str) -> Any:
+    """The flow run's input ``key`` (JSON), or None."""
+    from prefect.input.actions import read_flow_run_input
+
+    return read_flow_run_input(key, flow_run_id=UUID(flow_run_id))
+
+
 Publish = Callable[[str, dict[str, Any], str], None]
+Read = Callable[[str, str], Any]
+
+
+# ---- one wait, across the executions of a suspended run -----------------------------------
+
+
+class Wait(BaseModel):
+    """One question's wait, kept as the run input ``<question>-wait`` (written before the
+    first round), so that the run, suspended and run again from the start, continues it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    digest: str = Field(description="The plan digest asked about.")
+    deadline: datetime = Field(description="When the wait ends without a decision (aware).")
+    answers_before: int = Field(
+        default=0, ge=0, description="Approvals the change record held before this wait."
+    )
+    first_round: int = Field(default=1, ge=1, description="The pause key number of round 1.")
+
+
+def wait_key(key: str) -> str:
+    """The run input a question's wait is kept in (``approval`` -> ``approval-wait``)."""
+    return f"{key}-wait"
+
+
+def next_wait(
+    existing: Wait | None, digest: str, now: datetime, timeout: timedelta, recorded: int
+) -> tuple[Wait, bool]:
+    """The wait a question is in, and whether it is new (pure).
+
+    The run's wait for the same plan digest is continued (its deadline, its rounds); so is
+    one whose deadline passed (a run resumed at its deadline ends as a timeout, whatever
+    its plan is now). Otherwise a new wait begins: ``timeout`` from ``now``, its rounds
+    after the earlier wait's (the answered ones and the one whose answer resumed the run:
+    pause keys are used once per run).
+
+    Args:
+        existing: the run's wait for this question so far, if any.
+        digest: the plan digest asked about now.
+        now: the clock (aware).
+        timeout: how long a new wait lasts.
+        recorded: approvals the change record holds now.
+    """
+    if existing is not None and (existing.digest == digest or now >= existing.deadline):
+        return existing, False
+    first = 1
+    if existing is not None:
+        first = existing.first_round + max(recorded - existing.answers_before, 0) + 1
+    return Wait(
+        digest=digest, deadline=now + timeout, answers_before=recorded, first_round=first
+    ), True
+
+
+def open_wait(
+    key: str,
+    digest: str,
+    *,
+    timeout: timedelta,
+    recorded: int,
+    flow_run_id: str,
+    now: datetime,
+    read: Read = read_input,
+    publish: Publish = publish_request,
+) -> tuple[Wait, bool]:
+    """:func:`next_wait` from the run input ``<key>-wait``; a new wait is written there."""
+    raw = read(wait_key(key), flow_run_id)
+    existing = Wait.model_validate(raw) if raw else None
+    wait, new = next_wait(existing, digest, now, timeout, recorded)
+    if new:
+        publish(wait_key(key), wait.model_dump(mode="json"), flow_run_id)
+    return wait, new
 
 
 FormT = TypeVar("FormT", bound=RunInput)
 
 
 class Pause(Protocol):
-    """Prefect's pause, or a scripted stand-in in tests: the answer to one form."""
+    """Prefect's wait, or a scripted stand-in in tests: the answer to one form."""
 
     def __call__(self, form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT: ...
 
 
+def suspends() -> bool:
+    """Whether this flow run's waits suspend (it is a deployment's run) or pause in process."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    return run is not None and run.deployment_id is not None
+
+
+def used_pause_keys() -> frozenset[str]:
+    """The pause keys this flow run was suspended with and resumed from (answered rounds);
+    empty for a run that never suspended (Prefect keeps them only for suspensions)."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    return frozenset(run.empirical_policy.pause_keys or ()) if run is not None else frozenset()
+
+
 def prefect_pause(form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT:
-    """Suspend the flow run with ``form`` until someone answers it (Prefect's pause)."""
+    """Pause the flow run in its process with ``form`` until someone answers it."""
     return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_s, key=key)
+
+
+def prefect_wait(form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT:
+    """Wait for an answer to ``form``: suspended when the run is a deployment's, else paused.
+
+    Suspended, the process exits here (Prefect's ``Pause`` signal) and the run is run
+    again from the start once answered; called again with the same key, the answer given
+    is returned at once. A run without a deployment cannot be suspended: it pauses, its
+    process (and its worker, if any) waiting.
+    """
+    if suspends():
+        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
+    return prefect_pause(form, timeout_s, poll_s, key)
 
 
 def ask(
@@ -692,40 +818,53 @@ def ask(
     key: str,
     form_name: Literal["approval", "restore"],
     poll_s: int,
-    pause: Pause = prefect_pause,
+    pause: Pause = prefect_wait,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    first_round: int = 1,
+    answered: Collection[str] = frozenset(),
 ) -> bool:
-    """Pause with a form until ``settle`` says the wait is over, or the deadline passes.
+    """Wait with a form until ``settle`` says the wait is over, or the deadline passes.
 
     Each round shows a fresh form (``make_form``: its text may say what was received so
-    far) under the key ``<key>-<round>``. Prefect's own pause timeout is only a backstop:
-    the deadline is kept by :class:`ApprovalDeadline`, so that a timeout is recorded
+    far) under the key ``<key>-<round>``. Prefect's own pause timeout is only a backstop
+    (``WAIT_GRACE_S`` past the deadline): the deadline is kept by :class:`ApprovalDeadline`
+    (in process) or :func:`end_expired_waits` (suspended), so that a timeout is recorded
     rather than failing the run.
 
     Args:
         make_form: builds the form for the next round.
         settle: takes one answer; True when no further answer is needed.
-        flow_run_id: the paused run (the deadline watchdog resumes it).
+        flow_run_id: the waiting run (the deadline watchdog resumes it).
         deadline: when to stop waiting (aware).
         key: the pause key's prefix (``approval``, ``restore-<server>``).
         form_name: which form the watchdog answers at the deadline.
-        poll_s: how often the paused run polls for an answer.
-        pause: the pause itself (Prefect's; scripted in unit tests).
+        poll_s: how often a paused run polls for an answer.
+        pause: the wait itself (Prefect's; scripted in unit tests).
         now: the clock.
+        first_round: the number of the first round asked (a resumed wait continues).
+        answered: pause keys already answered (a resumed run reads their answers even
+            past the deadline: they were given before the run was ended).
 
     Returns:
         True when settled, False when the deadline passed first.
     """
-    asked = 0
-    while (remaining := int((deadline - now()).total_seconds())) > 0:
+    asked = first_round - 1
+    while True:
         asked += 1
-        with ApprovalDeadline(flow_run_id, remaining, form=form_name):
-            answer = pause(make_form(), remaining + 300, poll_s, f"{key}-{asked}")
+        round_key = f"{key}-{asked}"
+        remaining = int((deadline - now()).total_seconds())
+        if remaining <= 0 and round_key not in answered:
+            return False
+        with (
+            ApprovalDeadline(flow_run_id, remaining, form=form_name)
+            if remaining > 0
+            else nullcontext()
+        ):
+            answer = pause(make_form(), max(remaining, 0) + WAIT_GRACE_S, poll_s, round_key)
         if getattr(answer, "approver", None) == TIMEOUT_APPROVER and now() >= deadline:
             return False
         if settle(answer):
             return True
-    return False
 
 
 def wait_for_approval(
@@ -739,10 +878,14 @@ def wait_for_approval(
     tz: tzinfo,
     on_answer: Callable[[ApprovalTally], None],
     poll_s: int,
-    pause: Pause = prefect_pause,
+    pause: Pause = prefect_wait,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     verify: Verifier = verify_signature,
     publish: Publish = publish_request,
+    resumed: bool = False,
+    first_round: int = 1,
+    recorded: Sequence[Approval] = (),
+    answered: Collection[str] = frozenset(),
 ) -> ApprovalTally | None:
     """Ask for approval until the tally is decided or the deadline passes.
 
@@ -764,12 +907,21 @@ def wait_for_approval(
         now: the clock.
         verify: the signature check (``ssh-keygen -Y verify``).
         publish: writes the request as a run input.
+        resumed: the wait began in an earlier execution of the run (suspended, then
+            resumed): its request is published already.
+        first_round: the wait's first round (:class:`Wait`).
+        recorded: the answers this wait recorded in earlier executions (they count as
+            they were counted; the next round follows them).
+        answered: pause keys already answered (:func:`used_pause_keys`).
 
     Returns:
         The decided tally (approved or rejected), or None at the deadline.
     """
-    tally = ApprovalTally(required=required)
-    publish(f"{question.key}-request", question.request(), question.flow_run_id)
+    tally = ApprovalTally(required=required, answers=tuple(recorded))
+    if tally.verdict != "pending":
+        return tally
+    if not resumed:
+        publish(f"{question.key}-request", question.request(), question.flow_run_id)
 
     def form() -> type[ApprovalForm]:
         return ApprovalForm.with_initial_data(
@@ -803,6 +955,8 @@ def wait_for_approval(
         poll_s=poll_s,
         pause=pause,
         now=now,
+        first_round=first_round + len(recorded),
+        answered=answered,
     )
     return tally if settled else None
 
@@ -814,10 +968,13 @@ def ask_restore(
     timeout: timedelta,
     on_ignored: Callable[[str, str], None],
     poll_s: int,
-    pause: Pause = prefect_pause,
+    pause: Pause = prefect_wait,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     verify: Verifier = verify_signature,
     publish: Publish = publish_request,
+    deadline: datetime | None = None,
+    resumed: bool = False,
+    answered: Collection[str] = frozenset(),
 ) -> RestoreAnswer:
     """Ask a listed approver whether to restore a failed server; no answer in time is a no.
 
@@ -832,10 +989,16 @@ def ask_restore(
         now: the clock.
         verify: the signature check (``ssh-keygen -Y verify``).
         publish: writes the request as a run input.
+        deadline: when the wait ends (:class:`Wait`); default ``timeout`` from now.
+        resumed: the question was asked in an earlier execution of the run (suspended,
+            then resumed): its request is published already, and its answered rounds are
+            read again from the first (answers that did not count are not recorded).
+        answered: pause keys already answered (:func:`used_pause_keys`).
     """
     assert question.server is not None, "the restore question names its server"
     answers: list[RestoreAnswer] = []
-    publish(f"{question.key}-request", question.request(), question.flow_run_id)
+    if not resumed:
+        publish(f"{question.key}-request", question.request(), question.flow_run_id)
     names = list(question.approvers)
 
     def form() -> type[RestoreForm]:
@@ -859,11 +1022,73 @@ def ask_restore(
         form,
         settle,
         flow_run_id=question.flow_run_id,
-        deadline=now() + timeout,
+        deadline=deadline or now() + timeout,
         key=question.key,
         form_name="restore",
         poll_s=poll_s,
         pause=pause,
         now=now,
+        answered=answered,
     )
     return answers[0] if answers else RestoreAnswer(False, f"no decision within {timeout}")
+
+
+# ---- the deadline of suspended waits --------------------------------------------------------
+
+
+def form_of(pause_key: str) -> Literal["approval", "restore"]:
+    """Which form a pause key asks (``approval-3`` -> approval, ``restore-h04-1`` -> restore)."""
+    return "approval" if pause_key.startswith("approval-") else "restore"
+
+
+def wait_expired(wait: Wait | None, now: datetime) -> bool:
+    """Whether a suspended wait is past its deadline (pure); without a wait: not ours."""
+    return wait is not None and now >= wait.deadline
+
+
+@task(name="end-expired-waits", cache_policy=NO_CACHE)
+def end_expired_waits(flow_name: str = "server-maintenance") -> list[str]:
+    """End every suspended wait of ``flow_name`` past its deadline; return the runs ended.
+
+    A suspended run has no process to keep its deadline, so this does: each such run is
+    resumed with the answer :data:`TIMEOUT_ANSWERS` gives its form, and the run, executed
+    again by a worker, records the timeout (production untouched) and sends its notices.
+    A run answered just before is skipped. Called by every ``health-check`` round.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError
+
+    now = datetime.now(UTC)
+    runs: list[Any] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Suspended"]))
+                ),
+                limit=200,
+                offset=len(runs),
+            )
+            runs += page
+            if len(page) < 200:
+                break
+    ended = []
+    for run in runs:
+        pause_key = str(run.state.state_details.pause_key or "") if run.state else ""
+        raw = read_input(wait_key(pause_key.rsplit("-", 1)[0]), str(run.id))
+        if not wait_expired(Wait.model_validate(raw) if raw else None, now):
+            continue
+        try:
+            resume_flow_run(run.id, run_input=dict(TIMEOUT_ANSWERS[form_of(pause_key)]))
+        except (NotPausedError, FlowPauseTimeout, RuntimeError):  # answered just before
+            continue
+        ended.append(str(run.id))
+    return ended

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.states import State
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import MaintenanceStopped, RemoteError
 from core.settings import settings
@@ -37,10 +39,15 @@ from tasks.approval import (
     ApprovalTally,
     Question,
     ask_restore,
+    open_wait,
     plan_digest,
     production_canonical,
     production_plan_text,
+    publish_request,
+    read_input,
     staging_summary,
+    suspends,
+    used_pause_keys,
     wait_for_approval,
 )
 from tasks.checks import run_health_checks
@@ -172,6 +179,22 @@ def plan_fleet(
         dry_run=True,
         policy=inventory.patch.policy,
         hosts=hosts,
+    )
+
+
+class RolloutWait(BaseModel):
+    """Where the rollout was when the run asked the restore question (on_failure ``ask``),
+    kept as the run input ``rollout`` so that the run, suspended and run again once
+    answered, goes on with that batch's rollbacks instead of patching it again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch: int = Field(ge=1, description="The batch, counted from 1.")
+    failures: dict[str, str] = Field(description="Its failed servers and why.")
+    failed_before: int = Field(ge=0, description="Servers failed in the batches before it.")
+    rollbacks_before: int = Field(ge=0, description="Rollbacks the record held before it.")
+    diffs: dict[str, PackageDiff | None] = Field(
+        description="What patching did on each failed server (None: unknown)."
     )
 
 
@@ -349,6 +372,25 @@ class Maintenance:
         if self.inv.client.notify:
             self.recorder.record_announcement(subject, at)
 
+    # ----- what a suspended run keeps for when it is run again -------------------------
+    def keep(self, key: str, value: dict[str, Any]) -> None:
+        """Keep ``value`` as this run's input ``key`` when the run can be suspended (a
+        deployment's run): run again from the start once answered, it reads it back."""
+        if suspends():
+            publish_request(key, value, self.record.flow_run_id)
+
+    def kept(self, key: str) -> Any:
+        """What this run kept under ``key`` before it was suspended (None on a first run)."""
+        return read_input(key, self.record.flow_run_id) if self.recorder.resumed else None
+
+    def staging_done(self) -> None:
+        """Run again after its wait: staging was snapshotted, patched and verified earlier
+        in this run (the record has it), and the change announced: none of it is done
+        again. The snapshots taken are read back (restore test, retention)."""
+        kept = self.kept("snapshots") or {}
+        self.snapshots = {name: SnapshotRecord.model_validate(v) for name, v in kept.items()}
+        self.log.info("run again after its wait: staging, snapshots and notice done before")
+
     # ----- 2. snapshots ---------------------------------------------------------
     def snapshot_all(self) -> None:
         """A completed snapshot (or a recorded accepted risk) of every staging server, or
@@ -404,6 +446,7 @@ class Maintenance:
             )
         self.record.snapshots = list(entries.values())
         self.recorder.save()
+        self.keep("snapshots", {n: r.model_dump(mode="json") for n, r in self.snapshots.items()})
         return failures
 
     # ----- 3-4. patch and verify ------------------------------------------------
@@ -521,8 +564,6 @@ class Maintenance:
         if self.resume.approval == ApprovalCarry.CARRIED_OVER:
             self.gate("resume", self.resume.approval.value, self.resume.detail)
             return
-        if self.resume.approval == ApprovalCarry.NEEDED:
-            self.gate("resume", self.resume.approval.value, self.resume.detail)
         with self.recorder.phase("approval"):
             self._approve(self.plan, package_set)
 
@@ -536,29 +577,43 @@ class Maintenance:
         return rule
 
     def _approve(self, plan: MaintenancePlan, package_set: PackageSet) -> None:
+        assert self.resume is not None, "preflight decides where the run resumes"
         timeout = self.inv.schedule.approval_timeout
-        deadline = datetime.now(UTC) + timeout
         approvers = [a.name for a in self.inv.client.approvers]
         question = self.question(plan)
-        subject, body = notice_approval_requested(
-            self.inv.client.name,
-            self.record.change_ref,
-            self.record.plan or PlanSummary(policy=self.inv.patch.policy),
-            [v for v in self.record.verifications if v.phase == "staging"],
-            approvers,
-            run_url(self.record.flow_run_id),
-            approvals_required=self.inv.client.approvals_required,
-            deadline=deadline,
-            tz=self.inv.tz,
-            plan_digest=question.digest,
+        # The wait (its deadline, its rounds) outlives a suspension: run again once
+        # answered, the run continues the wait it began for this plan.
+        wait, new = open_wait(
+            question.key,
+            question.digest,
+            timeout=timeout,
+            recorded=len(self.record.approvals),
             flow_run_id=self.record.flow_run_id,
-            keyless=[n for n, key in question.approvers.items() if key is None],
+            now=datetime.now(UTC),
         )
-        self.record.notification_failures += notify(self.inv.client.notify, subject, body)
-
-        earlier = list(self.record.approvals)  # a continued change keeps its earlier answers
-        self.record.approval_plan = list(question.production)
-        self.recorder.save()
+        if new and self.resume.approval == ApprovalCarry.NEEDED:
+            self.gate("resume", self.resume.approval.value, self.resume.detail)
+        if new:
+            subject, body = notice_approval_requested(
+                self.inv.client.name,
+                self.record.change_ref,
+                self.record.plan or PlanSummary(policy=self.inv.patch.policy),
+                [v for v in self.record.verifications if v.phase == "staging"],
+                approvers,
+                run_url(self.record.flow_run_id),
+                approvals_required=self.inv.client.approvals_required,
+                deadline=wait.deadline,
+                tz=self.inv.tz,
+                plan_digest=question.digest,
+                flow_run_id=self.record.flow_run_id,
+                keyless=[n for n, key in question.approvers.items() if key is None],
+            )
+            self.record.notification_failures += notify(self.inv.client.notify, subject, body)
+            self.record.approval_plan = list(question.production)
+            self.recorder.save()
+        # A continued change keeps its earlier answers; this wait's are after them.
+        earlier = list(self.record.approvals[: wait.answers_before])
+        recorded = list(self.record.approvals[wait.answers_before :])
 
         def record(tally: ApprovalTally) -> None:
             self.record.approvals = earlier + list(tally.answers)
@@ -571,7 +626,7 @@ class Maintenance:
             question,
             client_name=self.inv.client.name,
             required=self.inv.client.approvals_required,
-            deadline=deadline,
+            deadline=wait.deadline,
             staging_text=staging_summary(self.record.verifications),
             production_text=production_plan_text(plan)
             + (
@@ -583,6 +638,10 @@ class Maintenance:
             tz=self.inv.tz,
             on_answer=record,
             poll_s=settings().approval_poll_s,
+            resumed=not new,
+            first_round=wait.first_round,
+            recorded=recorded,
+            answered=used_pause_keys(),
         )
         if tally is None:
             raise MaintenanceStopped(Outcome.APPROVAL_TIMEOUT, f"no approval within {timeout}")
@@ -604,7 +663,13 @@ class Maintenance:
 
     # ----- 6. production ----------------------------------------------------------
     def window_gate(self) -> None:
-        """Production only inside the window, or outside it on a recorded override."""
+        """Production only inside the window, or outside it on a recorded override.
+
+        A run suspended at the restore question went through this gate before: run again
+        once answered, it finishes that batch's rollbacks first (each later batch still
+        has its own gate)."""
+        if self.kept("rollout"):
+            return
         now = datetime.now(UTC)
         gate = window_gate(self.inv, now, self.window_override)
         if gate == WindowGate.OVERRIDE:
@@ -636,6 +701,9 @@ class Maintenance:
         planned = batches(self.inv, self.production)
         skip = set(self.resume.skip if self.resume is not None else ())
         progress = RolloutProgress(self.inv.slug, self.record.change_ref, len(self.production))
+        # A run suspended at the restore question goes on with the batch it was in.
+        kept = self.kept("rollout")
+        waited = RolloutWait.model_validate(kept) if kept else None
         # What the window must leave for a batch is measured: staging (snapshot, patch,
         # verify), then every batch finished so far.
         measured = [
@@ -643,34 +711,62 @@ class Maintenance:
             + self.record.phase_seconds.get("staging", 0.0)
         ]
         for index, whole in enumerate(planned, start=1):
-            # Hosts patched and verified earlier in this change are not touched again.
-            batch = tuple(s for s in whole if s.name not in skip)
-            if not batch:
-                progress.advance(len(whole), f"batch {index}/{len(planned)} done earlier")
-                continue
             started = time.monotonic()
-            expected = expected_batch_time(measured)
-            gate = batch_gate(self.inv, datetime.now(UTC), self.window_override, expected)
-            by = self.record.requester if gate.gate == WindowGate.OVERRIDE else None
-            self.gate("window", gate.gate.value, gate.detail, batch=index, by=by)
-            if not gate.allowed:
-                raise MaintenanceStopped(
-                    Outcome.HALTED, window_halt_detail(gate, index - 1, planned)
-                )
-            self.log.info("batch %d/%d: %s", index, len(planned), ", ".join(s.name for s in batch))
-            snapshot_failures = self.take_snapshots(batch, batch=index)
-            if snapshot_failures:
-                lines = "; ".join(f"{n}: {e}" for n, e in snapshot_failures.items())
-                raise MaintenanceStopped(
-                    Outcome.HALTED,
-                    f"snapshots before batch {index}/{len(planned)} failed: {lines}; "
-                    f"untouched: {', '.join(s.name for b in planned[index - 1 :] for s in b)}",
-                )
-            failures = self.patch_and_verify(batch, "production")
-            broken = []
+            handled: set[str] = set()
+            if waited is not None and index < waited.batch:
+                progress.advance(len(whole), f"batch {index}/{len(planned)} done before the wait")
+                continue
+            if waited is not None and index == waited.batch:
+                # Patched and verified before the run was suspended: only its failed
+                # servers' rollbacks are left (the ones decided before are in the record).
+                failures, failed_total = dict(waited.failures), waited.failed_before
+                self.diffs.update(waited.diffs)
+                done = self.record.rollbacks[waited.rollbacks_before :]
+                handled = {r.server for r in done}
+                broken = [r.server for r in done if r.snapshot_ids and not r.verified_ok]
+            else:
+                # Hosts patched and verified earlier in this change are not touched again.
+                batch = tuple(s for s in whole if s.name not in skip)
+                if not batch:
+                    progress.advance(len(whole), f"batch {index}/{len(planned)} done earlier")
+                    continue
+                expected = expected_batch_time(measured)
+                gate = batch_gate(self.inv, datetime.now(UTC), self.window_override, expected)
+                by = self.record.requester if gate.gate == WindowGate.OVERRIDE else None
+                self.gate("window", gate.gate.value, gate.detail, batch=index, by=by)
+                if not gate.allowed:
+                    raise MaintenanceStopped(
+                        Outcome.HALTED, window_halt_detail(gate, index - 1, planned)
+                    )
+                names = ", ".join(s.name for s in batch)
+                self.log.info("batch %d/%d: %s", index, len(planned), names)
+                snapshot_failures = self.take_snapshots(batch, batch=index)
+                if snapshot_failures:
+                    lines = "; ".join(f"{n}: {e}" for n, e in snapshot_failures.items())
+                    untouched = ", ".join(s.name for b in planned[index - 1 :] for s in b)
+                    raise MaintenanceStopped(
+                        Outcome.HALTED,
+                        f"snapshots before batch {index}/{len(planned)} failed: {lines}; "
+                        f"untouched: {untouched}",
+                    )
+                failures = self.patch_and_verify(batch, "production")
+                broken = []
+                if failures and on_failure == "ask":  # the question may suspend the run
+                    self.keep(
+                        "rollout",
+                        RolloutWait(
+                            batch=index,
+                            failures=failures,
+                            failed_before=failed_total,
+                            rollbacks_before=len(self.record.rollbacks),
+                            diffs={n: self.diffs.get(n) for n in failures},
+                        ).model_dump(mode="json"),
+                    )
             for name, why in failures.items():
+                if name in handled:
+                    continue
                 self.log.error("%s failed: %s", name, why)
-                if not self.roll_back(next(s for s in batch if s.name == name), why):
+                if not self.roll_back(next(s for s in whole if s.name == name), why):
                     broken.append(name)
             failed_total += len(failures)
             measured.append(time.monotonic() - started)
@@ -689,16 +785,37 @@ class Maintenance:
                 )
 
     def ask_restore(self, server: Server, why: str) -> RestoreAnswer:
-        """Pause and ask a listed approver whether to restore a failed server."""
+        """Ask a listed approver whether to restore a failed server (the run waits,
+        suspended when it is a deployment's run). Run again once answered, the question
+        is the one asked then (its digest), with the deadline it had."""
         assert self.plan is not None, "preflight plans before the rollout"
+        question = self.question(self.plan, server.name)
+        asked = self.kept(f"{question.key}-request")
+        if asked:  # the question this run asked before it was suspended
+            question = replace(
+                question,
+                digest=str(asked["plan_digest"]),
+                production=tuple(asked["production_plan"]),
+            )
+        wait, new = open_wait(
+            question.key,
+            question.digest,
+            timeout=self.inv.schedule.approval_timeout,
+            recorded=0,
+            flow_run_id=self.record.flow_run_id,
+            now=datetime.now(UTC),
+        )
         return ask_restore(
-            self.question(self.plan, server.name),
+            question,
             why=why,
             timeout=self.inv.schedule.approval_timeout,
             on_ignored=lambda name, reason: self.log.warning(
                 "answer by %s not counted: %s; asking again", name, reason
             ),
             poll_s=settings().approval_poll_s,
+            deadline=wait.deadline,
+            resumed=not new,
+            answered=used_pause_keys(),
         )
 
     def roll_back(self, server: Server, why: str) -> bool:

@@ -32,6 +32,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.exceptions import Pause
 from prefect.settings import PREFECT_UI_URL
 
 import tasks.snapshots.base
@@ -47,7 +48,7 @@ from tasks.packages import HostPlan, MaintenancePlan, PackageDiff
 from tasks.preflight import holder_takeover
 from tasks.reboot import RebootResult
 from tasks.record_markdown import plan_markdown, plan_rows, render_markdown
-from tasks.resume import continue_record
+from tasks.resume import continue_record, resume_record
 from tasks.rollout import NOTHING_CHANGED
 
 
@@ -431,9 +432,12 @@ def production_results(record: ChangeRecord) -> dict[str, HostResult]:
 class ChangeRecorder:
     """The change record of one run and the one place it is saved to the history store."""
 
-    def __init__(self, record: ChangeRecord, store: HistoryStore) -> None:
+    def __init__(self, record: ChangeRecord, store: HistoryStore, *, resumed: bool = False) -> None:
         self.record = record
         self.store = store
+        # This run was suspended at a question and is run again: its record is the one it
+        # wrote before (staging done, announced), taken up where it stopped.
+        self.resumed = resumed
 
     def save(self) -> None:
         """Upsert the record as it is now (the store validates it as a whole), and the
@@ -487,11 +491,16 @@ class ChangeRecorder:
 
         A :class:`MaintenanceStopped` is the procedure's own decision: its outcome is
         recorded and the block ends normally. Any other error is recorded as ``failed``
-        and raised again.
+        and raised again. A run suspended at a question (Prefect's ``Pause``) has not
+        ended: the record is saved as it is, nothing is published or announced.
         """
         record = self.record
+        suspended = False
         try:
             yield
+        except Pause:  # waiting, suspended: the run goes on later, on any worker
+            suspended = True
+            raise
         except MaintenanceStopped as stop:
             record.outcome, record.outcome_detail = Outcome(stop.outcome), stop.detail
             log.error("%s", stop)
@@ -500,18 +509,23 @@ class ChangeRecorder:
             record.outcome_detail = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            record.ended = datetime.now(UTC)
-            record.production_results = production_results(record)
-            self.save()
-            publish_change_record(record)
-            subject, body = notice_end(record, client_name=inventory.client.name, tz=inventory.tz)
-            record.notification_failures += notify(inventory.client.notify, subject, body)
-            self.save()
+            if suspended:
+                self.save()
+            else:
+                record.ended = datetime.now(UTC)
+                record.production_results = production_results(record)
+                self.save()
+                publish_change_record(record)
+                subject, body = notice_end(
+                    record, client_name=inventory.client.name, tz=inventory.tz
+                )
+                record.notification_failures += notify(inventory.client.notify, subject, body)
+                self.save()
 
 
 @contextmanager
 def open_recorder(
-    record: ChangeRecord, store: HistoryStore | None = None
+    record: ChangeRecord, store: HistoryStore | None = None, *, resumed: bool = False
 ) -> Iterator[ChangeRecorder]:
     """Hold the client's run lock in the history store while the run records its change.
 
@@ -521,13 +535,20 @@ def open_recorder(
     after a crash, a halt or a closed window), ``record`` continues it
     (:func:`tasks.resume.continue_record`) and takes its row over.
 
+    A run suspended at a question keeps the lock (nobody holds a process meanwhile; the
+    lock's holder is Suspended, not finished, so it is never taken over); run again
+    once answered (``resumed``), it takes its own record up where it stopped
+    (:func:`tasks.resume.resume_record`) and the recorder says so (``resumed``).
+
     Args:
         record: the run's record (client, flow run and change ref name the lock).
         store: the history store; the configured one when None.
+        resumed: this flow run was suspended at a question and is run again.
     """
     store = store or open_store()
     client, run_id = record.client, record.flow_run_id
     store.acquire_run_lock(client, run_id, record.change_ref, holder_check=holder_takeover)
+    suspended = False
     try:
         # A rerun of the change (same change ref, another flow run) continues its record:
         # one change, one record. Read under the lock, so no other run is writing it.
@@ -535,9 +556,17 @@ def open_recorder(
         if previous is not None and previous.flow_run_id != run_id:
             continue_record(record, previous, datetime.now(UTC))
             store.continue_change_record(record, previous.flow_run_id)
-        yield ChangeRecorder(record, store)
+        if previous is None or previous.flow_run_id != run_id or previous.outcome is not None:
+            resumed = False  # nothing of this run's own to take up
+        elif resumed:
+            resume_record(record, previous, datetime.now(UTC))
+        yield ChangeRecorder(record, store, resumed=resumed)
+    except Pause:
+        suspended = True
+        raise
     finally:
-        store.release_run_lock(client, run_id)
+        if not suspended:  # a suspended run keeps its lock until it is run again and ends
+            store.release_run_lock(client, run_id)
         store.close()
 
 

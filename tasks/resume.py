@@ -358,3 +358,38 @@ def package_set_rule(
         (),
         "every production package version was patched and verified on staging in this change",
     )
+
+
+def resume_record(record: ChangeRecord, own: ChangeRecord, now: datetime) -> None:
+    """Make ``record`` (a run's, begun again after it was suspended at a question) the
+    record that same run wrote before it was suspended (in place).
+
+    Everything the run did and recorded stays, and so do its window, requester and plan
+    (the run is the same change request, however late it was answered); a ``resume``
+    gate says the run was run again once answered.
+
+    Args:
+        record: the new record of this execution (same flow run, same change ref).
+        own: the record the run saved before it was suspended.
+        now: when it is run again (aware).
+    """
+    if (record.client, record.change_ref, record.flow_run_id) != (
+        own.client,
+        own.change_ref,
+        own.flow_run_id,
+    ):
+        raise ValueError(
+            f"flow run {record.flow_run_id} cannot resume the record of {own.flow_run_id}"
+        )
+    for name in (*CONTINUED_FIELDS, "window", "requester", "plan"):
+        value = getattr(own, name)
+        setattr(record, name, value.copy() if isinstance(value, list | dict) else value)
+    record.gates.append(
+        GateDecision(
+            gate="resume",
+            decision="resumed",
+            at=now,
+            detail="run again once answered: it was suspended at a question, holding no"
+            " worker and no SSH session; what it did before is not done again",
+        )
+    )

@@ -29,16 +29,20 @@ from inventory.types import ssh_key_fingerprint
 from tasks.approval import (
     NAMESPACE,
     TIMEOUT_APPROVER,
+    WAIT_GRACE_S,
     ApprovalForm,
     ApprovalTally,
     Proof,
     Question,
     RestoreForm,
+    Wait,
     approval_description,
     ask,
     ask_restore,
     check_answer,
     count_answer,
+    form_of,
+    next_wait,
     plan_digest,
     production_plan_text,
     request_key,
@@ -47,6 +51,7 @@ from tasks.approval import (
     signed_message,
     staging_summary,
     verify_signature,
+    wait_expired,
     wait_for_approval,
 )
 from tasks.facts import PackageChange
@@ -610,7 +615,7 @@ def test_the_ask_loop_waits_for_a_settling_answer_until_the_deadline(
     names = [getattr(a, "approver", "") for a in received]
     assert (len(names) if isinstance(seen, int) else names) == seen
     # Prefect's own timeout is a backstop beyond the deadline, never shorter
-    assert script.timeouts[0] == 3600 + 300
+    assert script.timeouts[0] == 3600 + WAIT_GRACE_S
 
 
 def test_the_ask_loop_does_not_pause_after_the_deadline() -> None:
@@ -741,3 +746,154 @@ TIMEOUT_ANSWERS_RESTORE: dict[str, Any] = {
     "approver": TIMEOUT_APPROVER,
     "signature": "none",
 }
+
+
+# --- a wait across the executions of a suspended run --------------------------------------
+
+
+DAY = timedelta(days=1)
+W = Wait(digest="sha256:a", deadline=AT + DAY, answers_before=2, first_round=1)
+
+
+@pytest.mark.parametrize(
+    ("existing", "digest", "now", "recorded", "expected", "new"),
+    [
+        # a first wait: the timeout from now, round 1, after the answers already recorded
+        (None, "sha256:a", AT, 2,
+         Wait(digest="sha256:a", deadline=AT + DAY, answers_before=2), True),
+        # run again once answered: the same wait, whatever the clock says now
+        (W, "sha256:a", AT + timedelta(hours=5), 4, W, False),
+        # run again past the deadline with another plan: still the wait that timed out
+        (W, "sha256:b", AT + DAY, 3, W, False),
+        # the plan changed while it waited: a new wait, its rounds after the old one's
+        # (answers_before 2, 1 answer recorded -> rounds 1, 2 used: the new one starts at 3)
+        (W, "sha256:b", AT + timedelta(hours=1), 3,
+         Wait(digest="sha256:b", deadline=AT + timedelta(hours=1) + DAY, answers_before=3,
+              first_round=3), True),
+    ],
+)  # fmt: skip
+def test_a_wait_is_continued_when_the_run_is_run_again_and_begun_again_for_a_new_plan(
+    existing: Wait | None, digest: str, now: datetime, recorded: int, expected: Wait, new: bool
+) -> None:
+    assert next_wait(existing, digest, now, DAY, recorded) == (expected, new)
+
+
+def test_a_resumed_ask_loop_reads_the_answer_given_to_its_round_even_past_the_deadline() -> None:
+    # Run again after its deadline, round 3 was answered (Prefect keeps its key): it is read.
+    script = Script([(0, form("alice"))], start=AT + timedelta(hours=2))
+    got: list[RunInput] = []
+    settled = ask(
+        lambda: ApprovalForm,
+        lambda a: got.append(a) is None,
+        flow_run_id=str(uuid4()),
+        deadline=AT + timedelta(hours=1),
+        key="approval",
+        form_name="approval",
+        poll_s=1,
+        pause=script,
+        now=script.now,
+        first_round=3,
+        answered={"approval-1", "approval-2", "approval-3"},
+    )
+    assert settled is True and script.keys == ["approval-3"]
+    # the round after it was never asked: past the deadline nothing more is asked
+    script = Script([], start=AT + timedelta(hours=2))
+    assert (
+        ask(
+            lambda: ApprovalForm,
+            lambda a: False,
+            flow_run_id=str(uuid4()),
+            deadline=AT + timedelta(hours=1),
+            key="approval",
+            form_name="approval",
+            poll_s=1,
+            pause=script,
+            now=script.now,
+            first_round=4,
+            answered={"approval-1", "approval-2", "approval-3"},
+        )
+        is False
+    )
+    assert script.keys == []
+
+
+def test_a_resumed_approval_wait_keeps_its_recorded_answers_and_asks_the_next_round(
+    keys: Keys,
+) -> None:
+    # Execution 1 recorded mallory's answer (not counted) in round 1 and was suspended at
+    # round 2; run again, round 2's answer is alice's: approved, nothing published again.
+    (mallory,) = signed_answers(keys, [("mallory", "approve", "mallory", 0)])
+    first = Script([mallory, (86400, form(TIMEOUT_APPROVER))])
+    tally, _, _ = approve_run(keys, first, 1)
+    assert tally is None and first.keys[0] == "approval-1"
+    script = Script(signed_answers(keys, [("alice", "approve", "alice", 60)]))
+    published: list[str] = []
+    seen: list[int] = []
+    q = question(keys)
+    recorded = count_answer(
+        ApprovalTally(required=1),
+        cast(ApprovalForm, mallory[1]),
+        LISTED,
+        AT,
+        check_answer(cast(ApprovalForm, mallory[1]), q.approvers, q.message),
+        q.digest,
+    ).answers
+    tally = wait_for_approval(
+        q,
+        client_name="ACME",
+        required=1,
+        deadline=AT + timedelta(hours=24),
+        staging_text="",
+        production_text="",
+        tz=UTC,
+        on_answer=lambda t: seen.append(len(t.answers)),
+        poll_s=1,
+        pause=script,
+        now=script.now,
+        publish=lambda key, _r, _i: published.append(key),
+        resumed=True,
+        recorded=recorded,
+        answered={"approval-1", "approval-2"},
+    )
+    assert tally is not None and tally.verdict == "approved"
+    assert [a.approver for a in tally.answers] == ["mallory", "alice"]
+    assert script.keys == ["approval-2"] and published == [] and seen == [2]
+    # recorded answers that already decide it: nothing is asked at all
+    again = Script([])
+    decided = wait_for_approval(
+        q,
+        client_name="ACME",
+        required=1,
+        deadline=AT,
+        staging_text="",
+        production_text="",
+        tz=UTC,
+        on_answer=lambda t: None,
+        poll_s=1,
+        pause=again,
+        now=again.now,
+        publish=lambda key, _r, _i: published.append(key),
+        resumed=True,
+        recorded=tally.answers,
+    )
+    assert decided == tally and again.keys == [] and published == []
+
+
+@pytest.mark.parametrize(
+    ("wait", "now", "expired"),
+    [
+        (None, AT, False),  # no wait of ours: another flow's pause, never answered by us
+        (W, AT, False),
+        (W, AT + DAY - timedelta(seconds=1), False),
+        (W, AT + DAY, True),
+    ],
+)
+def test_a_suspended_wait_is_ended_only_past_its_deadline(
+    wait: Wait | None, now: datetime, expired: bool
+) -> None:
+    assert wait_expired(wait, now) is expired
+
+
+def test_the_form_a_pause_key_asks() -> None:
+    assert form_of("approval-3") == "approval"
+    assert form_of("restore-h04-1") == "restore"
