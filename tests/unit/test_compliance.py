@@ -499,3 +499,43 @@ def test_the_stored_audit_keys_findings_by_check_and_keeps_unreachable_apart() -
     assert a.pending_security == ()  # read, nothing pending
     assert (b.status, b.findings[0].key, b.pending_security) == ("unreachable", "unreachable", None)
     assert (a.flow_run_id, a.audited_at) == ("run-9", day(1))
+
+
+# ------------------------------------------------------------ compliance.csv and html
+
+
+def test_the_report_shows_the_section_and_writes_compliance_csv() -> None:
+    from dataclasses import replace
+
+    from reports.render import render_files
+    from tests.unit.test_report_render import at, context
+
+    audits = [
+        audit(-5, server="web1", findings=PORTS, pending=["libssl=1.1"]),
+        audit(
+            1,
+            server="web1",
+            findings={"no_unexpected_ports": "unexpected <script> port: 8080"},
+            pending=["libssl=1.1", "openssl=3"],
+        ),
+    ]
+    base = context()
+    inputs = ComplianceInputs(audit_frames(audits), verifications_frame(()), 900.0)
+    frame = compliance_table(["web1", "web2"], inputs, [], at(0), at(48))
+    files = render_files(replace(base, tables=replace(base.tables, compliance=frame)))
+
+    csv = pd.read_csv(__import__("io").StringIO(files["compliance.csv"]))
+    assert tuple(csv.columns) == COMPLIANCE_COLUMNS
+    assert list(csv["server"]) == ["web1", "web2"]
+    web1 = csv.iloc[0]
+    assert (web1["pending_security"], web1["oldest_pending"]) == (2, "libssl 1.1")
+    assert web1["oldest_pending_since"] == "2026-09-26T00:00:00+00:00"
+    assert web1["oldest_pending_days"] == pytest.approx(6.0)
+    assert (web1["findings_open"], web1["findings_closed"], web1["rto_target_s"]) == (1, 0, 900.0)
+    assert pd.isna(csv.iloc[1]["pending_security"]) and csv.iloc[1]["audits_in_period"] == 0
+    html = files["report.html"]
+    section = html[html.index('id="compliance-title"') :]
+    assert "1 of 2 server(s) audited" in section
+    assert "unexpected &lt;script&gt; port: 8080" in section and "<script>" not in section
+    assert "libssl 1.1" in section and "6.0\u00a0d" in section
+    assert "never audited" in section and "unknown" in section
