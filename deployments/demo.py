@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from core.logs import quiet_console
 from core.settings import settings, telemetry_off
 from deployments.server import ensure_server
 from inventory import load_inventory
@@ -177,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     from flows.server_maintenance import server_maintenance
     from sandbox.prefect_blocks import register_blocks
     from tasks.notify import save_demo_webhook
+
+    # Prefect's per-task "Finished in state Completed()" lines stay in the UI, not here.
+    quiet_console()
 
     inbox = WebhookReceiver()
     inbox.__enter__()
