@@ -16,12 +16,14 @@ from pathlib import Path
 
 from core.errors import SandboxError
 from sandbox.paths import images_dir
+from sandbox.signatures import write_signatures
 
 log = logging.getLogger(__name__)
 
 # Bump when the recipe below changes, so that a stale cached image is rebuilt.
-IMAGE_RECIPE = 4
-PACKAGES = ["openssh-server", "iproute2", "procps", "sudo"]
+IMAGE_RECIPE = 5
+# clamav and stress-ng: the hygiene steps (malware scan, stress test) run for real.
+PACKAGES = ["openssh-server", "iproute2", "procps", "sudo", "clamav", "stress-ng"]
 
 # The sandbox's own "reboot": the host supervisor restarts a host whose init exits.
 REBOOT_SHIM = """#!/bin/sh
@@ -184,3 +186,5 @@ def _customise(root: Path) -> None:
     (root / "etc/sudoers.d/ops").write_text("ops ALL=(ALL) NOPASSWD:ALL\n")
     (root / "etc/sudoers.d/ops").chmod(0o440)
     (root / "etc/machine-id").write_text("")
+    # No internet for freshclam: the sandbox's own signatures, where ClamAV looks.
+    write_signatures(root / "var/lib/clamav")
