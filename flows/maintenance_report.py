@@ -36,6 +36,7 @@ from reports.inputs import MaintenanceRun, read_maintenance_runs, read_report_in
 from reports.periods import resolve_period
 from reports.publish import publish_report_artifacts
 from reports.render import ReportContext, write_pdf, write_report
+from reports.uptime import sla_words
 from reports.validate import validate_inputs
 
 __all__ = ["ReportResult", "default_out_dir", "maintenance_report"]
@@ -55,6 +56,10 @@ class ReportResult(BaseModel):
     unplanned_down_s: float = Field(description="Unplanned downtime, all servers, seconds.")
     unknown_s: float = Field(description="Time without data, all servers, seconds.")
     incidents: int = Field(description="Confirmed outages with unplanned time.")
+    sla: str = Field(
+        default="n/a",
+        description="The client's SLA verdict: met, missed, insufficient data (coverage), n/a.",
+    )
     maintenance_runs: int = Field(description="Rows of activity.csv.")
     notes: list[str] = Field(default_factory=list, description="Caveats shown in the report.")
 
@@ -162,6 +167,7 @@ def maintenance_report(
         unplanned_down_s=float(total["unplanned_down_s"]),
         unknown_s=float(total["unknown_s"]),
         incidents=int(total["incidents"]),
+        sla=sla_words(total["sla_met"], total["coverage_pct"]),
         maintenance_runs=len(tables.activity),
         notes=notes,
     )

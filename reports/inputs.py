@@ -3,17 +3,17 @@
 The first step of the ``maintenance-report`` flow (read -> validate -> compute -> render ->
 publish). Two thin tasks do the IO, both reads and safe to retry:
 
-* :func:`read_report_inputs`: the store's state intervals, maintenance windows (recorded
-  runs and planned windows) and change records for one client and period, plus the
-  windows the inventory's schedule declares (:meth:`ClientInventory.windows_between`);
+* :func:`read_report_inputs`: the store's state intervals, maintenance windows (announced
+  windows and recorded runs) and change records for one client and period; a schedule
+  slot on which nothing was announced or done is not planned time (docs/reports.md);
 * :func:`read_maintenance_runs`: Prefect's run history of ``server-maintenance`` for the
   client, paginated (:data:`API_PAGE_SIZE` a page). Only a complement: the store is the
   source of truth and a report never depends on Prefect keeping old runs
   (:func:`reports.activity.complement_activity`).
 
 The pure frame builders beside them (:func:`with_time`, :func:`windows_frame`,
-:func:`servers_frame`) are tested without a store. The store is the report's outside
-system, as SSH is the maintenance tasks'.
+:func:`run_windows`, :func:`servers_frame`) are tested without a store. The store is the
+report's outside system, as SSH is the maintenance tasks'.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -42,6 +42,7 @@ __all__ = [
     "ReportInputs",
     "read_maintenance_runs",
     "read_report_inputs",
+    "run_windows",
     "servers_frame",
     "windows_frame",
     "with_time",
@@ -51,6 +52,9 @@ __all__ = [
 MAINTENANCE_FLOW_NAME = "server-maintenance"
 #: Prefect's API pages: never ask for more than this many runs at once.
 API_PAGE_SIZE = 200
+#: How long before the period a run may have started and still worked inside it (its
+#: window is at most a day; a run may start before its window).
+RUN_LOOKBACK = timedelta(days=7)
 
 
 def with_time(intervals: pd.DataFrame) -> pd.DataFrame:
@@ -64,23 +68,59 @@ def with_time(intervals: pd.DataFrame) -> pd.DataFrame:
     return intervals.loc[intervals["end"] > intervals["start"]].reset_index(drop=True)
 
 
-def windows_frame(
-    stored: Sequence[StoredWindow], declared: Sequence[tuple[datetime, datetime]]
-) -> pd.DataFrame:
-    """Planned maintenance time: the store's windows and the schedule's declared windows.
+WindowRow = tuple[str | None, datetime, datetime, str]
 
-    Args:
-        stored: the store's windows (kind ``run``: when a run worked; ``planned``).
-        declared: the inventory's window slots in the period (the whole client).
+
+def run_windows(records: Sequence[ChangeRecord]) -> list[WindowRow]:
+    """The time each maintenance run worked, bounded by its window, per server it planned.
+
+    From the run's start to its end, cut to its window (``record.window``); for each
+    staging and production server of its plan. A run that never planned (it stopped in
+    preflight) worked on no server; one without an end (it died, or is still going) has
+    no known working time: neither counts, though an announced window still does.
 
     Returns:
-        ``server`` (None: every server), ``start``, ``end``, ``kind``
-        (``run``, ``planned`` or ``declared``).
+        ``(server, start, end, "run")`` rows.
     """
-    rows: list[tuple[str | None, datetime, datetime, str]] = [
-        (w.server, w.start, w.end, w.kind) for w in stored
-    ]
-    rows += [(None, start, end, "declared") for start, end in declared]
+    rows: list[WindowRow] = []
+    for record in records:
+        if record.plan is None or record.ended is None:
+            continue
+        start = max(record.started, record.window.start)
+        end = min(record.ended, record.window.end)
+        if end > start:
+            servers = [*record.plan.staging, *record.plan.production]
+            rows += [(str(server), start, end, "run") for server in servers]
+    return rows
+
+
+def windows_frame(
+    stored: Sequence[StoredWindow], records: Sequence[ChangeRecord] = ()
+) -> pd.DataFrame:
+    """Planned maintenance time: announced windows, from their announcement, and the time
+    maintenance runs worked, bounded by their windows (docs/reports.md, "Planned time").
+
+    A ``planned`` window counts from ``max(start, announced_at)``: an announcement made
+    after the window began makes only the rest of it planned, one made after it ended
+    nothing. A stored ``run`` window counts whole; the change records add
+    :func:`run_windows`. A schedule slot on which nothing was announced or done is not
+    here: it is when changes *may* be made, not maintenance.
+
+    Args:
+        stored: the store's windows (``planned``: announced; ``run``: when a run worked).
+        records: change records whose working time counts (:func:`run_windows`).
+
+    Returns:
+        ``server`` (None: every server), ``start``, ``end``, ``kind`` (``planned``, ``run``).
+    """
+    rows: list[WindowRow] = []
+    for w in stored:
+        start = w.start
+        if w.kind == "planned":
+            start = max(start, w.announced_at or w.recorded_at)
+        if w.end > start:
+            rows.append((w.server, start, w.end, w.kind))
+    rows += run_windows(records)
     frame = pd.DataFrame(rows, columns=["server", "start", "end", "kind"])
     frame["server"] = frame["server"].astype("object")
     for column in ("start", "end"):
@@ -93,7 +133,9 @@ def servers_frame(inventory: ClientInventory) -> pd.DataFrame:
 
     ``added_at`` is the start of the server's ``added`` day in the client's time zone (NaT:
     in scope for the whole period); ``sla_target_pct`` is the server's own target, else the
-    client's ``monitoring.sla_target_pct`` (NaN: no target, ``sla_met`` n/a).
+    client's ``monitoring.sla_target_pct`` (NaN: no target, ``sla_met`` n/a);
+    ``min_coverage_pct`` the client's ``monitoring.min_coverage_pct`` (below it the SLA is
+    not judged: ``insufficient data``).
     """
     client_target = inventory.monitoring.sla_target_pct
     tz = inventory.tz
@@ -112,13 +154,17 @@ def servers_frame(inventory: ClientInventory) -> pd.DataFrame:
             "sla_target_pct": pd.Series(
                 [math.nan if t is None else float(t) for t in targets], dtype="float64"
             ),
+            "min_coverage_pct": pd.Series(
+                [float(inventory.monitoring.min_coverage_pct)] * len(inventory.servers),
+                dtype="float64",
+            ),
         }
     )
 
 
 @dataclass(frozen=True)
 class ReportInputs:
-    """What the store (and the inventory's schedule) says about one client and period.
+    """What the store says about one client and period.
 
     Attributes:
         intervals: state intervals overlapping the period.
@@ -141,7 +187,7 @@ def read_report_inputs(inventory: ClientInventory, start: datetime, end: datetim
     """Read a client's history for ``[start, end)`` from the store (a read: safe to retry).
 
     Args:
-        inventory: the client's inventory (servers, timezone, declared window).
+        inventory: the client's inventory (slug, servers, SLA targets).
         start: the period's start (aware).
         end: the period's end, exclusive (aware).
 
@@ -152,25 +198,30 @@ def read_report_inputs(inventory: ClientInventory, start: datetime, end: datetim
     with open_store() as store:
         intervals = read_intervals_frame(store, slug, start, end)
         stored = store.windows(slug, start, end)
-        records = store.change_records(slug, since=start, until=end)
+        # A run that started shortly before the period may have worked inside it.
+        records = store.change_records(slug, since=start - RUN_LOOKBACK, until=end)
         # Every audit and verification before the end: earlier ones date what is still
         # pending or open, and when each server was last patched.
         audits = store.audits(slug, until=end)
         verifications = store.verifications(slug, until=end)
-    declared = inventory.windows_between(start, end)
+    in_period = [r for r in records if r.started >= start]
+    windows = windows_frame(stored, records)
     get_run_logger().info(
-        "%s: %d interval(s), %d stored and %d declared window(s), %d change record(s)",
+        "%s: %d interval(s), %d stored window(s), %d planned span(s), %d change record(s),"
+        " %d audit result(s), %d verification(s)",
         slug,
         len(intervals),
         len(stored),
-        len(declared),
-        len(records),
+        len(windows),
+        len(in_period),
+        len(audits),
+        len(verifications),
     )
     return ReportInputs(
         intervals=with_time(intervals),
-        windows=windows_frame(stored, declared),
+        windows=windows,
         servers=servers_frame(inventory),
-        change_records=records,
+        change_records=in_period,
         compliance=ComplianceInputs(
             audit_frames(audits),
             verifications_frame(verifications),

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from core.artifacts import artifact_key
 from reports.compute import ReportTables
 from reports.periods import ReportPeriod
-from reports.uptime import TOTAL_ROW
+from reports.uptime import TOTAL_ROW, sla_words
 
 __all__ = ["publish_report_artifacts", "summary_markdown", "uptime_rows"]
 
@@ -65,6 +65,7 @@ def summary_markdown(
         f"| uptime ({TOTAL_ROW}) | {_pct(total['uptime_pct'])} |",
         f"| unplanned downtime | {float(total['unplanned_down_s']):.0f} s |",
         f"| unknown (no data) | {float(total['unknown_s']):.0f} s |",
+        f"| SLA met | {sla_words(total['sla_met'], total['coverage_pct'])} |",
         f"| incidents | {int(total['incidents'])} |",
         f"| maintenance runs | {len(tables.activity)} |",
         "",

@@ -6,8 +6,8 @@ Two separate steps (STYLE item 10):
   strings out. The HTML has inline CSS and the daily uptime bars as inline SVG; it
   references nothing outside itself (no scripts, fonts, images or links), so it opens
   offline and in a mail client.
-- :func:`write_report` writes ``report.html``, ``uptime.csv``, ``incidents.csv``,
-  ``activity.csv`` and ``compliance.csv`` into a directory.
+- :func:`write_report` writes ``report.html``, ``uptime.csv``, ``incidents.csv`` and
+  ``activity.csv`` into a directory.
 - :func:`write_pdf` prints report.html to ``report.pdf`` (A4 landscape) with headless
   chromium when a chromium binary is on PATH; otherwise it raises :class:`PdfNotMade`.
 
@@ -36,7 +36,6 @@ from markupsafe import Markup, escape
 
 from core.errors import PdfNotMade
 from reports.activity import ACTIVITY_COLUMNS
-from reports.compliance import COMPLIANCE_COLUMNS
 from reports.compute import ReportTables
 from reports.uptime import INCIDENT_COLUMNS, UPTIME_COLUMNS
 
@@ -61,7 +60,6 @@ CSV_FILES: dict[str, tuple[str, ...]] = {
     "uptime.csv": UPTIME_COLUMNS,
     "incidents.csv": INCIDENT_COLUMNS,
     "activity.csv": ACTIVITY_COLUMNS,
-    "compliance.csv": COMPLIANCE_COLUMNS,
 }
 
 # Daily bars: one column per day, height proportional to uptime. Sizes are SVG user units
@@ -171,13 +169,11 @@ def _fmt_time(tz: tzinfo) -> Any:
 
 
 def fmt_bool(value: Any) -> str:
-    """``yes``/``no``; ``n/a`` when unknown."""
+    """``yes``/``no``; ``n/a`` when unknown; a verdict in words (``insufficient data``) as
+    it is, never read as a truth value."""
+    if isinstance(value, str):
+        return value
     return "n/a" if _missing(value) else ("yes" if bool(value) else "no")
-
-
-def fmt_days(value: Any) -> str:
-    """An age in days: ``12.5 d``; ``n/a`` when unknown."""
-    return "n/a" if _missing(value) else f"{float(value):.1f} d"
 
 
 def fmt_text(value: Any) -> str:
@@ -319,25 +315,10 @@ def _environment(tz: tzinfo) -> jinja2.Environment:
         seconds=lambda value: _tie_units(fmt_seconds(value)),
         when=_fmt_time(tz),
         yesno=fmt_bool,
-        days=lambda value: fmt_days(value).replace(" d", " d"),
         text=fmt_text,
     )
     env.globals["restore"] = fmt_restore
     return env
-
-
-def _compliance_view(frame: pd.DataFrame) -> dict[str, Any]:
-    """The compliance section's rows (missing values as None) and its summary counts."""
-    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return {
-        "compliance": rows,
-        "compliance_counts": {
-            "audited": sum(1 for r in rows if r["last_audit_at"] is not None),
-            "pending": sum(1 for r in rows if (r["pending_security"] or 0) > 0),
-            "open": sum(1 for r in rows if (r["findings_open"] or 0) > 0),
-        },
-        "rto_target": frame["rto_target_s"].max() if len(frame) else None,
-    }
 
 
 def render_html(context: ReportContext) -> str:
@@ -358,7 +339,6 @@ def render_html(context: ReportContext) -> str:
         sla={name: row for name, row in sla.to_dict("index").items()},
         incidents=tables.incidents.to_dict("records"),
         activity=tables.activity.to_dict("records"),
-        **_compliance_view(tables.compliance),
         bars=Markup(svg),  # noqa: S704 (daily_bars_svg escapes every text it inserts)
     )
 
@@ -385,7 +365,6 @@ def render_files(context: ReportContext) -> dict[str, str]:
         "uptime.csv": _csv(uptime, UPTIME_COLUMNS),
         "incidents.csv": _csv(tables.incidents, INCIDENT_COLUMNS),
         "activity.csv": _csv(tables.activity, ACTIVITY_COLUMNS),
-        "compliance.csv": _csv(tables.compliance, COMPLIANCE_COLUMNS),
     }
 
 

@@ -2,8 +2,9 @@
 
 Time inside a maintenance window is *planned*; outages are split at window edges
 (:mod:`reports.windows`). Uptime = 1 - unplanned downtime / (observed time - planned
-time); unknown (no data) time is reported, never counted as up. Every number and rule is
-explained in docs/reports.md. Pure: frames in, frames out (STYLE item 10).
+time); unknown (no data) time is reported, never counted as up, and below a coverage
+threshold the SLA is not judged (:func:`sla_verdict`). Every number and rule is explained
+in docs/reports.md. Pure: frames in, frames out (STYLE item 10).
 
 The ``*_table`` functions and :func:`daily_uptime` each build their own timeline, for a
 test or a single table; :func:`uptime_frames` gives them all from one timeline (what
@@ -27,7 +28,9 @@ from reports.windows import Spans, split_pieces, window_overlap
 
 __all__ = [
     "DAILY_COLUMNS",
+    "DEFAULT_MIN_COVERAGE_PCT",
     "INCIDENT_COLUMNS",
+    "INSUFFICIENT_DATA",
     "SLA_COLUMNS",
     "TOTAL_ROW",
     "UPTIME_COLUMNS",
@@ -35,6 +38,8 @@ __all__ = [
     "daily_uptime",
     "incidents_table",
     "sla_table",
+    "sla_verdict",
+    "sla_words",
     "uptime_frames",
     "uptime_table",
 ]
@@ -55,7 +60,13 @@ UPTIME_COLUMNS: tuple[str, ...] = (
     "longest_outage_s",
     "sla_target_pct",
     "sla_met",
+    "coverage_pct",
 )
+
+#: ``sla_met`` when there is too little data to judge the SLA.
+INSUFFICIENT_DATA = "insufficient data"
+#: The inventory's default ``monitoring.min_coverage_pct``.
+DEFAULT_MIN_COVERAGE_PCT = 90.0
 
 
 #: incidents.csv: one row per piece of a confirmed outage (split at window edges).
@@ -212,6 +223,21 @@ def _outage_figures(
     return count, longest
 
 
+def _coverage(observed: pd.Series, unknown: pd.Series) -> pd.Series:
+    """Data coverage, %: observed / (observed + unknown); NaN when the server had no time."""
+    scope = observed + unknown
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (100.0 * observed / scope).where(scope > 0)
+
+
+def _min_coverage(servers: pd.DataFrame) -> npt.NDArray[np.float64]:
+    """Each server's ``min_coverage_pct`` (the servers frame's column, else the default)."""
+    if "min_coverage_pct" not in servers.columns:
+        return np.full(len(servers), DEFAULT_MIN_COVERAGE_PCT)
+    column = pd.to_numeric(servers["min_coverage_pct"]).astype("float64")
+    return column.fillna(DEFAULT_MIN_COVERAGE_PCT).to_numpy()
+
+
 def _uptime(
     parts: TimelineParts, pieces: _Pieces, ns: npt.NDArray[np.int64] | None = None
 ) -> pd.DataFrame:
@@ -237,15 +263,46 @@ def _uptime(
     else:
         target = np.full(len(names), np.nan)
     out["sla_target_pct"] = target
-    out["sla_met"] = _sla_met(out["uptime_pct"], out["sla_target_pct"])
+    out["coverage_pct"] = _coverage(out["observed_s"], out["unknown_s"])
+    out["sla_met"] = sla_verdict(
+        out["uptime_pct"], out["sla_target_pct"], out["coverage_pct"], _min_coverage(parts.servers)
+    )
     return out.rename_axis("server").reset_index()[list(UPTIME_COLUMNS)]
 
 
-def _sla_met(uptime_pct: pd.Series, target: pd.Series) -> pd.Series:
-    """Met when uptime >= target; NA when either is unknown (never a guess)."""
-    met = pd.array(uptime_pct.to_numpy() >= target.to_numpy(), dtype="boolean")
-    met[(uptime_pct.isna() | target.isna()).to_numpy()] = pd.NA
-    return pd.Series(met, index=uptime_pct.index)
+def sla_verdict(
+    uptime_pct: pd.Series,
+    target: pd.Series,
+    coverage_pct: pd.Series,
+    min_coverage_pct: float | npt.NDArray[np.float64] = DEFAULT_MIN_COVERAGE_PCT,
+) -> pd.Series:
+    """``sla_met`` per row: True (met), False (missed), :data:`INSUFFICIENT_DATA`, or NA.
+
+    The rule, in order: no target, or no time in the period at all (coverage unknown):
+    NA, never a guess; data for less than ``min_coverage_pct`` of the time:
+    ``"insufficient data"`` (six seconds of checks do not prove a month's uptime); no
+    time outside planned maintenance (uptime unknown): NA; else met when
+    ``uptime >= target``. ``min_coverage_pct``: one threshold, or one per row.
+    """
+    up = uptime_pct.to_numpy(dtype="float64")
+    goal = target.to_numpy(dtype="float64")
+    coverage = coverage_pct.to_numpy(dtype="float64")
+    out = pd.Series([bool(v) for v in up >= goal], index=uptime_pct.index, dtype=object)
+    out[np.isnan(up)] = pd.NA
+    out[coverage < min_coverage_pct] = INSUFFICIENT_DATA
+    out[np.isnan(goal) | np.isnan(coverage)] = pd.NA
+    return out
+
+
+def sla_words(sla_met: Any, coverage_pct: Any) -> str:
+    """A verdict of :func:`sla_verdict` in words, for summary lines: ``met``, ``missed``,
+    ``insufficient data (coverage 16.13 %)`` or ``n/a`` (no target)."""
+    if isinstance(sla_met, str):
+        coverage = float(coverage_pct)
+        return f"{sla_met} (coverage {coverage:.2f} %)" if coverage == coverage else sla_met
+    if sla_met is None or sla_met is pd.NA:
+        return "n/a"
+    return "met" if bool(sla_met) else "missed"
 
 
 def uptime_table(
@@ -263,7 +320,9 @@ def uptime_table(
     without; ``uptime_pct = 100 * (1 - unplanned_down_s / (observed_s - maintenance_s))``,
     NaN when that denominator is 0. ``incidents`` counts confirmed outages with unplanned
     time; ``mttr_s`` is unplanned downtime per incident; ``longest_outage_s`` the longest
-    unplanned time of one outage. ``sla_met`` is NA when uptime or target is unknown.
+    unplanned time of one outage. ``coverage_pct`` is observed / (observed + unknown);
+    ``sla_met`` is :func:`sla_verdict` (``insufficient data`` below the server's
+    ``min_coverage_pct`` in ``servers``, default :data:`DEFAULT_MIN_COVERAGE_PCT`).
     """
     parts = timeline_parts(intervals, windows, servers, start, end, confirm_after)
     return _uptime(parts, _pieces(parts))
@@ -340,12 +399,17 @@ def daily_uptime(
     return _daily(timeline_parts(intervals, windows, servers, start, end, confirm_after), tz)
 
 
-def client_uptime(uptime: pd.DataFrame, sla_target_pct: float | None = None) -> pd.DataFrame:
+def client_uptime(
+    uptime: pd.DataFrame,
+    sla_target_pct: float | None = None,
+    min_coverage_pct: float = DEFAULT_MIN_COVERAGE_PCT,
+) -> pd.DataFrame:
     """The client's total row, with the columns of uptime.csv and server ``(all servers)``.
 
-    Seconds and incidents are summed over servers, so uptime is time-weighted; the longest
-    outage is the longest of any server. The target is ``sla_target_pct`` if given, else
-    the servers' common target; when their targets differ it is NaN and ``sla_met`` NA.
+    Seconds and incidents are summed over servers, so uptime and coverage are
+    time-weighted; the longest outage is the longest of any server. The target is
+    ``sla_target_pct`` if given, else the servers' common target; when their targets
+    differ it is NaN and ``sla_met`` NA. ``sla_met`` is :func:`sla_verdict`.
     """
     total: dict[str, Any] = {"server": TOTAL_ROW}
     for column in ("observed_s", "maintenance_s", "unplanned_down_s", "unknown_s"):
@@ -365,7 +429,10 @@ def client_uptime(uptime: pd.DataFrame, sla_target_pct: float | None = None) -> 
         sla_target_pct = float(targets[0]) if len(targets) == 1 and all_set else np.nan
     total["sla_target_pct"] = sla_target_pct
     out = pd.DataFrame([total])
-    out["sla_met"] = _sla_met(out["uptime_pct"], out["sla_target_pct"])
+    out["coverage_pct"] = _coverage(out["observed_s"], out["unknown_s"])
+    out["sla_met"] = sla_verdict(
+        out["uptime_pct"], out["sla_target_pct"], out["coverage_pct"], min_coverage_pct
+    )
     return out[list(UPTIME_COLUMNS)]
 
 
@@ -381,10 +448,8 @@ def sla_table(uptime: pd.DataFrame) -> pd.DataFrame:
     """
     out = pd.DataFrame({"server": uptime["server"]})
     out["scope_s"] = uptime["observed_s"] + uptime["unknown_s"]
+    out["coverage_pct"] = _coverage(uptime["observed_s"], uptime["unknown_s"])
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["coverage_pct"] = (100.0 * uptime["observed_s"] / out["scope_s"]).where(
-            out["scope_s"] > 0
-        )
         up = uptime["observed_s"] - uptime["maintenance_s"] - uptime["unplanned_down_s"]
         out["mtbf_s"] = (up / uptime["incidents"]).where(uptime["incidents"] > 0)
         basis = uptime["observed_s"] - uptime["maintenance_s"]
@@ -399,12 +464,15 @@ def uptime_frames(
     parts: TimelineParts, tz: tzinfo, client_sla_target_pct: float | None = None
 ) -> dict[str, pd.DataFrame]:
     """Every table of this module from one timeline: ``uptime``, ``total`` (the client's
-    row, :func:`client_uptime`), ``sla``, ``incidents`` and ``daily`` (days in ``tz``)."""
+    row, :func:`client_uptime`: judged on the strictest of the servers' coverage
+    thresholds), ``sla``, ``incidents`` and ``daily`` (days in ``tz``)."""
     daily_ns = _daily_ns(parts, tz)
     pieces = _pieces(parts)
     # Per-server sums are the daily sums added up (exact integers): one classification.
     uptime = _uptime(parts, pieces, daily_ns[1].sum(axis=1))
-    total = client_uptime(uptime, client_sla_target_pct)
+    thresholds = _min_coverage(parts.servers)
+    strictest = float(thresholds.max()) if len(thresholds) else DEFAULT_MIN_COVERAGE_PCT
+    total = client_uptime(uptime, client_sla_target_pct, strictest)
     return {
         "uptime": uptime,
         "total": total,

@@ -4,11 +4,12 @@ The store is seeded by hand with a history whose numbers are worked out below; s
 need not exist (the report reads the store only).
 
 The period is 2026-06-10..2026-06-11 in Europe/London (BST, UTC+1): 2026-06-09T23:00Z to
-2026-06-11T23:00Z, 172 800 s. The declared window is 02:00-03:00 local every day
-(01:00-02:00Z on the 10th and the 11th: 2 x 3600 s for every server with data then).
+2026-06-11T23:00Z, 172 800 s. The schedule's window is 02:00-03:00 local every day; only
+the one of the 11th (01:00-02:00Z) was announced (on the 9th), so only it is planned:
+3600 s for every server with data then. The slot of the 10th is not maintenance.
 
 stg-1: up for the whole period (the row began an hour before it).
-    observed 172 800, maintenance 7200, unplanned 0, unknown 0, uptime 100 %.
+    observed 172 800, maintenance 3600, unplanned 0, unknown 0, uptime 100 %.
 
 web-1:
     up      06-09 23:00Z .. 06-10 09:00Z
@@ -20,12 +21,12 @@ web-1:
     up      01:30Z .. 11:00Z
     unknown 11:00Z .. 13:00Z         7200 s without data
     up      13:00Z .. 23:00Z
-    observed 172 800 - 7200 = 165 600; maintenance 3600 + 3600 + 1800 = 9000;
-    unplanned 3600; uptime = 1 - 3600 / (165 600 - 9000) = 97.701149... %;
+    observed 172 800 - 7200 = 165 600; maintenance 3600 + 1800 = 5400;
+    unplanned 3600; uptime = 1 - 3600 / (165 600 - 5400) = 97.752809... %;
     incidents 2, MTTR 1800, longest 1800.
 
-Client total: observed 338 400, maintenance 16 200, unplanned 3600, unknown 7200,
-uptime = 1 - 3600 / 322 200 = 98.882681... %, incidents 2.
+Client total: observed 338 400, maintenance 9000, unplanned 3600, unknown 7200,
+uptime = 1 - 3600 / 329 400 = 98.907103... %, incidents 2.
 """
 
 from __future__ import annotations
@@ -105,6 +106,14 @@ def insert_intervals(url: str, rows: list[tuple[str, str, str, str, int, int, st
         )
 
 
+def announce_the_window_of_the_11th(url: str) -> None:
+    """The schedule's window of 06-11 (01:00-02:00Z), announced to the client on 06-09."""
+    with open_store(url) as store:
+        store.record_window(
+            SLUG, at("06-11 01:00"), at("06-11 02:00"), announced_at=at("06-09 10:00")
+        )
+
+
 def change_record() -> ChangeRecord:
     """One completed run on 06-10 20:00Z-20:30Z: 3 package changes, approved by alice."""
     return ChangeRecord(
@@ -142,8 +151,10 @@ def report_env(prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture()
 def seeded(report_env: str) -> str:
-    """The store holding HISTORY, a maintenance run's window and its change record."""
+    """The store holding HISTORY, an announced window, a maintenance run's window and its
+    change record."""
     insert_intervals(report_env, HISTORY)
+    announce_the_window_of_the_11th(report_env)
     with open_store(report_env) as store:
         store.record_window(
             SLUG,
@@ -184,19 +195,19 @@ def test_the_report_writes_hand_checked_uptime_incidents_and_activity(seeded: st
     uptime = {row["server"]: row for row in read_csv(result.files["uptime.csv"])}
     assert list(uptime) == ["stg-1", "web-1", "(all servers)"]
     stg, web, total = uptime["stg-1"], uptime["web-1"], uptime["(all servers)"]
-    assert float(stg["observed_s"]) == 172_800 and float(stg["maintenance_s"]) == 7200
+    assert float(stg["observed_s"]) == 172_800 and float(stg["maintenance_s"]) == 3600
     assert float(stg["uptime_pct"]) == 100.0 and stg["incidents"] == "0"
     assert float(web["observed_s"]) == 165_600
-    assert float(web["maintenance_s"]) == 9000
+    assert float(web["maintenance_s"]) == 5400
     assert float(web["unplanned_down_s"]) == 3600
     assert float(web["unknown_s"]) == 7200
-    assert float(web["uptime_pct"]) == pytest.approx(100 * (1 - 3600 / 156_600))
+    assert float(web["uptime_pct"]) == pytest.approx(100 * (1 - 3600 / 160_200))
     assert web["incidents"] == "2"
     assert float(web["mttr_s"]) == 1800 and float(web["longest_outage_s"]) == 1800
     assert web["sla_target_pct"] == "" and web["sla_met"] == ""  # no target: never a guess
-    assert float(total["observed_s"]) == 338_400 and float(total["maintenance_s"]) == 16_200
-    assert float(total["uptime_pct"]) == pytest.approx(100 * (1 - 3600 / 322_200))
-    assert result.uptime_pct == pytest.approx(100 * (1 - 3600 / 322_200))
+    assert float(total["observed_s"]) == 338_400 and float(total["maintenance_s"]) == 9000
+    assert float(total["uptime_pct"]) == pytest.approx(100 * (1 - 3600 / 329_400))
+    assert result.uptime_pct == pytest.approx(100 * (1 - 3600 / 329_400))
     assert (result.unplanned_down_s, result.unknown_s, result.incidents) == (3600, 7200, 2)
 
     incidents = read_csv(result.files["incidents.csv"])
@@ -228,7 +239,7 @@ def test_the_report_writes_hand_checked_uptime_incidents_and_activity(seeded: st
     }
     assert sorted(result.artifacts) == sorted(artifacts)
     summary = artifacts[result.artifacts[0]]
-    assert summary.type == "markdown" and "98.883 %" in str(summary.data)
+    assert summary.type == "markdown" and "98.907 %" in str(summary.data)
     table = artifacts[result.artifacts[1]]
     assert table.type == "table" and "web-1" in str(table.data)
 
@@ -302,8 +313,8 @@ def test_inventory_sets_confirmation_sla_target_and_the_day_a_server_was_added(
     web-1 ``added: 2026-06-11`` and the latest check (06-11 23:00Z) a fresh failure.
 
     web-1 is in scope from 2026-06-11 00:00 London (06-10 23:00Z): 86 400 s. Unknown 7200;
-    observed 79 200; planned: the 06-11 window 01:00-02:00Z, 3600 (the 06-10 window and run
-    are before it was added); unplanned: 00:30-01:00Z, 1800 (the 06-10 outage and the blip,
+    observed 79 200; planned: the announced 06-11 window 01:00-02:00Z, 3600 (there is no run
+    window in this store); unplanned: 00:30-01:00Z, 1800 (the 06-10 outage and the blip,
     an outage under confirm_after 1, are before it was added). Uptime = 1 - 1800 / 75 600
     = 97.619 %; target 99 % not met; allowed 1 % of 75 600 = 756 s, used 238.1 %.
     stg-1: 100 %, target 99 % met; the client as a whole meets it. The zero-length down
@@ -320,6 +331,7 @@ def test_inventory_sets_confirmation_sla_target_and_the_day_a_server_was_added(
     insert_intervals(
         report_env, [*HISTORY, ("web-1", "down", "06-11 23:00", "06-11 23:00", 1, 1, "refused")]
     )
+    announce_the_window_of_the_11th(report_env)
 
     state = maintenance_report(client=SLUG, period=PERIOD, return_state=True)
     assert state.is_completed(), state.message
@@ -331,8 +343,8 @@ def test_inventory_sets_confirmation_sla_target_and_the_day_a_server_was_added(
     assert web["incidents"] == "1"
     assert float(web["sla_target_pct"]) == 99 and web["sla_met"] == "False"
     assert float(stg["uptime_pct"]) == 100 and stg["sla_met"] == "True"
-    total = uptime["(all servers)"]  # 1 - 1800 / (252 000 - 10 800) = 99.254 %: met
-    assert float(total["uptime_pct"]) == pytest.approx(100 * (1 - 1800 / 241_200))
+    total = uptime["(all servers)"]  # 1 - 1800 / (252 000 - 7200) = 99.265 %: met
+    assert float(total["uptime_pct"]) == pytest.approx(100 * (1 - 1800 / 244_800))
     assert float(total["sla_target_pct"]) == 99 and total["sla_met"] == "True"
     html = Path(state.result().files["report.html"]).read_text(encoding="utf-8")
     assert "238" in html, "the share of the allowed downtime used is shown"

@@ -270,11 +270,11 @@ def test_an_explicit_unknown_interval_is_unknown_time() -> None:
     assert (row["observed_s"], row["unknown_s"]) == (43_200, 43_200)
 
 
-def test_a_server_without_any_data_has_no_uptime_and_no_sla_verdict() -> None:
+def test_a_server_without_any_data_has_no_uptime_and_insufficient_data_for_the_sla() -> None:
     row = one(uptime_table(history(), NO_WINDOWS, fleet("web1"), at(1), at(2)))
     assert row["unknown_s"] == 86_400
     assert pd.isna(row["uptime_pct"])
-    assert pd.isna(row["sla_met"])
+    assert (row["sla_met"], row["coverage_pct"]) == ("insufficient data", 0)
 
 
 def test_a_server_added_mid_period_is_observed_only_from_its_addition() -> None:

@@ -11,7 +11,6 @@ import itertools
 import math
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -124,22 +123,6 @@ def test_zero_length_intervals_carry_no_time_and_are_left_out() -> None:
     kept = with_time(frame)
     assert kept["start"].tolist() == [pd.Timestamp(utc(1))]
     assert list(kept.index) == [0]
-
-
-def test_windows_frame_holds_stored_and_declared_windows_with_their_kind() -> None:
-    # The store's windows as windows_frame reads them (server, start, end, kind).
-    stored: Any = [
-        SimpleNamespace(server="web1", start=utc(4, 2), end=utc(4, 3), kind="run"),
-        SimpleNamespace(server=None, start=utc(4, 1), end=utc(4, 5), kind="planned"),
-    ]
-    declared = [(utc(11, 1), utc(11, 5))]
-    frame = windows_frame(stored, declared)
-    assert list(frame.columns) == ["server", "start", "end", "kind"]
-    assert frame["server"].iloc[0] == "web1"
-    assert frame["server"].isna().tolist() == [False, True, True]  # None: every server
-    assert frame["kind"].tolist() == ["run", "planned", "declared"]
-    assert isinstance(frame["start"].dtype, pd.DatetimeTZDtype)
-    assert frame["end"].iloc[2] == pd.Timestamp(utc(11, 5))
 
 
 def test_an_empty_windows_frame_still_has_aware_columns() -> None:
@@ -263,10 +246,13 @@ def test_the_summary_and_uptime_rows_give_the_client_total_and_the_files() -> No
     assert "| unplanned downtime | 7200 s |" in text
     assert f"| unknown (no data) | {month} s |" in text  # db1 never reported
     assert "| incidents | 1 |" in text
+    assert "| SLA met | insufficient data (coverage 50.00 %) |" in text  # db1 never reported
     assert "- `report.html`: /r/report.html" in text
     assert text.endswith("## Notes\n\n- a caveat\n")
     rows = uptime_rows(tables)
     assert [r["server"] for r in rows] == ["web1", "db1", TOTAL_ROW]
-    assert rows[1]["uptime_pct"] is None and rows[1]["sla_met"] is None  # no data: n/a
+    assert rows[1]["uptime_pct"] is None  # no data: no uptime, and no SLA verdict
+    assert rows[1]["sla_met"] == "insufficient data" and rows[1]["coverage_pct"] == 0
+    assert rows[2]["sla_met"] == "insufficient data"  # the client: half its time unknown
     assert rows[0]["incidents"] == 1 and type(rows[0]["incidents"]) is int
     assert rows[0]["sla_met"] is True

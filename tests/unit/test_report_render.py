@@ -33,7 +33,7 @@ from reports.uptime import DAILY_COLUMNS, INCIDENT_COLUMNS
 
 UPTIME_CSV_HEADER = (
     "server,observed_s,maintenance_s,unplanned_down_s,unknown_s,uptime_pct,incidents,"
-    "mttr_s,longest_outage_s,sla_target_pct,sla_met"
+    "mttr_s,longest_outage_s,sla_target_pct,sla_met,coverage_pct"
 )
 
 
@@ -101,15 +101,9 @@ def test_the_csv_files_have_exactly_the_contracted_columns() -> None:
     assert files["activity.csv"].splitlines()[0] == ",".join(ACTIVITY_COLUMNS)
 
 
-def test_write_report_writes_the_five_files(tmp_path: Path) -> None:
+def test_write_report_writes_the_four_files(tmp_path: Path) -> None:
     written = write_report(tmp_path / "acme" / "2026-10", context())
-    assert sorted(written) == [
-        "activity.csv",
-        "compliance.csv",
-        "incidents.csv",
-        "report.html",
-        "uptime.csv",
-    ]
+    assert sorted(written) == ["activity.csv", "incidents.csv", "report.html", "uptime.csv"]
     assert all(path.is_file() and path.stat().st_size > 0 for path in written.values())
     assert "<svg" in (tmp_path / "acme" / "2026-10" / "report.html").read_text()
 
