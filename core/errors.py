@@ -25,6 +25,7 @@ and chained with ``raise ... from exc``. A failure carries its evidence.
     ├── PdfNotMade                report.pdf was not made (the HTML and CSV were)
     ├── ImportRejected            an import file has bad rows; nothing was imported
     ├── HistoryExists             a bulk import met a server that already has history
+    ├── AnnouncementRefused       a maintenance announcement is not one (times, names, late)
     ├── LimitUnavailable          a global concurrency / rate limit's slots were not granted
     └── SandboxError              the sandbox estate could not do what was asked
 
@@ -339,6 +340,20 @@ class ImportRejected(CaretakerError):
         super().__init__(
             f"{self.path}: {len(self.problems)} problem(s), nothing imported:\n  {lines}"
         )
+
+
+class AnnouncementRefused(CaretakerError):
+    """A maintenance window announcement was refused; nothing was recorded.
+
+    Attributes:
+        problems: one line per problem (end before start, unknown server, announced after
+            the window began, ...).
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n  ".join(self.problems)
+        super().__init__(f"announcement refused, nothing recorded:\n  {lines}")
 
 
 class HistoryExists(CaretakerError):
