@@ -1,0 +1,207 @@
+"""A deployment's run waits for approval suspended: no process, no SSH session, lock kept.
+
+The run is a deployment's, executed by a worker (``prefect.serve`` in a process group of
+its own, against the session's Prefect API) on the sandbox estate (h01 staging, h02
+production). At the approval it is Suspended: its flow process is gone (only the worker
+is left in the group), and the worker is then killed with SIGKILL. While it waits, the
+client's run lock still holds (another run of the client is refused before it touches
+anything). A typed name without a proof, and then a proof signed for another plan, are
+each taken by Prefect's form (the fields are there) and refused by the run, executed
+again by a NEW worker: it records why and is Suspended again, production untouched.
+Last, ``python -m deployments.approve`` signs alice's approval and the new worker
+finishes the run: staging was snapshotted, patched and announced once, production
+patched, one record with the three answers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from sandbox.estate import Estate
+from tests.integration.maintenance_world import (
+    APPROVE,
+    agent,
+    eventually,
+    private_key,
+    signed_answer,
+    write_client,
+)
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SLUG = "suspendco"
+REF = "CHG-SUSPEND-1"
+DEPLOYMENT = "suspend-test"
+
+#: A worker: the flow served as a deployment; each flow run is a subprocess of it.
+WORKER = """
+import sys
+from prefect import serve
+from flows.server_maintenance import server_maintenance
+serve(server_maintenance.to_deployment(name=sys.argv[1]))
+"""
+
+
+@contextmanager
+def worker() -> Iterator[subprocess.Popen[bytes]]:
+    """A worker in a process group of its own; SIGKILLed with its whole group at the end."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(
+        os.environ,
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, DEPLOYMENT],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies not counted)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def suspended_at(run_id: UUID, pause_key: str) -> Any:
+    """The run, once it is Suspended at ``pause_key``; else None."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    state = run.state
+    if state and state.name == "Suspended" and state.state_details.pause_key == pause_key:
+        return run
+    return None
+
+
+def the_record() -> Any:
+    from history.store import open_store
+
+    with open_store() as store:
+        return store.change_record(SLUG, REF)
+
+
+def request(run_id: UUID) -> dict[str, Any]:
+    from prefect.input.actions import read_flow_run_input
+
+    answer = read_flow_run_input("approval-request", flow_run_id=run_id)
+    assert isinstance(answer, dict)
+    return answer
+
+
+def test_a_suspended_approval_holds_no_process_and_a_new_worker_finishes_it_once_signed(
+    world: dict[str, Any], estate: Estate
+) -> None:
+    from prefect.deployments import run_deployment
+    from prefect.flow_runs import resume_flow_run
+
+    from deployments import approve
+    from flows.server_maintenance import server_maintenance
+
+    write_client(world["dir"], estate, SLUG)
+    staging, production = estate.spec.hosts[0].name, estate.spec.hosts[1].name
+    with worker() as first:
+        eventually(
+            lambda: _deployment_exists(f"server-maintenance/{DEPLOYMENT}"), 60, "the deployment"
+        )
+        run = run_deployment(
+            f"server-maintenance/{DEPLOYMENT}",
+            parameters={"client": SLUG, "change_ref": REF, "scope": f"{staging},{production}"},
+            timeout=0,
+        )
+        eventually(lambda: suspended_at(run.id, "approval-1"), 90, "suspended at approval-1")
+        # The flow process exited: the worker alone is left in its group.
+        eventually(
+            lambda: True if group_members(first.pid) == [first.pid] else None,
+            15,
+            "no flow process left beside the worker",
+        )
+    assert group_members(first.pid) == []  # the worker, killed with SIGKILL
+
+    # While it waits, nobody holds a process, yet the lock holds: another run is refused.
+    other = server_maintenance(client=SLUG, change_ref="CHG-SUSPEND-OTHER", return_state=True)
+    assert other.is_failed() and "MaintenanceInProgress" in (other.message or "")
+
+    # A typed name without a proof: Prefect takes the form, the run (on a new worker) does not.
+    typed = {"decision": "approve", "approver": "alice", "signature": "alice", "ticket": ""}
+    resume_flow_run(run.id, run_input=typed)
+    with worker():
+        eventually(lambda: suspended_at(run.id, "approval-2"), 90, "suspended again")
+        # A proof signed for another plan: refused the same way.
+        forged = signed_answer(request(run.id), {**APPROVE, "signed_plan": "sha256:" + "0" * 64})
+        resume_flow_run(run.id, run_input=forged)
+        eventually(lambda: suspended_at(run.id, "approval-3"), 90, "suspended a third time")
+        assert agent(estate, production) == "1.0"  # production untouched
+        # The script path signs alice's answer with her key and resumes the run.
+        argv = [str(run.id), "--approver", "alice", "--key", str(private_key("alice"))]
+        assert approve.main([*argv, "--ticket", "CAB-7"]) == 0
+        final = eventually(lambda: final_state(run.id), 90, "the run to end")
+    assert final.is_completed(), final.message
+    assert (agent(estate, staging), agent(estate, production)) == ("1.1", "1.1")
+    record = the_record()
+    assert [(a.approver, a.counted) for a in record.approvals] == [
+        ("alice", False),
+        ("alice", False),
+        ("alice", True),
+    ]
+    assert "not proven" in (record.approvals[0].proof or "")
+    assert record.approvals[2].ticket == "CAB-7"
+    # Staging was snapshotted, patched and announced once, however often the run ran.
+    assert [c.server for c in record.package_changes].count(staging) == 1
+    assert len([s for s in record.snapshots if s.server == staging]) == 1
+    assert len([g for g in record.gates if g.decision == "resumed"]) == 3
+    subjects = [str(m) for m in world["inbox"].received]
+    # one approval request and one pre-change notice, not one per execution
+    assert sum("Approval needed" in s for s in subjects) == 1, subjects
+    assert sum(f"maintenance {REF} starts" in s for s in subjects) == 1, subjects
+
+
+def final_state(run_id: UUID) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    return state if state is not None and state.is_final() else None
+
+
+def _deployment_exists(name: str) -> bool | None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+    return True
