@@ -10,7 +10,8 @@ Two tables (schema version 7, ``docs/store.md``):
   pending), so the store keeps the list and not only a count.
 - ``verification_results``: one row per server verification of a maintenance run (staging
   and production), derived from the change record (:class:`history.change.ChangeRecord`)
-  each time it is saved. Reports take "last patched" from them: the newest passed
+  each time it is saved (:meth:`history.records.ChangeRecords.save_change_record`, in the
+  same transaction). Reports take "last patched" from them: the newest passed
   verification of a server that was not rolled back in that change.
 
 What is stored passes the same redaction as the change record (:func:`core.redact.redact_json`):
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Connection
 
 from core.redact import redact_json
 from history.change import ChangeRecord, UtcDatetime
@@ -39,6 +41,7 @@ __all__ = [
     "StoredAudit",
     "StoredVerification",
     "verification_rows",
+    "write_verifications",
 ]
 
 AuditStatus = Literal["passed", "findings", "unreachable"]
@@ -125,6 +128,19 @@ def verification_rows(record: ChangeRecord) -> list[StoredVerification]:
     ]
 
 
+def write_verifications(conn: Connection, record: ChangeRecord) -> None:
+    """Replace the change's verification rows by the record's, in the caller's transaction.
+
+    Keyed by client and change ref, so a rerun that continues the change (its record holds
+    the first run's verifications too) leaves one set of rows, under its run.
+    """
+    t = verification_results
+    conn.execute(t.delete().where(t.c.client == record.client, t.c.change_ref == record.change_ref))
+    rows = [v.model_dump() for v in verification_rows(record)]
+    if rows:
+        conn.execute(t.insert(), rows)
+
+
 class ComplianceRecords(StoreBase):
     """Audit and verification results' operations (a part of
     :class:`history.store.HistoryStore`)."""
@@ -188,19 +204,10 @@ class ComplianceRecords(StoreBase):
         return [_audit(row) for row in rows]
 
     def save_verifications(self, record: ChangeRecord) -> None:
-        """Store the record's verification results: the change's rows are replaced.
-
-        Keyed by client and change ref, so a rerun that continues the change (its record
-        holds the first run's verifications too) leaves one set of rows, under its run.
-        """
-        rows = [v.model_dump() for v in verification_rows(record)]
-        t = verification_results
+        """Store the record's verification results (what :meth:`save_change_record` does
+        with each save of a record that has any)."""
         with self._write() as conn:
-            conn.execute(
-                t.delete().where(t.c.client == record.client, t.c.change_ref == record.change_ref)
-            )
-            if rows:
-                conn.execute(t.insert(), rows)
+            write_verifications(conn, record)
 
     def verifications(
         self,

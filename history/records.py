@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from core.redact import redact_json
 from history.change import ChangeRecord
+from history.compliance import write_verifications
 from history.engine import StoreBase
 from history.schema import change_records, require_aware, utc_now
 
@@ -43,7 +44,8 @@ class ChangeRecords(StoreBase):
 
         Saving again as the run progresses replaces the earlier version; the record is
         validated as a whole first (its lists may have been appended to in place), and
-        stored redacted (:func:`redacted_record`).
+        stored redacted (:func:`redacted_record`). Its verifications are written to
+        ``verification_results`` in the same transaction (:mod:`history.compliance`).
 
         Args:
             record: the change record.
@@ -69,6 +71,8 @@ class ChangeRecords(StoreBase):
         )
         with self._write() as conn:
             conn.execute(statement)
+            if record.verifications:  # and the verification results it holds, for reports
+                write_verifications(conn, record)
 
     def change_record(self, client: str, change_ref: str) -> ChangeRecord | None:
         """The newest record of one change (client and change ref), or None.

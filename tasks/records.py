@@ -440,10 +440,8 @@ class ChangeRecorder:
         self.resumed = resumed
 
     def save(self) -> None:
-        """Upsert the record as it is now (the store validates it as a whole), and the
-        verification results it holds (one row per server verification, for reports)."""
+        """Upsert the record as it is now (the store validates it as a whole)."""
         self.store.save_change_record(self.record)
-        self.store.save_verifications(self.record)
 
     def record_announcement(self, subject: str, at: datetime) -> None:
         """Record the run's window as announced to the client at ``at``: planned time in

@@ -144,6 +144,25 @@ class ComplianceStoreContract:
         ]
         assert rows[1].failures == ("token=*** in the output",)
 
+    def test_saving_a_change_record_stores_its_verifications_in_the_same_write(
+        self, store: HistoryStore
+    ) -> None:
+        record = change("run-1", verified("web-1", 10))
+        store.save_change_record(record)
+        record.verifications.append(verified("db-1", 20))
+        store.save_change_record(record)
+        # A rerun continues the change (one record); its next save moves the rows to it.
+        continued = change("run-2", *record.verifications, verified("app-1", 30))
+        store.continue_change_record(continued, "run-1")
+        store.save_change_record(continued)
+
+        rows = store.verifications("acme")
+        assert [(v.flow_run_id, v.server) for v in rows] == [
+            ("run-2", "web-1"),
+            ("run-2", "db-1"),
+            ("run-2", "app-1"),
+        ]
+
     def test_a_rerun_that_continues_the_change_leaves_one_set_of_rows_under_its_run(
         self, store: HistoryStore
     ) -> None:
