@@ -1,6 +1,6 @@
 """Answer a waiting maintenance run from a shell, signed with your own SSH key.
 
-    python -m deployments.approve list
+    python -m deployments.approve list [--client acme]      # or: caretaker-approve list
     python -m deployments.approve RUN_ID --approver alice --key ~/.ssh/id_ed25519
     python -m deployments.approve RUN_ID --approver alice --key ~/.ssh/id_ed25519 --reject \\
         --comment "not this week"
@@ -13,7 +13,9 @@ the digest is the plan's, shows what you are signing, signs that line with
 ``ssh-keygen -Y sign -n caretaker-approval`` and your key (a passphrase is asked for on
 the terminal, or ssh-agent is used), and resumes the run with the same input as the
 form in the Prefect UI. The run verifies the signature against your public key in the
-inventory. ``PREFECT_API_URL`` says which server.
+inventory. ``PREFECT_API_URL`` (environment or Prefect profile) says which server, else
+the local server ``deployments.server`` started. An API that does not answer is one line
+on stderr and exit status 2; a refused answer or bad input is exit status 1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -35,7 +39,8 @@ from tasks.approval import NAMESPACE, digest_of, request_key, signed_message
 API_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError)
 
 
-def _api_errors() -> tuple[type[BaseException], ...]:
+def api_errors() -> tuple[type[BaseException], ...]:
+    """What a failed Prefect API call raises: caught by the commands and said in one line."""
     import httpx
     from prefect.exceptions import PrefectException
 
@@ -111,8 +116,42 @@ def describe(request: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def waiting_runs() -> list[Any]:
-    """Flow runs paused for an answer."""
+def for_client(runs: list[Any], client: str | None) -> list[Any]:
+    """The runs whose ``client`` parameter is ``client`` (all when None) (pure)."""
+    if client is None:
+        return runs
+    return [run for run in runs if (run.parameters or {}).get("client") == client]
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Talk to ``PREFECT_API_URL`` (environment or profile), else to the local server if
+    it runs; yields the API URL.
+
+    Raises:
+        ConfigError: neither (without one, Prefect would start a temporary server of its
+            own and find nothing waiting there).
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.server import running_server
+
+    url = PREFECT_API_URL.value()
+    if url:
+        yield str(url)
+        return
+    local = running_server()
+    if local is None:
+        raise ConfigError(
+            "PREFECT_API_URL is not set and no local caretaker server runs: "
+            "export PREFECT_API_URL=http://<server>:4200/api"
+        )
+    with temporary_settings({PREFECT_API_URL: f"{local}/api"}):
+        yield f"{local}/api"
+
+
+def waiting_runs(client: str | None = None) -> list[Any]:
+    """Flow runs paused for an answer (of one client's, when given)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -120,17 +159,14 @@ def waiting_runs() -> list[Any]:
         FlowRunFilterStateName,
     )
 
-    with get_client(sync_client=True) as client:
-        return list(
-            client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(
-                        name=FlowRunFilterStateName(any_=["Paused", "Suspended"])
-                    )
-                ),
-                limit=200,
-            )
+    with get_client(sync_client=True) as api:
+        runs = api.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused", "Suspended"]))
+            ),
+            limit=200,
         )
+    return for_client(list(runs), client)
 
 
 def answer_run(
@@ -176,8 +212,8 @@ def answer_run(
     return run_input
 
 
-def _list() -> int:
-    runs = waiting_runs()
+def _list(client: str | None) -> int:
+    runs = waiting_runs(client)
     for run in runs:
         params = run.parameters or {}
         pause_key = run.state.state_details.pause_key if run.state else ""
@@ -186,7 +222,7 @@ def _list() -> int:
             f"change_ref={params.get('change_ref')} waiting on {pause_key}"
         )
     if not runs:
-        print("no run is waiting for an answer")
+        print("no run is waiting for an answer" + (f" for {client}" if client else ""))
     return 0
 
 
@@ -207,43 +243,49 @@ def main(argv: list[str] | None = None) -> int:
     choice.add_argument("--reject", action="store_true", help="reject instead of approve")
     choice.add_argument("--restore", action="store_true", help="restore question: restore")
     choice.add_argument("--leave", action="store_true", help="restore question: leave it")
+    parser.add_argument("--client", help="list: only this client's runs")
     parser.add_argument("--comment", default="")
     parser.add_argument("--ticket", default="")
     args = parser.parse_args(argv)
     try:
-        if args.run == "list":
-            return _list()
-        if not args.approver or not args.key:
-            parser.error("--approver and --key are required")
-        try:
-            run_id = UUID(args.run)
-        except ValueError:
-            parser.error(f"not a flow-run id: {args.run}")
-        decision = (
-            "reject"
-            if args.reject
-            else "restore"
-            if args.restore
-            else "leave"
-            if args.leave
-            else "approve"
-        )
-        answer_run(
-            run_id,
-            approver=args.approver,
-            key=args.key,
-            decision=decision,
-            comment=args.comment,
-            ticket=args.ticket,
-        )
+        with prefect_api():
+            return _command(parser, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except _api_errors() as exc:
+    except api_errors() as exc:
         print(
             f"error: the Prefect API did not answer: {type(exc).__name__}: {exc}", file=sys.stderr
         )
         return 2
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.run == "list":
+        return _list(args.client)
+    if not args.approver or not args.key:
+        parser.error("--approver and --key are required")
+    try:
+        run_id = UUID(args.run)
+    except ValueError:
+        parser.error(f"not a flow-run id: {args.run}")
+    decision = (
+        "reject"
+        if args.reject
+        else "restore"
+        if args.restore
+        else "leave"
+        if args.leave
+        else "approve"
+    )
+    answer_run(
+        run_id,
+        approver=args.approver,
+        key=args.key,
+        decision=decision,
+        comment=args.comment,
+        ticket=args.ticket,
+    )
     print(f"{decision} signed and sent for flow run {run_id} as {args.approver}")
     return 0
 

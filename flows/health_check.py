@@ -43,6 +43,7 @@ from history.store import open_store
 from inventory import ClientInventory, load_client_by_slug, load_inventory
 from tasks.approval import end_expired_waits
 from tasks.checks import (
+    HEALTH_CONCURRENCY,
     METRIC_FACTS,
     CheckResult,
     ServerCheck,
@@ -51,6 +52,7 @@ from tasks.checks import (
     health_batches,
     summarize_checks,
 )
+from tasks.limits import ssh_session_limit
 from tasks.sessions import FleetSessions, open_sessions
 
 __all__ = [
@@ -210,13 +212,16 @@ def health_check(client: str | None = None) -> State[Any]:
         }
         servers = [(inv.slug, s) for inv in inventories for s in inv.servers]
         batches = health_batches([len(inv.servers) for inv in inventories])
+        # Threads of the whole round: never more than the estate-wide SSH session limit.
+        session_limit = ssh_session_limit()
+        concurrency = min(HEALTH_CONCURRENCY, session_limit or HEALTH_CONCURRENCY)
         numbers: Counter[str] = Counter()
         futures: list[tuple[range, PrefectFuture[list[ServerCheck]]]] = []
         for batch in batches:
             slug = servers[batch[0]][0]
             numbers[slug] += 1
             hosts = [(s, sessions[slug].host(s)) for _, s in (servers[i] for i in batch)]
-            workers = batch_workers(len(batches), len(batch))
+            workers = batch_workers(len(batches), len(batch), concurrency)
             futures.append((batch, check_servers.submit(f"{slug}-{numbers[slug]}", hosts, workers)))
         for batch, future in futures:
             future.wait()

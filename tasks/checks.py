@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.errors import RemoteError
 from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.facts.script import HostFacts, build_facts_script, parse_facts, split_facts_output
+from tasks.limits import ssh_sessions
 from tasks.remote.base import RemoteHost, sh_join
 
 # What a health check reads besides its checks: cheap, bounded, one round trip.
@@ -499,12 +500,15 @@ def check_servers(
     Args:
         label: names the task run (``<client>-<n>``).
         servers: each server with its SSH session (None: no SSH check, no metrics).
-        workers: threads.
+        workers: threads (each holds a slot of ``caretaker-ssh-sessions`` meanwhile).
 
     Returns:
         One ``ServerCheck`` per server, in order.
     """
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(servers)))) as pool:
+    threads = max(1, min(workers, len(servers)))
+    # A thread has at most one session open at a time: one slot of the estate-wide SSH
+    # session limit per thread, held while the batch works (tasks/limits.py).
+    with ssh_sessions(threads), ThreadPoolExecutor(max_workers=threads) as pool:
         # Each thread runs in a copy of this task's context, so its logs are the task's.
         futures = [
             pool.submit(contextvars.copy_context().run, _check_and_close, server, host)

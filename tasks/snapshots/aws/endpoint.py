@@ -25,6 +25,7 @@ from botocore.exceptions import (
 )
 
 from core.errors import SnapshotError, TransientSnapshotError
+from tasks.limits import aws_api_call
 from tasks.snapshots.base import Pace
 
 if TYPE_CHECKING:
@@ -100,7 +101,12 @@ class Ec2:
         self.pace = pace
 
     def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """Call one EC2 operation; every botocore failure becomes a SnapshotError here."""
+        """Call one EC2 operation; every botocore failure becomes a SnapshotError here.
+
+        Each call first waits for a slot of the region's rate limit
+        (``caretaker-aws-api-<region>``, shared by every worker: ``tasks.limits``).
+        """
+        aws_api_call(self.region)
         try:
             response: dict[str, Any] = getattr(self.client, operation)(**kwargs)
         except (ClientError, BotoCoreError) as exc:
