@@ -1,9 +1,9 @@
-"""``python -m history``: the history store's command (import, repack); see
-:func:`history.importer.main`."""
+"""``python -m history``: the history store's command (import, repack, announce); see
+:mod:`history.cli`."""
 
 from __future__ import annotations
 
-from history.importer import main
+from history.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

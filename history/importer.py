@@ -1,5 +1,5 @@
-"""The import of check history from another monitoring tool, and its command,
-``python -m history import FILE --client SLUG`` (and ``python -m history repack``).
+"""The import of check history from another monitoring tool (its command,
+``python -m history import FILE --client SLUG``, is in :mod:`history.cli`).
 
 :func:`import_file` validates a whole file first (any bad row rejects it, with line
 numbers, and nothing is written), then writes it in one transaction: a Parquet file of
@@ -10,11 +10,8 @@ check by check (:func:`history.ingest.ingest`).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import struct
-import sys
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,17 +20,16 @@ import sqlalchemy as sa
 
 from core.errors import HistoryExists, ImportRejected
 from history.checkfiles import PARQUET_SUFFIXES, load_samples
-from history.fold import DEFAULT_CHECK_INTERVAL, DEFAULT_MAX_GAP
+from history.fold import DEFAULT_MAX_GAP
 from history.ingest import IngestResult, ingest, lock_server
-from history.migrations import repack
 from history.parquet import parquet_to_intervals
 from history.rollups import add_rollups, rollup_seconds, windows_by_server
 from history.schema import PACKED_FIELDS, PACKED_FORMAT, STATE_CODES, check_intervals
-from history.store import HistoryStore, open_store
+from history.store import HistoryStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bulk_import_intervals", "bulk_import_parquet", "import_file", "main"]
+__all__ = ["bulk_import_intervals", "bulk_import_parquet", "import_file"]
 
 
 def import_file(
@@ -174,47 +170,3 @@ def bulk_import_parquet(
             :func:`bulk_import_intervals`); the store is unchanged.
     """
     return bulk_import_intervals(store, client, parquet_to_intervals(path, max_gap))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m history import FILE --client SLUG [--interval S] [--store URL]``
-    and ``python -m history repack [--store URL]``."""
-
-    parser = argparse.ArgumentParser(
-        prog="python -m history", description="Import check history into the store."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser(
-        "import", help="import a CSV or Parquet file (server, ts, ok[, latency_ms])"
-    )
-    imp.add_argument("file", type=Path)
-    imp.add_argument("--client", required=True, help="client slug the history belongs to")
-    imp.add_argument(
-        "--interval",
-        type=float,
-        default=DEFAULT_CHECK_INTERVAL.total_seconds(),
-        help="seconds between checks in the file; a silence over 3x is unknown (default 300)",
-    )
-    imp.add_argument("--store", default=None, help="history store URL (default: settings)")
-    rep = sub.add_parser(
-        "repack", help="fill check_intervals.packed in rows written by another tool"
-    )
-    rep.add_argument("--store", default=None, help="history store URL (default: settings)")
-    args = parser.parse_args(argv)
-    if args.command == "repack":
-        with open_store(args.store) as store, store.engine.begin() as conn:
-            print(f"packed {repack(conn)} interval row(s)")
-        return 0
-    with open_store(args.store) as store:
-        try:
-            result = import_file(
-                store, args.client, args.file, max_gap=3 * timedelta(seconds=args.interval)
-            )
-        except ImportRejected as exc:
-            print(exc, file=sys.stderr)
-            return 1
-    print(
-        f"imported {result.samples} check(s) for {args.client}: "
-        f"{result.intervals_written} interval row(s) written"
-    )
-    return 0

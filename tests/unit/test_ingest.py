@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from core.errors import ImportRejected
+from history.cli import main
 from history.fold import CheckSample, Interval, extend_intervals
-from history.importer import import_file, main
+from history.importer import import_file
 from history.ingest import ingest
 from history.intervals import read_intervals
 from history.rollups import read_rollups, rebuild_rollups, rollup_seconds

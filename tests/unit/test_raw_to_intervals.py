@@ -138,7 +138,8 @@ def test_the_bulk_parquet_import_writes_what_row_by_row_ingest_writes(tmp_path: 
 def test_import_file_takes_the_bulk_path_for_a_fresh_history_and_folds_otherwise(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from history.importer import import_file, main
+    from history.cli import main
+    from history.importer import import_file
     from history.ingest import ingest
     from history.intervals import read_intervals_frame
     from history.rollups import read_rollups

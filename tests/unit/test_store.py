@@ -22,9 +22,9 @@ import sqlalchemy as sa
 
 from core.errors import ConfigError, MaintenanceInProgress
 from history.change import ChangeRecord, ChangeWindow, Outcome, PackageChange
+from history.cli import main as ingest_main
 from history.fold import CheckSample
 from history.importer import bulk_import_intervals
-from history.importer import main as ingest_main
 from history.ingest import ingest
 from history.intervals import read_intervals, read_intervals_frame
 from history.lock import LockHandle, Takeover
