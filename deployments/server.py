@@ -5,6 +5,9 @@ It is started once and reused: its PID and URL are kept in
 
 Every function takes an optional ``home``: another PREFECT_HOME for a server of its
 own (tests start one in a temporary folder, beside any server already running).
+``database_url`` puts that server on PostgreSQL (``postgresql+asyncpg://user@host/db``,
+Prefect's production set-up; users start theirs with ``prefect server start``, see
+docs/deployments.md), and ``env`` adds server settings (e.g. the scheduler off).
 """
 
 from __future__ import annotations
@@ -52,12 +55,21 @@ def running_server(home: Path | None = None) -> str | None:
     return url if _healthy(url) else None
 
 
-def ensure_server(timeout: float = 90.0, home: Path | None = None) -> str:
+def ensure_server(
+    timeout: float = 90.0,
+    home: Path | None = None,
+    *,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Start the local Prefect server unless it already runs; return its base URL.
 
     Args:
         timeout: seconds to wait for the server to answer.
         home: PREFECT_HOME of the server (default ``<cache>/prefect``).
+        database_url: the server's database (``postgresql+asyncpg://...``); default the
+            SQLite file in ``home``.
+        env: more environment of the server process (``PREFECT_SERVER_*`` settings).
     """
     home = prefect_home(home)
     url = running_server(home)
@@ -65,14 +77,17 @@ def ensure_server(timeout: float = 90.0, home: Path | None = None) -> str:
         return url
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(
+    server_env = dict(
         os.environ,
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PREFECT_API_URL=f"{url}/api",
     )
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    server_env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    if database_url:
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    server_env.update(env or {})
     log = open(home / "server.log", "a")
     proc = subprocess.Popen(
         [
@@ -88,7 +103,7 @@ def ensure_server(timeout: float = 90.0, home: Path | None = None) -> str:
         stdout=log,
         stderr=log,
         stdin=subprocess.DEVNULL,
-        env=env,
+        env=server_env,
         start_new_session=True,
     )
     deadline = time.monotonic() + timeout

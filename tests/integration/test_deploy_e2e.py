@@ -2,8 +2,10 @@
 
 What a user does, step by step, against a real `prefect server` (SQLite, its own
 PREFECT_HOME, a free loopback port): create the work pool, `prefect deploy --all` from
-the repository root, `prefect deployment run 'server-maintenance/<client>' --param
-dry_run=true`, and a worker started elsewhere runs it to completion on a sandbox host.
+a checkout of the git server (a local bare repository of this working tree), `prefect
+deployment run 'server-maintenance/<client>' --param dry_run=true`, and a worker started
+elsewhere runs it to completion on a sandbox host, from a clone of the deployed commit.
+(Several workers on a PostgreSQL-backed server: test_fleet_workers.py.)
 Then the serve mode: what starting and stopping `python -m deployments.serve` does to
 the same deployments.
 """
@@ -29,6 +31,7 @@ from deployments.generate import WORK_POOL, WORK_POOL_TYPE, DeploymentSpec, depl
 from deployments.server import ensure_server, stop_server
 from inventory import load_inventory
 from tests.conftest import sandbox_unavailable
+from tests.integration.fleet_repo import GitServer, publish_repository
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +65,7 @@ class LocalServer:
 
     url: str
     home: Path
+    git: GitServer | None = None
 
     @property
     def api(self) -> str:
@@ -81,11 +85,12 @@ class LocalServer:
         return env
 
 
-def prefect(server: LocalServer, *args: str, cwd: Path = REPO, timeout: float = 60) -> str:
-    """Run the `prefect` CLI against ``server``; return its output, fail with it on error."""
+def prefect(server: LocalServer, *args: str, timeout: float = 60) -> str:
+    """Run the `prefect` CLI against ``server`` in the deploying checkout (the repository
+    root when there is none); return its output, fail with it on error."""
     proc = subprocess.run(
         [PREFECT, *args],
-        cwd=cwd,
+        cwd=server.git.checkout if server.git else REPO,
         env=server.env(),
         capture_output=True,
         text=True,
@@ -131,11 +136,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 
 
 @pytest.fixture(scope="module")
-def deployed(server: LocalServer) -> LocalServer:
-    """The process work pool, and `prefect deploy --all` run from the repository root."""
-    prefect(server, "work-pool", "create", WORK_POOL, "--type", WORK_POOL_TYPE)
-    prefect(server, "--no-prompt", "deploy", "--all", timeout=120)
-    return server
+def deployed(server: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> LocalServer:
+    """The process work pool, and `prefect deploy --all` run in a checkout of the git
+    server (whose ``origin`` names the repository the pull step clones)."""
+    deploying = LocalServer(
+        url=server.url,
+        home=server.home,
+        git=publish_repository(tmp_path_factory.mktemp("git-server")),
+    )
+    prefect(deploying, "work-pool", "create", WORK_POOL, "--type", WORK_POOL_TYPE)
+    prefect(deploying, "--no-prompt", "deploy", "--all", timeout=120)
+    return deploying
 
 
 @pytest.fixture(scope="module")
@@ -184,10 +195,17 @@ def test_prefect_deploy_registers_one_scheduled_deployment_per_client(
             assert deployment.parameters == dict(spec.parameters)
             assert deployment.tags == list(spec.tags)
             assert not deployment.paused
-            # The build step's `pwd` became the absolute repository path the worker uses.
+            # The build steps named the checkout's origin and commit; nothing of its path.
+            assert deployed.git is not None
             assert deployment.pull_steps == [
-                {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+                {
+                    "prefect.deployments.steps.git_clone": {
+                        "repository": deployed.git.url,
+                        "commit_sha": deployed.git.commit,
+                    }
+                }
             ]
+            assert str(deployed.git.checkout) not in deployment.model_dump_json()
             (schedule,) = deployment.schedules
             assert schedule.active
             assert (schedule.schedule.cron, schedule.schedule.timezone) == (
@@ -210,7 +228,7 @@ def test_a_worker_runs_a_client_deployment_to_completion_with_its_plan_artifact(
     assert match, output
     run_id = match.group(1)
 
-    # Started outside the repository: the deployment's pull step must find the code.
+    # Started outside any checkout: the run clones the deployed commit.
     worker_dir = tmp_path / "worker"
     worker_dir.mkdir()
     worker = subprocess.run(

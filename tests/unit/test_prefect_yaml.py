@@ -182,18 +182,84 @@ def test_the_schedule_opens_the_clients_window_in_its_own_time_zone(
 
 
 @each_maintenance_deployment()
-def test_the_deployment_runs_on_the_process_pool_from_the_repository(
+def test_the_deployment_runs_on_the_process_pool_from_a_clone_of_the_deployed_commit(
     deployment: dict[str, Any],
 ) -> None:
     assert deployment["work_pool"]["name"] == WORK_POOL
     assert deployment["tags"] == ["caretaker", f"client:{deployment['name']}"]
     inventory = load_inventory(CLIENTS)[deployment["name"]]
     assert inventory.client.name in deployment["description"]
-    (build,) = DOCUMENT["build"]
+    repository, commit = (
+        b["prefect.deployments.steps.run_shell_script"] for b in DOCUMENT["build"]
+    )
     (pull,) = DOCUMENT["pull"]
-    step_id = build["prefect.deployments.steps.run_shell_script"]["id"]
-    directory = pull["prefect.deployments.steps.set_working_directory"]["directory"]
-    assert directory == "{{ " + step_id + ".stdout }}"
+    clone = pull["prefect.deployments.steps.git_clone"]
+    assert clone == {
+        "repository": "{{ " + repository["id"] + ".stdout }}",
+        "commit_sha": "{{ " + commit["id"] + ".stdout }}",
+    }
+    # Worker mode is the fleet's: a run refuses a per-machine store.
+    assert deployment["work_pool"]["job_variables"]["env"]["CARETAKER_HISTORY_STORE_SHARED"] == (
+        "true"
+    )
+
+
+def test_no_path_of_the_deploying_machine_is_in_prefect_yaml() -> None:
+    text = (REPO / "prefect.yaml").read_text()
+    assert str(REPO) not in text and "set_working_directory" not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "origin", "expected"),
+    [
+        ({}, "file:///srv/git/caretaker.git", "file:///srv/git/caretaker.git"),
+        (
+            {"CARETAKER_GIT_REPOSITORY": "ssh://git@git.msp.example/caretaker.git"},
+            "file:///srv/git/caretaker.git",
+            "ssh://git@git.msp.example/caretaker.git",
+        ),
+        (
+            {"CARETAKER_GIT_REPOSITORY": "file:///srv/git/caretaker.git"},
+            None,
+            "file:///srv/git/caretaker.git",
+        ),
+        ({}, None, None),  # nothing to name: `prefect deploy` fails
+    ],
+)
+def test_the_build_steps_name_the_repository_and_commit_or_fail(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    origin: str | None,
+    expected: str | None,
+) -> None:
+    import subprocess
+
+    from prefect.deployments.steps.utility import run_shell_script
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    if origin:
+        git("remote", "add", "origin", origin)
+    monkeypatch.delenv("CARETAKER_GIT_REPOSITORY", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    outputs = {}
+    for build in DOCUMENT["build"]:
+        step = dict(build["prefect.deployments.steps.run_shell_script"])
+        step_id = step.pop("id")
+        if expected is None and step_id == "caretaker-repository":
+            with pytest.raises(RuntimeError, match="origin"):
+                asyncio.run(run_shell_script(**step, directory=str(tmp_path)))
+            return
+        outputs[step_id] = asyncio.run(run_shell_script(**step, directory=str(tmp_path)))
+    assert outputs["caretaker-repository"]["stdout"] == expected
+    assert outputs["caretaker-commit"]["stdout"] == git("rev-parse", "HEAD")
 
 
 @each_maintenance_deployment()
