@@ -6,7 +6,9 @@
         --comment "not this week"
     python -m deployments.approve RUN_ID --approver alice --key ~/.ssh/id_ed25519 --restore
 
-The paused run published what it asks as the run input ``approval-request`` (or
+The waiting run (Suspended when it is a deployment's run: no process waits for the
+answer, any worker carries it on once answered; Paused when it was called directly)
+published what it asks as the run input ``approval-request`` (or
 ``restore-<server>-request``): the client, the change ref, the production plan and its
 digest, and per approver and decision the exact line to sign. This command checks that
 the digest is the plan's, shows what you are signing, signs that line with
@@ -217,9 +219,10 @@ def _list(client: str | None) -> int:
     for run in runs:
         params = run.parameters or {}
         pause_key = run.state.state_details.pause_key if run.state else ""
+        state = run.state.name if run.state else "?"  # Suspended: no process holds it
         print(
             f"{run.id}  {run.name:<24} client={params.get('client')} "
-            f"change_ref={params.get('change_ref')} waiting on {pause_key}"
+            f"change_ref={params.get('change_ref')} waiting on {pause_key} ({state})"
         )
     if not runs:
         print("no run is waiting for an answer" + (f" for {client}" if client else ""))
