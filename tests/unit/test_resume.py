@@ -31,9 +31,11 @@ from tasks.resume import (
     plan_left_of,
     remaining_plan,
     resume_point,
+    resume_record,
 )
 
 NOW = datetime(2026, 12, 4, 22, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
 
 
 def record(**fields: Any) -> ChangeRecord:
@@ -373,3 +375,36 @@ def test_a_rerun_of_a_halted_change_says_how_it_ended() -> None:
 def test_a_record_of_another_change_is_never_continued() -> None:
     with pytest.raises(ValueError, match="cannot continue"):
         continue_record(record(), record(change_ref="CHG-2", flow_run_id="run-1"), NOW)
+
+
+def test_a_run_executed_again_after_its_wait_takes_its_own_record_up_as_it_was() -> None:
+    before = record(
+        requester="deployment d1 (schedule or API)",
+        window=ChangeWindow(start=NOW - DAY, end=NOW - DAY + timedelta(hours=4), inside=True),
+        snapshots=[
+            SnapshotRecord(server="h01", provider="sandbox", ids=("s1",), state="completed")
+        ],
+        package_changes=[changed("h01", "agent", "1.0", "1.1")],
+        verifications=[verified("h01", phase="staging")],
+        approvals=[answer("mallory")],
+        approval_plan=APPROVED_CANON,
+        started=NOW - DAY,
+    )
+    # Executed again a day later: its new record would have another window and start.
+    again = record(requester="user: someone else")
+    resume_record(again, before, NOW)
+    for name in ("window", "requester", "started", "snapshots", "package_changes",
+                 "verifications", "approvals", "approval_plan"):  # fmt: skip
+        assert getattr(again, name) == getattr(before, name), name
+    (gate,) = again.gates
+    assert (gate.gate, gate.decision) == ("resume", "resumed")
+    again.approvals.append(answer("alice"))
+    assert len(before.approvals) == 1  # the lists are the new execution's own
+
+
+@pytest.mark.parametrize(
+    "other", [{"flow_run_id": "run-1"}, {"change_ref": "CHG-2"}, {"client": "globex"}]
+)
+def test_only_the_same_flow_run_takes_its_record_up(other: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="cannot resume"):
+        resume_record(record(), record(**other), NOW)
