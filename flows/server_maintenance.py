@@ -212,6 +212,7 @@ def maintain(
                 run.window_gate()  # inside the window, or an override reason
                 run.roll_out()  # batches; failed servers rolled back; halt past the budget
             run.complete()  # the outcome is decided here; what follows is for the record
+            run.hygiene()  # planned removals/disables; malware scan, log review
             run.security_audit()
             run.restore_test()
             run.retention()

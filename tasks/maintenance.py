@@ -53,6 +53,7 @@ from tasks.approval import (
 from tasks.checks import run_health_checks
 from tasks.facts import HostFacts
 from tasks.facts.collect import AUDIT_FACTS, PLAN_FACTS, collect_facts
+from tasks.hygiene.steps import HygieneSteps, summary_update
 from tasks.notify import notice_approval_requested, notice_before_change, notify
 from tasks.packages import (
     HostPlan,
@@ -67,6 +68,7 @@ from tasks.reboot import reboot_host, reboot_needed
 from tasks.records import (
     ChangeRecorder,
     RolloutProgress,
+    change_window,
     completed_outcome,
     failed_verifications,
     not_restored,
@@ -173,12 +175,16 @@ def plan_fleet(
                 server=server.name, role=server.role, address=server.address, error=str(error)
             )
         )
+    reachable = [s for s in servers if all(h.reachable for h in hosts if h.server == s.name)]
+    window = change_window(inventory, datetime.now(UTC), None)
+    hygiene = HygieneSteps(inventory, reachable, sessions).plan((window.start, window.end))
     return MaintenancePlan(
         client=inventory.slug,
         change_ref=change_ref,
         dry_run=True,
         policy=inventory.patch.policy,
         hosts=hosts,
+        **summary_update(hygiene, as_lists=True),
     )
 
 
@@ -226,6 +232,7 @@ class Maintenance:
         self.diffs: dict[str, PackageDiff | None] = {}
         self.verify_settings = verification_settings(inventory.patch.reboot)
         self.restored_settings = verification_settings(inventory.patch.reboot, after_restore=True)
+        self.hygiene_steps = HygieneSteps(inventory, servers, sessions)
 
     @property
     def staging(self) -> list[Server]:
@@ -245,12 +252,23 @@ class Maintenance:
     # ----- 1. preflight ---------------------------------------------------------
     def preflight(self) -> None:
         """Every host answers and is fit, every snapshot provider answers, every host is
-        planned; the plan is published. Nothing is changed."""
+        planned; the plan is published. Nothing is changed.
+
+        A run executed again after the restore question leaves out the production servers
+        of that batch and the batches before it: this run dealt with them already (a
+        failed one may not even answer), and they are not planned again."""
         with self.recorder.phase("preflight"):
             self.staging_gate()
             check_block_references(self.inv, None, read_block_names())
+            kept = self.kept("rollout")
+            dealt = (
+                {s.name for b in batches(self.inv, self.production)[: kept["batch"]] for s in b}
+                if kept
+                else set()
+            )
+            servers = [s for s in self.servers if s.name not in dealt]
             facts_states = self._fan_out(
-                self.servers, lambda s: collect_facts.submit(self.sessions.host(s), PLAN_FACTS)
+                servers, lambda s: collect_facts.submit(self.sessions.host(s), PLAN_FACTS)
             )
             unreachable = {
                 n: error_of(st) for n, st in facts_states.items() if not st.is_completed()
@@ -263,7 +281,7 @@ class Maintenance:
             facts: dict[str, HostFacts] = {n: st.result() for n, st in facts_states.items()}
             problems = preflight_problems(facts)
             probes = self._fan_out(
-                self.servers,
+                servers,
                 lambda s: probe_snapshot_provider.submit(s, self.inv.slug, self.inv.snapshots),
             )
             problems += [
@@ -273,7 +291,7 @@ class Maintenance:
             ]
             if problems:
                 raise MaintenanceStopped(Outcome.FAILED, "preflight: " + "; ".join(problems))
-            for server in self.servers:
+            for server in servers:
                 self.plans[server.name] = plan_server(self.inv, server, facts[server.name])
             plan = MaintenancePlan(
                 client=self.inv.slug,
@@ -289,6 +307,9 @@ class Maintenance:
                 )
             scope = self.record.plan.scope if self.record.plan else "all"
             self.record.plan = plan_summary(self.inv, self.servers, plan, scope)
+            hygiene = self.hygiene_steps.plan((self.record.window.start, self.record.window.end))
+            self.record.plan = self.record.plan.model_copy(update=summary_update(hygiene))
+            plan = plan.model_copy(update=summary_update(hygiene, as_lists=True))
             publish_plan(plan)
             self.resume_from(plan)
 
@@ -506,7 +527,9 @@ class Maintenance:
             if not state.is_completed():
                 failures[server.name] = f"reboot: {error_of(state)}"
         survivors = [s for s in servers if s.name not in failures]
-        for name, verification in self.verify(survivors, phase).items():
+        verified, stressed = self.hygiene_steps.stress(self.verify(survivors, phase), phase)
+        self.record.hygiene_findings += stressed
+        for name, verification in verified.items():
             self.record.verifications.append(verification)
             if not verification.passed:
                 failures[name] = "verification failed: " + "; ".join(verification.failures)
@@ -551,7 +574,8 @@ class Maintenance:
                 at=datetime.now(UTC),
                 suite_warnings=per.warnings if per is not None else [],
             )
-        return out
+        performance = self.hygiene_steps.performance(servers)
+        return {n: v.model_copy(update={"performance": performance.get(n)}) for n, v in out.items()}
 
     # ----- 5. approval ----------------------------------------------------------
     def approve(self) -> None:
@@ -634,7 +658,8 @@ class Maintenance:
                 " change):\n" + "\n".join(f"- {line}" for line in package_set.untested)
                 if package_set.untested
                 else ""
-            ),
+            )
+            + self.hygiene_steps.approval_text(self.production),
             tz=self.inv.tz,
             on_answer=record,
             poll_s=settings().approval_poll_s,
@@ -860,7 +885,18 @@ class Maintenance:
         """Production is done: the outcome is decided (what follows is for the record)."""
         self.record.outcome, self.record.outcome_detail = completed_outcome(self.record)
 
-    # ----- 7. security audit (for the record) --------------------------------------
+    # ----- 7. hygiene (after the rollout) ---------------------------------------------
+    def hygiene(self) -> None:
+        """The planned removals and service disables on the servers the change left
+        verified; the malware scan and the log review on every server (for the record)."""
+        with self.recorder.phase("hygiene"):
+            previous = self.recorder.store.change_records(self.inv.slug)
+            self.record.hygiene_findings += self.hygiene_steps.carry_out(
+                self.record, previous, settings().dpkg_lock_timeout_s
+            )
+            self.recorder.save()
+
+    # ----- 8. security audit (for the record) --------------------------------------
     def security_audit(self) -> None:
         """Read every server of the run as the ``security-audit`` flow does (no refresh:
         the plan just did) and record what the suite fails as security findings. Findings

@@ -88,6 +88,15 @@ class MaintenancePlan(BaseModel):
     policy: Literal["all", "security"]
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     hosts: list[HostPlan]
+    hygiene: list[str] = Field(
+        default_factory=list, description="Hygiene steps planned (tasks.hygiene.steps)."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="Providers' scheduled events in the window."
+    )
+    order: list[str] = Field(
+        default_factory=list, description="Production servers in rollout order."
+    )
 
     @property
     def unreachable(self) -> list[HostPlan]:

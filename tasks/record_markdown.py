@@ -68,6 +68,10 @@ def _text_block(text: str, empty: str) -> list[str]:
     return [redact(text).strip() or f"_{empty}_"]
 
 
+def _bullets(title: str, items: Sequence[str]) -> list[str]:
+    return [f"**{title}:**", "", *(f"- {redact(x)}" for x in items), ""] if items else []
+
+
 def _findings(title: str, findings: Sequence[Finding]) -> list[str]:
     lines = [f"### {title}", ""]
     if not findings:
@@ -155,9 +159,12 @@ def render_markdown(record: ChangeRecord, tz: tzinfo | str = UTC) -> str:
                 ("Package changes planned", plan.package_changes),
                 ("Reboots expected", ", ".join(plan.reboots_expected) or "none"),
                 ("Not planned", "; ".join(plan.not_planned) or "none"),
+                ("Rollout order", ", ".join(plan.order) or "-"),
             ],
         )
         lines.append("")
+        lines += _bullets("Hygiene planned", plan.hygiene)
+        lines += _bullets("Warnings the approvers saw", plan.warnings)
         if plan.summary:
             lines += [*_text_block(plan.summary, ""), ""]
 
@@ -426,4 +433,10 @@ def plan_markdown(plan: MaintenancePlan) -> str:
                     f"Not security updates, left for a full run: {', '.join(host.skipped_policy)}"
                 )
             lines.append("")
+    if plan.order:
+        lines += ["## Rollout order (least critical first)", "", ", ".join(plan.order), ""]
+    if plan.hygiene:
+        lines += ["## Hygiene", "", *(f"- {x}" for x in plan.hygiene), ""]
+    if plan.warnings:
+        lines += ["## Warnings", "", *(f"- **{x}**" for x in plan.warnings), ""]
     return "\n".join(lines).rstrip() + "\n"
