@@ -185,7 +185,7 @@ def test_the_report_writes_hand_checked_uptime_incidents_and_activity(seeded: st
     # The default folder: <data>/reports/<client>/<period>/, with the four files.
     expected_dir = Path(seeded.removeprefix("sqlite:///")).parent.parent / "data" / "reports"
     assert Path(result.out_dir) == expected_dir / SLUG / PERIOD
-    made = ["activity.csv", "incidents.csv", "report.html", "uptime.csv"]
+    made = ["activity.csv", "compliance.csv", "incidents.csv", "report.html", "uptime.csv"]
     if find_chromium():  # report.pdf too (./run test installs chromium)
         made = sorted([*made, "report.pdf"])
         assert Path(result.files["report.pdf"]).read_bytes().startswith(b"%PDF-")
@@ -255,7 +255,13 @@ def test_without_chromium_the_report_is_made_without_a_pdf_and_says_why(
 
     assert state.is_completed(), state.message
     result = state.result()
-    assert sorted(result.files) == ["activity.csv", "incidents.csv", "report.html", "uptime.csv"]
+    assert sorted(result.files) == [
+        "activity.csv",
+        "compliance.csv",
+        "incidents.csv",
+        "report.html",
+        "uptime.csv",
+    ]
     assert not (Path(result.out_dir) / "report.pdf").exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
