@@ -99,6 +99,13 @@ class SandboxProvider(Model):
         default="demo",
         description="Name of the sandbox estate the host belongs to (python -m sandbox --estate).",
     )
+    machine: Literal["namespace", "vm"] = Field(
+        default="namespace",
+        description=(
+            "namespace: a host in a network namespace (sshd only, no systemd); vm: a QEMU"
+            " virtual machine with systemd, journal and nftables (docs/sandbox.md)."
+        ),
+    )
 
 
 class NoProvider(Model):

@@ -12,6 +12,11 @@ State lives in ``<cache>/estates/<name>/``; ``up`` and ``down`` are idempotent, 
 
 The throwaway hosts a restore test boots live in ``sandbox.isolated``; the commands,
 process and namespace helpers both use in ``sandbox.system``.
+
+A host of kind ``vm`` is a QEMU virtual machine instead (``sandbox.vm``: systemd,
+journal, nftables, a real kernel and reboot) on the same bridge, through a tap device
+``ctk<N>v<octet>``; its disk, sockets and host key live in ``<estate>/vms/<host>/``, and
+it reads the estate's repository over HTTP on the bridge's address.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,15 +32,17 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import SandboxError
 from sandbox import image as image_mod
 from sandbox import isolated
+from sandbox import vm as vm_mod
 from sandbox.isolated import IsolatedHost
 from sandbox.paths import estates_dir
-from sandbox.repo import INITIAL, PackageSpec, Repository
+from sandbox.repo import INITIAL, SUITES, PackageSpec, Repository
 from sandbox.system import (
     alive,
     configure_inside,
@@ -60,6 +68,10 @@ class HostSpec(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="Host name.")
     address: str = Field(description="IPv4 address inside the estate's /24.")
+    kind: Literal["namespace", "vm"] = Field(
+        default="namespace",
+        description="namespace: sshd in a network namespace; vm: a QEMU VM (sandbox.vm).",
+    )
 
 
 class AwsInstanceSpec(BaseModel):
@@ -97,6 +109,18 @@ class EstateSpec(BaseModel):
     def veth(self, host: HostSpec) -> str:
         # Interface names are limited to 15 characters: use the address's last octet.
         return f"ctk{self.net}h{host.address.rsplit('.', 1)[1]}"
+
+    def tap(self, host: HostSpec) -> str:
+        """The tap device of a VM host on the bridge."""
+        return f"ctk{self.net}v{host.address.rsplit('.', 1)[1]}"
+
+    @property
+    def namespace_hosts(self) -> list[HostSpec]:
+        return [h for h in self.hosts if h.kind == "namespace"]
+
+    @property
+    def vm_hosts(self) -> list[HostSpec]:
+        return [h for h in self.hosts if h.kind == "vm"]
 
 
 def numbered_hosts(name: str, net: int, count: int, prefix: str = "h") -> EstateSpec:
@@ -140,8 +164,19 @@ class Estate:
                 return host
         raise SandboxError(f"no host {name!r} in estate {self.spec.name!r}")
 
+    def vm(self, name: str) -> vm_mod.Vm:
+        """The QEMU machine of a VM host (running or not)."""
+        if self.host(name).kind != "vm":
+            raise SandboxError(f"{name} is not a VM host of estate {self.spec.name!r}")
+        return vm_mod.Vm(self.dir / "vms" / name)
+
+    @property
+    def repo_server(self) -> vm_mod.RepoServer:
+        """The repository over HTTP, for the VM hosts."""
+        return vm_mod.RepoServer(self.dir, self.repo.root, self.spec.gateway)
+
     def init_pid(self, name: str) -> int | None:
-        """The PID (in the root namespace) of the host's init, or None when down."""
+        """The PID (in the root namespace) of the host's init, or None when down (or a VM)."""
         unshare = read_pid(self.host_dir(name) / "unshare.pid")
         if unshare is None or not alive(unshare):
             return None
@@ -160,7 +195,6 @@ class Estate:
                 raise SandboxError(f"{tool} is not installed: run `make setup` first")
         if fresh:
             self.down(purge=True)
-        image = image_mod.ensure_image()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "spec.json").write_text(self.spec.model_dump_json(indent=2))
         if not self.key_path.exists():
@@ -180,11 +214,15 @@ class Estate:
             )
         if not (self.repo.root / "dists").exists():
             self.repo.reset()
-        self._ensure_layer(image)
         self._ensure_bridge()
-        lower = f"{self.layer_dir}:{image}"
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda h: self._start_host(h, lower), self.spec.hosts))
+        if self.spec.namespace_hosts:
+            image = image_mod.ensure_image()
+            self._ensure_layer(image)
+            lower = f"{self.layer_dir}:{image}"
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda h: self._start_host(h, lower), self.spec.namespace_hosts))
+        if self.spec.vm_hosts:
+            self._start_vms(self.spec.vm_hosts)
         self._write_known_hosts()
         self._wait_ssh(self.spec.hosts, wait)
 
@@ -198,9 +236,13 @@ class Estate:
 
         faults.release_all(self)
         moto.stop(self)
-        for host in self.spec.hosts:
+        for host in self.spec.vm_hosts:
+            self.vm(host.name).stop()
+            run(["ip", "link", "del", self.spec.tap(host)], check=False)
+        self.repo_server.stop()
+        for host in self.spec.namespace_hosts:
             self._stop_host(host)
-        for host in self.spec.hosts:
+        for host in self.spec.namespace_hosts:
             # Delete the veth explicitly: a namespace whose last process is still dying
             # outlives `ip netns del` for a moment, and its veth pair with it.
             run(["ip", "link", "del", self.spec.veth(host)], check=False)
@@ -213,7 +255,7 @@ class Estate:
         """One row per host: name, address, init pid, sshd reachable, boot id."""
         rows = []
         for host in self.spec.hosts:
-            pid = self.init_pid(host.name)
+            pid = self.vm(host.name).pid if host.kind == "vm" else self.init_pid(host.name)
             boot = self.host_dir(host.name) / "boot_id"
             rows.append(
                 {
@@ -393,10 +435,16 @@ chroot $M apt-get clean
         for name in ("supervisor.pid", "unshare.pid"):
             (hdir / name).unlink(missing_ok=True)
 
+    def host_key_pub(self, host: HostSpec) -> Path:
+        """Where the host's public host key is (made by the estate, per host)."""
+        if host.kind == "vm":
+            return self.vm(host.name).folder / "ssh_host_ed25519_key.pub"
+        return self.host_dir(host.name) / "upper/etc/ssh/ssh_host_ed25519_key.pub"
+
     def _write_known_hosts(self) -> None:
         lines = []
         for host in self.spec.hosts:
-            pub = (self.host_dir(host.name) / "upper/etc/ssh/ssh_host_ed25519_key.pub").read_text()
+            pub = self.host_key_pub(host).read_text()
             keytype, key = pub.split()[:2]
             lines.append(f"{host.address} {keytype} {key}\n")
         self.known_hosts_path.write_text("".join(lines))
@@ -417,8 +465,93 @@ chroot $M apt-get clean
                 f"(see {self.dir}/hosts/<host>/console.log)"
             )
 
+    # ----- VM hosts ------------------------------------------------------------------
+    def _start_vms(self, hosts: list[HostSpec]) -> None:
+        """Start the VM hosts that are not running, in parallel (see ``sandbox.vm``)."""
+        pending = [h for h in hosts if self.vm(h.name).pid is None]
+        if not pending:
+            return
+        image, template = vm_mod.ensure_checkpoint()
+        accel = vm_mod.accelerator(image)
+        url = self.repo_server.ensure()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda h: self._start_vm(h, image, template, accel, url), pending))
+
+    def _start_vm(
+        self, host: HostSpec, image: vm_mod.VmImage, template: Path, accel: str, url: str
+    ) -> None:
+        """A new VM host starts from the template checkpoint and gets its identity, the
+        estate's initial packages and a ``ready`` saved state; a known one boots its disk."""
+        machine = self.vm(host.name)
+        folder = machine.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        fresh = not (folder / ".ready").exists()
+        key = folder / "ssh_host_ed25519_key"
+        if fresh:
+            for stale in ("disk.qcow2", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
+                (folder / stale).unlink(missing_ok=True)
+            run(["cp", "--reflink=auto", str(template), str(machine.disk)])
+            run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"root@{host.name}",
+                    "-f",
+                    str(key),
+                ]
+            )
+        tap = self.spec.tap(host)
+        if run(["ip", "link", "show", tap], check=False).returncode != 0:
+            run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
+            run(["ip", "link", "set", tap, "master", self.spec.bridge])
+        run(["ip", "link", "set", tap, "up"])
+        mac = vm_mod.mac_for(host.name, host.address)
+        command = vm_mod.qemu_command(
+            image,
+            folder,
+            accel=accel,
+            netdev=f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            mac=mac,
+            loadvm=vm_mod.TEMPLATE_TAG if fresh else None,
+        )
+        machine.start(command)
+        sources = vm_mod.http_sources_list(url, SUITES)
+        if not fresh:
+            machine.wait_agent(240)
+            machine.agent(f"printf '%s' {shlex.quote(sources)} > /etc/apt/sources.list")
+            return
+        machine.agent(
+            vm_mod.identity_script(
+                name=host.name,
+                address=host.address,
+                prefix=24,
+                mac=mac,
+                host_key=key.read_text(),
+                host_key_pub=key.with_suffix(".pub").read_text(),
+                authorized_key=self.key_path.with_suffix(".pub").read_text(),
+                sources=sources,
+            )
+        )
+        names = " ".join(p.name for p in INITIAL)
+        machine.agent(
+            "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q install -y"
+            f" --no-install-recommends {names} && apt-get clean",
+            timeout=300,
+        )
+        machine.save(vm_mod.READY_TAG)
+        (folder / ".ready").write_text("ok\n")
+
     def reboot(self, name: str) -> None:
-        """Reboot a host the way the host itself would (its init exits)."""
+        """Reboot a host the way the host itself would (its init exits; a VM's systemd
+        reboots its kernel)."""
+        if self.host(name).kind == "vm":
+            self.vm(name).agent("systemctl --no-block reboot")
+            return
         pid = self.init_pid(name)
         if pid is None:
             raise SandboxError(f"{name} is not running")
@@ -436,6 +569,9 @@ chroot $M apt-get clean
         replaced (a restore from a snapshot).
         """
         host = self.host(name)
+        if host.kind == "vm":
+            self.vm(name).stop()
+            return
         init = self.init_pid(name)
         members = pid_namespace_members(init) if init else []
         self._stop_host(host)
@@ -444,7 +580,10 @@ chroot $M apt-get clean
     def start_host(self, name: str, wait: float = 20.0) -> None:
         """Start one stopped host (a no-op if it runs) and wait for its sshd."""
         host = self.host(name)
-        self._start_host(host, self._lower())
+        if host.kind == "vm":
+            self._start_vms([host])
+        else:
+            self._start_host(host, self._lower())
         self._wait_ssh([host], wait)
 
     def boot_isolated(

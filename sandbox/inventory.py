@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from core.errors import SandboxError
-from inventory import load_inventory
+from inventory import SandboxProvider, load_inventory
 from sandbox.estate import AwsInstanceSpec, EstateSpec, HostSpec
 
 
@@ -37,7 +38,9 @@ def spec_from_inventory(name: str, directory: Path) -> EstateSpec:
                     "10.213.N.0/24"
                 )
             nets.add(int(octets[2]))
-            hosts.append(HostSpec(name=server.name, address=str(ip)))
+            vm = isinstance(server.provider, SandboxProvider) and server.provider.machine == "vm"
+            kind: Literal["namespace", "vm"] = "vm" if vm else "namespace"
+            hosts.append(HostSpec(name=server.name, address=str(ip), kind=kind))
             if server.provider.type == "aws":
                 aws.append(
                     AwsInstanceSpec(
