@@ -477,8 +477,23 @@ chroot $M apt-get clean
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(lambda h: self._start_vm(h, image, template, accel, url), pending))
 
+    def start_vm(self, name: str, loadvm: str | None = None) -> None:
+        """Start one stopped VM host: from its saved state ``loadvm``, else boot its disk."""
+        host = self.host(name)
+        if self.vm(name).pid is not None:
+            raise SandboxError(f"{name} is running")
+        image, template = vm_mod.ensure_checkpoint()
+        url = self.repo_server.ensure()
+        self._start_vm(host, image, template, vm_mod.accelerator(image), url, loadvm=loadvm)
+
     def _start_vm(
-        self, host: HostSpec, image: vm_mod.VmImage, template: Path, accel: str, url: str
+        self,
+        host: HostSpec,
+        image: vm_mod.VmImage,
+        template: Path,
+        accel: str,
+        url: str,
+        loadvm: str | None = None,
     ) -> None:
         """A new VM host starts from the template checkpoint and gets its identity, the
         estate's initial packages and a ``ready`` saved state; a known one boots its disk."""
@@ -517,12 +532,14 @@ chroot $M apt-get clean
             accel=accel,
             netdev=f"tap,id=n0,ifname={tap},script=no,downscript=no",
             mac=mac,
-            loadvm=vm_mod.TEMPLATE_TAG if fresh else None,
+            loadvm=vm_mod.TEMPLATE_TAG if fresh else loadvm,
         )
         machine.start(command)
         sources = vm_mod.http_sources_list(url, SUITES)
         if not fresh:
             machine.wait_agent(240)
+            if loadvm:
+                machine.agent(vm_mod.clock_script())
             machine.agent(f"printf '%s' {shlex.quote(sources)} > /etc/apt/sources.list")
             return
         machine.agent(

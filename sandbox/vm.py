@@ -40,6 +40,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -369,6 +370,27 @@ class Vm:
                 )
         else:
             run(["qemu-img", "snapshot", "-d", tag, str(self.disk)])
+
+    def state_size(self, tag: str) -> int | None:
+        """Bytes of RAM state saved with ``tag`` (None when unknown)."""
+        with self.qmp() as qmp:
+            nodes = qmp.execute("query-named-block-nodes")
+        for node in nodes:
+            if node.get("node-name") == "disk0":
+                for snap in node["image"].get("snapshots", []):
+                    if snap["name"] == tag:
+                        return int(snap.get("vm-state-size", 0))
+        return None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Pause the VM's CPUs for the block (its disk holds still); continued afterwards."""
+        with self.qmp() as qmp:
+            qmp.execute("stop")
+            try:
+                yield
+            finally:
+                qmp.execute("cont")
 
     def tags(self) -> list[str]:
         """The saved states in the VM's disk."""

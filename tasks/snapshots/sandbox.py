@@ -506,4 +506,8 @@ def sandbox_provider(
         estate = load(entry.estate)
     except CaretakerError as exc:
         raise ConfigError(f"{server.name}: sandbox estate {entry.estate!r}: {exc}") from exc
+    if any(h.name == server.name and h.kind == "vm" for h in estate.spec.hosts):
+        from tasks.snapshots.sandbox_vm import VmSnapshotProvider
+
+        return VmSnapshotProvider(estate, policy, client=client)
     return SandboxSnapshotProvider(estate, policy, client=client)
