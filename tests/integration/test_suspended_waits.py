@@ -8,9 +8,12 @@ client's run lock still holds (another run of the client is refused before it to
 anything). A typed name without a proof, and then a proof signed for another plan, are
 each taken by Prefect's form (the fields are there) and refused by the run, executed
 again by a NEW worker: it records why and is Suspended again, production untouched.
-Last, ``python -m deployments.approve`` signs alice's approval and the new worker
-finishes the run: staging was snapshotted, patched and announced once, production
-patched, one record with the three answers.
+Then ``python -m deployments.approve`` signs alice's approval. Production (h02, where
+caretaker-agent 1.1's postinst fails; ``on_failure: ask``) fails, and the run waits again,
+Suspended, on the restore question: an unsigned ``restore`` is refused by yet another
+execution (Suspended again), a signed one (``deployments.approve --restore``) restores h02
+from the snapshot taken before its batch. Staging was snapshotted, patched and announced
+once, h02 patched once, one record holds the three answers and the restore.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from uuid import UUID
 import pytest
 
 from sandbox.estate import Estate
+from sandbox.repo import PackageSpec
+from tests.conftest import ssh
 from tests.integration.maintenance_world import (
     APPROVE,
     agent,
@@ -43,6 +48,13 @@ REPO = Path(__file__).resolve().parents[2]
 SLUG = "suspendco"
 REF = "CHG-SUSPEND-1"
 DEPLOYMENT = "suspend-test"
+# A marker on one host that makes caretaker-agent 1.1's postinst fail there only.
+BROKEN = "/etc/caretaker-fault-broken-postinst"
+AGENT_1_1 = PackageSpec(
+    name="caretaker-agent",
+    version="1.1",
+    postinst_script=f"if [ -e {BROKEN} ]; then echo 'postinst failed (fault)' >&2; exit 1; fi",
+)
 
 #: A worker: the flow served as a deployment; each flow run is a subprocess of it.
 WORKER = """
@@ -120,8 +132,23 @@ def request(run_id: UUID) -> dict[str, Any]:
     return answer
 
 
-def test_a_suspended_approval_holds_no_process_and_a_new_worker_finishes_it_once_signed(
+def test_suspended_waits_hold_no_process_and_a_new_worker_goes_on_once_signed(
     world: dict[str, Any], estate: Estate
+) -> None:
+    write_client(world["dir"], estate, SLUG)
+    path = world["dir"] / f"{SLUG}.yaml"
+    path.write_text(path.read_text().replace("on_failure: restore", "on_failure: ask"))
+    staging, production = estate.spec.hosts[0].name, estate.spec.hosts[1].name
+    estate.publish(AGENT_1_1)
+    ssh(estate, production, f"touch {BROKEN}")
+    try:
+        suspend_approve_and_restore(world, estate, staging, production)
+    finally:
+        ssh(estate, production, f"rm -f {BROKEN}")
+
+
+def suspend_approve_and_restore(
+    world: dict[str, Any], estate: Estate, staging: str, production: str
 ) -> None:
     from prefect.deployments import run_deployment
     from prefect.flow_runs import resume_flow_run
@@ -129,8 +156,6 @@ def test_a_suspended_approval_holds_no_process_and_a_new_worker_finishes_it_once
     from deployments import approve
     from flows.server_maintenance import server_maintenance
 
-    write_client(world["dir"], estate, SLUG)
-    staging, production = estate.spec.hosts[0].name, estate.spec.hosts[1].name
     with worker() as first:
         eventually(
             lambda: _deployment_exists(f"server-maintenance/{DEPLOYMENT}"), 60, "the deployment"
@@ -166,10 +191,21 @@ def test_a_suspended_approval_holds_no_process_and_a_new_worker_finishes_it_once
         # The script path signs alice's answer with her key and resumes the run.
         argv = [str(run.id), "--approver", "alice", "--key", str(private_key("alice"))]
         assert approve.main([*argv, "--ticket", "CAB-7"]) == 0
+        # h02 fails in production: the run waits on the restore question, suspended too.
+        question = f"restore-{production}"
+        eventually(lambda: suspended_at(run.id, f"{question}-1"), 90, "the restore question")
+        unsigned = {"decision": "restore", "approver": "alice", "signature": "x", "comment": ""}
+        resume_flow_run(run.id, run_input=unsigned)
+        eventually(lambda: suspended_at(run.id, f"{question}-2"), 90, "asked again")
+        assert the_record().rollbacks == []  # nothing restored on an unsigned answer
+        assert approve.main([*argv, "--restore"]) == 0
         final = eventually(lambda: final_state(run.id), 90, "the run to end")
-    assert final.is_completed(), final.message
-    assert (agent(estate, staging), agent(estate, production)) == ("1.1", "1.1")
     record = the_record()
+    assert record.outcome.value == "halted", final.message  # the budget: 0 failures
+    assert (agent(estate, staging), agent(estate, production)) == ("1.1", "1.0")
+    (rollback,) = record.rollbacks
+    assert rollback.server == production and rollback.restored_ok and rollback.verified_ok
+    assert [c.server for c in record.package_changes].count(production) <= 1
     assert [(a.approver, a.counted) for a in record.approvals] == [
         ("alice", False),
         ("alice", False),
@@ -180,7 +216,7 @@ def test_a_suspended_approval_holds_no_process_and_a_new_worker_finishes_it_once
     # Staging was snapshotted, patched and announced once, however often the run ran.
     assert [c.server for c in record.package_changes].count(staging) == 1
     assert len([s for s in record.snapshots if s.server == staging]) == 1
-    assert len([g for g in record.gates if g.decision == "resumed"]) == 3
+    assert len([g for g in record.gates if g.decision == "resumed"]) == 5
     subjects = [str(m) for m in world["inbox"].received]
     # one approval request and one pre-change notice, not one per execution
     assert sum("Approval needed" in s for s in subjects) == 1, subjects
