@@ -30,8 +30,8 @@ import pytest
 from deployments.generate import WORK_POOL, WORK_POOL_TYPE, DeploymentSpec, deployment_specs
 from deployments.server import ensure_server, stop_server
 from inventory import load_inventory
+from sandbox.git_server import GitServer, publish_repository
 from tests.conftest import sandbox_unavailable
-from tests.integration.fleet_repo import GitServer, publish_repository
 
 pytestmark = pytest.mark.integration
 

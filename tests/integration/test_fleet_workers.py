@@ -40,11 +40,11 @@ from sqlalchemy.engine import make_url
 from deployments.server import ensure_server, stop_server
 from sandbox import faults
 from sandbox.estate import Estate
+from sandbox.git_server import GitServer, publish_repository
 from sandbox.prefect_blocks import ssh_identity
 from sandbox.repo import PackageSpec
 from sandbox.webhook import WebhookReceiver
 from tests.conftest import ssh
-from tests.integration.fleet_repo import GitServer, publish_repository
 from tests.integration.maintenance_world import (
     CLIENT,
     ESTATE,
@@ -325,19 +325,30 @@ def test_two_workers_run_two_clients_then_one_is_killed_and_its_change_recovered
         try:
             runs = {slug: run_deployment(fleet, slug) for slug in HOSTS}
 
-            # Both run at once, one on each machine, and wait for approval.
-            machines: dict[str, str] = {}
+            # Both run at once, one on each machine, and wait for approval suspended (their
+            # processes gone: a waiting run holds no worker slot and no SSH session).
+            machines: dict[str, list[str]] = {slug: [] for slug in HOSTS}
 
-            def waiting(slug: str) -> Any:
+            def seen(slug: str) -> Any:
                 run = read_run(runs[slug])
                 machine = fleet.worker_of(run)
-                if machine:
-                    machines.setdefault(slug, machine)
+                if machine and machine not in machines[slug][-1:]:
+                    machines[slug].append(machine)
+                return run
+
+            def waiting(slug: str) -> Any:
+                run = seen(slug)
                 return run if run.state and run.state.type == StateType.PAUSED else None
 
             for slug in HOSTS:
-                eventually(lambda s=slug: waiting(s), 150, f"{slug} to wait:\n{logs(fleet)}")
-            assert sorted(machines.values()) == sorted(fleet.workers), machines
+                run = eventually(lambda s=slug: waiting(s), 150, f"{slug} to wait:\n{logs(fleet)}")
+                assert run.state.name == "Suspended", run.state
+                eventually(
+                    lambda s=slug: True if fleet.worker_of(read_run(runs[s])) is None else None,
+                    30,
+                    f"{slug}'s process to end",
+                )
+            assert sorted(m[0] for m in machines.values()) == sorted(fleet.workers), machines
             for slug in HOSTS:
                 answer_run(
                     UUID(runs[slug]),
@@ -352,12 +363,16 @@ def test_two_workers_run_two_clients_then_one_is_killed_and_its_change_recovered
                 run = read_run(run_id)
                 return run if run.state and run.state.is_final() else None
 
-            done_a = eventually(lambda: final(runs["fleeta"]), 120, f"fleeta:\n{logs(fleet)}")
+            def resumed_and_final(slug: str) -> Any:
+                run = seen(slug)
+                return run if run.state and run.state.is_final() else None
+
+            done_a = eventually(lambda: resumed_and_final("fleeta"), 120, f"fleeta:\n{logs(fleet)}")
             assert done_a.state.is_completed(), f"{done_a.state!r}\n{logs(fleet)}"
 
             # fleetb's batch runs: h04 patched, h05 waiting for its lock. Kill its machine.
             eventually(lambda: True if agent(estate, "h04") == "1.1" else None, 90, "h04")
-            machine = fleet.worker_of(read_run(runs["fleetb"]))
+            machine = fleet.worker_of(seen("fleetb"))
             assert machine, f"fleetb runs on no worker:\n{logs(fleet)}"
             doomed = fleet.workers[machine]
             kill_machine(doomed)

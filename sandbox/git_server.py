@@ -1,20 +1,22 @@
-"""The MSP's git server for worker tests: a local bare repository of this working tree.
+"""The MSP's git server in the sandbox: a local bare repository of this working tree.
 
 Workers get the code the way prefect.yaml says, with a ``git_clone`` of the deployed
-commit; here the repository is a bare one in a temporary folder, made from the files of
-this checkout (tracked and new, as ``git ls-files`` lists them, so what is tested is the
-working tree), optionally with other client files in ``clients/``.
+commit; in tests and benchmarks the repository is a bare one in a folder of theirs, made
+from the files of this checkout (tracked and new, as ``git ls-files`` lists them, so what
+runs is the working tree), optionally with other client files in ``clients/`` (and
+``prefect.yaml`` generated from them).
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class GitServer:
 
 
 def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd`` (as a test identity); its output."""
     done = subprocess.run(
         ["git", "-c", "user.name=caretaker-test", "-c", "user.email=test@caretaker.invalid", *args],
         cwd=cwd,
@@ -59,7 +62,7 @@ def publish_repository(root: Path, clients: Mapping[str, str] | None = None) -> 
             (source / "clients" / f"{slug}.yaml").write_text(text)
         subprocess.run(
             [
-                str(REPO / ".venv/bin/python"),
+                sys.executable,
                 "-m",
                 "deployments.generate",
                 "--inventory",
