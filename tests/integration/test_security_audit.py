@@ -1,12 +1,16 @@
 """The security-audit flow on real sandbox hosts (net 80): sshd, ports, pending security
-updates, failed logins in the logs, the firewall it cannot see, its artifact and notice."""
+updates, failed logins in the logs, the firewall it cannot see, its artifact and notice,
+its results in the history store and in a maintenance report's compliance section."""
 
 from __future__ import annotations
 
+import csv
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -140,20 +144,68 @@ def test_findings_are_named_per_server_published_and_notified(
 
 
 def test_a_pending_security_update_is_a_finding_and_a_clean_host_passes(
-    estate: Estate, audit_env: None
+    estate: Estate, audit_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from flows.maintenance_report import maintenance_report
+    from history.store import open_store
+
     a01 = estate.spec.hosts[0].name
 
-    state, summary = audit(servers=[a01])
-    assert state == "Completed"
+    clean, summary = audit_run(servers=[a01])
+    assert clean.name == "Completed"
     assert [(r.server, r.status) for r in summary.servers] == [(a01, "passed")]
 
     estate.publish(PackageSpec(name="caretaker-libsec", version="1.0+sec9", security=True))
-    state, summary = audit(servers=[a01])
+    pending, summary = audit_run(servers=[a01])
 
-    assert state == "Failed"
+    assert pending.name == "Failed"
     (row,) = summary.servers
     assert row.findings == ["1 pending security update"]
+
+    # Both results are in the history store, found by their flow runs.
+    with open_store() as store:
+        (before,) = store.audits(SLUG, flow_run_id=str(clean.state_details.flow_run_id))
+        (after,) = store.audits(SLUG, flow_run_id=str(pending.state_details.flow_run_id))
+    assert (before.server, before.status, before.findings, before.pending_security) == (
+        a01,
+        "passed",
+        (),
+        (),
+    )
+    assert FIREWALL_UNKNOWN in before.warnings
+    assert after.status == "findings"
+    assert [(f.key, f.text) for f in after.findings] == [
+        ("pending_security_max", "1 pending security update")
+    ]
+    assert [(p.package, p.version) for p in after.pending_security or ()] == [
+        ("caretaker-libsec", "1.0+sec9")
+    ]
+
+    # A report over these days shows them in its compliance section and compliance.csv.
+    monkeypatch.setattr("reports.render.CHROMIUM_NAMES", ("no-such-chromium-here",))
+    today = datetime.now(ZoneInfo("Europe/Paris")).date()
+    period = f"{today - timedelta(days=1)}..{today + timedelta(days=1)}"
+    report = maintenance_report(
+        client=SLUG, period=period, out_dir=str(tmp_path / "report"), return_state=True
+    )
+    assert report.is_completed(), report.message
+    files = report.result().files
+    with open(files["compliance.csv"], newline="", encoding="utf-8") as handle:
+        rows = {r["server"]: r for r in csv.DictReader(handle)}
+    assert list(rows) == [h.name for h in estate.spec.hosts]
+    mine = rows[a01]
+    assert (mine["pending_security"], mine["oldest_pending"]) == ("1", "caretaker-libsec 1.0+sec9")
+    assert mine["oldest_pending_since"] == after.audited_at.isoformat()
+    assert (mine["findings_open"], mine["findings_opened"], mine["findings_closed"]) == (
+        "1",
+        "1",
+        "0",
+    )
+    assert mine["open_findings"] == "1 pending security update"
+    assert int(mine["audits_in_period"]) >= 2
+    html = Path(files["report.html"]).read_text(encoding="utf-8")
+    section = html[html.index('id="compliance-title"') :]
+    assert "caretaker-libsec 1.0+sec9" in section and "1 pending security update" in section
 
 
 def test_an_unknown_server_name_is_refused(audit_env: None) -> None:
