@@ -14,6 +14,10 @@ Suspended, on the restore question: an unsigned ``restore`` is refused by yet an
 execution (Suspended again), a signed one (``deployments.approve --restore``) restores h02
 from the snapshot taken before its batch. Staging was snapshotted, patched and announced
 once, h02 patched once, one record holds the three answers and the restore.
+
+And the deadline nobody's process keeps: the health-check round's sweep answers a
+Suspended wait past its deadline as the timeout approver (the run is scheduled again), and
+leaves a wait before its deadline alone.
 """
 
 from __future__ import annotations
@@ -241,3 +245,52 @@ def _deployment_exists(name: str) -> bool | None:
         except ObjectNotFound:
             return None
     return True
+
+
+def test_a_suspended_wait_past_its_deadline_is_answered_as_the_timeout_and_no_other(
+    prefect_api: None,
+) -> None:
+    """The health-check round's sweep (``end_expired_waits``) against the real API: two
+    runs Suspended at ``approval-1`` as ``suspend_flow_run`` leaves them (the form's schema
+    in the run's inputs, the wait kept as ``approval-wait``), one past its deadline."""
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from prefect.client.orchestration import get_client
+    from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_base_key
+    from prefect.states import Suspended
+
+    from tasks.approval import (
+        TIMEOUT_ANSWERS,
+        ApprovalForm,
+        Wait,
+        end_expired_waits,
+        publish_request,
+        wait_key,
+    )
+
+    now = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("server-maintenance")
+        deployment_id = client.create_deployment(flow_id, f"sweep-{uuid4().hex[:8]}")
+
+        def suspended(deadline: datetime) -> UUID:
+            run = client.create_flow_run_from_deployment(deployment_id)
+            state = Suspended(timeout_seconds=7200, pause_key="approval-1")
+            keyset = keyset_from_base_key("suspended-approval-1")
+            state.state_details.run_input_keyset = keyset
+            client.set_flow_run_state(run.id, state, force=True)
+            ApprovalForm.save(keyset, flow_run_id=run.id)
+            wait = Wait(digest="sha256:" + "1" * 64, deadline=deadline)
+            publish_request(wait_key("approval"), wait.model_dump(mode="json"), str(run.id))
+            return run.id
+
+        late, waiting = suspended(now - timedelta(minutes=1)), suspended(now + timedelta(hours=1))
+        ended = end_expired_waits.fn()
+        assert str(late) in ended and str(waiting) not in ended
+        late_state, waiting_state = (client.read_flow_run(r).state for r in (late, waiting))
+    assert late_state is not None and late_state.is_scheduled()  # a worker runs it again
+    answer = read_flow_run_input("suspended-approval-1-response", flow_run_id=late)
+    assert answer == TIMEOUT_ANSWERS["approval"]
+    assert waiting_state is not None and waiting_state.name == "Suspended"
