@@ -530,7 +530,8 @@ chroot $M apt-get clean
             image,
             folder,
             accel=accel,
-            netdev=f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            # No vnet_hdr: a saved state must load on user-mode networking too (restore tests).
+            netdev=f"tap,id=n0,ifname={tap},script=no,downscript=no,vnet_hdr=off",
             mac=mac,
             loadvm=vm_mod.TEMPLATE_TAG if fresh else loadvm,
         )

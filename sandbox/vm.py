@@ -309,8 +309,14 @@ class Vm:
                 raise SandboxError(f"QEMU for {self.folder.name} did not start:\n{tail}")
             time.sleep(0.05)
         # -loadvm is done before the monitor answers: QMP answering means the VM runs.
-        with self.qmp(timeout=wait) as qmp:
-            status = qmp.execute("query-status")
+        try:
+            with self.qmp(timeout=wait) as qmp:
+                status = qmp.execute("query-status")
+        except SandboxError as exc:
+            time.sleep(0.2)
+            tail = (self.folder / "qemu.log").read_text()[-1500:]
+            self.stop()
+            raise SandboxError(f"QEMU for {self.folder.name}: {exc}:\n{tail}") from exc
         if status.get("status") != "running":
             tail = (self.folder / "qemu.log").read_text()[-1500:]
             self.stop()

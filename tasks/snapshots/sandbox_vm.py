@@ -41,7 +41,7 @@ from tasks.snapshots.base import RestoreTestResult, SnapshotRecord, poll_until, 
 from tasks.snapshots.sandbox import SandboxSnapshotProvider, known_hosts_for
 
 PREFIX = "vm-"
-_FORWARD = re.compile(r"HOST_FORWARD\s+TCP\[?\S*\]?\s+\d+\s+127\.0\.0\.1\s+(\d+)")
+_FORWARD = re.compile(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)")
 
 
 class VmSnapshotProvider(SandboxSnapshotProvider):
