@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.settings import telemetry_off
 from sandbox.estate import Estate, numbered_hosts
 from sandbox.repo import PackageSpec
+from sandbox.system import process_group_members
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOYMENT = "bench-suspend"
@@ -61,19 +62,6 @@ from prefect import serve
 from flows.server_maintenance import server_maintenance
 serve(server_maintenance.to_deployment(name=sys.argv[1]), limit=int(sys.argv[2]))
 """
-
-
-def group(pgid: int) -> list[int]:
-    """Live processes of a process group (zombies not counted)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def ssh_connections(pids: list[int]) -> int:
@@ -179,15 +167,15 @@ def main() -> int:
             deadline = time.monotonic() + args.timeout
             counts: dict[str, int] = {}
             while time.monotonic() < deadline:
-                peak = max(peak, len(group(worker.pid)) - 1)
+                peak = max(peak, len(process_group_members(worker.pid)) - 1)
                 counts = states(run_ids)
                 if counts.get("Suspended", 0) + counts.get("Failed", 0) >= len(run_ids):
                     break
                 time.sleep(0.5)
             took = time.perf_counter() - started
             time.sleep(2)  # a flow process that just suspended has exited by now
-            alive = [p for p in group(worker.pid) if p != worker.pid]
-            sessions = ssh_connections(group(worker.pid))
+            alive = [p for p in process_group_members(worker.pid) if p != worker.pid]
+            sessions = ssh_connections(process_group_members(worker.pid))
             print(f"runs: {len(run_ids)}, states: {counts}, worker limit {args.limit} at once")
             print(f"  all waiting after {took:.1f}s; worker-spawned processes at most: {peak}")
             print(

@@ -98,6 +98,19 @@ def pid_namespace_members(pid: int) -> list[int]:
     return sorted(members)
 
 
+def process_group_members(pgid: int) -> list[int]:
+    """Every live process (zombies not counted) of the process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return sorted(members)
+
+
 def wait_gone(pids: Iterable[int], wait: float, what: str) -> None:
     """Wait until none of ``pids`` is alive; SandboxError naming them after ``wait`` s."""
     pending = list(pids)

@@ -36,6 +36,7 @@ import pytest
 
 from sandbox.estate import Estate
 from sandbox.repo import PackageSpec
+from sandbox.system import process_group_members
 from tests.conftest import ssh
 from tests.integration.maintenance_world import (
     APPROVE,
@@ -94,19 +95,6 @@ def worker() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of a process group (zombies not counted)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def suspended_at(run_id: UUID, pause_key: str) -> Any:
@@ -172,11 +160,11 @@ def suspend_approve_and_restore(
         eventually(lambda: suspended_at(run.id, "approval-1"), 90, "suspended at approval-1")
         # The flow process exited: the worker alone is left in its group.
         eventually(
-            lambda: True if group_members(first.pid) == [first.pid] else None,
+            lambda: True if process_group_members(first.pid) == [first.pid] else None,
             15,
             "no flow process left beside the worker",
         )
-    assert group_members(first.pid) == []  # the worker, killed with SIGKILL
+    assert process_group_members(first.pid) == []  # the worker, killed with SIGKILL
 
     # While it waits, nobody holds a process, yet the lock holds: another run is refused.
     other = server_maintenance(client=SLUG, change_ref="CHG-SUSPEND-OTHER", return_state=True)

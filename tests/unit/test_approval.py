@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -778,13 +778,11 @@ def test_a_wait_is_continued_when_the_run_is_run_again_and_begun_again_for_a_new
     assert next_wait(existing, digest, now, DAY, recorded) == (expected, new)
 
 
-def test_a_resumed_ask_loop_reads_the_answer_given_to_its_round_even_past_the_deadline() -> None:
-    # Run again after its deadline, round 3 was answered (Prefect keeps its key): it is read.
-    script = Script([(0, form("alice"))], start=AT + timedelta(hours=2))
-    got: list[RunInput] = []
-    settled = ask(
+def ask_late(script: Script, first_round: int, settle: Callable[[RunInput], bool]) -> bool:
+    """The loop of a run executed again an hour past its deadline, rounds 1-3 answered."""
+    return ask(
         lambda: ApprovalForm,
-        lambda a: got.append(a) is None,
+        settle,
         flow_run_id=str(uuid4()),
         deadline=AT + timedelta(hours=1),
         key="approval",
@@ -792,28 +790,20 @@ def test_a_resumed_ask_loop_reads_the_answer_given_to_its_round_even_past_the_de
         poll_s=1,
         pause=script,
         now=script.now,
-        first_round=3,
+        first_round=first_round,
         answered={"approval-1", "approval-2", "approval-3"},
     )
-    assert settled is True and script.keys == ["approval-3"]
+
+
+def test_a_resumed_ask_loop_reads_the_answer_given_to_its_round_even_past_the_deadline() -> None:
+    # Run again after its deadline, round 3 was answered (Prefect keeps its key): it is read.
+    script = Script([(0, form("alice"))], start=AT + timedelta(hours=2))
+    got: list[RunInput] = []
+    assert ask_late(script, 3, lambda a: got.append(a) is None) is True
+    assert script.keys == ["approval-3"] and len(got) == 1
     # the round after it was never asked: past the deadline nothing more is asked
     script = Script([], start=AT + timedelta(hours=2))
-    assert (
-        ask(
-            lambda: ApprovalForm,
-            lambda a: False,
-            flow_run_id=str(uuid4()),
-            deadline=AT + timedelta(hours=1),
-            key="approval",
-            form_name="approval",
-            poll_s=1,
-            pause=script,
-            now=script.now,
-            first_round=4,
-            answered={"approval-1", "approval-2", "approval-3"},
-        )
-        is False
-    )
+    assert ask_late(script, 4, lambda a: False) is False
     assert script.keys == []
 
 
