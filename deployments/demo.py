@@ -3,6 +3,10 @@
 1. brings up the sandbox estate the example inventory describes (and its AWS endpoint);
 2. starts a local Prefect server (SQLite) unless one already runs;
 3. saves the sandbox's SSH identity, AWS credentials and a notice webhook as Prefect blocks;
+   imports 90 days of generated check history for every example client (outages, blips,
+   a monitoring gap, a maintenance window announced each month with reboots inside:
+   :mod:`sandbox.history_month`) through ``python -m history announce`` and ``import``,
+   once (a store that already holds a client's checks keeps them);
 4. publishes new package versions in the estate's apt repository;
 5. runs ``server-maintenance`` for every example client: a dry run first, then the full
    procedure, approving as the client's first listed approver with a signature made by
@@ -10,8 +14,10 @@
    inventory that lists their public halves); on
    ``globex`` it holds the dpkg lock of one production host, so its rollback can be seen;
 6. prints the outcomes, where the change records are, and how to approve in the UI;
-7. runs ``maintenance-report`` for every example client for the current month and prints
-   where each report.html is.
+7. runs a ``security-audit`` of every client (read-only; its results feed the reports'
+   compliance section), then ``maintenance-report`` for every example client for the last
+   full month (the generated history: incidents, planned time, the SLA) and the current
+   one, and prints each headline and where each report.html is.
 """
 
 from __future__ import annotations
@@ -24,14 +30,14 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from core.logs import quiet_console
 from core.settings import settings, telemetry_off
 from deployments.server import ensure_server
-from inventory import load_inventory
+from inventory import ClientInventory, load_inventory
 from sandbox import faults, moto
 from sandbox.estate import Estate
 from sandbox.inventory import spec_from_inventory
@@ -90,6 +96,48 @@ def demo_approvers(source: Path, cache: Path) -> tuple[Path, dict[str, Path]]:
             private[approver["name"]] = key
         (clients_dir / file.name).write_text(yaml.safe_dump(data, sort_keys=False))
     return clients_dir, private
+
+
+def import_demo_history(
+    clients: dict[str, ClientInventory], folder: Path, end: datetime | None = None
+) -> int:
+    """90 days of generated checks for each client, brought in with the public commands.
+
+    For each client whose servers have no check history in the store yet: its announced
+    maintenance windows through ``python -m history announce`` (before the checks, so the
+    daily rollups count them as planned), then the checks through ``python -m history
+    import``. A client that already has history is left as it is (a rerun of the demo).
+
+    Args:
+        clients: the example inventory.
+        folder: where the generated files are written.
+        end: the end of the generated history (default now).
+
+    Returns:
+        How many commands failed.
+    """
+    from history.cli import main as history
+    from history.intervals import open_interval
+    from history.store import open_store
+    from sandbox.history_month import generate_history, write_checks
+
+    failed = 0
+    end = end or datetime.now(UTC)
+    for slug, inv in clients.items():
+        with open_store() as store, store.engine.connect() as conn:
+            known = [s.name for s in inv.servers if open_interval(conn, slug, s.name)]
+        if known:
+            print(f"    {slug}: the store has check history already ({', '.join(known)}): kept")
+            continue
+        made = generate_history(inv, end)
+        for window in made.announced:
+            failed += history(
+                ["announce", "--client", slug, "--start", window.start.isoformat(),
+                 "--end", window.end.isoformat(), "--by", "demo provider notice",
+                 "--reason", window.reason, "--announced-at", window.announced_at.isoformat()]
+            ) != 0  # fmt: skip
+        failed += history(["import", str(write_checks(made, folder)), "--client", slug]) != 0
+    return failed
 
 
 def approve_when_paused(client: str, approver: str, key: Path, stop: threading.Event) -> None:
@@ -189,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     save_demo_webhook(inbox.url)
     print("    saved: " + ", ".join([*saved, "caretaker-demo-webhook"]))
 
+    say("check history: 90 days generated per client, through python -m history")
+    failures = import_demo_history(clients, settings().cache / "demo" / "history")
+
     say("publishing new package versions in the estate's apt repository")
     published = estate.repo.versions()
     for spec in DEMO_UPDATES:
@@ -199,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
             + (" (security, asks for a reboot)" if spec.reboot else "")
         )
 
-    failures = 0
     for slug, inv in clients.items():
         say(f"server-maintenance for {slug}: dry run")
         state: State[Any] = cast(
@@ -287,21 +337,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {len(getattr(summary, 'servers', []))} servers checked, down: {down or 'none'}")
         time.sleep(2)
 
-    for slug, inv in clients.items():
-        month = datetime.now(inv.tz).strftime("%Y-%m")
-        say(f"maintenance-report for {slug}: {month}")
-        report = cast(
-            "State[Any]", maintenance_report(client=slug, period=month, return_state=True)
-        )
-        if not report.is_completed():
-            failures += 1
-            print(f"    FAILED: {report.message}")
-            continue
-        made = report.result()
-        uptime = "n/a" if made.uptime_pct is None else f"{made.uptime_pct:.3f} %"
-        print(f"    uptime {uptime}, {made.incidents} incident(s), {made.maintenance_runs} run(s)")
-        print(f"    {made.report_html}")
-
     from flows.security_audit import SecurityAuditSummary, security_audit
 
     for slug in clients:
@@ -315,6 +350,25 @@ def main(argv: list[str] | None = None) -> int:
         for row in found.servers:
             detail = "; ".join(row.findings) if row.findings else f"{len(row.warnings)} warning(s)"
             print(f"    {row.server:<12} {row.status}: {detail}")
+
+    for slug, inv in clients.items():
+        # The last full month (the generated history) and the current one (the demo's runs).
+        for month in (None, datetime.now(inv.tz).strftime("%Y-%m")):
+            say(f"maintenance-report for {slug}: {month or 'last month'}")
+            report = cast(
+                "State[Any]", maintenance_report(client=slug, period=month, return_state=True)
+            )
+            if not report.is_completed():
+                failures += 1
+                print(f"    FAILED: {report.message}")
+                continue
+            made = report.result()
+            uptime = "n/a" if made.uptime_pct is None else f"{made.uptime_pct:.3f} %"
+            print(
+                f"    {made.period}: uptime {uptime}, SLA met: {made.sla},"
+                f" {made.incidents} incident(s), {made.maintenance_runs} run(s)"
+            )
+            print(f"    {made.report_html}")
 
     time.sleep(1)
     inbox_file = settings().data / "demo-notices.jsonl"
