@@ -215,7 +215,10 @@ class Approver(threading.Thread):
             while self.answers and not self.stop.is_set():
                 runs = client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
+                        # Paused: a direct call; Suspended: a deployment's run
+                        state=FlowRunFilterState(
+                            name=FlowRunFilterStateName(any_=["Paused", "Suspended"])
+                        )
                     )
                 )
                 for run in runs:
