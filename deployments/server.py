@@ -55,12 +55,48 @@ def running_server(home: Path | None = None) -> str | None:
     return url if _healthy(url) else None
 
 
+#: Prefect's settings that put its messaging, event ordering and concurrency leases in
+#: Redis (prefect-redis): what several API processes (``prefect server start --workers N``)
+#: and a separate services process need to share.
+REDIS_MODULES = {
+    "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+    "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+}
+
+
+def redis_env(host: str = "127.0.0.1", port: int = 6379, db: int = 0) -> dict[str, str]:
+    """The server environment for Redis messaging at ``host:port``, database ``db``.
+
+    Raises:
+        ConfigError: prefect-redis is not installed.
+    """
+    try:
+        import prefect_redis.messaging  # noqa: F401 - the modules the settings name
+    except ImportError as exc:
+        raise ConfigError(
+            "Redis messaging needs prefect-redis (pip install prefect-redis)"
+        ) from exc
+    return {
+        **REDIS_MODULES,
+        "PREFECT_REDIS_MESSAGING_HOST": host,
+        "PREFECT_REDIS_MESSAGING_PORT": str(port),
+        "PREFECT_REDIS_MESSAGING_DB": str(db),
+    }
+
+
+def _prefect(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("prefect")), *args]
+
+
 def ensure_server(
     timeout: float = 90.0,
     home: Path | None = None,
     *,
     database_url: str | None = None,
     env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> str:
     """Start the local Prefect server unless it already runs; return its base URL.
 
@@ -69,12 +105,23 @@ def ensure_server(
         home: PREFECT_HOME of the server (default ``<cache>/prefect``).
         database_url: the server's database (``postgresql+asyncpg://...``); default the
             SQLite file in ``home``.
-        env: more environment of the server process (``PREFECT_SERVER_*`` settings).
+        env: more environment of the server process (``PREFECT_SERVER_*`` settings;
+            :func:`redis_env` for ``workers`` > 1).
+        workers: API processes. More than one needs PostgreSQL and Redis messaging; the
+            database is migrated first (the processes would race to create it) and the
+            background services run in a process of their own (``prefect server services
+            start``), as Prefect's multi-worker mode requires.
+
+    Raises:
+        ConfigError: the server exited or did not answer in time, or ``workers`` > 1
+            without PostgreSQL.
     """
     home = prefect_home(home)
     url = running_server(home)
     if url:
         return url
+    if workers > 1 and not (database_url or "").startswith("postgresql"):
+        raise ConfigError("several Prefect server processes need PostgreSQL (database_url)")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server_env = dict(
@@ -89,43 +136,62 @@ def ensure_server(
         server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     server_env.update(env or {})
     log = open(home / "server.log", "a")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("prefect")),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--analytics-off",
-        ],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        env=server_env,
-        start_new_session=True,
-    )
+    commands = [
+        _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off")
+    ]
+    if workers > 1:
+        subprocess.run(
+            _prefect("server", "database", "upgrade", "-y"),
+            stdout=log,
+            stderr=log,
+            env=server_env,
+            check=True,
+            timeout=timeout,
+        )
+        server_env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
+        commands[0] += ["--workers", str(workers)]
+        commands.append(_prefect("server", "services", "start"))
+    procs = [
+        subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=server_env,
+            start_new_session=True,
+        )
+        for command in commands
+    ]
+    state = {"pid": procs[0].pid, "pids": [p.pid for p in procs], "url": url}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _healthy(url):
-            (home / "server.json").write_text(json.dumps({"pid": proc.pid, "url": url}))
+            (home / "server.json").write_text(json.dumps(state))
             return url
-        if proc.poll() is not None:
-            raise ConfigError(f"prefect server exited {proc.returncode}: see {home}/server.log")
+        if any(p.poll() is not None for p in procs):
+            break
         time.sleep(0.5)
-    proc.kill()
-    raise ConfigError(f"prefect server did not answer within {timeout:g}s")
+    exited = [p.returncode for p in procs if p.poll() is not None]
+    for proc in procs:
+        _kill_group(proc.pid)
+    if exited:
+        raise ConfigError(f"prefect server exited {exited[0]}: see {home}/server.log")
+    raise ConfigError(f"prefect server did not answer within {timeout:g}s: see {home}/server.log")
 
 
-def stop_server(home: Path | None = None) -> None:
-    """Stop the local server (of ``home``, if given) if we started it."""
-    state = prefect_home(home) / "server.json"
-    if not state.exists():
-        return
-    pid = int(json.loads(state.read_text())["pid"])
+def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, 15)
     except ProcessLookupError:
         pass
+
+
+def stop_server(home: Path | None = None) -> None:
+    """Stop the local server (of ``home``, if given) if we started it: every process."""
+    state = prefect_home(home) / "server.json"
+    if not state.exists():
+        return
+    data = json.loads(state.read_text())
+    for pid in data.get("pids", [data["pid"]]):
+        _kill_group(int(pid))
     state.unlink()
