@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from history.store import open_store
 from sandbox import faults
 from sandbox.estate import Estate
 from sandbox.repo import PackageSpec
@@ -63,6 +64,13 @@ def test_the_happy_path_patches_every_host_after_snapshot_staging_and_approval(
     assert record.restore_test.rto_s and record.restore_test.rto_s > 0
     (stored,) = stored_records("happy")
     assert stored.change_ref == "CHG-100" and stored.outcome == record.outcome
+    # Every verification is also a row of its own (the compliance report's last patched).
+    with open_store() as store:
+        rows = store.verifications("happy", change_ref="CHG-100")
+    assert sorted((v.server, v.phase, v.passed, v.at) for v in rows) == sorted(
+        (v.server, v.phase, v.passed, v.at) for v in record.verifications
+    )
+    assert {(v.flow_run_id, v.rolled_back) for v in rows} == {(record.flow_run_id, False)}
     notices = world["inbox"].wait_for(3)
     subjects = [n["subject"] for n in notices]
     assert len(subjects) == 3 and all("CHG-100" in s for s in subjects), subjects
