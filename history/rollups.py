@@ -98,18 +98,26 @@ def rollup_seconds(
 def windows_by_server(
     conn: Connection, client: str, servers: Iterable[str], start: datetime, end: datetime
 ) -> dict[str, list[tuple[datetime, datetime]]]:
-    """Each server's maintenance windows overlapping ``[start, end)``, client-wide ones included."""
+    """Each server's maintenance windows overlapping ``[start, end)``, client-wide ones included.
+
+    A ``planned`` window counts from its announcement (``announced_at``), as in the reports
+    (docs/reports.md, "Planned time").
+    """
     t = maintenance_windows
     rows = conn.execute(
-        sa.select(t.c.server, t.c.start, t.c.end).where(
+        sa.select(t.c.server, t.c.start, t.c.end, t.c.kind, t.c.announced_at).where(
             t.c.client == client, t.c.start < end, t.c.end > start
         )
     ).all()
     out: dict[str, list[tuple[datetime, datetime]]] = {s: [] for s in servers}
     for row in rows:
+        told = row.announced_at if row.kind == "planned" and row.announced_at else row.start
+        begins = max(row.start, told)
+        if begins >= row.end:
+            continue
         for server, spans in out.items():
             if row.server is None or row.server == server:
-                spans.append((row.start, row.end))
+                spans.append((begins, row.end))
     return out
 
 

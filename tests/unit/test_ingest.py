@@ -167,6 +167,17 @@ def test_daily_rollups_follow_the_timeline_and_maintenance_windows(store: Histor
     assert read_rollups(store, "acme") == [row]
 
 
+def test_a_planned_window_counts_in_the_rollups_from_its_announcement(
+    store: HistoryStore,
+) -> None:
+    # Announced at 15 for 10..20: only 15..20 is maintenance (docs/reports.md).
+    store.record_window("acme", at(10), at(20), server="web1", announced_at=at(15))
+    store.record_window("acme", at(30), at(40), server="web1", announced_at=at(45))  # late
+    ingest(store, "acme", [up(m) for m in range(0, 50, 5)])
+    [row] = read_rollups(store, "acme")
+    assert (row.up_s, row.maintenance_s) == (2700.0, 300.0)
+
+
 def test_two_concurrent_writers_lose_no_sample(store: HistoryStore) -> None:
     ingest_concurrently(store)
 
