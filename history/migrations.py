@@ -15,6 +15,7 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ from history.schema import (
     STATE_CODES,
     json_type,
     schema_version,
+    to_epoch_us,
     utc_now,
 )
 
@@ -494,6 +496,48 @@ def _v7_compliance(conn: Connection) -> None:
         sa.Index("ix_verification_results_client_server_at", "client", "server", "at"),
     )
     md.create_all(conn)
+    _v7_verifications_from_records(conn, md.tables["verification_results"])
+
+
+def _v7_verifications_from_records(conn: Connection, target: sa.Table) -> None:
+    """The verifications of the change records already stored, as rows of their own (so
+    that a store upgraded to version 7 knows when each server was last patched)."""
+    records = sa.table(
+        "change_records",
+        sa.column("client"),
+        sa.column("change_ref"),
+        sa.column("flow_run_id"),
+        sa.column("body", json_type()),
+    )
+    sqlite = conn.dialect.name == "sqlite"
+    query = sa.select(records).order_by(sa.column("id"))
+    for client, change_ref, flow_run_id, body in conn.execute(query):
+        rolled_back = {r.get("server") for r in body.get("rollbacks") or ()}
+        rows = []
+        for seq, v in enumerate(body.get("verifications") or ()):
+            at = datetime.fromisoformat(v["at"]) if v.get("at") else None
+            rows.append(
+                {
+                    "client": client,
+                    "change_ref": change_ref,
+                    "flow_run_id": flow_run_id,
+                    "seq": seq,
+                    "server": v["server"],
+                    "phase": v["phase"],
+                    "passed": bool(v["passed"]),
+                    "rolled_back": v["server"] in rolled_back,
+                    "failures": list(v.get("failures") or ()),
+                    "warnings": list(v.get("warnings") or ()),
+                    "at": to_epoch_us(at) if sqlite and at else at,
+                }
+            )
+        # Two rows of one change (a run and its retry, before reruns continued records):
+        # the later saved body wins, as the store's later saves do.
+        conn.execute(
+            target.delete().where(target.c.client == client, target.c.change_ref == change_ref)
+        )
+        if rows:
+            conn.execute(target.insert(), rows)
 
 
 #: Every migration, in order; the last one's version is the current schema version.

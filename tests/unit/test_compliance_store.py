@@ -163,6 +163,28 @@ class ComplianceStoreContract:
             ("run-2", "app-1"),
         ]
 
+    def test_a_version_6_store_gets_the_verifications_of_its_records_on_upgrade(
+        self, store_url: str
+    ) -> None:
+        with open_store(store_url) as store:
+            store.save_change_record(
+                change("run-1", verified("web-1", 10), verified("db-1", 20), rolled_back=("db-1",))
+            )
+        # Back to version 6: the two tables of version 7 gone, the record kept.
+        with open_store(store_url) as store, store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE verification_results")
+            conn.exec_driver_sql("DROP TABLE audit_results")
+            conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 7")
+
+        with open_store(store_url) as store:
+            assert store.schema_version() == 7
+            rows = store.verifications("acme")
+            assert [(v.server, v.rolled_back, v.at) for v in rows] == [
+                ("web-1", False, T0 + timedelta(minutes=10)),
+                ("db-1", True, T0 + timedelta(minutes=20)),
+            ]
+            assert store.audits("acme") == []
+
     def test_a_rerun_that_continues_the_change_leaves_one_set_of_rows_under_its_run(
         self, store: HistoryStore
     ) -> None:
