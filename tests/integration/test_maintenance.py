@@ -71,6 +71,16 @@ def test_the_happy_path_patches_every_host_after_snapshot_staging_and_approval(
         (v.server, v.phase, v.passed, v.at) for v in record.verifications
     )
     assert {(v.flow_run_id, v.rolled_back) for v in rows} == {(record.flow_run_id, False)}
+    # The pre-change notice recorded the run's window as announced, for each planned
+    # server, before anything changed: the reports' planned time (docs/reports.md).
+    with open_store() as store:
+        announced = store.windows("happy", record.window.start, record.window.end, "planned")
+    assert sorted(w.server or "" for w in announced) == sorted(h.name for h in estate.spec.hosts)
+    assert {(w.change_ref, w.announced_by) for w in announced} == {
+        ("CHG-100", f"notice:{record.flow_run_id}")
+    }
+    told = {w.announced_at for w in announced}
+    assert len(told) == 1 and record.started <= min(told) < min(v.at for v in rows)
     notices = world["inbox"].wait_for(3)
     subjects = [n["subject"] for n in notices]
     assert len(subjects) == 3 and all("CHG-100" in s for s in subjects), subjects
