@@ -4,6 +4,7 @@ can be worked out by hand."""
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -437,35 +438,19 @@ def security_update(name: str, version: str) -> PackageChange:
     )
 
 
+def upgradable(name: str, candidate: str, security: bool = True) -> PackageUpdate:
+    suites = ["bookworm-security" if security else "bookworm"]
+    return PackageUpdate(
+        name=name, current="1", candidate=candidate, suites=suites, arch="amd64", security=security
+    )
+
+
 def test_pending_security_reads_the_simulation_then_the_upgradable_list() -> None:
     simulated = HostFacts(
         apt_simulation=AptSimulation(installs=[security_update("openssl", "3.1")]),
-        apt_upgradable=[
-            PackageUpdate(
-                name="zlib",
-                current="1",
-                candidate="2",
-                suites=["x-security"],
-                arch="a",
-                security=True,
-            )
-        ],
+        apt_upgradable=[upgradable("zlib", "2")],
     )
-    listed = HostFacts(
-        apt_upgradable=[
-            PackageUpdate(
-                name="zlib",
-                current="1",
-                candidate="2",
-                suites=["x-security"],
-                arch="a",
-                security=True,
-            ),
-            PackageUpdate(
-                name="vim", current="1", candidate="2", suites=["x"], arch="a", security=False
-            ),
-        ]
-    )
+    listed = HostFacts(apt_upgradable=[upgradable("zlib", "2"), upgradable("vim", "2", False)])
 
     assert pending_security(simulated) == [PendingUpdate(package="openssl", version="3.1")]
     assert pending_security(listed) == [PendingUpdate(package="zlib", version="2")]
@@ -524,7 +509,7 @@ def test_the_report_shows_the_section_and_writes_compliance_csv() -> None:
     frame = compliance_table(["web1", "web2"], inputs, [], at(0), at(48))
     files = render_files(replace(base, tables=replace(base.tables, compliance=frame)))
 
-    csv = pd.read_csv(__import__("io").StringIO(files["compliance.csv"]))
+    csv = pd.read_csv(io.StringIO(files["compliance.csv"]))
     assert tuple(csv.columns) == COMPLIANCE_COLUMNS
     assert list(csv["server"]) == ["web1", "web2"]
     web1 = csv.iloc[0]
