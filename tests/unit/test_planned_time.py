@@ -15,6 +15,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -305,3 +306,43 @@ def test_the_notice_records_its_window_announced_for_each_planned_server(tmp_pat
     # From 02:00:06: the six seconds before the notice are not planned.
     frame = windows_frame(found)
     assert frame["start"].tolist() == [pd.Timestamp(at)] * 2
+
+
+@pytest.mark.parametrize(
+    ("blocks", "failures", "recorded"),
+    [
+        ((), [], False),  # no notification block: nobody was told, nothing is planned
+        (("ops-mail",), [], True),  # sent
+        (("ops-mail",), ["ops-mail: connection refused"], True),  # attempted: recorded too
+    ],
+)
+def test_the_notice_records_its_window_only_when_sent_or_attempted(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    blocks: tuple[str, ...],
+    failures: list[str],
+    recorded: bool,
+) -> None:
+    import tasks.maintenance as maintenance
+
+    sent: list[tuple[str, ...]] = []
+
+    def notify(names: tuple[str, ...], subject: str, body: str) -> list[str]:
+        sent.append(tuple(names))  # stands in for the Prefect task (tested in test_notify)
+        return list(failures)
+
+    monkeypatch.setattr(maintenance, "notify", notify)
+    acme = load_client_by_slug(CLIENTS, "acme")
+    inventory = acme.model_copy(
+        update={"client": acme.client.model_copy(update={"notify": list(blocks)})}
+    )
+    window = (datetime(2026, 10, 4, 2, tzinfo=UTC), datetime(2026, 10, 4, 6, tzinfo=UTC))
+    run = record(window[0], None, window, PLAN)
+    with open_store(f"sqlite:///{tmp_path / 'caretaker.db'}") as store:
+        recorder = ChangeRecorder(run, store)
+        me = SimpleNamespace(inv=inventory, record=run, recorder=recorder)
+        maintenance.Maintenance.announce(me)  # type: ignore[arg-type]
+        found = store.windows("acme", *window)
+    assert sent == [tuple(blocks)]
+    assert run.notification_failures == failures
+    assert [w.server for w in found] == (["acme-stg-1", "acme-web-1"] if recorded else [])
