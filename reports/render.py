@@ -46,6 +46,8 @@ __all__ = [
     "daily_bars_svg",
     "day_step",
     "find_chromium",
+    "fmt_approvals",
+    "fmt_local",
     "label_every",
     "label_width",
     "render_files",
@@ -159,13 +161,36 @@ def _tie_units(text: str) -> str:
     return text.replace(" %", "\u00a0%").replace(" d ", "\u00a0d ")
 
 
-def _fmt_time(tz: tzinfo) -> Any:
-    def fmt(value: Any) -> str:
-        if _missing(value):
-            return ""
-        return pd.Timestamp(value).tz_convert(tz).strftime("%Y-%m-%d %H:%M %Z")
+def fmt_local(value: Any, tz: tzinfo) -> str:
+    """A moment in the client's time zone, to the minute: ``2026-10-04 10:12``.
 
-    return fmt
+    The zone is named once, at the top of the report, not in every cell. Only a wall time
+    that happens twice (the hour the clocks go back) carries its abbreviation, so that
+    ``01:30 BST`` and ``01:30 GMT`` stay apart. Empty when missing; the minute is truncated,
+    as a clock shows it.
+    """
+    if _missing(value):
+        return ""
+    local = pd.Timestamp(value).tz_convert(tz).to_pydatetime()
+    text = f"{local:%Y-%m-%d %H:%M}"
+    if local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset():
+        text += f" {local.tzname()}"
+    return text
+
+
+def fmt_approvals(value: Any, tz: tzinfo) -> list[str]:
+    """The activity's ``approvals`` cell (``alice 2026-10-04T09:12:00.123+00:00; bob ...``,
+    ISO UTC as in activity.csv) as one line per approval, its time as :func:`fmt_local`."""
+    lines = []
+    for part in fmt_text(value).split("; "):
+        who, _, when = part.rpartition(" ")
+        try:
+            moment = datetime.fromisoformat(when)
+        except ValueError:
+            lines.append(part)  # no time in it: shown as it is
+            continue
+        lines.append(f"{who} {fmt_local(moment, tz)}" if moment.tzinfo else part)
+    return [line for line in lines if line]
 
 
 def fmt_bool(value: Any) -> str:
@@ -313,7 +338,8 @@ def _environment(tz: tzinfo) -> jinja2.Environment:
         pct=lambda value, digits=3: _tie_units(fmt_pct(value, digits)),
         duration=lambda value: _tie_units(fmt_duration(value)),
         seconds=lambda value: _tie_units(fmt_seconds(value)),
-        when=_fmt_time(tz),
+        when=lambda value: fmt_local(value, tz),
+        approvals=lambda value: fmt_approvals(value, tz),
         yesno=fmt_bool,
         text=fmt_text,
     )

@@ -7,10 +7,14 @@ window, for a 3-day period, a month and a quarter:
 - no console message at all: the report has no scripts, so any line (an error, a warning,
   a failed resource) means something is wrong; a page known to be broken proves that the
   detector sees exceptions, console calls and failed loads;
-- no horizontal page scroll (``scrollWidth <= 1200``): a wide table scrolls in its own box;
+- no horizontal page scroll (``scrollWidth <= 1200``), and no table overflows its container
+  (the table's width and its box's ``scrollWidth`` within the box's ``clientWidth``, no cell
+  whose content is wider than the cell): tables wrap, they neither scroll nor get cut;
+- every time is shown to the minute in the client's zone (no seconds, fractions or offsets);
 - no two visible date labels of the daily bars overlap (their bounding boxes, from JS), and
   each lies inside the drawing;
-- with print media at the width of A4's printable area, nothing is wider than the page.
+- with print media at the width of A4 landscape's printable area (the PDF's page), nothing
+  is wider than the page and no table overflows its container.
 
 The screenshots are kept in ``test-artifacts/`` (git-ignored; CI uploads it). The PDF is
 printed by :func:`reports.render.write_pdf` and checked for its signature and its pages.
@@ -71,6 +75,7 @@ MEASURE = """(() => {
     }
   }
   return {
+    text: document.body.innerText,
     scrollWidth: document.documentElement.scrollWidth,
     innerWidth: window.innerWidth,
     svg: svg ? box(svg.getBoundingClientRect()) : null,
@@ -79,8 +84,21 @@ MEASURE = """(() => {
     bars: document.querySelectorAll('#daily svg rect').length,
     barTitles: [...document.querySelectorAll('#daily svg rect')]
       .filter((r) => r.querySelector('title')).length,
-    tables: [...document.querySelectorAll('table')]
-      .map((t) => ({id: t.id, right: t.getBoundingClientRect().right})),
+    tables: [...document.querySelectorAll('table')].map((t) => {
+      const box = t.parentElement;
+      return {
+        id: t.id,
+        width: t.getBoundingClientRect().width,
+        right: t.getBoundingClientRect().right,
+        boxWidth: box.clientWidth,
+        boxScrollWidth: box.scrollWidth,
+        boxRight: box.getBoundingClientRect().right,
+        // cells whose content is wider than the cell (cut or spilling over)
+        spilling: [...t.querySelectorAll('th, td')]
+          .filter((c) => c.scrollWidth > c.clientWidth)
+          .map((c) => c.textContent.trim().slice(0, 40)),
+      };
+    }),
   };
 })()"""
 
@@ -246,6 +264,21 @@ def devtools(browser: str, profile: Path) -> Iterator[DevTools]:
         os.close(from_browser_r)
 
 
+def overflowing(measured: dict[str, Any]) -> list[str]:
+    """Every table wider than its container, or with a cell whose content spills over."""
+    problems = []
+    for table in measured["tables"]:
+        if table["width"] > table["boxWidth"] + 0.5 or table["boxScrollWidth"] > table["boxWidth"]:
+            problems.append(
+                f"table {table['id']}: {table['width']:.0f} px in a {table['boxWidth']} px box"
+            )
+        if table["right"] > table["boxRight"] + 0.5:
+            problems.append(f"table {table['id']} ends past its box ({table['right']:.0f} px)")
+        if table["spilling"]:
+            problems.append(f"table {table['id']}: cells spill over: {table['spilling']}")
+    return problems
+
+
 def png_size(path: Path) -> tuple[int, int]:
     """Width and height from a PNG's IHDR chunk (and proof that it is a PNG)."""
     head = path.read_bytes()[:24]
@@ -274,7 +307,11 @@ def change_record(client: str, start: pd.Timestamp) -> ChangeRecord:
         ],
         approvals=[
             Approval(
-                approver=who, decision="approve", at=start - pd.Timedelta(hours=1), counted=True
+                approver=who,
+                decision="approve",
+                # as recorded: to the microsecond (the issue's 20:02:28.888979+00:00)
+                at=start - pd.Timedelta(hours=1) + pd.Timedelta(microseconds=888979),
+                counted=True,
             )
             for who in ("alice.longname@client.example", "bob.otherperson@client.example")
         ],
@@ -360,18 +397,31 @@ def test_a_broken_page_is_caught_by_the_console_check(chromium: str, tmp_path: P
     assert any("missing.png" in line or "ERR_FILE_NOT_FOUND" in line for line in lines), lines
 
 
-def test_an_overlap_of_date_labels_is_caught(chromium: str, tmp_path: Path) -> None:
+def test_overlapping_date_labels_and_overflowing_tables_are_caught(
+    chromium: str, tmp_path: Path
+) -> None:
     page = tmp_path / "overlap.html"
     page.write_text(
         '<!DOCTYPE html><div id="daily"><svg width="300" height="40">'
         '<text class="day" x="10" y="20" font-size="10">1 Jun</text>'
-        '<text class="day" x="20" y="20" font-size="10">2 Jun</text></svg></div>',
+        '<text class="day" x="20" y="20" font-size="10">2 Jun</text></svg></div>'
+        # the old layout's failure: a table scrolling (cut) inside a narrower box
+        '<div style="width: 400px; overflow-x: auto"><table id="cut"><tr>'
+        + "<td style='white-space: nowrap'>snapshots-column-</td>"
+        * 30
+        + "</tr></table></div>"
+        # a cell whose content is cut
+        '<div style="width: 400px"><table id="clipped" style="table-layout: fixed;'
+        ' width: 100%"><tr><td style="overflow: hidden">' + "x" * 200 + "</td></tr></table></div>",
         encoding="utf-8",
     )
     with devtools(chromium, tmp_path / "profile") as tools:
         tools.open(page.as_uri(), *WINDOW)
         measured = tools.evaluate(MEASURE)
     assert measured["overlaps"] == [["1 Jun", "2 Jun"]]
+    problems = overflowing(measured)
+    assert any(p.startswith("table cut:") for p in problems), problems
+    assert any(p.startswith("table clipped: cells spill over") for p in problems), problems
 
 
 @pytest.mark.parametrize("name", list(PERIODS))
@@ -396,6 +446,12 @@ def test_the_report_reads_well_at_1200_px_and_fits_a4(
     assert console == [], "console messages:\n" + "\n".join(console)
     assert screen["innerWidth"] == WINDOW[0]
     assert screen["scrollWidth"] <= WINDOW[0], f"the page scrolls sideways: {screen}"
+    assert {"uptime", "incidents", "activity"} <= {t["id"] for t in screen["tables"]}
+    assert overflowing(screen) == [], "at 1200 px"
+    raw_times = re.findall(r"\d\d:\d\d:\d\d[.+]\S*|T\d\d:\d\d\S*", screen["text"])
+    assert raw_times == [], "times shown with seconds, fractions or offsets"
+    assert "alice.longname@client.example 2026-" in screen["text"]
+    assert overflowing(printed) == [], "on A4 landscape"
     tz = ZoneInfo("Europe/London")
     start, end = period_bounds(period, tz)
     days = (end.astimezone(tz).date() - start.astimezone(tz).date()).days
