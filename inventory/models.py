@@ -434,6 +434,29 @@ class Monitoring(Model):
     )
 
 
+#: How long a report link (an S3 presigned URL) stays valid: at most 7 days (SigV4's limit).
+LinkExpiry = Annotated[timedelta, Duration(timedelta(days=7))]
+
+
+class Reports(Model):
+    """Where the client's reports are delivered (docs/reports.md#delivery)."""
+
+    storage: BlockName | None = Field(
+        default=None,
+        description=(
+            "Name of a Prefect file-system block the reports are written to: prefect-aws"
+            " S3Bucket (the link is a presigned URL), Prefect's LocalFileSystem (a file://"
+            " link), or any other WritableFileSystem. Unset: the local folder"
+            " <data>/reports on the machine that runs the report."
+        ),
+    )
+    link_expiry: LinkExpiry = Field(
+        default=timedelta(days=7),
+        json_schema_extra={"default": "7d"},
+        description="How long an S3 report link stays valid (<= 7d, S3's limit).",
+    )
+
+
 class ClientInventory(Model):
     """One client's inventory file (clients/<slug>.yaml)."""
 
@@ -463,6 +486,10 @@ class ClientInventory(Model):
     hygiene: Hygiene = Field(
         default_factory=Hygiene,
         description="Malware scan, unnecessary software, unused services, log review, stress.",
+    )
+    reports: Reports = Field(
+        default_factory=Reports,
+        description="Where reports are delivered; default the local folder.",
     )
     defaults: ServerDefaults = Field(
         default_factory=ServerDefaults,
