@@ -46,6 +46,11 @@ def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.3f} %"
 
 
+def _count(frame: pd.DataFrame, column: str) -> int:
+    """Rows whose count in ``column`` is above zero (unknown is not)."""
+    return int((pd.to_numeric(frame[column]).fillna(0) > 0).sum()) if len(frame) else 0
+
+
 def summary_markdown(
     client_name: str,
     period: ReportPeriod,
@@ -55,6 +60,8 @@ def summary_markdown(
 ) -> str:
     """The report's headline as markdown for the Prefect UI (pure)."""
     total = tables.total.iloc[0]
+    compliance = tables.compliance
+    pending = _count(compliance, "pending_security")
     lines = [
         f"# {client_name}: maintenance report {period.label}",
         "",
@@ -68,6 +75,8 @@ def summary_markdown(
         f"| SLA met | {sla_words(total['sla_met'], total['coverage_pct'])} |",
         f"| incidents | {int(total['incidents'])} |",
         f"| maintenance runs | {len(tables.activity)} |",
+        f"| servers with security updates pending at the end | {pending} of {len(compliance)} |",
+        f"| servers with audit findings open | {_count(compliance, 'findings_open')} |",
         "",
         "## Files",
         "",

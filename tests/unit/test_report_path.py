@@ -247,6 +247,9 @@ def test_the_summary_and_uptime_rows_give_the_client_total_and_the_files() -> No
     assert f"| unknown (no data) | {month} s |" in text  # db1 never reported
     assert "| incidents | 1 |" in text
     assert "| SLA met | insufficient data (coverage 50.00 %) |" in text  # db1 never reported
+    # No audit stored: no server counted as pending or with findings (unknown is not 0).
+    assert "| servers with security updates pending at the end | 0 of 2 |" in text
+    assert "| servers with audit findings open | 0 |" in text
     assert "- `report.html`: /r/report.html" in text
     assert text.endswith("## Notes\n\n- a caveat\n")
     rows = uptime_rows(tables)
