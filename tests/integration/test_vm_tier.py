@@ -139,7 +139,7 @@ def test_snapshot_rollback_and_restore_test_on_a_real_disk(vm_estate: VmEstate) 
         back = vm_estate.ssh(
             "vm2",
             "test -e /etc/ctk-after && echo present || echo gone;"
-            " dpkg-query -W -f '${Version}' caretaker-legacy; date +%s",
+            " dpkg-query -W -f '${Version}\\n' caretaker-legacy; date +%s",
         ).stdout.split()
         assert back[:2] == ["gone", "0.9"]
         assert abs(float(back[2]) - time.time()) < 30  # the clock was set after the load
