@@ -16,8 +16,9 @@
 6. prints the outcomes, where the change records are, and how to approve in the UI;
 7. runs a ``security-audit`` of every client (read-only; its results feed the reports'
    compliance section), then ``maintenance-report`` for every example client for the last
-   full month (the generated history: incidents, planned time, the SLA) and the current
-   one, and prints each headline and where each report.html is.
+   30 days (the generated history and today's runs and audits: incidents, planned time,
+   the SLA, activity, compliance) and for the current month, and prints each headline and
+   where each report.html is.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from core.logs import quiet_console
 from core.settings import settings, telemetry_off
+from deployments.demo_vms import add_vm_host
 from deployments.server import ensure_server
 from inventory import ClientInventory, load_inventory
 from sandbox import faults, moto
@@ -70,6 +72,7 @@ def demo_approvers(source: Path, cache: Path) -> tuple[Path, dict[str, Path]]:
     ``<cache>/demo/approvers`` (made once; private keys never leave the cache), and the
     client files are copied to ``<cache>/demo/clients`` with each approver's ``ssh_key``
     set to the public half, so the demo's approvals are signed with real credentials.
+    Each copy also gets the client's VM host (:func:`deployments.demo_vms.add_vm_host`).
 
     Returns:
         (the inventory copy's folder, the private key of each approver).
@@ -94,6 +97,7 @@ def demo_approvers(source: Path, cache: Path) -> tuple[Path, dict[str, Path]]:
                 )  # fmt: skip
             approver["ssh_key"] = key.with_suffix(".pub").read_text().strip()
             private[approver["name"]] = key
+        add_vm_host(data)  # one VM (systemd, nftables) per client: deployments/demo_vms.py
         (clients_dir / file.name).write_text(yaml.safe_dump(data, sort_keys=False))
     return clients_dir, private
 
@@ -213,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = moto.start(estate) if estate.spec.aws else None
     print(
         f"    {len(estate.spec.hosts)} hosts with real sshd on {estate.spec.bridge}"
+        f" ({len(estate.spec.vm_hosts)} of them QEMU VMs with systemd)"
         + (f"; AWS endpoint (moto) at {endpoint}" if endpoint else "")
     )
 
@@ -351,12 +356,16 @@ def main(argv: list[str] | None = None) -> int:
             detail = "; ".join(row.findings) if row.findings else f"{len(row.warnings)} warning(s)"
             print(f"    {row.server:<12} {row.status}: {detail}")
 
+    from sandbox.history_month import showcase_period
+
     for slug, inv in clients.items():
-        # The last full month (the generated history) and the current one (the demo's runs).
-        for month in (None, datetime.now(inv.tz).strftime("%Y-%m")):
-            say(f"maintenance-report for {slug}: {month or 'last month'}")
+        # The last 30 days (the generated history, today's runs and audits: every section)
+        # and the current month (the SLA not judged until 90 % of it has data).
+        now = datetime.now(UTC)
+        for period in (showcase_period(now, inv.tz), now.astimezone(inv.tz).strftime("%Y-%m")):
+            say(f"maintenance-report for {slug}: {period}")
             report = cast(
-                "State[Any]", maintenance_report(client=slug, period=month, return_state=True)
+                "State[Any]", maintenance_report(client=slug, period=period, return_state=True)
             )
             if not report.is_completed():
                 failures += 1
