@@ -26,6 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import TransientSnapshotError
 from history.change import Finding
 from inventory import AwsProvider, Server, SnapshotPolicy
 from tasks.snapshots.factory import provider_for
@@ -148,7 +149,7 @@ def instance_events(servers: Sequence[Server], client: str) -> list[ProviderEven
     events: list[ProviderEvent] = []
     for members in groups.values():
         ec2 = cast(
-            AwsSnapshotProvider, provider_for(members[0], SnapshotPolicy(), client=client)
+            "AwsSnapshotProvider", provider_for(members[0], SnapshotPolicy(), client=client)
         ).ec2
         ids = {
             str(Instances(ec2, cast(AwsProvider, s.provider)).of(s)["InstanceId"]): s.name
@@ -164,9 +165,27 @@ def instance_events(servers: Sequence[Server], client: str) -> list[ProviderEven
     return events
 
 
-@task(name="scheduled-events", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def _transient(task: Any, run: Any, state: Any) -> bool:
+    """Retry only what may pass (throttling, an unreachable endpoint), never a refusal."""
+    try:
+        state.result()
+    except TransientSnapshotError:
+        return True
+    except Exception:  # anything else is final
+        return False
+    return False
+
+
+@task(
+    name="scheduled-events",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=_transient,
+)
 def scheduled_events(servers: Sequence[Server], client: str) -> list[ProviderEvent]:
-    """The providers' scheduled maintenance events for ``servers`` (read-only; retried once).
+    """The providers' scheduled maintenance events for ``servers`` (read-only; retried once
+    when EC2 was throttled or unreachable).
 
     Raises:
         SnapshotError: the provider could not be asked.
