@@ -17,6 +17,9 @@ mount --bind -o ro "$REPO" "$ROOT/srv/caretaker-repo"
 cat /proc/sys/kernel/random/uuid > "$HOSTDIR/boot_id"
 mount --bind -o ro "$HOSTDIR/boot_id" "$ROOT/proc/sys/kernel/random/boot_id"
 hostname "$NAME"
+# The sandbox's freshclam: its own signatures (sandbox/signatures.py) count as updated at
+# each boot, so a malware scan never reads them as stale on a long-lived cached image.
+touch "$ROOT"/var/lib/clamav/caretaker.* 2>/dev/null || true
 exec chroot "$ROOT" /bin/bash -c '
   /usr/sbin/sshd -D -e 2>>/var/log/sshd.log &
   trap "exit 0" TERM
