@@ -214,3 +214,26 @@ def test_an_unknown_server_name_is_refused(audit_env: None) -> None:
 
     with pytest.raises(ConfigError, match=r"no such server\(s\): nope \(known: \['h01'"):
         security_audit(client=SLUG, servers=["nope"])
+
+
+def test_an_audit_whose_results_cannot_be_stored_fails_and_says_so(
+    estate: Estate, audit_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.security_audit
+
+    # Nothing listens on 127.0.0.1:9: the store cannot be opened. No retries, to be quick.
+    monkeypatch.setenv("CARETAKER_HISTORY_STORE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/x")
+    monkeypatch.setattr(
+        flows.security_audit,
+        "store_audit_results",
+        flows.security_audit.store_audit_results.with_options(retries=0),
+    )
+    a01 = estate.spec.hosts[0].name
+
+    state, summary = audit_run(servers=[a01])
+
+    assert state.name == "Failed"
+    assert summary.store_problem.startswith("results not stored in the history store:")
+    assert "cannot be opened" in summary.store_problem
+    assert summary.store_problem in (state.message or "")
+    assert [r.server for r in summary.servers] == [a01]  # the audit itself still reported
