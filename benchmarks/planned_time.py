@@ -1,7 +1,7 @@
 """Figures: what the schedule-slot rule hid, and how fast the demo month is made.
 
 On the demo's generated history (``sandbox/history_month.py``, seeded, 90 days ending at
-``--end``) of every example client, for the last full month before ``--end``:
+``--end``) of every example client, for the 30 days up to ``--end`` (what the demo reports):
 
 * the **slot rule** (reports before issue 12): every day's schedule slot
   (``inventory.windows_between``) counted as planned maintenance, plus the announced windows;
@@ -34,7 +34,8 @@ from history.windows import StoredWindow
 from inventory import load_inventory
 from reports.compute import compute_report
 from reports.inputs import servers_frame, windows_frame, with_time
-from sandbox.history_month import CHECK_EVERY, generate_history, showcase_month, write_checks
+from reports.periods import period_bounds
+from sandbox.history_month import CHECK_EVERY, generate_history, showcase_period, write_checks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,8 @@ def main() -> int:
             made = generate_history(inv, end, seed=args.seed)
             path = write_checks(made, tmp)
             intervals = with_time(parquet_to_intervals(path, 3 * CHECK_EVERY))
-            start, stop = showcase_month(end, inv.tz)
+            period = showcase_period(end, inv.tz)
+            start, stop = period_bounds(period, inv.tz)
             announced = windows_frame(announced_windows(made, slug))
             slots = pd.DataFrame(
                 [(None, a, b, "declared") for a, b in inv.windows_between(start, stop)],
@@ -79,7 +81,7 @@ def main() -> int:
                 totals[f"{key}_u"] += float(figures[key]["unplanned_down_s"])
             hidden = 1 - figures["slot"]["unplanned_down_s"] / figures["ann"]["unplanned_down_s"]
             print(
-                f"{slug} {start:%Y-%m}: maintenance {figures['slot']['maintenance_s']:,.0f} s"
+                f"{slug} {period}: maintenance {figures['slot']['maintenance_s']:,.0f} s"
                 f" (slot rule) vs {figures['ann']['maintenance_s']:,.0f} s (announced);"
                 f" unplanned down {figures['slot']['unplanned_down_s']:,.0f} s vs"
                 f" {figures['ann']['unplanned_down_s']:,.0f} s: the slot rule hid {hidden:.1%};"

@@ -16,7 +16,7 @@ from sandbox.history_month import (
     NOTICE,
     REBOOT,
     generate_history,
-    showcase_month,
+    showcase_period,
     write_checks,
 )
 
@@ -79,18 +79,27 @@ def test_each_month_has_a_window_announced_ahead_with_every_server_rebooting_in_
             assert len(rows) == REBOOT // CHECK_EVERY and not rows["ok"].any()
 
 
-def test_the_showcase_month_has_a_night_outage_a_long_one_and_a_gap(made: tuple) -> None:
+def test_the_last_30_days_have_a_night_outage_a_long_one_a_gap_and_a_window(
+    made: tuple,
+) -> None:
     inventory, history = made
-    start, end = showcase_month(END, inventory.tz)
-    assert (start.month, end.month) == (11, 12) and start.tzinfo is inventory.tz
-    in_month = [e for e in history.episodes if start <= e.start < end]
-    outages = [e for e in in_month if e.kind == "outage"]
-    night = next(e for e in outages if e.start.astimezone(inventory.tz).day == 14)
+    period = showcase_period(END, inventory.tz)
+    assert (
+        period == "2026-11-05..2026-12-04"
+        if inventory.slug == "globex"
+        else "2026-11-06..2026-12-05"
+    )
+    start = END - timedelta(days=30)
+    recent = [e for e in history.episodes if e.start >= start]
+    assert [a for a in history.announced if a.start >= start]  # one announced window
+    outages = [e for e in recent if e.kind == "outage"]
+    night = next(e for e in outages if e.end - e.start == timedelta(minutes=35))
+    assert timedelta(days=15) < END - night.start < timedelta(days=17)
     slot = inventory.windows_between(night.start - timedelta(hours=3), night.end)[0]
     assert slot[0] < night.start < slot[1]  # inside the schedule's slot ...
     assert not any(a.start <= night.start < a.end for a in history.announced)  # ... unannounced
     assert any(e.end - e.start == timedelta(minutes=95) for e in outages)
-    gap = [e for e in in_month if e.kind == "gap"]
+    gap = [e for e in recent if e.kind == "gap"]
     assert len(gap) == len(inventory.servers)
     silent = history.checks[
         (history.checks["ts"] >= gap[0].start) & (history.checks["ts"] < gap[0].end)
