@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import SandboxError
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -60,18 +62,15 @@ def publish_repository(root: Path, clients: Mapping[str, str] | None = None) -> 
         (source / "clients").mkdir()
         for slug, text in clients.items():
             (source / "clients" / f"{slug}.yaml").write_text(text)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "deployments.generate",
-                "--inventory",
-                "clients",
-            ],
+        done = subprocess.run(
+            [sys.executable, "-m", "deployments.generate", "--inventory", "clients"],
             cwd=source,
-            check=True,
             capture_output=True,
+            text=True,
+            check=False,
         )
+        if done.returncode != 0:
+            raise SandboxError(f"prefect.yaml for the given clients: {done.stderr or done.stdout}")
     git(source, "init", "-q", "-b", "main")
     git(source, "add", "-A")
     git(source, "commit", "-q", "-m", "caretaker under test")

@@ -1,0 +1,396 @@
+"""Benchmark: 40 clients x 5 sandbox hosts (200 hosts) in one window, one worker vs two.
+
+The production set-up of docs/deployments.md ("Worker mode: several machines"), on this
+machine: a Prefect server on PostgreSQL (two API processes, a services process, Redis
+messaging: ``deployments.server.ensure_server(workers=2)``; ``--server-workers 1`` for
+one process), the history store in another PostgreSQL database, the code in a local bare
+git repository (``sandbox/git_server.py``) whose ``clients/`` are the 40 benchmark
+clients, the work pool made by ``python -m deployments.fleet pool`` and the 40
+``server-maintenance/<client>`` deployments by ``prefect deploy``. Every run clones the
+deployed commit, as on a real fleet.
+
+Each round starts its workers, each in its own folder and process group, with
+``prefect worker start --pool caretaker-process --limit L`` (Prefect's defaults
+otherwise: it polls every 10 s); once every worker has polled, it schedules one run per
+client, all at the same instant (the start of their common window), and waits for every
+run to end. ``--limit`` (default 2) is a machine's capacity: both "machines" share this
+machine's cores, so a worker allowed more runs at once than half of them can use measures
+this machine's CPU rather than a second worker's worth. Round 1 has one worker,
+round 2 two. Printed per round, from each run's Prefect state history:
+
+* total wall time: the window's start to the last run's end, and the throughput;
+* scheduling lag: scheduled start to Running, p50 / p95 (and the first wave's, the runs
+  that found a free slot: the pick-up latency alone);
+* orchestration overhead per run: from the worker taking the run (Pending) to its end,
+  minus the time in apt (the union of the run's ``collect-facts`` task runs: ``apt-get
+  update`` and apt's simulation on each host over SSH), p50 / p95 / mean.
+
+The runs are dry runs (``dry_run=true``): the exact plan of each host, with real apt on
+all 200 hosts, and the whole orchestration path (deployment, worker, git clone, flow run
+process, SSH sessions, artifact) without the approval round trip. The full procedure's own
+costs (snapshots, staging, approval, batches, restore test) are measured per run by
+``benchmarks/fleet_maintenance.py``; 40 of them twice over would take most of an hour on a
+2-core machine and measure apt and snapshots, not the fleet's orchestration.
+
+    .venv/bin/python benchmarks/fleet_scale.py [--clients 40] [--hosts 5] [--limit 2]
+
+Needs root (the sandbox), PostgreSQL at 127.0.0.1:5432 (``CARETAKER_TEST_PG_URL``
+overrides the administrative URL) and Redis at 127.0.0.1:6379 for the multi-process
+server. Everything it makes (estate, databases, server, workers) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from core.settings import telemetry_off
+from deployments.server import ensure_server, redis_env, stop_server
+from sandbox.estate import Estate, numbered_hosts
+from sandbox.git_server import GitServer, publish_repository
+from sandbox.repo import PackageSpec
+
+ADMIN_URL = os.environ.get(
+    "CARETAKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BIN = Path(sys.executable).parent
+REDIS_DB = 9
+
+CLIENT = """\
+client:
+  slug: {slug}
+  name: Fleet Bench {slug}
+  timezone: UTC
+  contact: {{name: Ops, email: ops@fleet.example}}
+  approvers: [{{name: alice, email: alice@fleet.example}}]
+schedule: {{cadence: monthly, window: {{start: "00:00", duration: 24h}}}}
+rollout: {{batch_size: 2, failures_tolerated: 0, on_failure: restore}}
+patch: {{policy: all, hold: [], reboot: if-required}}
+defaults: {{ssh_block: fleet-bench-ssh, user: root, port: 22, os_family: debian}}
+servers:
+{servers}
+"""
+
+
+def client_files(estate: Estate, clients: int, per_client: int) -> dict[str, str]:
+    files = {}
+    for c in range(clients):
+        hosts = estate.spec.hosts[c * per_client : (c + 1) * per_client]
+        servers = "\n".join(
+            f"  - {{name: {h.name}, role: {'staging' if i == 0 else 'production'},"
+            f" address: {h.address}, provider: {{type: sandbox, estate: fleet-bench}}}}"
+            for i, h in enumerate(hosts)
+        )
+        slug = f"bench{c + 1:02d}"
+        files[slug] = CLIENT.format(slug=slug, servers=servers)
+    return files
+
+
+@contextmanager
+def database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database (its name), dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def machine_env(api: str, **extra: str) -> dict[str, str]:
+    """A worker machine's environment: no CARETAKER_* setting (the pool carries them)."""
+    return {
+        "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        **extra,
+    }
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def stop_machine(worker: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker and every process it started (flow runs have sessions of their own)."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    tree, grew = {worker.pid}, True
+    while grew:
+        more = {pid for pid in pids if _parent(pid) in tree} - tree
+        grew, tree = bool(more), tree | more
+    for pid in tree:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    worker.wait(10)
+
+
+def deploy(git: GitServer, api: str, store_url: str, log: Path) -> float:
+    """The work pool and every deployment, as docs/deployments.md says."""
+    started = time.perf_counter()
+    with log.open("ab") as sink:
+        for command in (
+            [sys.executable, "-m", "deployments.fleet", "pool", "--store-url", store_url],
+            ["prefect", "--no-prompt", "deploy", "--all"],
+        ):
+            subprocess.run(
+                command,
+                cwd=git.checkout,
+                env=machine_env(api, CARETAKER_GIT_REPOSITORY=git.url, PREFECT_CLI_PROMPT="false"),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=900,
+            )
+    return time.perf_counter() - started
+
+
+def schedule_all(slugs: Sequence[str], at: datetime) -> list[UUID]:
+    """One dry run per client, all scheduled at ``at``; their ids."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    with get_client(sync_client=True) as client:
+        return [
+            client.create_flow_run_from_deployment(
+                client.read_deployment_by_name(f"server-maintenance/{slug}").id,
+                parameters={"client": slug, "dry_run": True},
+                state=Scheduled(scheduled_time=at),
+            ).id
+            for slug in slugs
+        ]
+
+
+def union_seconds(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of time intervals (pure)."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def run_figures(run_id: UUID) -> dict[str, Any]:
+    """A finished run's times: scheduled, Pending, Running, end, and its time in apt."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        states = client.read_flow_run_states(run_id)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=200
+        )
+    first: dict[str, float] = {}
+    for state in sorted(states, key=lambda s: s.timestamp):
+        first.setdefault(state.type.value, state.timestamp.timestamp())
+    apt = [
+        (t.start_time.timestamp(), t.end_time.timestamp())
+        for t in tasks
+        if t.name.startswith("collect-facts") and t.start_time and t.end_time
+    ]
+    return {
+        "ok": bool(run.state and run.state.is_completed()),
+        "scheduled": (run.expected_start_time or run.created or datetime.now(UTC)).timestamp(),
+        "pending": first.get("PENDING", first["RUNNING"]),
+        "running": first["RUNNING"],
+        "end": (run.end_time or datetime.now(UTC)).timestamp(),
+        "apt": union_seconds(apt),
+    }
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def one_round(
+    workers: int, limit: int, slugs: Sequence[str], git: GitServer, api: str, root: Path
+) -> dict[str, float]:
+    """Start ``workers`` workers, schedule every client at one instant, wait for all runs."""
+    from prefect.client.orchestration import get_client
+
+    procs = []
+    for n in range(workers):
+        machine = root / f"round{workers}-machine-{n + 1}"
+        machine.mkdir()
+        log = (machine.parent / f"{machine.name}.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [
+                    "sh",
+                    "-ec",
+                    'git clone -q "$CARETAKER_GIT_REPOSITORY" caretaker && cd caretaker\n'
+                    f"prefect worker start --pool caretaker-process --limit {limit}",
+                ],
+                cwd=machine,
+                env=machine_env(api, CARETAKER_GIT_REPOSITORY=git.url),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    try:
+        # The fleet is up before the window opens: every worker has polled the pool.
+        since = datetime.now(UTC)
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                polled = [
+                    w
+                    for w in client.read_workers_for_work_pool("caretaker-process")
+                    if w.last_heartbeat_time and w.last_heartbeat_time > since
+                ]
+                if len(polled) >= workers:
+                    break
+                time.sleep(1)
+            else:
+                raise RuntimeError(f"workers did not poll: see {root}/round{workers}-*.log")
+        at = datetime.now(UTC) + timedelta(seconds=2)
+        run_ids = schedule_all(slugs, at)
+        deadline = time.monotonic() + 3600
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                states = [client.read_flow_run(r).state for r in run_ids]
+                if all(s is not None and s.is_final() for s in states):
+                    break
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"a worker exited: see {root}/round{workers}-*.log")
+                time.sleep(2)
+    finally:
+        for proc in procs:
+            stop_machine(proc)
+    runs = [run_figures(r) for r in run_ids]
+    failed = sum(1 for r in runs if not r["ok"])
+    lags = [r["running"] - r["scheduled"] for r in runs]
+    first_wave = sorted(lags)[: workers * limit]
+    overheads = [r["end"] - r["pending"] - r["apt"] for r in runs]
+    wall = max(r["end"] for r in runs) - at.timestamp()
+    return {
+        "failed": failed,
+        "wall": wall,
+        "throughput": len(runs) / wall * 60,
+        "lag_p50": pct(lags, 0.5),
+        "lag_p95": pct(lags, 0.95),
+        "wave_p95": pct(first_wave, 0.95),
+        "overhead_p50": pct(overheads, 0.5),
+        "overhead_p95": pct(overheads, 0.95),
+        "overhead_mean": statistics.fmean(overheads),
+        "apt_mean": statistics.fmean(r["apt"] for r in runs),
+        "run_mean": statistics.fmean(r["end"] - r["running"] for r in runs),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=40)
+    parser.add_argument("--hosts", type=int, default=5, help="hosts per client")
+    parser.add_argument("--limit", type=int, default=2, help="flow runs at once per worker")
+    parser.add_argument("--server-workers", type=int, default=2, help="Prefect API processes")
+    args = parser.parse_args()
+    telemetry_off()
+    if args.clients * args.hosts > 200:
+        parser.error("the sandbox estate holds 200 hosts at most")
+
+    root = Path(tempfile.mkdtemp(prefix="caretaker-fleet-bench-"))
+    estate = Estate(numbered_hosts("fleet-bench", 91, args.clients * args.hosts))
+    started = time.perf_counter()
+    estate.up(fresh=True)
+    estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
+    print(f"estate of {args.clients * args.hosts} hosts up in {time.perf_counter() - started:.1f}s")
+    slugs = [f"bench{c + 1:02d}" for c in range(args.clients)]
+    git = publish_repository(root, client_files(estate, args.clients, args.hosts))
+    pg = make_url(ADMIN_URL)
+    home = root / "prefect-home"
+    try:
+        with database("caretaker_bench_prefect") as prefect_db, database("caretaker_bench") as db:
+            extra = {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
+            if args.server_workers > 1:
+                extra.update(redis_env(db=REDIS_DB))
+            started = time.perf_counter()
+            url = ensure_server(
+                timeout=180,
+                home=home,
+                database_url=pg.set(
+                    drivername="postgresql+asyncpg", database=prefect_db
+                ).render_as_string(hide_password=False),
+                env=extra,
+                workers=args.server_workers,
+            )
+            api = f"{url}/api"
+            print(
+                f"Prefect server on PostgreSQL, {args.server_workers} API process(es)"
+                f"{' + services, Redis messaging' if args.server_workers > 1 else ''}:"
+                f" answering in {time.perf_counter() - started:.1f}s"
+            )
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            from sandbox.prefect_blocks import ssh_identity
+
+            with temporary_settings({PREFECT_API_URL: api}):
+                ssh_identity(estate).save("fleet-bench-ssh", overwrite=True)
+            store_url = pg.set(database=db).render_as_string(hide_password=False)
+            seconds = deploy(git, api, store_url, root / "deploy.log")
+            print(
+                f"work pool + deployments of {len(slugs)} clients (prefect deploy): {seconds:.1f}s"
+            )
+            results = {}
+            for workers in (1, 2):
+                with temporary_settings({PREFECT_API_URL: api}):
+                    results[workers] = one_round(workers, args.limit, slugs, git, api, root)
+                r = results[workers]
+                print(
+                    f"{workers} worker(s), --limit {args.limit}, {len(slugs)} runs"
+                    f" ({r['failed']} not completed): wall {r['wall']:.1f}s,"
+                    f" {r['throughput']:.1f} runs/min\n"
+                    f"    scheduling lag p50 {r['lag_p50']:.1f}s p95 {r['lag_p95']:.1f}s"
+                    f" (first wave of {workers * args.limit}: p95 {r['wave_p95']:.1f}s)\n"
+                    f"    overhead per run p50 {r['overhead_p50']:.2f}s"
+                    f" p95 {r['overhead_p95']:.2f}s mean {r['overhead_mean']:.2f}s"
+                    f" (run {r['run_mean']:.1f}s, of it apt {r['apt_mean']:.1f}s)"
+                )
+            print(
+                f"two workers / one worker throughput: "
+                f"{results[2]['throughput'] / results[1]['throughput']:.2f}x"
+                f" (machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
+            )
+    finally:
+        stop_server(home=home)
+        estate.down(purge=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
