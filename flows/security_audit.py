@@ -23,7 +23,7 @@ Parameters: ``client`` (slug), ``servers`` (names; default all), ``refresh`` (de
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -36,24 +36,15 @@ from core.errors import ConfigError
 from core.logs import redact_logs
 from core.settings import settings
 from inventory import load_client_by_slug
-from tasks.compliance import store_audit_results, stored_audits
+from tasks.compliance import ServerAudit, audit_rows, store_audit_results, stored_audits
 from tasks.facts.collect import AUDIT_FACTS, collect_facts
 from tasks.facts.script import HostFacts
 from tasks.notify import notice_audit, notify
 from tasks.records import run_url
 from tasks.sessions import open_sessions
-from tasks.verify.suite import HostVerificationSettings, VerificationReport, validate_host_facts
+from tasks.verify.suite import HostVerificationSettings, validate_host_facts
 
 __all__ = ["SecurityAuditSummary", "ServerAudit", "audit_rows", "security_audit"]
-
-
-class ServerAudit(BaseModel):
-    """One server's audit result."""
-
-    server: str
-    status: Literal["passed", "findings", "unreachable"]
-    findings: list[str] = Field(default_factory=list, description="What breaks the policy.")
-    warnings: list[str] = Field(default_factory=list, description="What could not be checked.")
 
 
 class SecurityAuditSummary(BaseModel):
@@ -74,31 +65,6 @@ class SecurityAuditSummary(BaseModel):
     def with_findings(self) -> list[ServerAudit]:
         """Servers with findings or unreachable."""
         return [s for s in self.servers if s.status != "passed"]
-
-
-def audit_rows(
-    order: list[str], report: VerificationReport | None, unreachable: dict[str, str]
-) -> list[ServerAudit]:
-    """One row per server in ``order`` (pure): the suite's failures and warnings, or why
-    the server could not be read."""
-    rows: list[ServerAudit] = []
-    for name in order:
-        if name in unreachable:
-            rows.append(
-                ServerAudit(server=name, status="unreachable", findings=[unreachable[name]])
-            )
-            continue
-        assert report is not None
-        result = report.per_server[name]
-        rows.append(
-            ServerAudit(
-                server=name,
-                status="passed" if result.passed else "findings",
-                findings=list(result.failures),
-                warnings=list(result.warnings),
-            )
-        )
-    return rows
 
 
 @flow(

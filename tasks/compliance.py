@@ -1,23 +1,26 @@
-"""Storing a security audit's results in the history store (``history/compliance.py``).
+"""A security audit's rows, and storing them in the history store (``history/compliance.py``).
 
-The ``security-audit`` flow ends with one row per server (status, findings, warnings).
-:func:`stored_audits` turns them, with the suite's report and the facts read, into the
-store's :class:`history.compliance.StoredAudit` (pure): each finding keyed by the check
-it broke, so that reports can tell a finding that stayed open from one that was closed
-and another that opened; the security updates pending on the server (package and
-version), so that reports can date the oldest one. :func:`store_audit_results` is the
-thin task that writes them (an upsert: safe to retry). Nothing but these is stored: no
-raw command output, no log line; what is stored is redacted by the store.
+An audit (the ``security-audit`` flow, and the maintenance procedure's audit after
+production) ends with one :class:`ServerAudit` per server (status, findings, warnings:
+:func:`audit_rows`, pure). :func:`stored_audits` turns them, with the suite's report and
+the facts read, into the store's :class:`history.compliance.StoredAudit` (pure): each
+finding keyed by the check it broke, so that reports can tell a finding that stayed open
+from one that was closed and another that opened; the security updates pending on the
+server (package and version), so that reports can date the oldest one.
+:func:`store_audit_results` is the thin task that writes them (an upsert: safe to retry).
+Nothing but these is stored: no raw command output, no log line; what is stored is
+redacted by the store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
 
 from history.compliance import AuditFinding, PendingUpdate, StoredAudit
 from history.store import open_store
@@ -26,7 +29,8 @@ from tasks.verify.suite import VerificationReport
 
 __all__ = [
     "UNREACHABLE_KEY",
-    "AuditRow",
+    "ServerAudit",
+    "audit_rows",
     "pending_security",
     "store_audit_results",
     "stored_audits",
@@ -36,20 +40,38 @@ __all__ = [
 UNREACHABLE_KEY = "unreachable"
 
 
-class AuditRow(Protocol):
-    """One server's audit result as the flow has it (``flows.security_audit.ServerAudit``)."""
+class ServerAudit(BaseModel):
+    """One server's audit result (a row of the ``security-audit`` flow's artifact and summary)."""
 
-    @property
-    def server(self) -> str: ...
+    server: str
+    status: Literal["passed", "findings", "unreachable"]
+    findings: list[str] = Field(default_factory=list, description="What breaks the policy.")
+    warnings: list[str] = Field(default_factory=list, description="What could not be checked.")
 
-    @property
-    def status(self) -> str: ...
 
-    @property
-    def findings(self) -> list[str]: ...
-
-    @property
-    def warnings(self) -> list[str]: ...
+def audit_rows(
+    order: list[str], report: VerificationReport | None, unreachable: dict[str, str]
+) -> list[ServerAudit]:
+    """One row per server in ``order`` (pure): the suite's failures and warnings, or why
+    the server could not be read."""
+    rows: list[ServerAudit] = []
+    for name in order:
+        if name in unreachable:
+            rows.append(
+                ServerAudit(server=name, status="unreachable", findings=[unreachable[name]])
+            )
+            continue
+        assert report is not None
+        result = report.per_server[name]
+        rows.append(
+            ServerAudit(
+                server=name,
+                status="passed" if result.passed else "findings",
+                findings=list(result.failures),
+                warnings=list(result.warnings),
+            )
+        )
+    return rows
 
 
 def pending_security(facts: HostFacts) -> list[PendingUpdate] | None:
@@ -68,7 +90,7 @@ def stored_audits(
     client: str,
     flow_run_id: str,
     audited_at: datetime,
-    rows: Sequence[AuditRow],
+    rows: Sequence[ServerAudit],
     report: VerificationReport | None,
     facts: Mapping[str, HostFacts],
 ) -> list[StoredAudit]:
