@@ -571,7 +571,11 @@ def identity_script(
         "chown -R ops:ops /home/ops/.ssh",
         "umask 022",
         f"printf '%s' {q(sources)} > /etc/apt/sources.list",
-        "systemctl enable ssh >/dev/null 2>&1",
+        # What `systemctl enable ssh` makes, made directly: systemctl enable takes 6-12 s
+        # under TCG (it scans every unit file, then reloads the manager).
+        "ln -sf /lib/systemd/system/ssh.service /etc/systemd/system/sshd.service",
+        "ln -sf /lib/systemd/system/ssh.service"
+        " /etc/systemd/system/multi-user.target.wants/ssh.service",
         "systemctl restart ssh",
         "systemctl reset-failed",
     ]
