@@ -23,6 +23,7 @@ and chained with ``raise ... from exc``. A failure carries its evidence.
     │                             timed out, staging failed, halted...), recorded
     ├── ReportInputError          a report's input broke an expectation; nothing computed
     ├── PdfNotMade                report.pdf was not made (the HTML and CSV were)
+    ├── ReportNotStored           a report's files could not be written to its storage block
     ├── ImportRejected            an import file has bad rows; nothing was imported
     ├── HistoryExists             a bulk import met a server that already has history
     ├── AnnouncementRefused       a maintenance announcement is not one (times, names, late)
@@ -318,6 +319,12 @@ class PdfNotMade(CaretakerError):
 
     The HTML report and the CSV files do not depend on it.
     """
+
+
+class ReportNotStored(CaretakerError):
+    """A report's files could not be written to (or linked in) its storage block; the
+    message names the block, the file and the storage's error (never its credentials).
+    The files stay in the report's local folder."""
 
 
 _SHOWN_PROBLEMS = 50

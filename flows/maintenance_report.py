@@ -12,7 +12,12 @@ Orchestration only, one way through ``reports/``:
       ─► write_report (reports.render: report.html, uptime.csv, incidents.csv, activity.csv)
       ─► write_pdf (report.pdf from report.html with headless chromium; skipped, with a
          warning saying why, when there is no chromium or it fails)
-      ─► publish_report_artifacts (reports.publish: markdown summary + uptime table)
+      ─► store_report (reports.publish: every file to the client's storage block,
+         blocks.report_storage: S3 with a presigned link, or a folder; default <data>/reports)
+      ─► publish_report_artifacts (reports.publish: markdown summary + uptime table) and
+         publish_report_link (report.html's link)
+      ─► notify (tasks.notify: the contact gets the links through the client's
+         notification blocks; a failed send is logged and kept in the result)
 
 The store is the source of truth: if Prefect's API cannot be read, the report is still
 made, with a note saying so. Every number is explained in docs/reports.md.
@@ -34,10 +39,16 @@ from inventory import load_client_by_slug
 from reports.compute import compute_report
 from reports.inputs import MaintenanceRun, read_maintenance_runs, read_report_inputs
 from reports.periods import resolve_period
-from reports.publish import publish_report_artifacts
+from reports.publish import (
+    headline_lines,
+    publish_report_artifacts,
+    publish_report_link,
+    store_report,
+)
 from reports.render import ReportContext, write_pdf, write_report
 from reports.uptime import sla_words
 from reports.validate import validate_inputs
+from tasks.notify import notice_report, notify
 
 __all__ = ["ReportResult", "default_out_dir", "maintenance_report"]
 
@@ -51,6 +62,13 @@ class ReportResult(BaseModel):
     end: datetime = Field(description="The period's end, exclusive.")
     out_dir: str = Field(description="The folder holding the files.")
     files: dict[str, str] = Field(description="Written paths by file name (report.html, ...).")
+    stored: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where each file was delivered (storage block): a path or s3://bucket/key.",
+    )
+    notice_problems: list[str] = Field(
+        default_factory=list, description="Notification blocks the report notice failed on."
+    )
     artifacts: list[str] = Field(description="Keys of the Prefect artifacts published.")
     uptime_pct: float | None = Field(description="The client's uptime, %; None without data.")
     unplanned_down_s: float = Field(description="Unplanned downtime, all servers, seconds.")
@@ -151,8 +169,28 @@ def maintenance_report(
         files["report.pdf"] = str(write_pdf(files["report.html"]))
     except PdfNotMade as reason:  # the PDF is a convenience: the report stands without it
         logger.warning("%s %s: no report.pdf made: %s", client, resolved.label, reason)
+    stored = store_report(
+        inventory.reports.storage, client, resolved.label, files, inventory.reports.link_expiry
+    )
+    locations = {name: item.location for name, item in stored.items()}
     artifacts = publish_report_artifacts(
-        client, inventory.client.name, resolved, tables, files, notes
+        client, inventory.client.name, resolved, tables, locations, notes
+    )
+    artifacts.append(publish_report_link(client, resolved.label, stored["report.html"]))
+    contact = inventory.client.contact
+    notice_problems = notify(
+        inventory.client.notify,
+        *notice_report(
+            inventory.client.name,
+            f"{contact.name} <{contact.email}>",
+            resolved.label,
+            resolved.start,
+            resolved.end,
+            {name: item.link for name, item in stored.items()},
+            headline=headline_lines(tables),
+            expires=stored["report.html"].expires,
+            tz=inventory.tz,
+        ),
     )
     total = tables.total.iloc[0]
     result = ReportResult(
@@ -162,6 +200,8 @@ def maintenance_report(
         end=resolved.end,
         out_dir=str(directory),
         files=files,
+        stored=locations,
+        notice_problems=notice_problems,
         artifacts=artifacts,
         uptime_pct=_float(total["uptime_pct"]),
         unplanned_down_s=float(total["unplanned_down_s"]),
@@ -172,6 +212,11 @@ def maintenance_report(
         notes=notes,
     )
     logger.info(
-        "%s %s: uptime %s, written to %s", client, resolved.label, result.uptime_pct, directory
+        "%s %s: uptime %s, written to %s, delivered to %s",
+        client,
+        resolved.label,
+        result.uptime_pct,
+        directory,
+        locations["report.html"],
     )
     return result

@@ -1,28 +1,46 @@
-"""The report's last step: its Prefect artifacts, a markdown summary and the uptime table.
+"""The report's last steps: delivery to its storage block, and its Prefect artifacts.
 
-:func:`publish_report_artifacts` is the thin task that publishes; what it publishes is
-built by pure functions tested without Prefect: :func:`summary_markdown` (the headline
-for the Prefect UI) and :func:`uptime_rows` (uptime.csv's rows as JSON-friendly dicts).
-Artifact keys follow :func:`core.artifacts.artifact_key`, as the maintenance records do.
+:func:`store_report` writes the files to the client's storage block
+(:mod:`blocks.report_storage`: S3, a folder) and makes a link to each;
+:func:`publish_report_link` publishes report.html's link as a link artifact;
+:func:`publish_report_artifacts` the summary (markdown) and the uptime table. What they
+publish is built by pure functions tested without Prefect: :func:`summary_markdown` (the
+headline for the Prefect UI), :func:`headline_lines` (the notice's) and
+:func:`uptime_rows` (uptime.csv's rows as JSON-friendly dicts). Artifact keys follow
+:func:`core.artifacts.artifact_key`, as the maintenance records do.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
+from blocks.report_storage import StoredFile, describe_storage, load_report_storage, store_files
 from core.artifacts import artifact_key
 from reports.compute import ReportTables
 from reports.periods import ReportPeriod
 from reports.uptime import TOTAL_ROW, sla_words
 
-__all__ = ["publish_report_artifacts", "summary_markdown", "uptime_rows"]
+__all__ = [
+    "headline_lines",
+    "publish_report_artifacts",
+    "publish_report_link",
+    "store_report",
+    "summary_markdown",
+    "uptime_rows",
+]
 
 
 def _number(value: Any) -> Any:
@@ -123,3 +141,70 @@ def publish_report_artifacts(
         description=f"Uptime per server, {client} {label}",
     )
     return [report_key, uptime_key]
+
+
+def headline_lines(tables: ReportTables) -> list[str]:
+    """The client's headline for the report notice (pure): uptime, SLA, incidents, runs."""
+    total = tables.total.iloc[0]
+    return [
+        f"Uptime ({TOTAL_ROW}): {_pct(total['uptime_pct'])};"
+        f" SLA: {sla_words(total['sla_met'], total['coverage_pct'])}.",
+        f"Incidents: {int(total['incidents'])}; maintenance runs: {len(tables.activity)}.",
+    ]
+
+
+@task(name="store-report", cache_policy=NO_CACHE)
+def store_report(
+    storage: str | None,
+    client: str,
+    label: str,
+    files: Mapping[str, str],
+    expiry: timedelta,
+) -> dict[str, StoredFile]:
+    """Deliver the report's files to the client's storage block and link each.
+
+    Args:
+        storage: the inventory's ``reports.storage`` (a block name); None: ``<data>/reports``.
+        client: the client's slug.
+        label: the period's label; the files go to ``<client>/<label>/<name>``.
+        files: the local files by name.
+        expiry: how long an S3 link stays valid.
+
+    Returns:
+        Each file's location and link, by name.
+
+    Raises:
+        ConfigError: the storage block does not exist.
+        ReportNotStored: a file could not be written or linked.
+    """
+    block = load_report_storage(storage)
+    stored = store_files(block, f"{client}/{label}", {n: Path(p) for n, p in files.items()}, expiry)
+    # The locations only: a presigned link is for the contact and the link artifact.
+    get_run_logger().info(
+        "%s %s: stored in %s: %s",
+        client,
+        label,
+        describe_storage(block),
+        ", ".join(s.location for s in stored.values()),
+    )
+    return stored
+
+
+@task(name="publish-report-link", cache_policy=NO_CACHE)
+def publish_report_link(client: str, label: str, report: StoredFile) -> str:
+    """Publish report.html's link as a Prefect link artifact ``report-link-<client>-<period>``.
+
+    Returns:
+        The artifact's key.
+    """
+    key = artifact_key("report-link", client, label)
+    expires = (
+        f"; the link works until {report.expires:%Y-%m-%d %H:%M} UTC" if report.expires else ""
+    )
+    create_link_artifact(
+        key=key,
+        link=report.link,
+        link_text=f"{client} {label}: {report.name}",
+        description=f"Report {client} {label}, stored at {report.location}{expires}",
+    )
+    return key

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -51,6 +51,7 @@ __all__ = [
     "notice_audit",
     "notice_before_change",
     "notice_end",
+    "notice_report",
     "notify",
     "save_demo_webhook",
 ]
@@ -287,6 +288,54 @@ def notice_end(
         lines += [f"  - {f.server or 'all'}: {f.summary}" for f in critical]
     if run_url:
         lines += ["", f"Full change record: {run_url}"]
+    return _finish(subject, lines)
+
+
+def notice_report(
+    client_name: str,
+    contact: str,
+    period: str,
+    start: datetime,
+    end: datetime,
+    links: Mapping[str, str],
+    *,
+    headline: Sequence[str] = (),
+    expires: datetime | None = None,
+    tz: tzinfo | str = UTC,
+) -> Notice:
+    """The notice telling the client's contact that their report is ready, with its links.
+
+    Args:
+        client_name: the client's display name.
+        contact: who it is for (``name <email>``).
+        period: the period's label (``2026-10``).
+        start: the period's start.
+        end: the period's end (exclusive; shown as the last day).
+        links: the report's files by name and the link that opens each (report.html first).
+        headline: a few summary lines (uptime, incidents).
+        expires: when the links stop working (S3 presigned URLs); None: they do not.
+        tz: the client's time zone.
+
+    Returns:
+        (subject, body).
+    """
+    zone = _zone(tz)
+    first, last = (
+        start.astimezone(zone).date(),
+        (end.astimezone(zone) - timedelta(seconds=1)).date(),
+    )
+    subject = f"{_PREFIX} {client_name}: maintenance report {period}"
+    lines = [
+        f"For {contact}.",
+        "",
+        f"The maintenance report of {client_name} for {period} ({first} to {last}) is ready.",
+        *headline,
+        "",
+        *[f"{name}: {link}" for name, link in links.items()],
+    ]
+    if expires is not None:
+        lines += ["", f"The links work until {format_time(expires, zone)}."]
+    lines += ["", "report.html opens offline: save it to keep it."]
     return _finish(subject, lines)
 
 

@@ -236,8 +236,14 @@ def test_the_report_writes_hand_checked_uptime_incidents_and_activity(seeded: st
     assert set(artifacts) == {
         f"report-rptco-{PERIOD.replace('..', '-')}",
         f"uptime-rptco-{PERIOD.replace('..', '-')}",
+        f"report-link-rptco-{PERIOD.replace('..', '-')}",
     }
     assert sorted(result.artifacts) == sorted(artifacts)
+    # Delivered to the default storage, the data folder (where it was written): a file link.
+    assert result.stored["report.html"] == result.files["report.html"]
+    link = artifacts[f"report-link-rptco-{PERIOD.replace('..', '-')}"]
+    # Prefect keeps a link artifact as markdown: [text](link)
+    assert str(link.data).endswith(f"({Path(result.files['report.html']).as_uri()})"), link.data
     summary = artifacts[result.artifacts[0]]
     assert summary.type == "markdown" and "98.907 %" in str(summary.data)
     table = artifacts[result.artifacts[1]]
