@@ -43,14 +43,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -236,12 +239,56 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def answering(estate: Estate) -> list[str]:
+    """The hosts whose sshd does not send its banner within 5 s."""
+
+    def silent(address: str) -> bool:
+        try:
+            with socket.create_connection((address, 22), timeout=5) as sock:
+                sock.settimeout(5)
+                return not sock.recv(4).startswith(b"SSH")
+        except OSError:
+            return True
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        quiet = pool.map(silent, [h.address for h in estate.spec.hosts])
+        return [h.name for h, q in zip(estate.spec.hosts, quiet, strict=True) if q]
+
+
+def not_planned(run_ids: Sequence[UUID]) -> int:
+    """How many hosts the runs could not plan (their "N host(s) not planned" log lines)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    total = 0
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200
+            )
+            for log in logs:
+                found = re.search(r"(\d+) host\(s\) not planned", log.message)
+                if found:
+                    total += int(found.group(1))
+    return total
+
+
 def one_round(
-    workers: int, limit: int, slugs: Sequence[str], git: GitServer, api: str, root: Path
+    workers: int,
+    limit: int,
+    slugs: Sequence[str],
+    git: GitServer,
+    api: str,
+    root: Path,
+    estate: Estate,
 ) -> dict[str, float]:
     """Start ``workers`` workers, schedule every client at one instant, wait for all runs."""
     from prefect.client.orchestration import get_client
 
+    estate.up()  # idempotent: the bridge and every host, as they should be
+    quiet = answering(estate)
+    if quiet:
+        raise RuntimeError(f"{len(quiet)} sandbox host(s) do not answer: {quiet[:10]}")
     procs = []
     for n in range(workers):
         machine = root / f"round{workers}-machine-{n + 1}"
@@ -294,12 +341,14 @@ def one_round(
             stop_machine(proc)
     runs = [run_figures(r) for r in run_ids]
     failed = sum(1 for r in runs if not r["ok"])
+    unplanned = not_planned(run_ids)
     lags = [r["running"] - r["scheduled"] for r in runs]
     first_wave = sorted(lags)[: workers * limit]
     overheads = [r["end"] - r["pending"] - r["apt"] for r in runs]
     wall = max(r["end"] for r in runs) - at.timestamp()
     return {
         "failed": failed,
+        "unplanned": unplanned,
         "wall": wall,
         "throughput": len(runs) / wall * 60,
         "lag_p50": pct(lags, 0.5),
@@ -334,6 +383,7 @@ def main() -> int:
     git = publish_repository(root, client_files(estate, args.clients, args.hosts))
     pg = make_url(ADMIN_URL)
     home = root / "prefect-home"
+    results: dict[int, dict[str, float]] = {}
     try:
         with database("caretaker_bench_prefect") as prefect_db, database("caretaker_bench") as db:
             extra = {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
@@ -366,14 +416,14 @@ def main() -> int:
             print(
                 f"work pool + deployments of {len(slugs)} clients (prefect deploy): {seconds:.1f}s"
             )
-            results = {}
             for workers in (1, 2):
                 with temporary_settings({PREFECT_API_URL: api}):
-                    results[workers] = one_round(workers, args.limit, slugs, git, api, root)
+                    results[workers] = one_round(workers, args.limit, slugs, git, api, root, estate)
                 r = results[workers]
                 print(
                     f"{workers} worker(s), --limit {args.limit}, {len(slugs)} runs"
-                    f" ({r['failed']} not completed): wall {r['wall']:.1f}s,"
+                    f" ({r['failed']} not completed, {r['unplanned']} host(s) not planned):"
+                    f" wall {r['wall']:.1f}s,"
                     f" {r['throughput']:.1f} runs/min\n"
                     f"    scheduling lag p50 {r['lag_p50']:.1f}s p95 {r['lag_p95']:.1f}s"
                     f" (first wave of {workers * args.limit}: p95 {r['wave_p95']:.1f}s)\n"
@@ -389,7 +439,10 @@ def main() -> int:
     finally:
         stop_server(home=home)
         estate.down(purge=True)
-    return 0
+    bad = sum(r["failed"] + r["unplanned"] for r in results.values())
+    if bad:
+        print(f"not valid: {bad} run(s) not completed or host(s) not planned", file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
