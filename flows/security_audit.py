@@ -8,6 +8,10 @@ firewall (``tasks/security.py``); then the verification suite (great-expectation
 TCP port outside ``allowed_ports``, no failed systemd unit, sshd letting no password (and
 no root by password) in, inbound traffic denied by default, disks, pending reboot, and
 every fact read. A host that cannot be reached (a host-key mismatch included) is a finding.
+The policy's hygiene clauses run read-only beside it (``tasks/hygiene/``): the malware scan,
+enabled and listening services outside ``allowed_services``, and the journal since the last
+maintenance (counts above the inventory's thresholds); and the client's maintenance schedule
+is flagged when its review is overdue.
 
 Each run publishes a table artifact (``security-audit-<client>``, one row per server),
 stores each server's result in the history store (``tasks/compliance.py``: status, findings
@@ -32,13 +36,16 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from core.errors import ConfigError
+from core.errors import CaretakerError, ConfigError
 from core.logs import redact_logs
 from core.settings import settings
+from history.change import ChangeRecord, Finding
+from history.store import open_store
 from inventory import load_client_by_slug
 from tasks.compliance import ServerAudit, audit_rows, store_audit_results, stored_audits
 from tasks.facts.collect import AUDIT_FACTS, collect_facts
 from tasks.facts.script import HostFacts
+from tasks.hygiene.steps import HygieneSteps, schedule_findings
 from tasks.notify import notice_audit, notify
 from tasks.records import run_url
 from tasks.sessions import open_sessions
@@ -60,11 +67,49 @@ class SecurityAuditSummary(BaseModel):
         default="",
         description="Why the results could not be stored in the history store (then Failed).",
     )
+    client_findings: list[str] = Field(
+        default_factory=list, description="The client's own: a schedule review overdue."
+    )
+    client_warnings: list[str] = Field(
+        default_factory=list, description="The client's own, to know: no review date recorded."
+    )
 
     @property
     def with_findings(self) -> list[ServerAudit]:
         """Servers with findings or unreachable."""
         return [s for s in self.servers if s.status != "passed"]
+
+
+def with_hygiene(rows: list[ServerAudit], findings: list[Finding]) -> list[ServerAudit]:
+    """The rows with the hygiene checks' findings in them (pure): warnings and critical
+    ones are findings (the server did not pass), info ones are warnings."""
+    out = []
+    for row in rows:
+        mine = [f for f in findings if f.server == row.server]
+        bad = [f"{f.kind}: {f.summary}" for f in mine if f.severity != "info"]
+        info = [f"{f.kind}: {f.summary}" for f in mine if f.severity == "info"]
+        status = "findings" if bad and row.status == "passed" else row.status
+        out.append(
+            row.model_copy(
+                update={
+                    "status": status,
+                    "findings": [*row.findings, *bad],
+                    "warnings": [*row.warnings, *info],
+                }
+            )
+        )
+    return out
+
+
+def earlier_changes(client: str, logger: Any) -> list[ChangeRecord]:
+    """The client's change records (where the log review starts); none when the store
+    cannot be read (the review then reads its whole lookback, and says so in the log)."""
+    try:
+        with open_store() as store:
+            return store.change_records(client)
+    except CaretakerError as exc:
+        logger.warning("log review from its lookback: no change records read: %s", exc)
+        return []
 
 
 @flow(
@@ -79,7 +124,9 @@ def security_audit(
     refresh: bool = True,
     require_firewall_known: bool = False,
 ) -> State[Any]:
-    """Audit one client's servers against the security policy (read-only).
+    """Audit one client's servers against the security policy (read-only), with the
+    policy's hygiene clauses (malware scan, unused services, log review since the last
+    maintenance) and the client's schedule review.
 
     Args:
         client: the client's slug.
@@ -113,6 +160,11 @@ def security_audit(
                 facts[name] = future.state.result()
             else:
                 unreachable[name] = f"not audited: {future.state.message or future.state.name}"
+        # The hygiene clauses, read-only, on every server that answered.
+        answered = [s for s in chosen if s.name in facts]
+        hygiene = HygieneSteps(inventory, answered, sessions).review(
+            None, earlier_changes(client, logger)
+        )
 
     report = (
         validate_host_facts(
@@ -123,7 +175,7 @@ def security_audit(
         if facts
         else None
     )
-    rows = audit_rows([s.name for s in chosen], report, unreachable)
+    rows = with_hygiene(audit_rows([s.name for s in chosen], report, unreachable), hygiene)
     create_table_artifact(
         key=f"security-audit-{client}",
         table=[
@@ -138,6 +190,9 @@ def security_audit(
         description=f"Security audit of {inventory.client.name}",
     )
     summary = SecurityAuditSummary(client=client, audited_at=audited_at, servers=rows)
+    for item in schedule_findings(inventory, audited_at.astimezone(inventory.tz).date()):
+        kept = summary.client_warnings if item.severity == "info" else summary.client_findings
+        kept.append(item.summary)
     stored = store_audit_results(
         stored_audits(client, str(flow_run.id), audited_at, rows, report, facts),
         return_state=True,
@@ -146,10 +201,11 @@ def security_audit(
         summary.store_problem = f"results not stored in the history store: {stored.message}"
         logger.error("%s", summary.store_problem)
     found = summary.with_findings
-    if found:
+    if found or summary.client_findings:
         subject, body = notice_audit(
             inventory.client.name,
-            {r.server: r.findings for r in found},
+            {r.server: r.findings for r in found}
+            | ({"schedule": summary.client_findings} if summary.client_findings else {}),
             audited_at=audited_at,
             tz=inventory.client.timezone,
             run_url=run_url(flow_run.id),
@@ -158,10 +214,16 @@ def security_audit(
     logger.info(
         "security audit of %s: %d server(s), %d with findings", client, len(rows), len(found)
     )
-    if found or summary.store_problem:
+    if found or summary.store_problem or summary.client_findings:
         names = ", ".join(r.server for r in found)
         message = "; ".join(
-            m for m in (f"findings on {names}" if found else "", summary.store_problem) if m
+            m
+            for m in (
+                f"findings on {names}" if found else "",
+                "; ".join(summary.client_findings),
+                summary.store_problem,
+            )
+            if m
         )
         return Failed(message=message, data=summary)
     return Completed(message=f"{len(rows)} server(s) passed", data=summary)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect.futures import PrefectFuture
@@ -370,3 +370,26 @@ def summary_update(plan: HygienePlan, as_lists: bool = False) -> dict[str, Any]:
     """The ``PlanSummary`` (tuples) or ``MaintenancePlan`` (``as_lists``) fields (pure)."""
     kind: Any = list if as_lists else tuple
     return {"hygiene": kind(plan.lines), "warnings": kind(plan.warnings), "order": kind(plan.order)}
+
+
+def schedule_findings(inventory: ClientInventory, today: date) -> list[Finding]:
+    """The client's schedule review (pure): late is a warning; never recorded, info."""
+    schedule = inventory.schedule
+    problem = schedule.review_problem(today)
+    if problem is None:
+        return []
+    recorded = schedule.agreed_on is not None or schedule.reviewed_on is not None
+    return [finding("schedule", None, problem, "warning" if recorded else "info")]
+
+
+def report_notes(
+    inventory: ClientInventory, today: date, events: Sequence[ProviderEvent] | str
+) -> list[str]:
+    """The monthly report's lines on the schedule review and the providers' scheduled
+    maintenance (``events``: the upcoming events, or why they could not be read) (pure)."""
+    notes = [f"Schedule review: {f.summary}." for f in schedule_findings(inventory, today)]
+    if isinstance(events, str):
+        notes.append(f"Providers' scheduled maintenance could not be read: {events}")
+    else:
+        notes += [f"Provider maintenance scheduled: {e.line()}" for e in events]
+    return notes

@@ -479,3 +479,154 @@ def test_inventory_hygiene_settings_have_defaults_and_are_checked(
     with pytest.raises(InventoryError) as err:
         load_client(tmp_path / "acme.yaml")
     assert "reviewed_on 2020-01-01 is before agreed_on 2021-01-01" in str(err.value)
+
+
+# ------------------------------------------------------------------ the steps' pure parts
+
+
+def test_the_plan_names_removals_disables_scan_stress_and_log_review(acme: ClientInventory) -> None:
+    from tasks.hygiene.software import Removal, SoftwarePlan
+    from tasks.hygiene.steps import plan_lines
+
+    inv = acme.model_copy(
+        update={"hygiene": acme.hygiene.model_copy(update={"stress": StressTest(enabled=True)})}
+    )
+    removals = {
+        acme.servers[0].name: SoftwarePlan(
+            removals=[Removal(name="telnet", version="0.17", why="unwanted")]
+        ),
+        acme.servers[1].name: SoftwarePlan(),
+    }
+    lines = plan_lines(inv, acme.servers, removals, {acme.servers[2].name: ["cups.service"]})
+    assert lines[0] == f"{acme.servers[0].name}: remove telnet 0.17 (unwanted)"
+    assert lines[1] == f"{acme.servers[2].name}: disable cups.service"
+    assert lines[2].startswith("malware scan of ")
+    staging = ", ".join(s.name for s in acme.staging)
+    assert lines[3].startswith(f"stress test of {staging} after patching: 60 s (cpu 1, vm 1, io 1")
+    assert lines[-1] == "log review since the last maintenance on every server"
+
+
+def test_stress_goes_to_production_only_when_the_inventory_allows_it(
+    acme: ClientInventory,
+) -> None:
+    from tasks.hygiene.steps import stress_targets
+
+    off = acme.hygiene.model_copy(update={"stress": StressTest(enabled=False)})
+    staging_only = acme.hygiene.model_copy(update={"stress": StressTest(enabled=True)})
+    everywhere = acme.hygiene.model_copy(
+        update={"stress": StressTest(enabled=True, allow_production=True)}
+    )
+    assert stress_targets(off, acme.servers) == []
+    assert {s.role for s in stress_targets(staging_only, acme.servers)} == {"staging"}
+    assert len(stress_targets(everywhere, acme.servers)) == len(acme.servers)
+
+
+def test_a_stress_failure_fails_the_verification_and_a_pass_names_the_test() -> None:
+    from history.change import Verification
+    from tasks.hygiene.steps import with_stress
+    from tasks.hygiene.stress import StressReport
+
+    passed = Verification(server="s", phase="staging", passed=True, expectations=("disk",))
+    held = StressReport(server="s", run=StressRun(exit_code=0, successful=True))
+    broke = held.model_copy(update={"failures": ["stress test: stress-ng failed: exit 1"]})
+    assert with_stress(passed, held).passed
+    assert with_stress(passed, held).expectations == ("disk", "stress test")
+    failed = with_stress(passed, broke)
+    assert not failed.passed and failed.failures == ("stress test: stress-ng failed: exit 1",)
+
+
+def test_removals_and_disables_go_only_to_servers_the_change_left_verified(
+    acme: ClientInventory,
+) -> None:
+    from history.change import Rollback, Verification
+    from tasks.hygiene.steps import verified_servers
+
+    a, b, c, _d = (s.name for s in acme.servers[:4])
+    window = ChangeWindow(
+        start=datetime(2026, 1, 1, tzinfo=UTC), end=datetime(2026, 1, 1, 4, tzinfo=UTC), inside=True
+    )
+    record = ChangeRecord(
+        client="acme",
+        change_ref="CHG",
+        flow_run_id="r",
+        requester="x",
+        window=window,
+        started=datetime(2026, 1, 1, tzinfo=UTC),
+        verifications=[
+            Verification(server=a, phase="staging", passed=True),
+            Verification(server=b, phase="production", passed=False, failures=("tcp 80",)),
+            Verification(server=c, phase="production", passed=True),
+            Verification(server=b, phase="production", passed=True),  # verified after restore
+        ],
+        rollbacks=[Rollback(server=b, restored_ok=True, verified_ok=True)],
+    )
+    # b was restored (its pre-change state is back), d never verified: neither is touched.
+    assert [s.name for s in verified_servers(record, acme.servers[:4])] == [a, c]
+
+
+def test_the_approval_text_shows_the_order_the_hygiene_and_the_warnings(
+    acme: ClientInventory,
+) -> None:
+    from tasks.hygiene.steps import HygienePlan, HygieneSteps, order_line
+
+    steps = HygieneSteps(acme, acme.servers, sessions=None)  # type: ignore[arg-type]
+    steps.planned = HygienePlan(lines=["web-1: remove telnet"], warnings=["provider x"])
+    text = steps.approval_text(acme.production)
+    assert order_line(acme, acme.production) in text
+    assert "Hygiene in this change:\n- web-1: remove telnet" in text
+    assert "WARNING, weigh before approving:\n- provider x" in text
+    assert HygieneSteps(acme, [], sessions=None).approval_text([]) == ""  # type: ignore[arg-type]
+
+
+def test_the_audit_counts_hygiene_warnings_as_findings_and_info_as_warnings() -> None:
+    from flows.security_audit import ServerAudit, with_hygiene
+    from tasks.hygiene.base import finding
+
+    rows = [ServerAudit(server="a", status="passed"), ServerAudit(server="b", status="passed")]
+    merged = with_hygiene(
+        rows,
+        [
+            finding("malware", "a", "malware: Eicar in /srv/x", "critical"),
+            finding("logs", "a", "log review: no journal on this server", "info"),
+            finding("logs", "b", "log review: no journal on this server", "info"),
+        ],
+    )
+    assert merged[0].status == "findings"
+    assert merged[0].findings == ["malware: malware: Eicar in /srv/x"]
+    assert merged[0].warnings == ["logs: log review: no journal on this server"]
+    assert merged[1].status == "passed" and merged[1].findings == []
+
+
+def test_schedule_review_and_provider_events_are_report_notes(acme: ClientInventory) -> None:
+    from tasks.hygiene.steps import report_notes, schedule_findings
+    from tasks.providers import ProviderEvent
+
+    late = acme.model_copy(
+        update={
+            "schedule": acme.schedule.model_copy(
+                update={"agreed_on": date(2024, 1, 1), "reviewed_on": None}
+            )
+        }
+    )
+    unknown = acme.model_copy(
+        update={
+            "schedule": acme.schedule.model_copy(update={"agreed_on": None, "reviewed_on": None})
+        }
+    )
+    today = date(2026, 12, 5)
+    assert [f.severity for f in schedule_findings(late, today)] == ["warning"]
+    assert [f.severity for f in schedule_findings(unknown, today)] == ["info"]
+    event = ProviderEvent(
+        server="web-1",
+        provider="aws",
+        code="system-reboot",
+        not_before=datetime(2026, 12, 20, 2, tzinfo=UTC),
+    )
+    notes = report_notes(late, today, [event])
+    assert notes[0].startswith("Schedule review: the maintenance schedule was agreed on 2024-01-01")
+    assert (
+        notes[1] == "Provider maintenance scheduled: web-1: aws system-reboot 2026-12-20 02:00 UTC"
+    )
+    assert report_notes(late, today, "endpoint unreachable")[-1] == (
+        "Providers' scheduled maintenance could not be read: endpoint unreachable"
+    )
