@@ -3,9 +3,9 @@
 Orchestration only, one way through ``reports/``:
 
     resolve_period (reports.periods: client timezone; default: the previous full month)
-      ─► read_report_inputs (reports.inputs: store intervals, windows, change records;
-         inventory: declared windows) and read_maintenance_runs (Prefect's history, a
-         complement only)
+      ─► read_report_inputs (reports.inputs: store intervals, announced and run windows,
+         change records; planned time is only what was announced or worked) and
+         read_maintenance_runs (Prefect's history, a complement only)
       ─► validate_inputs (reports.validate: great-expectations; a failure stops the report
          with the reason)
       ─► compute_report (reports.compute: every table, activity complemented by the runs)

@@ -13,8 +13,9 @@ Inputs (timestamps are timezone-aware; any zone, they are compared as instants):
     ``start``, ``end``, ``checks``, ``failures``, ``first_error``. A ``down`` row is a run of
     consecutive failed checks, dated from its first failure. Rows of one server never overlap.
 ``windows``
-    Planned maintenance: ``server`` (None/NA: every server of the client), ``start``, ``end``.
-    Both declared windows and recorded maintenance runs go here.
+    Planned maintenance: ``server`` (None/NA: every server of the client), ``start``, ``end``:
+    windows announced to the client (from their announcement) and the time maintenance
+    runs worked (:func:`reports.inputs.windows_frame`); never a bare schedule slot.
 ``servers``
     ``server``, optionally ``added_at`` (observed only from then) and ``sla_target_pct``.
 
