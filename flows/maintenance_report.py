@@ -212,10 +212,11 @@ def maintenance_report(
         notes=notes,
     )
     logger.info(
-        "%s %s: uptime %s, written to %s, delivered to %s",
+        "%s %s: uptime %s, SLA met: %s, written to %s, delivered to %s",
         client,
         resolved.label,
         result.uptime_pct,
+        result.sla,
         directory,
         locations["report.html"],
     )
