@@ -51,6 +51,7 @@ from tasks.approval import (
     wait_for_approval,
 )
 from tasks.checks import run_health_checks
+from tasks.compliance import audit_rows, store_audit_results, stored_audits
 from tasks.facts import HostFacts
 from tasks.facts.collect import AUDIT_FACTS, PLAN_FACTS, collect_facts
 from tasks.hygiene.steps import HygieneSteps, summary_update
@@ -900,8 +901,11 @@ class Maintenance:
     def security_audit(self) -> None:
         """Read every server of the run as the ``security-audit`` flow does (no refresh:
         the plan just did) and record what the suite fails as security findings. Findings
-        never change the outcome: they are for the record, the notice and the follow-up."""
+        never change the outcome: they are for the record, the notice and the follow-up.
+        Each server's result is stored as every audit's is (the report's compliance
+        section); a failed write is logged by its task and changes nothing here."""
         with self.recorder.phase("security-audit"):
+            audited_at = datetime.now(UTC)
             facts = self._fan_out(
                 self.servers,
                 lambda s: collect_facts.with_options(retries=1, retry_delay_seconds=5).submit(
@@ -918,18 +922,22 @@ class Maintenance:
                 if collected
                 else None
             )
-            for server in self.servers:
-                if report is None or server.name not in collected:
-                    summary = f"not audited: {error_of(facts[server.name])}"
-                    self.record.security_findings.append(
-                        Finding(server=server.name, summary=summary)
-                    )
-                    continue
-                self.record.security_findings += [
-                    Finding(server=server.name, summary=failure)
-                    for failure in report.per_server[server.name].failures
-                ]
+            unreachable = {
+                name: f"not audited: {error_of(state)}"
+                for name, state in facts.items()
+                if report is None or name not in collected
+            }
+            rows = audit_rows([s.name for s in self.servers], report, unreachable)
+            self.record.security_findings += [
+                Finding(server=row.server, summary=text) for row in rows for text in row.findings
+            ]
             self.recorder.save()
+            store_audit_results(
+                stored_audits(
+                    self.inv.slug, self.record.flow_run_id, audited_at, rows, report, collected
+                ),
+                return_state=True,
+            )
 
     # ----- 8-9. restore test and retention ------------------------------------
     def restore_test(self) -> None:

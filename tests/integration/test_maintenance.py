@@ -67,6 +67,13 @@ def test_the_happy_path_patches_every_host_after_snapshot_staging_and_approval(
     # Every verification is also a row of its own (the compliance report's last patched).
     with open_store() as store:
         rows = store.verifications("happy", change_ref="CHG-100")
+        audits = store.audits("happy", flow_run_id=record.flow_run_id)
+    # The procedure's audit after production is stored as every audit is.
+    assert {a.server for a in audits} == {h.name for h in estate.spec.hosts}
+    assert {(a.server, f.key) for a in audits for f in a.findings} == {
+        ("h05", "ssh_no_password_login")
+    }
+    assert all(a.pending_security == () for a in audits)  # patched: nothing pending
     assert sorted((v.server, v.phase, v.passed, v.at) for v in rows) == sorted(
         (v.server, v.phase, v.passed, v.at) for v in record.verifications
     )
