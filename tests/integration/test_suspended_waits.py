@@ -197,7 +197,10 @@ def suspend_approve_and_restore(
     (rollback,) = record.rollbacks
     assert rollback.server == production and rollback.restored_ok and rollback.verified_ok
     assert [c.server for c in record.package_changes].count(production) <= 1
-    assert [(a.approver, a.counted) for a in record.approvals] == [("alice", False), ("alice", True)]
+    assert [(a.approver, a.counted) for a in record.approvals] == [
+        ("alice", False),
+        ("alice", True),
+    ]
     assert "not proven" in (record.approvals[0].proof or "")
     assert record.approvals[1].ticket == "CAB-7"
     # Staging was snapshotted, patched and announced once, however often the run ran.
