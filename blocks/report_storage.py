@@ -136,6 +136,19 @@ def _is_s3(storage: WritableFileSystem) -> bool:
     return hasattr(storage, "bucket_name") and hasattr(storage, "upload_from_file_object")
 
 
+def _presigning_client(credentials: Any) -> Any:
+    """An S3 client of the block's credentials that signs with SigV4. botocore presigns S3
+    URLs with SigV2 by default (``?AWSAccessKeyId=...&Signature=...``), whose key name
+    masking (core/redact.py) would cut out of the notice; SigV4 carries
+    ``X-Amz-Credential`` and ``X-Amz-Signature`` instead, and every region accepts it."""
+    from botocore.config import Config
+
+    params = dict(credentials.aws_client_parameters.get_params_override())
+    sigv4 = Config(signature_version="s3v4")
+    params["config"] = params["config"].merge(sigv4) if params.get("config") else sigv4
+    return credentials.get_boto3_session().client("s3", **params)
+
+
 def _store_s3(storage: Any, key: str, path: Path, expiry: timedelta) -> StoredFile:
     signed_at = datetime.now(UTC)
     with path.open("rb") as handle:
@@ -144,7 +157,7 @@ def _store_s3(storage: Any, key: str, path: Path, expiry: timedelta) -> StoredFi
                 handle, key, ExtraArgs={"ContentType": content_type(path.name)}
             )
         )
-    link = storage.credentials.get_s3_client().generate_presigned_url(
+    link = _presigning_client(storage.credentials).generate_presigned_url(
         "get_object",
         Params={"Bucket": storage.bucket_name, "Key": bucket_key},
         ExpiresIn=int(expiry.total_seconds()),

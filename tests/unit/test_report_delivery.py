@@ -139,3 +139,27 @@ def test_a_notice_without_expiry_says_nothing_about_it_and_masks_a_secret() -> N
     assert "work until" not in body
     assert "hunter2" not in body
     assert "(2026-07-01 to 2026-09-30)" in body
+
+
+def test_s3_links_are_signed_with_sigv4_so_masking_leaves_them_whole() -> None:
+    # Signing is local (no request is made): botocore's S3 default, SigV2, would name
+    # AWSAccessKeyId in the query, which the notice's masking cuts out.
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+    from pydantic import SecretStr
+
+    from blocks.report_storage import _presigning_client
+    from core.redact import redact
+
+    credentials = AwsCredentials(
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key=SecretStr("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+        region_name="eu-west-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url="http://127.0.0.1:9"),
+    )
+    link = _presigning_client(credentials).generate_presigned_url(
+        "get_object", Params={"Bucket": "b", "Key": "acme/2026-10/report.html"}, ExpiresIn=60
+    )
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in link and "AWSAccessKeyId" not in link
+    assert "wJalrXUtnFEMI" not in link
+    assert redact(link) == link
