@@ -425,10 +425,12 @@ def test_the_least_critical_production_servers_go_first_in_file_order_otherwise(
 
 
 def test_batches_follow_the_rollout_order(acme: ClientInventory) -> None:
-    critical_first = acme.production[0].model_copy(update={"criticality": "critical"})
-    production = [critical_first, *acme.production[1:]]
-    planned = batches(acme, production)
-    assert [s.name for b in planned for s in b][-1] == critical_first.name
+    web1, web2, db1 = acme.production  # db1 is critical in clients/acme.yaml
+    critical_first = web1.model_copy(update={"criticality": "critical"})
+    planned = batches(acme, [critical_first, web2, db1])
+    # Equally critical servers keep their file order.
+    assert [s.name for b in planned for s in b] == [web2.name, web1.name, db1.name]
+    assert [len(b) for b in planned] == [2, 1]
 
 
 @pytest.fixture()
@@ -472,13 +474,12 @@ def test_inventory_hygiene_settings_have_defaults_and_are_checked(
     acme = load_client(repo_root / "clients" / "acme.yaml")
     assert acme.hygiene.stress.allow_production is False
     text = (repo_root / "clients" / "acme.yaml").read_text()
-    bad = text.replace(
-        "schedule:\n", "schedule:\n  reviewed_on: 2020-01-01\n  agreed_on: 2021-01-01\n", 1
-    )
+    bad = text.replace('reviewed_on: "2026-07-10"', 'reviewed_on: "2025-12-31"', 1)
+    assert bad != text
     (tmp_path / "acme.yaml").write_text(bad)
     with pytest.raises(InventoryError) as err:
         load_client(tmp_path / "acme.yaml")
-    assert "reviewed_on 2020-01-01 is before agreed_on 2021-01-01" in str(err.value)
+    assert "reviewed_on 2025-12-31 is before agreed_on 2026-01-15" in str(err.value)
 
 
 # ------------------------------------------------------------------ the steps' pure parts
