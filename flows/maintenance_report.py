@@ -25,7 +25,7 @@ made, with a note saying so. Every number is explained in docs/reports.md.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from reports.publish import (
 from reports.render import ReportContext, write_pdf, write_report
 from reports.uptime import sla_words
 from reports.validate import validate_inputs
+from tasks.hygiene.steps import monthly_notes
 from tasks.notify import notice_report, notify
 
 __all__ = ["ReportResult", "default_out_dir", "maintenance_report"]
@@ -125,7 +126,8 @@ def maintenance_report(
     )
 
     inputs = read_report_inputs(inventory, resolved.start, resolved.end)
-    notes: list[str] = []
+    # The schedule's review and the providers' scheduled maintenance (tasks/hygiene).
+    notes: list[str] = monthly_notes(inventory, datetime.now(UTC))
     runs_state = read_maintenance_runs(client, resolved.start, resolved.end, return_state=True)
     runs: list[MaintenanceRun] = []
     if runs_state.is_completed():

@@ -393,3 +393,16 @@ def report_notes(
     else:
         notes += [f"Provider maintenance scheduled: {e.line()}" for e in events]
     return notes
+
+
+def monthly_notes(inventory: ClientInventory, now: datetime) -> list[str]:
+    """The report's notes on the schedule review and the providers' upcoming scheduled
+    maintenance (EC2 events from ``now`` on; none asked without aws servers)."""
+    events: list[ProviderEvent] | str = []
+    if any(s.provider.type == "aws" for s in inventory.servers):
+        state = scheduled_events(inventory.servers, inventory.slug, return_state=True)
+        if state.is_completed():
+            events = [e for e in state.result() if (e.not_after or e.not_before or now) >= now]
+        else:
+            events = _error(state)
+    return report_notes(inventory, now.astimezone(inventory.tz).date(), events)
