@@ -39,10 +39,18 @@ time.sleep(86400)
 """
 
 
-def _nsenter(estate: Estate, host: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+def _init_pid(estate: Estate, host: str) -> int:
+    """The host's init; a VM host (sandbox.vm) has no namespaces to enter."""
+    if estate.host(host).kind == "vm":
+        raise SandboxError(f"{host} is a VM host: this fault is for namespace hosts only")
     pid = estate.init_pid(host)
     if pid is None:
         raise SandboxError(f"{host} is not running")
+    return pid
+
+
+def _nsenter(estate: Estate, host: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    pid = _init_pid(estate, host)
     return subprocess.run(
         ["nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", "-r", "-w", *cmd],
         capture_output=True,
@@ -85,9 +93,7 @@ def hold_dpkg_lock(estate: Estate, host: str) -> int:
     The lock is taken through ``/proc/<init>/root``, on the very inode apt sees
     inside the host, so apt-get on the host finds it held.
     """
-    pid = estate.init_pid(host)
-    if pid is None:
-        raise SandboxError(f"{host} is not running")
+    pid = _init_pid(estate, host)
     root = f"/proc/{pid}/root/var/lib/dpkg"
     proc = subprocess.Popen(
         [sys.executable, "-c", _LOCK_HOLDER, f"{root}/lock-frontend", f"{root}/lock"],
