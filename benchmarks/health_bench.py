@@ -1,23 +1,29 @@
-"""Benchmark: one health-check cycle over 500 check targets, against the same checks bare.
+"""Benchmark: health-check cycles over up to 1,000 sandbox servers, against bare threads.
 
-The targets (default): 50 sandbox hosts (real sshd, net 5), each a server of one client
+The servers: ``--hosts`` sandbox hosts (real sshd; estates of up to 200 hosts on nets
+40, 41, ...; a host is one sshd and a shell, ~10 MB resident), each a server of a client
 file with, as an inventory would say: SSH reachability, a ``tcp`` check of port 22 and
-8 ``http`` checks of distinct URLs served on 127.0.0.1 by a threaded HTTP server in a
-process of its own: 50 x (1 + 1 + 8) = 500 checks, 50 SSH + 50 TCP + 400 HTTP targets.
-Most URLs answer 200; one in 40 answers 500 and one in 200 answers after 3 s, beyond its
-2 s timeout: their servers are down by design (each run checks exactly those are down).
-Load, memory and disks are read over SSH from every server SSH reached.
-``--clients N`` lists the hosts in N client files (N x 50 servers, one SSH connection
-each); ``--http K`` sets the http checks per server.
+``--http`` (default 8) ``http`` checks of distinct URLs served on 127.0.0.1 by a threaded
+HTTP server in a process of its own. Most URLs answer 200; one in 40 answers 500 and one
+in 200 answers after 3 s, beyond its 2 s timeout: their servers are down by design (each
+run checks exactly those are down). Load, memory and disks are read over SSH from every
+server SSH reached. ``--clients N`` lists each estate's hosts in N client files (N x the
+servers, one SSH connection each).
 
-Printed: the cycle's wall time (median of ``--repeat``) and its phases (checks with
-metrics, store, events, artifacts; from the flow's summary), servers and checks per
-second, and the same work done with 64 bare threads (paramiko, socket, urllib: an SSH
-connection per server, ``true`` and the metrics script on it, the TCP connect, the GETs)
-with no Prefect server running: the difference is what orchestration costs. The history
-store is a throwaway SQLite file (``CARETAKER_HISTORY_STORE_URL`` in a temp dir).
+``--sizes 250,500,1000`` times the cycle at each size (the first N servers, a client file
+per estate), in one Prefect API and with the same estates, so the growth of the cost can
+be read. Printed per size: the cycle's wall time (median of ``--repeat``, after a warm-up
+cycle) and its phases (checks with metrics, store, events, artifacts; from the flow's
+summary), servers per second, and the same work done with 64 bare threads (paramiko,
+socket, urllib: an SSH connection per server, ``true`` and the metrics script on it, the
+TCP connect, the GETs) before the Prefect server starts: the difference is what
+orchestration costs. The history store is a throwaway SQLite file per size.
 
-    .venv/bin/python benchmarks/health_bench.py [--hosts 50] [--http 8] [--clients 1] [--repeat 3]
+    .venv/bin/python benchmarks/health_bench.py [--hosts 50] [--sizes N,...] [--http 8]
+        [--clients 1] [--repeat 3]
+    .venv/bin/python benchmarks/health_bench.py --hosts 1000 --sizes 250,500,1000 --http 1
+
+It refuses to start hosts the machine has no memory for (``--force`` to insist).
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ client:
   contact: {{name: Ops, email: ops@bench.example}}
   approvers: [{{name: alice, email: alice@bench.example}}]
 schedule: {{cadence: quarterly, window: {{start: "00:00", duration: 1h}}}}
-defaults: {{ssh_block: bench-ssh, user: root, port: 22, os_family: debian}}
+defaults: {{ssh_block: {block}, user: root, port: 22, os_family: debian}}
 servers:
 {servers}
 """
@@ -105,6 +111,11 @@ def _path(endpoint: int) -> str:
     return f"/ok/{endpoint}"
 
 
+ESTATE_HOSTS = 200  # hosts per sandbox estate (one /24)
+NET = 40  # the first estate's net: 10.213.40.0/24, then 41, ...
+HOST_MB = 12  # resident memory of one sandbox host (sshd + shell), with a margin
+
+
 class Target(NamedTuple):
     """One server of the benchmark's inventory."""
 
@@ -112,31 +123,34 @@ class Target(NamedTuple):
     name: str
     address: str
     urls: list[str]
+    estate: int  # index into the estates: its key and known_hosts
 
     @property
     def down_by_design(self) -> bool:
         return any("/ok/" not in url for url in self.urls)
 
 
-def plan(estate: Estate, port: int, clients: int, http: int) -> list[Target]:
-    """The servers: every client lists every host; each server gets ``http`` endpoints.
+def plan(estates: list[Estate], port: int, clients: int, http: int) -> list[Target]:
+    """The servers: per estate, every client lists every host; each gets ``http`` endpoints.
 
     Each client lists the hosts from another starting point, so that batches checked
     at once do not all knock at the same sandbox host's sshd.
     """
-    hosts = estate.spec.hosts
     targets: list[Target] = []
-    for c in range(clients):
-        start = len(hosts) * c // clients
-        for i in range(len(hosts)):
-            host = hosts[(start + i) % len(hosts)]
-            first = len(targets) * http
-            urls = [f"http://127.0.0.1:{port}{_path(first + j)}" for j in range(http)]
-            targets.append(Target(f"bench{c:02d}", host.name, host.address, urls))
+    for e, estate in enumerate(estates):
+        hosts = estate.spec.hosts
+        for c in range(clients):
+            start = len(hosts) * c // clients
+            for i in range(len(hosts)):
+                host = hosts[(start + i) % len(hosts)]
+                first = len(targets) * http
+                urls = [f"http://127.0.0.1:{port}{_path(first + j)}" for j in range(http)]
+                slug = f"bench{e}x{c:02d}"
+                targets.append(Target(slug, host.name, host.address, urls, e))
     return targets
 
 
-def _client_yaml(slug: str, targets: list[Target]) -> str:
+def _client_yaml(slug: str, block: str, targets: list[Target]) -> str:
     lines = []
     for i, t in enumerate(targets):
         role = "staging" if i == 0 else "production"
@@ -146,27 +160,37 @@ def _client_yaml(slug: str, targets: list[Target]) -> str:
             f" provider: {{type: none, reason: a benchmark host}},"
             f" checks: [{{type: tcp, port: 22, timeout: 2s}}{http}]}}"
         )
-    return CLIENT.format(slug=slug, servers="\n".join(lines))
+    return CLIENT.format(slug=slug, block=block, servers="\n".join(lines))
 
 
-def bare(estate: Estate, targets: list[Target]) -> tuple[float, int]:
+def write_inventory(folder: Path, targets: list[Target]) -> Path:
+    """One client file per client slug of ``targets`` in ``folder``; returns it."""
+    folder.mkdir(parents=True)
+    for slug in sorted({t.client for t in targets}):
+        mine = [t for t in targets if t.client == slug]
+        block = f"bench-ssh-{mine[0].estate}"
+        (folder / f"{slug}.yaml").write_text(_client_yaml(slug, block, mine))
+    return folder
+
+
+def bare(estates: list[Estate], targets: list[Target]) -> tuple[float, int]:
     """The same checks and metrics with threads and no orchestration: (seconds, down).
 
-    Per server, as the flow does: an SSH connection, ``true``, the metrics script
-    (parsed), a TCP connect to port 22, then each HTTP GET; 64 servers at once.
+    Per server: an SSH connection, ``true``, the metrics script (parsed), a TCP connect
+    to port 22, then each HTTP GET; 64 servers at once.
     """
-    pkey = paramiko.Ed25519Key.from_private_key_file(str(estate.key_path))
+    pkeys = [paramiko.Ed25519Key.from_private_key_file(str(e.key_path)) for e in estates]
     script = build_facts_script(METRIC_FACTS)
 
     def one(target: Target) -> bool:
         ok = True
         client = paramiko.SSHClient()
-        client.load_host_keys(str(estate.known_hosts_path))
+        client.load_host_keys(str(estates[target.estate].known_hosts_path))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         client.connect(
             target.address,
             username="root",
-            pkey=pkey,
+            pkey=pkeys[target.estate],
             look_for_keys=False,
             allow_agent=False,
             timeout=10,
@@ -195,20 +219,101 @@ def bare(estate: Estate, targets: list[Target]) -> tuple[float, int]:
     return time.perf_counter() - started, results.count(False)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds every core of the machine spent busy so far (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _api_server_pid() -> int:
+    """The Prefect API server the test harness started (a child of this process)."""
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                if stat[1] == me and b"uvicorn" in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    raise RuntimeError("the Prefect API server process was not found")
+
+
+class Cpu(NamedTuple):
+    """CPU seconds used during a cycle."""
+
+    flow: float  # the flow's process (this one)
+    api: float  # the Prefect API server
+    rest: float  # everything else: the hosts' sshd and shells, the HTTP endpoints, others
+
+
+def _measure(api_pid: int) -> tuple[float, float, float]:
+    return _cpu_s(os.getpid()), _cpu_s(api_pid), _machine_busy_s()
+
+
+def _cpu_since(start: tuple[float, float, float], api_pid: int) -> Cpu:
+    flow, api, busy = (b - a for a, b in zip(start, _measure(api_pid), strict=True))
+    return Cpu(flow, api, busy - flow - api)
+
+
+def _available_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+class Figures(NamedTuple):
+    """One size's figures."""
+
+    servers: int
+    checks: int
+    down: int
+    flow: list[float]
+    bare: list[float]
+    phases: dict[str, list[float]]
+    changes: int
+    cpu: list[Cpu]
+
+
 def main() -> int:
     """Run the benchmark and print its figures."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--hosts", type=int, default=50, help="sandbox hosts (default 50)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--clients", type=int, default=1, help="client files, each listing every host (1)"
+        "--hosts", type=int, default=50, help="sandbox hosts (default 50; 200 per estate)"
+    )
+    parser.add_argument(
+        "--sizes", default="", help="servers per timed cycle, comma-separated (default: all)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=1, help="client files per estate, each listing its hosts"
     )
     parser.add_argument("--http", type=int, default=8, help="http checks per server (8)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare-threads baseline")
+    parser.add_argument("--force", action="store_true", help="start hosts even when memory is low")
     parser.add_argument("--serve-http", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     telemetry_off()
     if args.serve_http:
         return _serve_http()
+    need_mb = args.hosts * HOST_MB + 2048
+    if not args.force and _available_mb() < need_mb:
+        print(
+            f"{args.hosts} hosts need about {need_mb} MB and {_available_mb()} MB are"
+            " available: not starting them (--force to insist)",
+            file=sys.stderr,
+        )
+        return 2
 
     # The endpoints run in a process of their own, as a real service would: in this
     # process they would wait for the GIL behind the flow's threads.
@@ -218,86 +323,121 @@ def main() -> int:
     assert http.stdout is not None
     port = int(http.stdout.readline())
 
-    estate = Estate(numbered_hosts("bench", 5, args.hosts))
-    started = time.perf_counter()
-    estate.up(fresh=True)
-    print(f"estate of {args.hosts} hosts up in {time.perf_counter() - started:.2f}s")
-
-    targets = plan(estate, port, args.clients, args.http)
-    work = Path(tempfile.mkdtemp(prefix="caretaker-health-bench-"))
-    inventory = work / "clients"
-    inventory.mkdir()
-    for slug in sorted({t.client for t in targets}):
-        mine = [t for t in targets if t.client == slug]
-        (inventory / f"{slug}.yaml").write_text(_client_yaml(slug, mine))
-    os.environ["CARETAKER_INVENTORY_DIR"] = str(inventory)
-    os.environ["CARETAKER_HISTORY_STORE_URL"] = f"sqlite:///{work / 'store.db'}"
-    servers = len(targets)
-    checks = servers * (2 + args.http)
-    expected_down = sum(t.down_by_design for t in targets)
-
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.health_check import HealthCheckSummary, health_check
-    from sandbox.prefect_blocks import ssh_identity
-
-    flow_times: list[float] = []
-    bare_times: list[float] = []
-    phases: dict[str, list[float]] = {}
-    changes = 0
+    count = -(-args.hosts // ESTATE_HOSTS)
+    estates = [
+        Estate(
+            numbered_hosts(
+                f"hbench{e}", NET + e, args.hosts * (e + 1) // count - args.hosts * e // count
+            )
+        )
+        for e in range(count)
+    ]
+    figures: list[Figures] = []
     try:
+        started = time.perf_counter()
+        for estate in estates:
+            estate.up(fresh=True, wait=120)
+        print(
+            f"{count} estate(s), {args.hosts} hosts up in {time.perf_counter() - started:.2f}s",
+            flush=True,
+        )
+        everything = plan(estates, port, args.clients, args.http)
+        sizes = [int(n) for n in args.sizes.split(",") if n] or [len(everything)]
+        work = Path(tempfile.mkdtemp(prefix="caretaker-health-bench-"))
         # The baseline first, with no Prefect server in the background.
-        for _ in range(args.repeat):
-            took, down = bare(estate, targets)
-            assert down == expected_down, (down, expected_down)
-            bare_times.append(took)
-            print(f"bare threads: {took:.2f}s", flush=True)
+        bare_times: dict[int, list[float]] = {}
+        for size in sizes:
+            targets = everything[:size]
+            expected_down = sum(t.down_by_design for t in targets)
+            for _ in range(0 if args.no_bare else args.repeat):
+                took, down = bare(estates, targets)
+                assert down == expected_down, (down, expected_down)
+                bare_times.setdefault(size, []).append(took)
+                print(f"{size} servers, bare threads: {took:.2f}s", flush=True)
+
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+        from prefect.testing.utilities import prefect_test_harness
+
+        from flows.health_check import HealthCheckSummary, health_check
+        from sandbox.prefect_blocks import ssh_identity
+
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):  # type: ignore[dict-item]
             with prefect_test_harness(server_startup_timeout=60):
-                ssh_identity(estate).save("bench-ssh", overwrite=True)
-                health_check()  # warm-up: imports, store schema, first samples
-                for _ in range(args.repeat):
-                    started = time.perf_counter()
-                    summary = health_check()
-                    flow_times.append(time.perf_counter() - started)
-                    assert isinstance(summary, HealthCheckSummary)
-                    _verify(summary, targets)
-                    changes += len(summary.changes)
-                    for name, seconds in summary.phase_s.items():
-                        phases.setdefault(name, []).append(seconds)
-                    print(
-                        f"health-check cycle: {flow_times[-1]:.2f}s ("
-                        + ", ".join(f"{k} {v:.2f}s" for k, v in summary.phase_s.items())
-                        + f"; {len(summary.changes)} events)",
-                        flush=True,
+                for e, estate in enumerate(estates):
+                    ssh_identity(estate).save(f"bench-ssh-{e}", overwrite=True)
+                api_pid = _api_server_pid()
+                for size in sizes:
+                    targets = everything[:size]
+                    inventory = write_inventory(work / f"clients-{size}", targets)
+                    os.environ["CARETAKER_INVENTORY_DIR"] = str(inventory)
+                    store = work / f"store-{size}.db"
+                    os.environ["CARETAKER_HISTORY_STORE_URL"] = f"sqlite:///{store}"
+                    health_check()  # warm-up: imports, store schema, first samples
+                    flow_times: list[float] = []
+                    cpu: list[Cpu] = []
+                    phases: dict[str, list[float]] = {}
+                    changes = 0
+                    for _ in range(args.repeat):
+                        started, before = time.perf_counter(), _measure(api_pid)
+                        summary = health_check()
+                        flow_times.append(time.perf_counter() - started)
+                        cpu.append(_cpu_since(before, api_pid))
+                        assert isinstance(summary, HealthCheckSummary)
+                        _verify(summary, targets)
+                        changes += len(summary.changes)
+                        for name, seconds in summary.phase_s.items():
+                            phases.setdefault(name, []).append(seconds)
+                        print(
+                            f"{size} servers, health-check cycle: {flow_times[-1]:.2f}s ("
+                            + ", ".join(f"{k} {v:.2f}s" for k, v in summary.phase_s.items())
+                            + f"; {len(summary.changes)} events; CPU s: flow {cpu[-1].flow:.1f},"
+                            f" API {cpu[-1].api:.1f}, rest {cpu[-1].rest:.1f})",
+                            flush=True,
+                        )
+                    figures.append(
+                        Figures(
+                            servers=size,
+                            checks=size * (2 + args.http),
+                            down=sum(t.down_by_design for t in targets),
+                            flow=flow_times,
+                            bare=bare_times.get(size, [float("nan")]),
+                            phases=phases,
+                            changes=changes,
+                            cpu=cpu,
+                        )
                     )
     finally:
-        estate.down(purge=True)
+        for estate in estates:
+            estate.down(purge=True)
         http.kill()
-    flow_s, bare_s = statistics.median(flow_times), statistics.median(bare_times)
     print()
     print(
-        f"targets: {checks} checks = {servers} servers ({args.clients} client(s) x"
-        f" {args.hosts} sandbox hosts) x (SSH reachability + tcp 22 + {args.http} http GET of"
-        f" distinct 127.0.0.1 URLs); + load/memory/disk over SSH per server;"
-        f" {expected_down} servers down by design (an http 500, or slower than the 2 s timeout)"
+        f"per server: SSH reachability + tcp 22 + {args.http} http GET of distinct 127.0.0.1"
+        f" URLs, + load/memory/disk over SSH; {args.clients} client file(s) per estate of up"
+        f" to {ESTATE_HOSTS} sandbox hosts; one flow run per cycle, one process"
     )
-    print(
-        f"health-check cycle (flow call, Prefect API in a local subprocess):"
-        f" median {flow_s:.2f}s (runs: {', '.join(f'{t:.2f}' for t in flow_times)});"
-        f" {servers / flow_s:.0f} servers/s, {checks / flow_s:.0f} checks/s"
-    )
-    print(
-        "  median per phase: "
-        + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in phases.items())
-        + f"; {changes} state-change events in all (the 'down by design' confirmed once)"
-    )
-    print(
-        f"bare threads (64, paramiko/socket/urllib), same checks and metrics:"
-        f" median {bare_s:.2f}s (runs: {', '.join(f'{t:.2f}' for t in bare_times)})"
-    )
-    print(f"orchestration + store + events + artifacts: {flow_s - bare_s:+.2f}s")
+    for f in figures:
+        flow_s, bare_s = statistics.median(f.flow), statistics.median(f.bare)
+        print(
+            f"{f.servers:>5} servers ({f.checks} checks, {f.down} down by design):"
+            f" health-check cycle median {flow_s:.2f}s"
+            f" (runs: {', '.join(f'{t:.2f}' for t in f.flow)}),"
+            f" {f.servers / flow_s:.0f} servers/s;"
+            f" bare threads median {bare_s:.2f}s (runs: {', '.join(f'{t:.2f}' for t in f.bare)});"
+            f" overhead {flow_s - bare_s:+.2f}s ({(flow_s / bare_s - 1) * 100:+.0f} %)"
+        )
+        print(
+            "       median per phase: "
+            + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in f.phases.items())
+            + f"; {f.changes} state-change events"
+        )
+        print(
+            "       median CPU per cycle: "
+            f"flow process {statistics.median(c.flow for c in f.cpu):.1f}s,"
+            f" Prefect API server {statistics.median(c.api for c in f.cpu):.1f}s,"
+            f" the rest (sshd and shells on the hosts, HTTP endpoints, other work on the"
+            f" machine) {statistics.median(c.rest for c in f.cpu):.1f}s"
+        )
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -287,6 +288,7 @@ class SshRemoteHost:
     def _close_locked(self) -> None:
         for client in (self._client, self._jump_client):
             if client is not None:
+                _shutdown(client)
                 client.close()
         self._client = self._jump_client = None
 
@@ -376,6 +378,21 @@ class SshRemoteHost:
                 retryable=False,
             )
         return b"".join(out), b"".join(err), code
+
+
+def _shutdown(client: paramiko.SSHClient) -> None:
+    """End the connection now: paramiko's ``close`` closes the socket while its transport
+    thread may sit in ``recv`` on it, and the kernel keeps the connection established
+    until that ``recv`` times out (0.1 s). A shutdown sends the FIN at once and wakes the
+    thread, so a closed session is closed for the host (and for the session limit)."""
+    transport = client.get_transport()
+    sock = transport.sock if transport is not None else None
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # already gone: nothing to end
 
 
 # --- pool ---------------------------------------------------------------------------
