@@ -112,7 +112,7 @@ def _unit(entry: dict[str, object]) -> str:
         value = entry.get(key)
         if isinstance(value, str) and value:
             return value
-    return "unknown"
+    return "(no unit)"
 
 
 def parse_review(text: str, since: datetime) -> LogDigest:

@@ -77,7 +77,11 @@ def test_a_scan_that_could_not_do_its_job_is_a_finding_never_a_clean_bill(
     case: str, expected: list[str]
 ) -> None:
     result = parse_scan(recorded(case))
-    assert [f.summary for f in malware_findings("h", result, MalwareScan())] == expected
+    findings = malware_findings("h", result, MalwareScan())
+    assert [f.summary for f in findings] == expected
+    assert {f.severity for f in findings} == (
+        {"info"} if case in ("malware_not_installed", "malware_no_paths") else {"warning"}
+    )
 
 
 def test_stale_signatures_are_a_finding() -> None:
