@@ -83,7 +83,8 @@ class CaretakerSettings(BaseSettings):
         ),
     )
     aws_api_calls_per_s: float = Field(
-        default=5.0,
+        # EC2 refills its own request buckets at 5 (mutating) to 20 (describe) calls a second.
+        default=20.0,
         gt=0,
         le=1000,
         description=(
