@@ -8,7 +8,7 @@ Two Prefect global concurrency limits, created from the settings (``core.setting
   server's session is closed when its checks are done), so the sessions open across all
   workers never exceed the limit. The round sizes its threads by the limit
   (:func:`ssh_session_limit`).
-- ``caretaker-aws-api-<region>`` (``aws_api_calls_per_s``, default 5): a rate limit (slots
+- ``caretaker-aws-api-<region>`` (``aws_api_calls_per_s``, default 20): a rate limit (slots
   decay at that many per second; a burst of the same size). Every EC2 call takes one slot
   first (:func:`aws_api_call`, in ``tasks.snapshots.aws.endpoint.Ec2.call``).
 
