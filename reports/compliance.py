@@ -15,9 +15,10 @@ tests. Every column and rule is explained in ``docs/reports.md`` (Compliance).
   end, in a change that did not roll it back (staging or production).
 - **Findings**: the findings of the last audit are open at the period's end; a finding
   is *closed* in the period when an audit in the period no longer has it (keyed by the
-  check it broke) while the server's previous audit had it, *opened* when an audit in
-  the period has it and the previous one did not. An audit that could not reach the
-  server closes nothing: it only adds ``unreachable``.
+  check it broke) while the server's previous audit had it, and it is not open again at
+  the end; *opened* when it is open at the end and an audit in the period found it that
+  the previous one had not. An audit that could not reach the server closes nothing: it
+  only adds ``unreachable``.
 - **Restore tests**: the change records' restore tests of the server in the period, the
   slowest RTO and whether every one passed within the inventory's RTO target
   (``restore_test.timeout``).
