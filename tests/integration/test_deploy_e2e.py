@@ -6,6 +6,9 @@ a checkout of the git server (a local bare repository of this working tree), `pr
 deployment run 'server-maintenance/<client>' --param dry_run=true`, and a worker started
 elsewhere runs it to completion on a sandbox host, from a clone of the deployed commit.
 (Several workers on a PostgreSQL-backed server: test_fleet_workers.py.)
+The report deployment likewise: `prefect deployment run 'maintenance-report/acme-monthly'`
+run by a worker stores the report through the client's S3 storage block (moto's server),
+links it and sends the contact the link.
 Then the serve mode: what starting and stopping `python -m deployments.serve` does to
 the same deployments.
 """
@@ -32,6 +35,11 @@ from deployments.server import ensure_server, stop_server
 from inventory import load_inventory
 from sandbox.git_server import GitServer, publish_repository
 from tests.conftest import sandbox_unavailable
+from tests.integration.test_store_postgres import (  # noqa: F401 (fixtures)
+    database,
+    fresh_database,
+    postgres_unreachable,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +130,23 @@ def wait_for_final_state(server: LocalServer, run_id: str, timeout: float) -> An
             time.sleep(0.5)
             flow_run = client.read_flow_run(run_id)
     return flow_run
+
+
+def work_once(
+    server: LocalServer, cwd: Path, inventory: Path, data: Path, timeout: float, **env: str
+) -> str:
+    """`prefect worker start --run-once` in ``cwd`` with the caretaker folders (and ``env``);
+    its output."""
+    worker = subprocess.run(
+        [PREFECT, "worker", "start", "--pool", WORK_POOL, "--run-once"],
+        cwd=cwd,
+        env=server.env(CARETAKER_INVENTORY_DIR=str(inventory), CARETAKER_DATA_DIR=str(data), **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return worker.stdout + worker.stderr
 
 
 @pytest.fixture(scope="module")
@@ -231,18 +256,7 @@ def test_a_worker_runs_a_client_deployment_to_completion_with_its_plan_artifact(
     # Started outside any checkout: the run clones the deployed commit.
     worker_dir = tmp_path / "worker"
     worker_dir.mkdir()
-    worker = subprocess.run(
-        [PREFECT, "worker", "start", "--pool", WORK_POOL, "--run-once"],
-        cwd=worker_dir,
-        env=deployed.env(
-            CARETAKER_INVENTORY_DIR=str(inventory), CARETAKER_DATA_DIR=str(tmp_path / "data")
-        ),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    worker_log = worker.stdout + worker.stderr
+    worker_log = work_once(deployed, worker_dir, inventory, tmp_path / "data", timeout=90)
 
     flow_run = wait_for_final_state(deployed, run_id, timeout=30)
     with api(deployed) as client:
@@ -259,6 +273,111 @@ def test_a_worker_runs_a_client_deployment_to_completion_with_its_plan_artifact(
     assert [a.key for a in tables] == [f"plan-{CLIENT}"]
     assert "caretaker-agent" in str(tables[0].data)
     assert time.monotonic() - started < 90
+
+
+REPORT_CLIENT_FILE = """\
+client:
+  slug: acme
+  name: ACME Delivery Test
+  timezone: Europe/London
+  contact: {name: ACME IT Operations, email: it-ops@acme.example}
+  approvers: [{name: alice, email: alice@acme.example}]
+  notify: [test-report-hook]
+schedule: {cadence: monthly, window: {start: "02:00", duration: 2h}}
+reports: {storage: test-report-s3, link_expiry: 1h}
+defaults: {ssh_block: test-deploy-ssh, user: root, port: 22, os_family: debian}
+servers:
+  - {name: acme-web-1, role: staging, address: 10.213.99.11, provider: {type: sandbox}}
+"""
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto on a free loopback port with the reports bucket (test_report_storage_s3.py)."""
+    from tests.integration.test_report_storage_s3 import reports_bucket
+
+    with reports_bucket("test-deploy-s3", 74) as url:
+        yield url
+
+
+def test_the_monthly_report_deployment_stores_through_the_s3_block_links_and_notifies(
+    deployed: LocalServer,
+    s3_endpoint: str,
+    fresh_database: str,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """`prefect deployment run 'maintenance-report/acme-monthly'`, a worker runs it: the
+    files land in the S3Bucket block the inventory names, report.html's presigned link is a
+    link artifact and opens the report over HTTP, and the contact's notice carries it.
+    (Deployments insist on a shared history store: a fresh PostgreSQL schema.)"""
+    import urllib.request
+
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sandbox.webhook import WebhookReceiver
+    from tasks.notify import save_demo_webhook
+    from tests.integration.test_report_storage_s3 import BUCKET, bucket_block, s3_client
+
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    (clients / "acme.yaml").write_text(REPORT_CLIENT_FILE)
+    reason = postgres_unreachable()
+    if reason:
+        pytest.skip(reason)
+    with WebhookReceiver() as inbox:
+        with temporary_settings({PREFECT_API_URL: deployed.api}):
+            bucket_block(s3_endpoint).save("test-report-s3", overwrite=True)
+            save_demo_webhook(inbox.url, name="test-report-hook")
+        output = prefect(
+            deployed,
+            "deployment",
+            "run",
+            "maintenance-report/acme-monthly",
+            "--param",
+            "period=2026-10",
+        )
+        match = re.search(r"UUID: ([0-9a-f-]{36})", output)
+        assert match, output
+        run_id = match.group(1)
+        worker_log = work_once(
+            deployed,
+            tmp_path,
+            clients,
+            tmp_path / "data",
+            timeout=120,
+            CARETAKER_HISTORY_STORE_URL=fresh_database,
+        )
+        flow_run = wait_for_final_state(deployed, run_id, timeout=30)
+        assert flow_run.state is not None and flow_run.state.is_completed(), (
+            f"{flow_run.state!r}\n{worker_log}"
+        )
+        (notice,) = inbox.wait_for(1)
+
+    assert flow_run.parameters == {"client": "acme", "period": "2026-10"}
+    objects = s3_client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix="reports/acme/2026-10/")
+    stored = {o["Key"].rsplit("/", 1)[1] for o in objects.get("Contents", [])}
+    assert {"report.html", "uptime.csv", "incidents.csv", "activity.csv"} <= stored
+    with api(deployed) as client:
+        link = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+                key=ArtifactFilterKey(any_=["report-link-acme-2026-10"]),
+            )
+        )
+    (artifact,) = link
+    url = re.search(r"\((http://127\.0\.0\.1:\d+/[^)]+)\)$", str(artifact.data))
+    assert url and "X-Amz-Signature=" in url.group(1), artifact.data
+    with urllib.request.urlopen(url.group(1), timeout=10) as response:  # noqa: S310 (loopback)
+        page = response.read().decode("utf-8")
+    assert "ACME Delivery Test: maintenance report 2026-10" in page
+    assert notice["subject"] == "[caretaker] ACME Delivery Test: maintenance report 2026-10"
+    assert "For ACME IT Operations <it-ops@acme.example>." in notice["body"]
+    assert f"report.html: {url.group(1)}" in notice["body"]
 
 
 def test_serve_unpauses_on_start_pauses_on_stop_and_deploy_hands_back_to_the_worker(
