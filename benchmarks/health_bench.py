@@ -263,6 +263,23 @@ def _cpu_since(start: tuple[float, float, float], api_pid: int) -> Cpu:
     return Cpu(flow, api, busy - flow - api)
 
 
+_NEIGH = Path("/proc/sys/net/ipv4/neigh/default")
+
+
+def _grow_neighbour_table(hosts: int) -> dict[str, str]:
+    """Make room for ``hosts`` ARP entries; returns the old thresholds (to put back).
+
+    Linux's defaults (gc_thresh3 = 1024 entries for the whole root namespace) are reached
+    by a thousand sandbox hosts: connections then fail with "Unable to connect".
+    """
+    old = {n: (_NEIGH / n).read_text().strip() for n in ("gc_thresh1", "gc_thresh2", "gc_thresh3")}
+    want = {"gc_thresh1": hosts, "gc_thresh2": 2 * hosts, "gc_thresh3": 4 * hosts}
+    for name, value in want.items():
+        if int(old[name]) < value:
+            (_NEIGH / name).write_text(str(value))
+    return old
+
+
 def _available_mb() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -333,6 +350,7 @@ def main() -> int:
         for e in range(count)
     ]
     figures: list[Figures] = []
+    neighbours = _grow_neighbour_table(args.hosts + 256)
     try:
         started = time.perf_counter()
         for estate in estates:
@@ -410,6 +428,8 @@ def main() -> int:
         for estate in estates:
             estate.down(purge=True)
         http.kill()
+        for name, value in neighbours.items():
+            (_NEIGH / name).write_text(value)
     print()
     print(
         f"per server: SSH reachability + tcp 22 + {args.http} http GET of distinct 127.0.0.1"
