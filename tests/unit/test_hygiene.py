@@ -635,3 +635,44 @@ def test_schedule_review_and_provider_events_are_report_notes(acme: ClientInvent
     assert report_notes(late, today, "endpoint unreachable")[-1] == (
         "Providers' scheduled maintenance could not be read: endpoint unreachable"
     )
+
+
+def test_the_plan_and_the_record_show_the_hygiene_the_order_and_the_warnings() -> None:
+    from history.change import PlanSummary
+    from tasks.packages import MaintenancePlan
+    from tasks.record_markdown import plan_markdown, render_markdown
+
+    plan = MaintenancePlan(
+        client="acme",
+        change_ref="CHG-1",
+        dry_run=True,
+        policy="all",
+        hosts=[],
+        hygiene=["web-1: remove telnet 0.17 (unwanted)"],
+        order=["web-2", "db-1"],
+        warnings=["provider maintenance in the window: db-1: aws system-reboot"],
+    )
+    text = plan_markdown(plan)
+    assert "## Rollout order (least critical first)\n\nweb-2, db-1" in text
+    assert "## Hygiene\n\n- web-1: remove telnet 0.17 (unwanted)" in text
+    assert "- **provider maintenance in the window: db-1: aws system-reboot**" in text
+    window = ChangeWindow(
+        start=datetime(2026, 1, 1, tzinfo=UTC), end=datetime(2026, 1, 1, 4, tzinfo=UTC), inside=True
+    )
+    record = ChangeRecord(
+        client="acme",
+        change_ref="CHG-1",
+        flow_run_id="r",
+        requester="x",
+        window=window,
+        started=datetime(2026, 1, 1, tzinfo=UTC),
+        plan=PlanSummary(
+            policy="all",
+            hygiene=tuple(plan.hygiene),
+            order=tuple(plan.order),
+            warnings=tuple(plan.warnings),
+        ),
+    )
+    shown = render_markdown(record)
+    assert "**Hygiene planned:**\n\n- web-1: remove telnet 0.17 (unwanted)" in shown
+    assert "**Warnings the approvers saw:**" in shown and "| Rollout order | web-2, db-1 |" in shown
