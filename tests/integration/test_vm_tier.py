@@ -109,8 +109,11 @@ def test_reboot_really_reboots(vm_estate: VmEstate) -> None:
         assert boot_id == result.new_boot_id
         assert float(uptime) < result.seconds + 30
         # The VM came back as itself: same host key (ssh verified it), address, firewall.
-        rules = vm_estate.ssh("vm1", "nft list chain inet filter input").stdout
-        assert "policy drop" in rules
+        with _host(vm_estate, "vm1") as host:
+            facts = collect_facts.fn(host, ["firewall", "failed_services"], refresh=False)
+        assert facts.firewall is not None and facts.firewall.default_deny is True
+        assert facts.failed_services is not None
+        assert (facts.failed_services.known, facts.failed_services.units) == (True, [])
     finally:
         vm_estate.rollback("vm1")
 
