@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ from sandbox.system import run, tcp_open
 from tasks.remote import SshRemoteHost, SshTarget
 from tasks.snapshots.base import RestoreTestResult, SnapshotRecord, poll_until, restore_test_result
 from tasks.snapshots.sandbox import SandboxSnapshotProvider, known_hosts_for
+
+log = logging.getLogger(__name__)
 
 PREFIX = "vm-"
 _FORWARD = re.compile(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)")
@@ -107,6 +110,7 @@ class VmSnapshotProvider(SandboxSnapshotProvider):
             }
         )
         self._write(folder, record)
+        log.info("%s: VM snapshot %s (%d bytes of RAM state)", server.name, snapshot_id, size or 0)
         return record
 
     def delete(self, record: SnapshotRecord) -> None:
