@@ -2,7 +2,8 @@
 
 Orchestration only. For one client or all of them, all servers in parallel,
 in batches (one ``check_servers`` task per batch of up to 25 servers of a client, threads
-inside, about 64 servers at once in all):
+inside, about 64 servers at once in all, never more than the estate-wide SSH session limit
+``caretaker-ssh-sessions``, whose slots each batch holds while it works: tasks/limits.py):
 
     per server: SSH reachability + the inventory's tcp / http / systemd checks (each
     bounded by its timeout), then load, memory and disks over the same SSH session
