@@ -13,9 +13,12 @@ Each round starts its workers, each in its own folder and process group, with
 ``prefect worker start --pool caretaker-process --limit L`` (Prefect's defaults
 otherwise: it polls every 10 s); once every worker has polled, it schedules one run per
 client, all at the same instant (the start of their common window), and waits for every
-run to end. ``--limit`` (default 2) is a machine's capacity: both "machines" share this
-machine's cores, so a worker allowed more runs at once than half of them can use measures
-this machine's CPU rather than a second worker's worth. Round 1 has one worker,
+run to end. Each worker is pinned to a CPU core of its own (``taskset``; worker 1 to core
+0, worker 2 to core 1), so that a "machine" is one core and the second machine brings
+one: a run's cost here is mostly CPU (a Python process, Prefect's and caretaker's
+imports), and two workers sharing this machine's two cores with the first one measure
+this machine, not a second one (``--shared-cores`` does that: measured, 0.92x).
+``--limit`` (default 2) is how many runs a machine takes at once. Round 1 has one worker,
 round 2 two. Printed per round, from each run's Prefect state history:
 
 * total wall time: the window's start to the last run's end, and the throughput;
@@ -281,6 +284,7 @@ def one_round(
     api: str,
     root: Path,
     estate: Estate,
+    pin: bool,
 ) -> dict[str, float]:
     """Start ``workers`` workers, schedule every client at one instant, wait for all runs."""
     from prefect.client.orchestration import get_client
@@ -297,6 +301,7 @@ def one_round(
         procs.append(
             subprocess.Popen(
                 [
+                    *(["taskset", "-c", str(n % (os.cpu_count() or 1))] if pin else []),
                     "sh",
                     "-ec",
                     'git clone -q "$CARETAKER_GIT_REPOSITORY" caretaker && cd caretaker\n'
@@ -368,6 +373,11 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=5, help="hosts per client")
     parser.add_argument("--limit", type=int, default=2, help="flow runs at once per worker")
     parser.add_argument("--server-workers", type=int, default=2, help="Prefect API processes")
+    parser.add_argument(
+        "--shared-cores",
+        action="store_true",
+        help="let every worker use every core (default: worker N is pinned to core N)",
+    )
     args = parser.parse_args()
     telemetry_off()
     if args.clients * args.hosts > 200:
@@ -375,16 +385,18 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="caretaker-fleet-bench-"))
     estate = Estate(numbered_hosts("fleet-bench", 91, args.clients * args.hosts))
-    started = time.perf_counter()
-    estate.up(fresh=True)
-    estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
-    print(f"estate of {args.clients * args.hosts} hosts up in {time.perf_counter() - started:.1f}s")
     slugs = [f"bench{c + 1:02d}" for c in range(args.clients)]
-    git = publish_repository(root, client_files(estate, args.clients, args.hosts))
     pg = make_url(ADMIN_URL)
     home = root / "prefect-home"
     results: dict[int, dict[str, float]] = {}
     try:
+        started = time.perf_counter()
+        estate.up(fresh=True)
+        estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
+        print(
+            f"estate of {len(estate.spec.hosts)} hosts up in {time.perf_counter() - started:.1f}s"
+        )
+        git = publish_repository(root, client_files(estate, args.clients, args.hosts))
         with database("caretaker_bench_prefect") as prefect_db, database("caretaker_bench") as db:
             extra = {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
             if args.server_workers > 1:
@@ -418,10 +430,14 @@ def main() -> int:
             )
             for workers in (1, 2):
                 with temporary_settings({PREFECT_API_URL: api}):
-                    results[workers] = one_round(workers, args.limit, slugs, git, api, root, estate)
+                    results[workers] = one_round(
+                        workers, args.limit, slugs, git, api, root, estate, not args.shared_cores
+                    )
                 r = results[workers]
                 print(
-                    f"{workers} worker(s), --limit {args.limit}, {len(slugs)} runs"
+                    f"{workers} worker(s), --limit {args.limit},"
+                    f" {'all cores shared' if args.shared_cores else 'one core each'},"
+                    f" {len(slugs)} runs"
                     f" ({r['failed']} not completed, {r['unplanned']} host(s) not planned):"
                     f" wall {r['wall']:.1f}s,"
                     f" {r['throughput']:.1f} runs/min\n"

@@ -20,6 +20,7 @@ so the worker on the other machine sees it) and finishes the change without aski
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -259,8 +260,12 @@ def fleet(estate: Estate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             stop_server(home=home)
 
 
-def run_deployment(fleet: Fleet, slug: str, *params: str) -> str:
+def run_deployment(
+    fleet: Fleet, slug: str, *params: str, job_env: dict[str, str] | None = None
+) -> str:
     args = [p for param in params for p in ("--param", param)]
+    if job_env:  # this run's own job variables, merged over the deployment's and the pool's
+        args += ["--job-variable", f"env={json.dumps(job_env)}"]
     done = subprocess.run(
         ["prefect", "deployment", "run", f"server-maintenance/{slug}", *args],
         env=fleet.env(),
@@ -287,6 +292,7 @@ def logs(fleet: Fleet) -> str:
     )
 
 
+@pytest.mark.fault
 def test_two_workers_run_two_clients_then_one_is_killed_and_its_change_recovered(
     fleet: Fleet, estate: Estate
 ) -> None:
@@ -338,12 +344,15 @@ def test_two_workers_run_two_clients_then_one_is_killed_and_its_change_recovered
                     machines[slug].append(machine)
                 return run
 
-            def waiting(slug: str) -> Any:
-                run = seen(slug)
-                return run if run.state and run.state.type == StateType.PAUSED else None
+            def all_waiting() -> dict[str, Any] | None:
+                seen_now = {slug: seen(slug) for slug in HOSTS}  # both watched at once
+                paused = all(
+                    r.state and r.state.type == StateType.PAUSED for r in seen_now.values()
+                )
+                return seen_now if paused else None
 
-            for slug in HOSTS:
-                run = eventually(lambda s=slug: waiting(s), 150, f"{slug} to wait:\n{logs(fleet)}")
+            waited = eventually(all_waiting, 150, f"both runs to wait:\n{logs(fleet)}")
+            for slug, run in waited.items():
                 assert run.state.name == "Suspended", run.state
                 eventually(
                     lambda s=slug: True if fleet.worker_of(read_run(runs[s])) is None else None,
@@ -417,3 +426,14 @@ def test_two_workers_run_two_clients_then_one_is_killed_and_its_change_recovered
     assert [r.outcome.value for r in record_a if r.outcome] == ["completed"]
     # The runs used the shared store the pool named; no machine made a store of its own.
     assert not (fleet.root / "data" / "caretaker.db").exists()
+
+    # A machine that does not get the fleet's store (the URL emptied for this one run): the
+    # run refuses before it touches anything, and makes no store of its own.
+    with temporary_settings({PREFECT_API_URL: fleet.api}):
+        local = run_deployment(fleet, "fleeta", job_env={"CARETAKER_HISTORY_STORE_URL": ""})
+        refused = eventually(lambda: final(local), 90, f"the refused run:\n{logs(fleet)}")
+    assert refused.state.is_failed(), refused.state
+    assert "must be shared by every worker" in (refused.state.message or "")
+    assert not (fleet.root / "data" / "caretaker.db").exists()
+    with open_store(fleet.store_url) as store:
+        assert local not in {e.holder_flow_run_id for e in store.lock_events("fleeta")}
