@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -250,9 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comment", default="")
     parser.add_argument("--ticket", default="")
     args = parser.parse_args(argv)
+    return against_api(lambda: _command(parser, args), unreachable=2)
+
+
+def against_api(command: Callable[[], int], *, unreachable: int) -> int:
+    """Run a command's body against the Prefect API (:func:`prefect_api`); returns its exit
+    status. A ``ConfigError`` is exit status 1 and an API that does not answer is
+    ``unreachable``, each said in one line on stderr, never a traceback."""
     try:
         with prefect_api():
-            return _command(parser, args)
+            return command()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -260,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"error: the Prefect API did not answer: {type(exc).__name__}: {exc}", file=sys.stderr
         )
-        return 2
+        return unreachable
 
 
 def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from core.errors import ConfigError, InventoryError
+from core.errors import InventoryError
 from core.settings import settings, telemetry_off
 from inventory import ClientInventory, load_inventory
 from tasks.limits import LimitSpec, desired_limits, limit_actions, read_limits
@@ -99,29 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     specs = desired_limits(regions, config)
-    from deployments.approve import api_errors, prefect_api
+    from deployments.approve import against_api
 
-    try:
-        with prefect_api():
-            if args.command == "apply":
-                _apply(specs, args.dry_run)
-                return 0
-            existing = read_limits(s.name for s in specs)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except api_errors() as exc:
-        print(
-            f"error: the Prefect API did not answer: {type(exc).__name__}: {exc}", file=sys.stderr
-        )
-        return 1
-    for spec in specs:
-        have = existing.get(spec.name)
-        print(
-            f"{spec.name}: settings {describe(spec)}; server "
-            + (describe(have) if have else "missing (created at first use)")
-        )
-    return 0
+    def command() -> int:
+        if args.command == "apply":
+            _apply(specs, args.dry_run)
+            return 0
+        existing = read_limits(s.name for s in specs)
+        for spec in specs:
+            have = existing.get(spec.name)
+            print(
+                f"{spec.name}: settings {describe(spec)}; server "
+                + (describe(have) if have else "missing (created at first use)")
+            )
+        return 0
+
+    return against_api(command, unreachable=1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from core.errors import ConfigError, InventoryError
+from core.errors import InventoryError
 from core.settings import settings, telemetry_off
 from inventory import load_inventory
 
@@ -125,28 +125,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not slugs:
         print(f"error: no client file in {folder}: not removing every client", file=sys.stderr)
         return 2
-    from deployments.approve import api_errors, prefect_api
+    from deployments.approve import against_api
 
-    try:
-        with prefect_api():
-            gone = stale(caretaker_deployments(), slugs)
-            verb = "would remove" if args.dry_run else "removing"
-            for d in gone:
-                clients = ", ".join(t for t in d.tags if t.startswith(_CLIENT_TAG))
-                print(f"{verb} {d.name} ({clients})")
-            if not args.dry_run:
-                _delete(gone)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except api_errors() as exc:
-        print(
-            f"error: the Prefect API did not answer: {type(exc).__name__}: {exc}", file=sys.stderr
-        )
-        return 1
-    if not gone:
-        print(f"every caretaker deployment has its client in {folder}")
-    return 0
+    def command() -> int:
+        gone = stale(caretaker_deployments(), slugs)
+        verb = "would remove" if args.dry_run else "removing"
+        for d in gone:
+            clients = ", ".join(t for t in d.tags if t.startswith(_CLIENT_TAG))
+            print(f"{verb} {d.name} ({clients})")
+        if not args.dry_run:
+            _delete(gone)
+        if not gone:
+            print(f"every caretaker deployment has its client in {folder}")
+        return 0
+
+    return against_api(command, unreachable=1)
 
 
 if __name__ == "__main__":
