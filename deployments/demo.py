@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from core.logs import quiet_console
 from core.settings import settings, telemetry_off
+from deployments.demo_vms import add_vm_host
 from deployments.server import ensure_server
 from inventory import ClientInventory, load_inventory
 from sandbox import faults, moto
@@ -71,6 +72,7 @@ def demo_approvers(source: Path, cache: Path) -> tuple[Path, dict[str, Path]]:
     ``<cache>/demo/approvers`` (made once; private keys never leave the cache), and the
     client files are copied to ``<cache>/demo/clients`` with each approver's ``ssh_key``
     set to the public half, so the demo's approvals are signed with real credentials.
+    Each copy also gets the client's VM host (:func:`deployments.demo_vms.add_vm_host`).
 
     Returns:
         (the inventory copy's folder, the private key of each approver).
@@ -95,6 +97,7 @@ def demo_approvers(source: Path, cache: Path) -> tuple[Path, dict[str, Path]]:
                 )  # fmt: skip
             approver["ssh_key"] = key.with_suffix(".pub").read_text().strip()
             private[approver["name"]] = key
+        add_vm_host(data)  # one VM (systemd, nftables) per client: deployments/demo_vms.py
         (clients_dir / file.name).write_text(yaml.safe_dump(data, sort_keys=False))
     return clients_dir, private
 
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = moto.start(estate) if estate.spec.aws else None
     print(
         f"    {len(estate.spec.hosts)} hosts with real sshd on {estate.spec.bridge}"
+        f" ({len(estate.spec.vm_hosts)} of them QEMU VMs with systemd)"
         + (f"; AWS endpoint (moto) at {endpoint}" if endpoint else "")
     )
 

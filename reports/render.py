@@ -6,8 +6,8 @@ Two separate steps (STYLE item 10):
   strings out. The HTML has inline CSS and the daily uptime bars as inline SVG; it
   references nothing outside itself (no scripts, fonts, images or links), so it opens
   offline and in a mail client.
-- :func:`write_report` writes ``report.html``, ``uptime.csv``, ``incidents.csv`` and
-  ``activity.csv`` into a directory.
+- :func:`write_report` writes ``report.html``, ``uptime.csv``, ``incidents.csv``,
+  ``activity.csv`` and ``compliance.csv`` into a directory.
 - :func:`write_pdf` prints report.html to ``report.pdf`` (A4 landscape) with headless
   chromium when a chromium binary is on PATH; otherwise it raises :class:`PdfNotMade`.
 
@@ -36,6 +36,7 @@ from markupsafe import Markup, escape
 
 from core.errors import PdfNotMade
 from reports.activity import ACTIVITY_COLUMNS
+from reports.compliance import COMPLIANCE_COLUMNS
 from reports.compute import ReportTables
 from reports.uptime import INCIDENT_COLUMNS, UPTIME_COLUMNS
 
@@ -62,6 +63,7 @@ CSV_FILES: dict[str, tuple[str, ...]] = {
     "uptime.csv": UPTIME_COLUMNS,
     "incidents.csv": INCIDENT_COLUMNS,
     "activity.csv": ACTIVITY_COLUMNS,
+    "compliance.csv": COMPLIANCE_COLUMNS,
 }
 
 # Daily bars: one column per day, height proportional to uptime. Sizes are SVG user units
@@ -199,6 +201,11 @@ def fmt_bool(value: Any) -> str:
     if isinstance(value, str):
         return value
     return "n/a" if _missing(value) else ("yes" if bool(value) else "no")
+
+
+def fmt_days(value: Any) -> str:
+    """An age in days: ``12.5 d``; ``n/a`` when unknown."""
+    return "n/a" if _missing(value) else f"{float(value):.1f} d"
 
 
 def fmt_text(value: Any) -> str:
@@ -341,10 +348,25 @@ def _environment(tz: tzinfo) -> jinja2.Environment:
         when=lambda value: fmt_local(value, tz),
         approvals=lambda value: fmt_approvals(value, tz),
         yesno=fmt_bool,
+        days=lambda value: fmt_days(value).replace(" d", "\u00a0d"),
         text=fmt_text,
     )
     env.globals["restore"] = fmt_restore
     return env
+
+
+def _compliance_view(frame: pd.DataFrame) -> dict[str, Any]:
+    """The compliance section's rows (missing values as None) and its summary counts."""
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return {
+        "compliance": rows,
+        "compliance_counts": {
+            "audited": sum(1 for r in rows if r["last_audit_at"] is not None),
+            "pending": sum(1 for r in rows if (r["pending_security"] or 0) > 0),
+            "open": sum(1 for r in rows if (r["findings_open"] or 0) > 0),
+        },
+        "rto_target": frame["rto_target_s"].max() if len(frame) else None,
+    }
 
 
 def render_html(context: ReportContext) -> str:
@@ -365,6 +387,7 @@ def render_html(context: ReportContext) -> str:
         sla={name: row for name, row in sla.to_dict("index").items()},
         incidents=tables.incidents.to_dict("records"),
         activity=tables.activity.to_dict("records"),
+        **_compliance_view(tables.compliance),
         bars=Markup(svg),  # noqa: S704 (daily_bars_svg escapes every text it inserts)
     )
 
@@ -391,6 +414,7 @@ def render_files(context: ReportContext) -> dict[str, str]:
         "uptime.csv": _csv(uptime, UPTIME_COLUMNS),
         "incidents.csv": _csv(tables.incidents, INCIDENT_COLUMNS),
         "activity.csv": _csv(tables.activity, ACTIVITY_COLUMNS),
+        "compliance.csv": _csv(tables.compliance, COMPLIANCE_COLUMNS),
     }
 
 

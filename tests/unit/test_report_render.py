@@ -101,9 +101,15 @@ def test_the_csv_files_have_exactly_the_contracted_columns() -> None:
     assert files["activity.csv"].splitlines()[0] == ",".join(ACTIVITY_COLUMNS)
 
 
-def test_write_report_writes_the_four_files(tmp_path: Path) -> None:
+def test_write_report_writes_the_five_files(tmp_path: Path) -> None:
     written = write_report(tmp_path / "acme" / "2026-10", context())
-    assert sorted(written) == ["activity.csv", "incidents.csv", "report.html", "uptime.csv"]
+    assert sorted(written) == [
+        "activity.csv",
+        "compliance.csv",
+        "incidents.csv",
+        "report.html",
+        "uptime.csv",
+    ]
     assert all(path.is_file() and path.stat().st_size > 0 for path in written.values())
     assert "<svg" in (tmp_path / "acme" / "2026-10" / "report.html").read_text()
 
