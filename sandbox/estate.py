@@ -134,6 +134,11 @@ def numbered_hosts(name: str, net: int, count: int, prefix: str = "h") -> Estate
     return EstateSpec(name=name, net=net, hosts=hosts)
 
 
+def make_host_key(key: Path, host_name: str) -> None:
+    """A new ed25519 host key at ``key`` (and ``key.pub``), commented ``root@<host>``."""
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{host_name}", "-f", str(key)])
+
+
 class Estate:
     """A running (or stoppable) sandbox estate, driven from its on-disk state."""
 
@@ -328,20 +333,7 @@ chroot $M apt-get clean
         ssh = upper / "etc/ssh"
         ssh.mkdir(parents=True, exist_ok=True)
         key = ssh / "ssh_host_ed25519_key"
-        run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                f"root@{host.name}",
-                "-f",
-                str(key),
-            ]
-        )
+        make_host_key(key, host.name)
         (upper / "etc/hostname").write_text(host.name + "\n")
         (upper / "etc/hosts").write_text(f"127.0.0.1 localhost\n{host.address} {host.name}\n")
         (upper / "etc/apt").mkdir(parents=True, exist_ok=True)
@@ -506,20 +498,7 @@ chroot $M apt-get clean
             for stale in ("disk.qcow2", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
                 (folder / stale).unlink(missing_ok=True)
             run(["cp", "--reflink=auto", str(template), str(machine.disk)])
-            run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    f"root@{host.name}",
-                    "-f",
-                    str(key),
-                ]
-            )
+            make_host_key(key, host.name)
         tap = self.spec.tap(host)
         if run(["ip", "link", "show", tap], check=False).returncode != 0:
             run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
