@@ -1,0 +1,519 @@
+"""A machine's fork server: flow-run processes forked from one that has already imported
+the third-party libraries, instead of a new Python process per run.
+
+Prefect's process worker starts every flow run as a new interpreter that imports Prefect
+and its engine, then the flow's libraries (pydantic, httpx, paramiko, sqlalchemy,
+pandas, boto3...), about 1.5 s of CPU before the flow's first line; on a machine taking
+tens of runs at a window's start, those seconds are the queue. ``caretaker-worker``
+starts, in the worker's process group, this server beside ``prefect worker start``: it
+imports those libraries once (:data:`PRELOAD`), never caretaker's own packages (a run
+must execute the code of the commit its deployment names, which it clones, not the
+worker's checkout), and waits on a Unix socket in a private folder. The pool's job
+command (``python -m deployments.forkclient``) sends it each run's arguments,
+environment, folder and standard streams; the server forks, and the child:
+
+- starts a session of its own and dies with the server (``PR_SET_PDEATHSIG``);
+- takes the client's stdin, stdout and stderr, the run's environment (``os.environ``
+  replaced) and folder, ``sys.path`` as ``python -m`` would make it there (``PYTHONPATH``
+  first), caretaker's modules dropped from ``sys.modules``;
+- refreshes Prefect's settings and logging from that environment;
+- runs ``prefect.engine`` as ``__main__``, which clones the deployed commit and imports
+  the flow from the clone, as ``python -m prefect.engine`` does.
+
+The server kills a run's process group when its client goes away (the client killed:
+the worker's machine dying), sends the client the run's exit status, and on SIGTERM
+passes it to every run and waits for them. It never forks with a second thread or an
+event loop alive (Prefect's engine deadlocks in a fork of a process that had one): it
+checks before each fork and refuses the run instead (the client then starts Prefect's
+engine itself).
+
+    caretaker-worker --pool caretaker-process --limit 8     # prefect worker start's options
+    python -m deployments.forkserver SOCKET                  # the server alone (tests)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import importlib.util
+import os
+import runpy
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from deployments.forkclient import (
+    ENV_SOCKET,
+    HEADER_SIZE,
+    decode_request,
+    encode_reply,
+    request_length,
+)
+
+__all__ = [
+    "CARETAKER_PACKAGES",
+    "PRELOAD",
+    "Job",
+    "caretaker_modules",
+    "child_sys_path",
+    "fork_hazards",
+    "main",
+    "serve",
+    "worker_main",
+]
+
+#: Third-party modules imported once by the server (what a flow run of caretaker imports
+#: before its first line: Prefect's engine, the flow's libraries). Never caretaker's.
+PRELOAD: tuple[str, ...] = (
+    "prefect",
+    "prefect.main",
+    "prefect.engine",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.flows",
+    "prefect.tasks",
+    "prefect.deployments.steps",
+    "prefect.deployments.steps.pull",
+    "prefect.client.orchestration",
+    "prefect.logging.handlers",
+    "prefect.runtime",
+    "prefect.artifacts",
+    "prefect.concurrency.sync",
+    "prefect.input",
+    "prefect_aws",
+    "great_expectations",
+    "pydantic",
+    "pydantic_settings",
+    "httpx",
+    "anyio",
+    "paramiko",
+    "cryptography",
+    "sqlalchemy",
+    "sqlalchemy.dialects.postgresql",
+    "sqlalchemy.dialects.sqlite",
+    "psycopg",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "boto3",
+    "botocore",
+    "jinja2",
+    "markupsafe",
+    "yaml",
+)
+
+#: caretaker's top-level packages (pyproject's ``tool.setuptools.packages.find``): none is
+#: imported in the server but this module's own, and a child drops them all.
+CARETAKER_PACKAGES = frozenset(
+    "core inventory blocks history reports tasks flows deployments sandbox".split()
+)
+#: Set in the server before its imports, so that the libraries start no thread of their
+#: own (OpenBLAS's pool, with numpy; jemalloc's background thread, with pyarrow) and the
+#: server can fork; the runs keep these libraries single-threaded (measured: with them
+#: unset the server has 3 OS threads after its imports).
+SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
+PR_SET_PDEATHSIG = 1
+ENGINE = "prefect.engine"
+#: How long a stopping server waits for its runs after passing SIGTERM on.
+STOP_GRACE_S = 30.0
+
+
+@dataclass
+class Job:
+    """What a forked child runs: the client's request and its streams."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    fds: list[int]
+    server_pid: int
+    module: str = ENGINE
+
+
+def caretaker_modules(names: Iterable[str]) -> list[str]:
+    """The modules among ``names`` that belong to caretaker's packages (pure)."""
+    return sorted(n for n in names if n.split(".", 1)[0] in CARETAKER_PACKAGES)
+
+
+def child_sys_path(cwd: str, env: Mapping[str, str], inherited: Sequence[str]) -> list[str]:
+    """``sys.path`` of ``python -m`` started in ``cwd`` with ``env`` (pure): the folder,
+    ``PYTHONPATH``'s entries (relative ones taken from ``cwd``), then the interpreter's own
+    ``inherited`` entries (the server's, without its first: the server's own folder)."""
+    path = [cwd]
+    for entry in env.get("PYTHONPATH", "").split(os.pathsep):
+        if entry:
+            resolved = os.path.normpath(os.path.join(cwd, entry))
+            if resolved not in path:
+                path.append(resolved)
+    path += [p for p in inherited if p and p not in path]
+    return path
+
+
+def fork_hazards(threads: int, tasks: int, loop_running: bool) -> list[str]:
+    """Why forking now would be unsafe (pure): more than one Python thread or OS thread
+    (``/proc/self/task``), or an asyncio event loop running."""
+    hazards = []
+    if threads != 1:
+        hazards.append(f"{threads} Python threads")
+    if tasks != 1:
+        hazards.append(f"{tasks} OS threads")
+    if loop_running:
+        hazards.append("an event loop running")
+    return hazards
+
+
+def _current_hazards() -> list[str]:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+        loop = True
+    except RuntimeError:
+        loop = False
+    tasks = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    return fork_hazards(threading.active_count(), tasks, loop)
+
+
+def _say(message: str) -> None:
+    print(f"caretaker fork server [{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+def _preload(modules: Sequence[str]) -> None:
+    started = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a library missing here is imported by the run instead
+            _say(f"not preloaded: {name} ({type(exc).__name__}: {exc})")
+    ours = [m for m in caretaker_modules(sys.modules) if m.split(".", 1)[0] != "deployments"]
+    if ours:
+        raise RuntimeError(f"the fork server imported caretaker's modules: {ours}")
+    _say(f"{len(sys.modules)} modules imported in {time.perf_counter() - started:.1f}s")
+
+
+def _receive(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """A whole request and the descriptors sent with it."""
+    conn.settimeout(10)
+    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
+
+    def more(count: int) -> bytes:
+        chunk = conn.recv(count)
+        if not chunk:
+            raise ValueError("the client closed before its request was whole")
+        return chunk
+
+    try:
+        while len(data) < HEADER_SIZE:
+            data += more(HEADER_SIZE - len(data))
+        want = HEADER_SIZE + request_length(data[:HEADER_SIZE])
+        while len(data) < want:
+            data += more(want - len(data))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    conn.settimeout(None)
+    return data, fds
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+class _Server:
+    def __init__(self, path: str, module: str) -> None:
+        self.path = path
+        self.module = module
+        self.pid = os.getpid()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.listener.bind(path)
+        os.chmod(path, 0o600)
+        self.listener.listen(128)
+        self.runs: dict[int, socket.socket] = {}  # child pid -> its client's connection
+        self.stopping = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector = selectors.DefaultSelector()
+
+    def start_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+        def stop(*_: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+
+    def loop(self) -> Job | None:
+        """Serve until SIGTERM; returns the job in a forked child, None in the server."""
+        while not self.stopping:
+            for key, _events in self.selector.select(timeout=5):
+                if key.data == "accept":
+                    job = self.accept()
+                    if job is not None:
+                        return job
+                elif key.data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 512)
+                    self.reap()
+                else:
+                    self.client_event(key.fileobj, key.data)  # type: ignore[arg-type]
+            self.reap()
+        self.stop()
+        return None
+
+    def accept(self) -> Job | None:
+        conn, _ = self.listener.accept()
+        fds: list[int] = []
+        try:
+            if _peer_uid(conn) not in (os.getuid(), 0):
+                raise ValueError("a client of another user")
+            data, fds = _receive(conn)
+            argv, env, cwd = decode_request(data)
+            if len(fds) != 3:
+                raise ValueError(f"{len(fds)} descriptors sent, 3 expected")
+            hazards = _current_hazards()
+            if hazards:
+                raise RuntimeError(f"not forking with {', '.join(hazards)}")
+        except (OSError, ValueError, RuntimeError) as exc:
+            _say(f"refused a run: {exc}")
+            with contextlib.suppress(OSError):
+                conn.sendall(encode_reply(error=f"the fork server refused: {exc}"))
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self.leave(conn)
+            return Job(argv, env, cwd, fds, server_pid=self.pid, module=self.module)
+        for fd in fds:
+            os.close(fd)
+        self.runs[pid] = conn
+        try:
+            conn.sendall(encode_reply(pid=pid))
+        except OSError:  # the client is gone already
+            self.client_gone(pid)
+            return None
+        self.selector.register(conn, selectors.EVENT_READ, pid)
+        return None
+
+    def leave(self, conn: socket.socket) -> None:
+        """In a forked child: close every descriptor of the server's (detached first, so
+        no socket object closes a number the run reuses later), without touching the
+        server's registrations (closing the selector never unregisters)."""
+        for sock in (self.listener, conn, *self.runs.values()):
+            os.close(sock.detach())
+        self.selector.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def client_event(self, conn: socket.socket, pid: int) -> None:
+        try:
+            data = conn.recv(64)
+        except OSError:
+            data = b""
+        if not data:  # the client went away (killed): so does its run
+            self.client_gone(pid)
+
+    def client_gone(self, pid: int) -> None:
+        _say(f"the client of run process {pid} went away: killing its process group")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        conn = self.runs.pop(pid, None)
+        if conn is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(conn)
+            conn.close()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.runs.pop(pid, None)
+            if conn is None:
+                continue
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(conn)
+            with contextlib.suppress(OSError):
+                conn.sendall(encode_reply(status=status))
+            conn.close()
+
+    def stop(self) -> None:
+        """Stop taking runs, pass SIGTERM to the runs, wait for them (at most
+        :data:`STOP_GRACE_S`); what is left dies with the server."""
+        self.selector.unregister(self.listener)
+        self.listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        for pid in list(self.runs):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self.runs and time.monotonic() < deadline:
+            self.selector.select(timeout=0.5)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 512)
+            self.reap()
+
+
+def serve(path: str, preload: Sequence[str] = PRELOAD, module: str = ENGINE) -> Job | None:
+    """Listen on ``path`` (bound before the imports, so early clients wait), import
+    ``preload``, and serve; returns the job in a forked child, None when stopped.
+    ``module`` is what the children run as ``__main__`` (Prefect's engine)."""
+    server = _Server(path, module)
+    for name, value in SINGLE_THREADED.items():
+        os.environ.setdefault(name, value)
+    _preload(preload)
+    server.start_signals()
+    _say(f"serving on {path}")
+    return server.loop()
+
+
+def run_job(job: Job) -> NoReturn:
+    """In the forked child: become the run's process, then run Prefect's engine."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != job.server_pid:  # the server died before prctl took effect
+        os._exit(1)
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(job.fds):
+        os.dup2(fd, target)
+    for fd in job.fds:
+        if fd > 2:
+            os.close(fd)
+    os.environ.clear()
+    os.environ.update(job.env)
+    os.chdir(job.cwd)
+    sys.path[:] = child_sys_path(job.cwd, job.env, sys.path[1:])
+    for name in caretaker_modules(list(sys.modules)):
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+    if "prefect" in sys.modules:  # the run's PREFECT_* settings, not the server's
+        import prefect.context
+        from prefect.logging.configuration import setup_logging
+
+        prefect.context.refresh_global_settings_context()
+        setup_logging(incremental=False)
+    spec = importlib.util.find_spec(job.module)
+    sys.argv = [spec.origin if spec and spec.origin else job.module, *job.argv]
+    runpy.run_module(job.module, run_name="__main__", alter_sys=True)
+    sys.exit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m deployments.forkserver SOCKET [--module M --preload A,B]``: serve
+    until SIGTERM (``--module``/``--preload``: another main module and imports, for
+    tests of the process plumbing)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deployments.forkserver")
+    parser.add_argument("socket")
+    parser.add_argument("--module", default=ENGINE)
+    parser.add_argument("--preload", default=",".join(PRELOAD))
+    args = parser.parse_args(argv)
+    job = serve(args.socket, [m for m in args.preload.split(",") if m], args.module)
+    if job is not None:
+        run_job(job)
+    return 0
+
+
+def _parent_death_signal(signum: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """``caretaker-worker [prefect worker start's options]``: this machine's fork server
+    and ``prefect worker start`` beside it, in this process group; stops both when
+    either the worker ends or a SIGTERM/SIGINT comes (a dead fork server is restarted;
+    runs started meanwhile start Prefect's engine themselves)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print("usage: caretaker-worker [prefect worker start's options, e.g. --pool P --limit N]")
+        print(f"\n{worker_main.__doc__}")
+        raise SystemExit(0)
+    folder = tempfile.mkdtemp(prefix="caretaker-forkserver-")  # 0700: this user's only
+    path = os.path.join(folder, "socket")
+    bin_dir = Path(sys.executable).parent
+    prefect = bin_dir / "prefect"
+    env = {**os.environ, ENV_SOCKET: path}
+
+    def start_server() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deployments.forkserver", path],
+            cwd=folder,  # not this checkout: nothing of it on the server's sys.path
+            preexec_fn=lambda: _parent_death_signal(signal.SIGTERM),
+        )
+
+    server = start_server()
+    worker = subprocess.Popen(
+        [str(prefect) if prefect.exists() else "prefect", "worker", "start", *args],
+        env=env,
+        preexec_fn=lambda: _parent_death_signal(signal.SIGTERM),
+    )
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        for proc in (worker, server):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while worker.poll() is None:
+            if server.poll() is not None and not stopping:
+                print(
+                    f"caretaker-worker: the fork server ended ({server.returncode}); restarting it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(1)
+                server = start_server()
+            time.sleep(0.5)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(STOP_GRACE_S + 5)
+        if server.poll() is None:
+            server.kill()
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+    return int(worker.returncode or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
