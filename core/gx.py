@@ -15,10 +15,9 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 if TYPE_CHECKING:
     import great_expectations as gx
+    import pandas as pd
     from great_expectations.core.batch_definition import BatchDefinition
     from great_expectations.core.expectation_validation_result import (
         ExpectationSuiteValidationResult,
