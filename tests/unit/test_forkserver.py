@@ -32,6 +32,7 @@ from deployments.forkserver import (
     PRELOAD,
     caretaker_modules,
     child_sys_path,
+    exit_status,
     fork_hazards,
 )
 
@@ -96,6 +97,13 @@ def test_a_reply_is_one_line_that_round_trips(fields: dict[str, int | str]) -> N
 )
 def test_the_exit_code_the_worker_sees_is_the_runs(status: int, code: int) -> None:
     assert exit_code(status) == code
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [(None, 0), (0, 0), (1, 1), (5, 5), (256, 0), ("a message", 1)]
+)
+def test_a_runs_sys_exit_is_its_exit_status(code: object, status: int) -> None:
+    assert exit_status(code) == status
 
 
 @pytest.mark.parametrize(
@@ -233,7 +241,18 @@ def test_a_run_gets_the_jobs_env_folder_and_streams_and_its_exit_code_reaches_th
     assert report["sid"] == report["pid"] == report["pgid"]  # a session of its own
     assert report["caretaker_modules"] == []  # the server's own module is dropped
     assert b"to stderr" in err
+    assert out.splitlines()[-1] == b"atexit ran"  # ended as the interpreter would end it
     assert client(sock, tmp_path, "report", "0").wait(20) == 0
+
+
+def test_a_run_that_raises_prints_its_traceback_and_exits_1(
+    server: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    run = client(server[0], tmp_path, "raise")
+    out, err = run.communicate(timeout=20)
+    assert run.returncode == 1
+    assert b"RuntimeError: the probe's own error" in err
+    assert b"atexit ran" in out
 
 
 def started(sock: str, run_dir: Path, mode: str) -> tuple[subprocess.Popen[bytes], int]:
