@@ -15,9 +15,10 @@ per estate), in one Prefect API and with the same estates, so the growth of the 
 be read. Printed per size: the cycle's wall time (median of ``--repeat``, after a warm-up
 cycle) and its phases (checks with metrics, store, events, artifacts; from the flow's
 summary), servers per second, and the same work done with 64 bare threads (paramiko,
-socket, urllib: an SSH connection per server, ``true`` and the metrics script on it, the
-TCP connect, the GETs) before the Prefect server starts: the difference is what
-orchestration costs. The history store is a throwaway SQLite file per size.
+socket, urllib: an SSH connection per server, caretaker's one health script on it, the
+TCP connect, the GETs) before the Prefect server starts, against the same hosts: the
+difference is what orchestration costs. The history store is a throwaway SQLite file per
+size.
 
     .venv/bin/python benchmarks/health_bench.py [--hosts 50] [--sizes N,...] [--http 8]
         [--clients 1] [--repeat 3]
@@ -49,8 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.settings import telemetry_off
 from sandbox.estate import Estate, numbered_hosts
-from tasks.checks import METRIC_FACTS
-from tasks.facts import build_facts_script, parse_facts, split_facts_output
+from tasks.checks import build_health_script, parse_health_output
 
 if TYPE_CHECKING:
     from flows.health_check import HealthCheckSummary
@@ -176,11 +176,12 @@ def write_inventory(folder: Path, targets: list[Target]) -> Path:
 def bare(estates: list[Estate], targets: list[Target]) -> tuple[float, int]:
     """The same checks and metrics with threads and no orchestration: (seconds, down).
 
-    Per server: an SSH connection, ``true``, the metrics script (parsed), a TCP connect
-    to port 22, then each HTTP GET; 64 servers at once.
+    Per server, as caretaker does it: an SSH connection, its one health script (the probe
+    and the metrics, parsed with caretaker's parser), a TCP connect to port 22, then each
+    HTTP GET; 64 servers at once.
     """
     pkeys = [paramiko.Ed25519Key.from_private_key_file(str(e.key_path)) for e in estates]
-    script = build_facts_script(METRIC_FACTS)
+    script = build_health_script([], metrics=True)
 
     def one(target: Target) -> bool:
         ok = True
@@ -196,11 +197,19 @@ def bare(estates: list[Estate], targets: list[Target]) -> tuple[float, int]:
             timeout=10,
         )
         try:
-            for command in ("true", script):
-                _, stdout, _ = client.exec_command(command, timeout=20)
-                out = stdout.read().decode()
-                ok = ok and stdout.channel.recv_exit_status() == 0
-            parse_facts(split_facts_output(out))
+            _, stdout, stderr = client.exec_command(script, timeout=20)
+            out, err = stdout.read().decode(), stderr.read().decode()
+            answer = parse_health_output(
+                target.name,
+                target.address,
+                [],
+                metrics=True,
+                exit_code=stdout.channel.recv_exit_status(),
+                stdout=out,
+                stderr=err,
+            )
+            ok = answer.ssh.ok
+            assert answer.metrics is not None and answer.metrics.memory is not None
         finally:
             client.close()
         with socket.create_connection((target.address, 22), timeout=2):

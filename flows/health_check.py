@@ -5,8 +5,9 @@ in batches (one ``check_servers`` task per batch of up to 25 servers of a client
 inside, about 64 servers at once in all, never more than the estate-wide SSH session limit
 ``caretaker-ssh-sessions``, whose slots each batch holds while it works: tasks/limits.py):
 
-    per server: SSH reachability + the inventory's tcp / http / systemd checks (each
-    bounded by its timeout), then load, memory and disks over the same SSH session
+    per server: one SSH command (reachability, the inventory's systemd units, load,
+    memory and disks: tasks.checks.build_health_script) + the inventory's tcp / http
+    checks from here (each bounded by its timeout)
       ─► one sample per server ─► history.ingest.ingest (state intervals + daily rollups)
          and history.ingest.record_metrics (the metrics table)
       ─► a Prefect event per confirmed state change (caretaker.server.down / .up)

@@ -20,8 +20,13 @@ hostname "$NAME"
 # The sandbox's freshclam: its own signatures (sandbox/signatures.py) count as updated at
 # each boot, so a malware scan never reads them as stale on a long-lived cached image.
 touch "$ROOT"/var/lib/clamav/caretaker.* 2>/dev/null || true
+# sshd -r: no re-exec of sshd for each connection (sshd.c: rexec_flag = 0). A sandbox host
+# stands in for a server whose sshd runs on its own CPUs; a thousand of them share this
+# machine's cores with caretaker, and the re-exec (a fresh sshd loading its libraries,
+# config and host key) was a third of a health check's cost on the host side: see
+# docs/health-check.md, Performance.
 exec chroot "$ROOT" /bin/bash -c '
-  /usr/sbin/sshd -D -e 2>>/var/log/sshd.log &
+  /usr/sbin/sshd -D -e -r 2>>/var/log/sshd.log &
   trap "exit 0" TERM
   # PID 1 reaps every orphan: bash collects any exited child on SIGCHLD. It waits on
   # a long sleep rather than starting `sleep 1` every second: a thousand hosts spent

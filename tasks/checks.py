@@ -1,15 +1,18 @@
 """Health checks: how a host is doing, checked from the caretaker host and over SSH.
 
 Facts (what a host is) live in ``tasks.facts``; ``collect_facts`` in
-``tasks.facts.collect`` reads them over SSH. Here ``host_metrics`` reads only the cheap
-``METRIC_FACTS`` a health check records beside its checks.
+``tasks.facts.collect`` reads them over SSH. Here a health check reads only the cheap
+``METRIC_FACTS`` beside its checks.
 
 Health checks (``run_health_checks``) are the inventory's checks of one server plus SSH
 reachability: a TCP connect and an HTTP(S) request from the caretaker host (bounded by
-the check's timeout), ``true`` over SSH, and ``systemctl is-active <unit>`` over SSH.
-Each gives a ``CheckResult``; a check that cannot tell (systemd not running, no SSH
-session) is ``ok=False`` with ``unknown=True`` and says why: never healthy by default.
-``parse_systemctl_is_active`` and ``summarize_checks`` are pure. See docs/patching.md.
+the check's timeout), and over SSH **one script per server** (``build_health_script``):
+it answers the reachability probe (it ran), ``systemctl is-active <unit>`` for each
+systemd check and, in a health-check round, the metrics. Each check gives a
+``CheckResult``; a check that cannot tell (systemd not running, no SSH session) is
+``ok=False`` with ``unknown=True`` and says why: never healthy by default.
+``parse_systemctl_is_active``, ``parse_health_output`` and ``summarize_checks`` are pure.
+See docs/patching.md and docs/health-check.md.
 
 The ``health-check`` flow checks its servers in batches (``check_servers``: one task run
 per batch, threads inside; ``check_server`` per server: its checks, then its metrics over
@@ -35,15 +38,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import RemoteError
+from core.errors import CommandTimeout, RemoteError
 from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.facts.script import HostFacts, build_facts_script, parse_facts, split_facts_output
 from tasks.limits import ssh_sessions
 from tasks.remote.base import RemoteHost, sh_join
 
-# What a health check reads besides its checks: cheap, bounded, one round trip.
+# What a health check reads besides its checks: cheap, bounded, in the same round trip.
 METRIC_FACTS = ("load", "memory", "disks")
-_METRICS_TIMEOUT_S = 20.0
 
 # ------------------------------------------------------------------------ health checks
 
@@ -52,8 +54,11 @@ CheckKind = Literal["tcp", "http", "ssh", "systemd"]
 #: The SSH reachability probe: a command that does nothing and exits 0.
 SSH_PROBE = "true"
 
-# Bound of the SSH probe and of `systemctl is-active` once connected.
+# Bound of the SSH probe and of `systemctl is-active` once connected, when each is asked
+# on its own (after the health script timed out).
 _SSH_CHECK_TIMEOUT_S = 15.0
+#: Bound of a server's health script (probe, systemd units, metrics): one round trip.
+HEALTH_SCRIPT_TIMEOUT_S = 20.0
 
 # systemctl's words when it cannot reach systemd (containers, our sandbox hosts), or
 # when it is not there at all.
@@ -290,6 +295,200 @@ def check_systemd(server: Server, check: SystemdCheck, host: RemoteHost | None) 
     )
 
 
+# ------------------------------------------------- one SSH round trip per server and check
+
+_UNIT_SECTION = "unit_{}"
+_UNIT_STDERR_SECTION = "unit_{}_err"
+_SECTION_MARK = "printf '\\n@@caretaker:%s:%s@@\\n' '{name}' {rc}"
+
+
+def build_health_script(units: Sequence[str], *, metrics: bool) -> str:
+    """Everything a health check asks a server over SSH, in one POSIX sh script (pure).
+
+    One command per server instead of one per question (the ``true`` probe, each
+    ``systemctl is-active``, the metrics): one channel and one shell on the server. It is
+    the facts script of ``METRIC_FACTS`` (when ``metrics``; tasks.facts, its sections and
+    markers) followed, before its ``exit 0``, by one ``systemctl is-active <unit>`` per
+    unit (duplicates asked once): its exit code and standard output make the section
+    ``unit_<i>``, its standard error the section ``unit_<i>_err``, kept apart because
+    :func:`parse_systemctl_is_active` reads them apart. The script exits 0 whatever the
+    answers: another exit status means the shell itself failed.
+
+    Args:
+        units: the systemd units of the server's checks, in order.
+        metrics: also read load, memory and disks.
+
+    Returns:
+        The script text.
+    """
+    facts = build_facts_script(METRIC_FACTS if metrics else ())
+    body = facts.removesuffix("exit 0\n")
+    if body == facts:  # pragma: no cover - guards a change of the facts script's shape
+        raise AssertionError("the facts script no longer ends with 'exit 0'")
+    parts = [body.rstrip("\n")]
+    for i, unit in enumerate(dict.fromkeys(units)):
+        # stderr into the variable, stdout straight to the script's stdout (fd 3).
+        ask = systemctl_is_active_command(unit)
+        parts.append(f"{{ _ct_err=$({ask} </dev/null 2>&1 >&3 3>&-); _ct_rc=$?; }} 3>&1")
+        parts.append(_SECTION_MARK.format(name=_UNIT_SECTION.format(i), rc='"$_ct_rc"'))
+        parts.append("printf '%s' \"$_ct_err\"")
+        parts.append(_SECTION_MARK.format(name=_UNIT_STDERR_SECTION.format(i), rc="0"))
+    parts.append("exit 0")
+    return "\n".join(parts) + "\n"
+
+
+class SshAnswer(BaseModel):
+    """What a server's one SSH round trip said: the probe, its units and its metrics."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ssh: CheckResult = Field(description="The SSH reachability check.")
+    units: dict[str, CheckResult] = Field(description="One systemd check result per unit.")
+    metrics: HostFacts | None = Field(
+        default=None, description="Load, memory and disks, when asked and SSH reached the host."
+    )
+    metrics_error: str | None = Field(default=None, description="Why metrics are missing.")
+
+
+def _unknown_units(server: str, units: Sequence[str], detail: str) -> dict[str, CheckResult]:
+    return {
+        unit: CheckResult(
+            server=server, kind="systemd", target=unit, ok=False, unknown=True, detail=detail
+        )
+        for unit in units
+    }
+
+
+def parse_health_output(
+    server: str,
+    target: str,
+    units: Sequence[str],
+    *,
+    metrics: bool,
+    exit_code: int,
+    stdout: str,
+    stderr: str,
+    latency_ms: float | None = None,
+) -> SshAnswer:
+    """Read a health script's answer (pure): what ``true``, each ``systemctl is-active``
+    and the metrics script would have said, each asked on its own.
+
+    The SSH check passes when the script ran (exit 0). Each unit is read from its
+    sections with :func:`parse_systemctl_is_active`; a unit without its section (the
+    script was cut short) or on a host whose shell failed is unknown, never healthy.
+
+    Args:
+        server: the server's name.
+        target: the SSH check's target (``address:port``).
+        units: the units the script asked, in order.
+        metrics: the script read the metrics.
+        exit_code: the script's exit status.
+        stdout: its standard output.
+        stderr: its standard error.
+        latency_ms: the round trip's time, given to the SSH and systemd results.
+
+    Returns:
+        The SSH check, one systemd result per unit, and the metrics (when asked and the
+        script ran).
+    """
+    units = list(dict.fromkeys(units))
+    if exit_code != 0:
+        tail = stderr.strip()[-200:]
+        return SshAnswer(
+            ssh=CheckResult(
+                server=server,
+                kind="ssh",
+                target=target,
+                ok=False,
+                detail=f"the health script exited {exit_code}: {tail}",
+                latency_ms=latency_ms,
+            ),
+            units=_unknown_units(server, units, f"unknown: the health script exited {exit_code}"),
+        )
+    sections = split_facts_output(stdout)
+    answers: dict[str, CheckResult] = {}
+    for i, unit in enumerate(units):
+        section = sections.get(_UNIT_SECTION.format(i))
+        if section is None:
+            answers |= _unknown_units(
+                server, [unit], "unknown: no answer (the health script was cut short)"
+            )
+            continue
+        rc, out = section
+        err = sections.get(_UNIT_STDERR_SECTION.format(i), (0, ""))[1]
+        state = parse_systemctl_is_active(rc, out, err)
+        answers[unit] = CheckResult(
+            server=server,
+            kind="systemd",
+            target=unit,
+            ok=state.ok,
+            unknown=state.unknown,
+            detail=state.detail,
+            latency_ms=latency_ms,
+        )
+    facts = None
+    if metrics:
+        mine = {name: sections[name] for name in METRIC_FACTS if name in sections}
+        facts = parse_facts(mine, expected=METRIC_FACTS)
+    return SshAnswer(
+        ssh=CheckResult(
+            server=server, kind="ssh", target=target, ok=True, detail="ok", latency_ms=latency_ms
+        ),
+        units=answers,
+        metrics=facts,
+    )
+
+
+def ask_over_ssh(server: Server, host: RemoteHost, *, metrics: bool) -> SshAnswer:
+    """Run the server's health script over ``host`` and read it (``parse_health_output``).
+
+    A connection that fails is the SSH check failing (its units unknown, no metrics). A
+    script that outlasts ``HEALTH_SCRIPT_TIMEOUT_S`` (a ``df`` stuck on a dead network
+    mount, a hung systemd) is asked again the old way, each question on its own and
+    bounded: ``true``, then each unit; the metrics are then missing, with the reason.
+    """
+    units = [c.unit for c in server.checks if isinstance(c, SystemdCheck)]
+    target = _target(server.address, server.port)
+    script = build_health_script(units, metrics=metrics)
+    started = time.monotonic()
+    try:
+        result = host.run(script, timeout=HEALTH_SCRIPT_TIMEOUT_S)
+    except CommandTimeout as exc:
+        return _ask_one_by_one(server, host, units, metrics_error=str(exc) if metrics else None)
+    except RemoteError as exc:
+        return SshAnswer(
+            ssh=CheckResult(
+                server=server.name, kind="ssh", target=target, ok=False, detail=str(exc)
+            ),
+            units=_unknown_units(server.name, units, f"unknown: {exc}"),
+        )
+    return parse_health_output(
+        server.name,
+        target,
+        units,
+        metrics=metrics,
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        latency_ms=_ms(started),
+    )
+
+
+def _ask_one_by_one(
+    server: Server, host: RemoteHost, units: Sequence[str], *, metrics_error: str | None
+) -> SshAnswer:
+    ssh = check_ssh(server, host)
+    if not ssh.ok:
+        return SshAnswer(
+            ssh=ssh, units=_unknown_units(server.name, units, f"unknown: {ssh.detail}")
+        )
+    answers: dict[str, CheckResult] = {}
+    for check in server.checks:
+        if isinstance(check, SystemdCheck) and check.unit not in answers:
+            answers[check.unit] = check_systemd(server, check, host)
+    return SshAnswer(ssh=ssh, units=answers, metrics_error=metrics_error)
+
+
 @task(
     name="run-health-checks",
     cache_policy=NO_CACHE,
@@ -318,17 +517,26 @@ def run_health_checks(server: Server, host: RemoteHost | None) -> list[CheckResu
 
 def server_checks(server: Server, host: RemoteHost | None) -> list[CheckResult]:
     """The checks of ``run_health_checks``, as a plain function (no task, no retries)."""
-    results: list[CheckResult] = []
-    if host is not None:
-        results.append(check_ssh(server, host))
+    return _server_checks(server, host, metrics=False)[0]
+
+
+def _server_checks(
+    server: Server, host: RemoteHost | None, *, metrics: bool
+) -> tuple[list[CheckResult], SshAnswer | None]:
+    """SSH first (one round trip, ``ask_over_ssh``), then the inventory's checks in order:
+    tcp and http from here, systemd from the SSH answer."""
+    answer = ask_over_ssh(server, host, metrics=metrics) if host is not None else None
+    results: list[CheckResult] = [] if answer is None else [answer.ssh]
     for check in server.checks:
         if isinstance(check, TcpCheck):
             results.append(check_tcp(server, check))
         elif isinstance(check, HttpCheck):
             results.append(check_http(server, check))
+        elif answer is None:
+            results.append(check_systemd(server, check, None))
         else:
-            results.append(check_systemd(server, check, host))
-    return results
+            results.append(answer.units[check.unit])
+    return results, answer
 
 
 def summarize_checks(results: Sequence[CheckResult]) -> tuple[bool, list[str]]:
@@ -348,17 +556,6 @@ def summarize_checks(results: Sequence[CheckResult]) -> tuple[bool, list[str]]:
     return not failures, failures
 
 
-def host_metrics(host: RemoteHost) -> HostFacts:
-    """Load, memory and disk usage over SSH (read-only), as a plain function: the
-    health-check batches call it beside the checks, on the same session.
-
-    Returns:
-        Facts with ``load``, ``memory`` and ``disks`` set (or named in ``errors``).
-    """
-    result = host.run(build_facts_script(METRIC_FACTS), timeout=_METRICS_TIMEOUT_S)
-    return parse_facts(split_facts_output(result.stdout))
-
-
 # ------------------------------------------------------------- a health-check round, batched
 
 #: Servers per ``check_servers`` task: a round over 500 servers is 20 task runs, not 1000.
@@ -369,7 +566,6 @@ HEALTH_CONCURRENCY = 64
 # Attempts of one server's checks (an unexpected error, not a failed check) and their
 # pauses: what ``run_health_checks``'s retries do, per server inside a batch.
 _CHECK_RETRY_DELAYS_S = (1.0, 5.0)
-_METRICS_RETRY_DELAYS_S = (2.0,)
 
 
 class ServerCheck(BaseModel):
@@ -406,32 +602,25 @@ def check_server(
     host: RemoteHost | None,
     *,
     retry_delays: Sequence[float] | None = None,
-    metrics_retry_delays: Sequence[float] | None = None,
 ) -> ServerCheck:
-    """Run one server's checks, then read its metrics over the same SSH session.
+    """Run one server's checks, its metrics read in the same SSH round trip.
 
     Never raises: an unexpected error in the checks is retried after each of
     ``retry_delays``, and if it lasts the server is reported ``crashed`` (no results:
-    that is not an outage). Metrics are read only when the SSH check passed; an error
-    there is retried after each of ``metrics_retry_delays``, then named in
-    ``metrics_error``.
+    that is not an outage). Metrics come only from a server SSH reached; when they
+    could not be read, ``metrics_error`` says why.
 
     Args:
         server: the server, with its checks from the inventory.
         host: its SSH session; None: no SSH check and no metrics.
         retry_delays: pauses between attempts of the checks (default 1 s, 5 s).
-        metrics_retry_delays: pauses between attempts of the metrics (default 2 s).
     """
     log = _logger()
-    results: list[CheckResult] | None = None
     if retry_delays is None:
         retry_delays = _CHECK_RETRY_DELAYS_S
-    if metrics_retry_delays is None:
-        metrics_retry_delays = _METRICS_RETRY_DELAYS_S
     for delay in (*retry_delays, None):
         try:
-            results = server_checks(server, host)
-            break
+            results, answer = _server_checks(server, host, metrics=True)
         except Exception as exc:  # a crash is this server's result
             if delay is None:
                 return ServerCheck(server=server.name, crashed=_error(exc))
@@ -439,18 +628,15 @@ def check_server(
                 "%s: health checks raised %s; again in %gs", server.name, _error(exc), delay
             )
             time.sleep(delay)
-    assert results is not None
-    if host is None or not any(r.kind == "ssh" and r.ok for r in results):
-        return ServerCheck(server=server.name, results=results)
-    for delay in (*metrics_retry_delays, None):
-        try:
-            facts = host_metrics(host)
-        except Exception as exc:  # missing metrics are a result
-            if delay is None:
-                return ServerCheck(server=server.name, results=results, metrics_error=_error(exc))
-            time.sleep(delay)
         else:
-            return ServerCheck(server=server.name, results=results, metrics=facts)
+            if answer is None or not answer.ssh.ok:
+                return ServerCheck(server=server.name, results=results)
+            return ServerCheck(
+                server=server.name,
+                results=results,
+                metrics=answer.metrics,
+                metrics_error=answer.metrics_error,
+            )
     raise AssertionError("unreachable")  # pragma: no cover
 
 

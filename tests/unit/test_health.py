@@ -1,10 +1,13 @@
 """Health checks without a fleet: systemctl's answers from fixtures, HTTP through a mock
-transport, TCP against sockets on 127.0.0.1, SSH and systemd through a scripted host."""
+transport, TCP against sockets on 127.0.0.1, and the one SSH health script run in a real
+local shell (dash and bash) with a recorded systemctl answer."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,17 +15,19 @@ from typing import Any
 import httpx
 import pytest
 
-from core.errors import ConnectError
+from core.errors import CommandTimeout, ConnectError
 from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.checks import (
     SSH_PROBE,
     CheckResult,
     batch_workers,
+    build_health_script,
     check_http,
     check_server,
     check_servers,
     check_tcp,
     health_batches,
+    parse_health_output,
     parse_systemctl_is_active,
     run_health_checks,
     summarize_checks,
@@ -206,65 +211,211 @@ def test_a_tcp_check_fails_when_the_port_refuses() -> None:
     assert not checked.ok and checked.detail == "connection refused"
 
 
-# ---------------------------------------------------------------- the task, scripted
+# ------------------------------------------------- one SSH round trip, in a real shell
 
 
-class ScriptedHost:
-    """Answers ``true`` and ``systemctl is-active`` from a recorded fixture."""
+class ShellHost:
+    """Runs each command as sshd does, in a login shell (``<shell> -c <command>``), here.
 
-    def __init__(self, systemctl_fixture: str, ssh_error: bool = False) -> None:
+    ``systemctl`` is a script first on PATH answering from a recorded fixture (its stdout,
+    stderr and exit code), or missing (``systemctl=None``). ``fail`` raises instead of
+    running a command that starts with ``fail[0]``; ``timeout`` raises ``CommandTimeout``
+    on the health script.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        systemctl: str | None = "systemctl_is_active__documented_active",
+        *,
+        shell: str = "sh",
+        fail: tuple[str, Exception] | None = None,
+        timeout: bool = False,
+    ) -> None:
         self.name = "web-1"
-        self.doc = json.loads((FIXTURES / f"{systemctl_fixture}.json").read_text())
-        self.ssh_error = ssh_error
+        self.shell, self.fail, self.timeout = shell, fail, timeout
         self.commands: list[str] = []
+        self.bin = folder / "bin"
+        self.bin.mkdir(exist_ok=True)
+        for tool in ("cat", "df"):
+            (self.bin / tool).unlink(missing_ok=True)
+            (self.bin / tool).symlink_to(shutil.which(tool) or tool)
+        fake = self.bin / "systemctl"
+        fake.unlink(missing_ok=True)
+        if systemctl is not None:
+            doc = json.loads((FIXTURES / f"{systemctl}.json").read_text())
+            (folder / "out").write_text(doc["stdout"])
+            (folder / "err").write_text(doc["stderr"])
+            fake.write_text(
+                f"#!/bin/sh\ncat '{folder}/out'\ncat '{folder}/err' >&2\nexit {doc['exit_code']}\n"
+            )
+            fake.chmod(0o755)
 
     def run(self, command: str, **kwargs: Any) -> CommandResult:
         self.commands.append(command)
-        if self.ssh_error:
-            raise ConnectError(self.name, "connection refused (is sshd running?)")
-        if command == SSH_PROBE:
-            code, out, err = 0, "", ""
-        else:
-            code, out, err = self.doc["exit_code"], self.doc["stdout"], self.doc["stderr"]
+        if self.fail is not None and command.startswith(self.fail[0]):
+            raise self.fail[1]
+        if self.timeout and command.startswith("LC_ALL=C"):
+            raise CommandTimeout(self.name, "the health script", kwargs.get("timeout", 0))
+        done = subprocess.run(
+            [shutil.which(self.shell) or self.shell, "-c", command],
+            capture_output=True,
+            text=True,
+            env={"PATH": str(self.bin)},
+            check=False,
+        )
         return CommandResult(
-            host=self.name, command=command, exit_code=code, stdout=out, stderr=err, duration_s=0
+            host=self.name,
+            command=command[:40],
+            exit_code=done.returncode,
+            stdout=done.stdout,
+            stderr=done.stderr,
+            duration_s=0,
         )
 
     def close(self) -> None:
         pass
 
 
+SHELLS = ["sh", "bash"]  # sh is dash on Debian
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("path", SYSTEMCTL, ids=[p.stem for p in SYSTEMCTL])
+def test_a_unit_asked_in_the_health_script_reads_as_asked_on_its_own(
+    path: Path, shell: str, tmp_path: Path
+) -> None:
+    doc = json.loads(path.read_text())
+    srv = server({"type": "systemd", "unit": "ssh.service"})
+    host = ShellHost(tmp_path, path.stem, shell=shell)
+    ssh, systemd = run_health_checks.fn(srv, host)
+    assert ssh.kind == "ssh" and ssh.ok and ssh.detail == "ok"
+    expected = doc["expected"]
+    assert (systemd.ok, systemd.unknown, systemd.detail) == (
+        expected["ok"],
+        expected["unknown"],
+        expected["detail"],
+    )
+    assert len(host.commands) == 1  # one SSH command for the probe and the unit
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_host_without_systemctl_has_its_units_unknown(shell: str, tmp_path: Path) -> None:
+    srv = server({"type": "systemd", "unit": "ssh.service"})
+    _, systemd = run_health_checks.fn(srv, ShellHost(tmp_path, None, shell=shell))
+    assert not systemd.ok and systemd.unknown
+    assert systemd.detail == "unknown: systemd not running (systemctl is not installed)"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_each_unit_gets_its_own_answer_and_a_unit_named_twice_is_asked_once(
+    shell: str, tmp_path: Path
+) -> None:
+    script = build_health_script(["a.service", "b b.service", "a.service"], metrics=False)
+    assert script.count("systemctl is-active") == 2
+    assert "systemctl is-active 'b b.service'" in script  # quoted
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "systemctl"
+    # a.service is active; the other is failed and says so on stderr too.
+    fake.write_text(
+        '#!/bin/sh\nif [ "$2" = a.service ]; then echo active; exit 0; fi\n'
+        "echo failed; echo 'Warning: unit changed on disk' >&2; exit 3\n"
+    )
+    fake.chmod(0o755)
+    done = subprocess.run(
+        [shutil.which(shell) or shell, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(tmp_path / "bin")},
+    )
+    answer = parse_health_output(
+        "web-1",
+        "10.0.0.1:22",
+        ["a.service", "b b.service"],
+        metrics=False,
+        exit_code=done.returncode,
+        stdout=done.stdout,
+        stderr=done.stderr,
+    )
+    assert answer.units["a.service"].ok and answer.units["a.service"].detail == "active"
+    assert not answer.units["b b.service"].ok
+    assert answer.units["b b.service"].detail == "failed (exit 3)"
+    assert answer.metrics is None
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_metrics_come_from_the_same_script(shell: str, tmp_path: Path) -> None:
+    host = ShellHost(tmp_path, shell=shell)
+    checked = check_server(server({"type": "systemd", "unit": "nginx.service"}), host, **NO_WAIT)
+    assert checked.results is not None
+    assert [(r.kind, r.ok) for r in checked.results] == [("ssh", True), ("systemd", True)]
+    assert len(host.commands) == 1
+    facts = checked.metrics
+    assert facts is not None and facts.errors == {}, facts
+    assert facts.load is not None and facts.memory is not None and facts.disks
+    assert checked.metrics_error is None
+
+
+def test_a_script_cut_short_leaves_its_units_unknown_and_names_the_missing_metrics() -> None:
+    stdout = "@@caretaker:begin@@\n" + json.loads((FACTS / "load__dev.json").read_text())["output"]
+    stdout += "\n@@caretaker:load:0@@\n"
+    answer = parse_health_output(
+        "web-1", "t", ["nginx.service"], metrics=True, exit_code=0, stdout=stdout, stderr=""
+    )
+    assert answer.ssh.ok
+    unit = answer.units["nginx.service"]
+    assert not unit.ok and unit.unknown and "cut short" in unit.detail
+    assert answer.metrics is not None and answer.metrics.load is not None
+    assert set(answer.metrics.errors) == {"memory", "disks"}
+
+
+def test_a_shell_that_fails_is_ssh_failing_and_its_units_unknown() -> None:
+    answer = parse_health_output(
+        "web-1",
+        "10.0.0.1:22",
+        ["nginx.service"],
+        metrics=True,
+        exit_code=1,
+        stdout="",
+        stderr="This account is currently not available.\n",
+    )
+    assert not answer.ssh.ok
+    assert answer.ssh.detail == (
+        "the health script exited 1: This account is currently not available."
+    )
+    unit = answer.units["nginx.service"]
+    assert unit.unknown and unit.detail == "unknown: the health script exited 1"
+    assert answer.metrics is None
+
+
 def test_health_checks_run_ssh_first_then_the_inventorys_checks_in_order(
-    listening_port: int,
+    listening_port: int, tmp_path: Path
 ) -> None:
     srv = server(
-        {"type": "tcp", "port": listening_port}, {"type": "systemd", "unit": "nginx.service"}
+        {"type": "systemd", "unit": "nginx.service"}, {"type": "tcp", "port": listening_port}
     )
-    host = ScriptedHost("systemctl_is_active__documented_active")
+    host = ShellHost(tmp_path)
     results = run_health_checks.fn(srv, host)
-    assert [(r.kind, r.ok) for r in results] == [("ssh", True), ("tcp", True), ("systemd", True)]
-    assert host.commands == ["true", "systemctl is-active nginx.service"]
+    assert [(r.kind, r.ok) for r in results] == [("ssh", True), ("systemd", True), ("tcp", True)]
+    (command,) = host.commands
+    assert "systemctl is-active nginx.service" in command
+    assert "/proc/meminfo" not in command  # the maintenance verification reads no metrics
 
 
-def test_a_unit_on_a_host_without_systemd_is_unknown_not_healthy() -> None:
-    srv = server({"type": "systemd", "unit": "ssh.service"})
-    results = run_health_checks.fn(srv, ScriptedHost("systemctl_is_active__sandbox"))
-    systemd = results[-1]
-    assert systemd.kind == "systemd" and not systemd.ok and systemd.unknown
-    assert systemd.detail.startswith("unknown: systemd not running")
-    assert summarize_checks(results)[0] is False
-
-
-def test_an_unreachable_host_fails_its_ssh_check_and_its_units_are_unknown() -> None:
+def test_an_unreachable_host_fails_its_ssh_check_and_its_units_are_unknown(
+    tmp_path: Path,
+) -> None:
     srv = server({"type": "systemd", "unit": "nginx.service"})
-    results = run_health_checks.fn(
-        srv, ScriptedHost("systemctl_is_active__documented_active", ssh_error=True)
-    )
+    refused = ConnectError("web-1", "connection refused (is sshd running?)")
+    host = ShellHost(tmp_path, fail=("", refused))
+    results = run_health_checks.fn(srv, host)
     assert [(r.kind, r.ok, r.unknown) for r in results] == [
         ("ssh", False, False),
         ("systemd", False, True),
     ]
     assert "connection refused" in results[0].detail
+    assert "connection refused" in results[1].detail
+    assert len(host.commands) == 1  # not asked again for the unit
 
 
 def test_without_a_session_there_is_no_ssh_check_and_units_are_unknown() -> None:
@@ -274,92 +425,74 @@ def test_without_a_session_there_is_no_ssh_check_and_units_are_unknown() -> None
     assert only.detail == "unknown: no SSH session to ask systemd"
 
 
-def test_a_systemd_check_from_the_inventory_keeps_its_unit_as_target() -> None:
+def test_a_systemd_check_from_the_inventory_keeps_its_unit_as_target(tmp_path: Path) -> None:
     srv = server({"type": "systemd", "unit": "getty@tty1.service"})
     (check,) = srv.checks
     assert isinstance(check, SystemdCheck)
-    (_, systemd) = run_health_checks.fn(srv, ScriptedHost("systemctl_is_active__documented_failed"))
+    host = ShellHost(tmp_path, "systemctl_is_active__documented_failed")
+    (_, systemd) = run_health_checks.fn(srv, host)
     assert systemd.target == "getty@tty1.service"
     assert systemd.detail == "failed (exit 3)"
+
+
+def test_a_script_that_times_out_is_asked_again_one_question_at_a_time(tmp_path: Path) -> None:
+    srv = server({"type": "systemd", "unit": "nginx.service"})
+    host = ShellHost(tmp_path, timeout=True)
+    checked = check_server(srv, host, **NO_WAIT)
+    assert checked.results is not None
+    assert [(r.kind, r.ok) for r in checked.results] == [("ssh", True), ("systemd", True)]
+    assert host.commands[1:] == [SSH_PROBE, "systemctl is-active nginx.service"]
+    assert checked.metrics is None and "timed out" in (checked.metrics_error or "")
+
+
+def test_a_script_that_times_out_on_a_host_whose_probe_fails_too_is_ssh_down(
+    tmp_path: Path,
+) -> None:
+    srv = server({"type": "systemd", "unit": "nginx.service"})
+    lost = ConnectError("web-1", "connection lost")
+    host = ShellHost(tmp_path, timeout=True, fail=(SSH_PROBE, lost))
+    checked = check_server(srv, host, **NO_WAIT)
+    assert checked.results is not None
+    ssh, unit = checked.results
+    assert not ssh.ok and "connection lost" in ssh.detail
+    assert unit.unknown and "connection lost" in unit.detail
+    assert checked.metrics is None and checked.metrics_error is None
 
 
 # ------------------------------------------------------------- a round, batched
 
 
 FACTS = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
+NO_WAIT: dict[str, Any] = {"retry_delays": (0, 0)}
 
 
-def _metrics_stdout() -> str:
-    """What the metrics script prints, composed from recorded fact outputs."""
-    parts = ["@@caretaker:begin@@"]
-    for name, fixture in (("load", "load__dev"), ("memory", "memory__dev_no_swap")):
-        output = json.loads((FACTS / f"{fixture}.json").read_text())["output"]
-        parts.append(f"{output}\n@@caretaker:{name}:0@@")
-    return "\n".join(parts) + "\n"
-
-
-class MetricsHost(ScriptedHost):
-    """Answers ``true``, and the metrics script with recorded load and memory."""
-
-    def __init__(self, raise_on: str | None = None, error: Exception | None = None) -> None:
-        super().__init__("systemctl_is_active__documented_active")
-        self.raise_on, self.error = raise_on, error
-
-    def run(self, command: str, **kwargs: Any) -> CommandResult:
-        if self.raise_on is not None and command.startswith(self.raise_on):
-            self.commands.append(command)
-            raise self.error or RuntimeError("boom")
-        if command.startswith("LC_ALL=C"):
-            self.commands.append(command)
-            out = _metrics_stdout()
-            return CommandResult(
-                host=self.name, command="facts", exit_code=0, stdout=out, stderr="", duration_s=0
-            )
-        return super().run(command, **kwargs)
-
-
-NO_WAIT: dict[str, Any] = {"retry_delays": (0, 0), "metrics_retry_delays": (0,)}
-
-
-def test_a_server_reached_over_ssh_gets_its_metrics_from_the_same_session() -> None:
-    host = MetricsHost()
-    checked = check_server(server(), host, **NO_WAIT)
-    assert checked.results is not None and [r.kind for r in checked.results] == ["ssh"]
-    assert host.commands[0] == "true" and host.commands[1].startswith("LC_ALL=C")
-    assert checked.metrics is not None and checked.metrics.load is not None
-    assert checked.metrics.load.l1 == 1.0 and checked.metrics.memory is not None
-    assert checked.crashed is None and checked.metrics_error is None
-
-
-def test_a_server_ssh_did_not_reach_gets_no_metrics_and_no_metrics_error() -> None:
-    host = ScriptedHost("systemctl_is_active__documented_active", ssh_error=True)
+def test_a_server_ssh_did_not_reach_gets_no_metrics_and_no_metrics_error(tmp_path: Path) -> None:
+    host = ShellHost(tmp_path, fail=("", ConnectError("web-1", "connection refused")))
     checked = check_server(server(), host, **NO_WAIT)
     assert checked.results is not None and not checked.results[0].ok
     assert checked.metrics is None and checked.metrics_error is None
-    assert host.commands == ["true"]
+    assert len(host.commands) == 1
 
 
-def test_checks_that_keep_raising_make_a_crash_not_an_outage_after_the_retries() -> None:
-    host = MetricsHost(raise_on="true")
+def test_checks_that_keep_raising_make_a_crash_not_an_outage_after_the_retries(
+    tmp_path: Path,
+) -> None:
+    host = ShellHost(tmp_path, fail=("", RuntimeError("boom")))
     checked = check_server(server(), host, **NO_WAIT)
     assert checked.results is None and checked.crashed == "RuntimeError: boom"
-    assert host.commands == ["true"] * 3  # the first attempt and two retries
-
-
-def test_metrics_that_keep_failing_are_named_and_the_checks_kept() -> None:
-    host = MetricsHost(raise_on="LC_ALL=C", error=ConnectError("web-1", "connection lost"))
-    checked = check_server(server(), host, **NO_WAIT)
-    assert checked.results is not None and checked.results[0].ok
-    assert checked.metrics is None and "connection lost" in (checked.metrics_error or "")
-    assert len(host.commands) == 3  # true, then the metrics twice
+    assert len(host.commands) == 3  # the first attempt and two retries
 
 
 def test_a_batch_returns_one_result_per_server_in_order_and_isolates_a_crash(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr("tasks.checks._CHECK_RETRY_DELAYS_S", (0.0, 0.0))
     names = [f"web-{i}" for i in range(6)]
-    hosts = [MetricsHost(raise_on="true") if i == 2 else MetricsHost() for i in range(6)]
+    hosts = []
+    for i in range(6):
+        (tmp_path / str(i)).mkdir()
+        fail = ("", RuntimeError("boom")) if i == 2 else None
+        hosts.append(ShellHost(tmp_path / str(i), fail=fail))
     batch = [
         (server().model_copy(update={"name": n}), h) for n, h in zip(names, hosts, strict=True)
     ]

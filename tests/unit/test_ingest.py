@@ -178,6 +178,50 @@ def test_a_planned_window_counts_in_the_rollups_from_its_announcement(
     assert (row.up_s, row.maintenance_s) == (2700.0, 300.0)
 
 
+def test_a_round_of_many_servers_writes_what_one_ingest_per_server_writes(
+    tmp_path: Path,
+) -> None:
+    """The ingest writes every server's rows at once; the result is the same as server by
+    server: intervals (new, extended, closed), confirmed changes and rollups with a window
+    of one server and a client-wide one."""
+
+    def sample(server: str, minute: float, ok: bool) -> CheckSample:
+        return CheckSample(server, at(minute), ok, None if ok else f"{server} down")
+
+    rounds = [
+        [sample(f"s{i}", 0, True) for i in range(6)],
+        [sample(f"s{i}", 5, i % 2 == 0) for i in range(6)],
+        [sample(f"s{i}", 10, i % 2 == 0) for i in range(1, 7)],  # s0 silent, s6 new
+        [sample(f"s{i}", 40, i != 3) for i in range(7)],  # after a gap: unknown
+    ]
+    stores = []
+    for name in ("together", "one-by-one"):
+        opened = open_store(f"sqlite:///{tmp_path / name}.db")
+        opened.record_window("acme", at(3), at(8), "run", "CHG-1", server="s1")
+        opened.record_window("acme", at(9), at(12), "run", "CHG-2")
+        stores.append(opened)
+    together, one_by_one = stores
+    for samples in rounds:
+        changes = ingest(together, "acme", samples).changes
+        each = [c for s in samples for c in ingest(one_by_one, "acme", [s]).changes]
+        assert sorted(changes, key=lambda c: c.server) == sorted(each, key=lambda c: c.server)
+    assert [c.state for c in ingest(together, "acme", []).changes] == []
+
+    def content(opened: HistoryStore) -> tuple[object, object]:
+        intervals = [
+            (i.server, i.state, i.start, i.end, i.checks, i.failures, i.first_error)
+            for i in read_intervals(opened, "acme")
+        ]
+        return intervals, read_rollups(opened, "acme")
+
+    assert content(together) == content(one_by_one)
+    intervals, rollups = content(together)
+    assert {i[0] for i in intervals} == {f"s{i}" for i in range(7)}
+    assert any(r.maintenance_s > 0 for r in rollups)
+    for opened in stores:
+        opened.close()
+
+
 def test_two_concurrent_writers_lose_no_sample(store: HistoryStore) -> None:
     ingest_concurrently(store)
 
