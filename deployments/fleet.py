@@ -6,7 +6,10 @@ runs need to know about the fleet (where the shared history store is) travels wi
 work pool, in its base job template's ``env``: a worker's own shell passes nothing on, so
 a worker started on a new machine needs only Prefect's API URL. The deployments add their
 own job variables on top (heartbeats, ``CARETAKER_HISTORY_STORE_SHARED=true``: a run
-refuses a per-machine store).
+refuses a per-machine store). The pool's job command is ``python -m
+deployments.forkclient``: on a machine whose worker was started by ``caretaker-worker``
+a run is forked from that machine's fork server (``deployments.forkserver``), else it
+starts Prefect's engine as Prefect would.
 
     python -m deployments.fleet pool --store-url postgresql+psycopg://caretaker@db/caretaker
     python -m deployments.fleet pool --store-url URL --set CARETAKER_APPROVAL_POLL_S=5
@@ -30,7 +33,7 @@ from core.errors import ConfigError
 from core.settings import is_sqlite_url, telemetry_off
 from deployments.generate import WORK_POOL, WORK_POOL_TYPE
 
-__all__ = ["base_job_template", "ensure_pool", "main", "pool_env"]
+__all__ = ["RUN_COMMAND", "base_job_template", "ensure_pool", "main", "pool_env"]
 
 _NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
@@ -74,22 +77,34 @@ def pool_env(store_url: str, assignments: Sequence[str] = ()) -> dict[str, str]:
     return env
 
 
-def base_job_template(env: Mapping[str, str], default: dict[str, Any]) -> dict[str, Any]:
-    """The process pool's ``default`` template with ``env`` as its runs' default (pure)."""
+#: The job command of every run of the pool: hand the run to the machine's fork server
+#: (``caretaker-worker``), else start Prefect's engine (``deployments.forkclient``).
+RUN_COMMAND = "python -m deployments.forkclient"
+
+
+def base_job_template(
+    env: Mapping[str, str], default: dict[str, Any], command: str | None = RUN_COMMAND
+) -> dict[str, Any]:
+    """The process pool's ``default`` template with ``env`` as its runs' default and
+    ``command`` as their command (None: Prefect's own; pure)."""
     template = deepcopy(default)
     template["variables"]["properties"]["env"]["default"] = dict(env)
+    if command is not None:
+        template["variables"]["properties"]["command"]["default"] = command
     return template
 
 
-def ensure_pool(env: Mapping[str, str], name: str = WORK_POOL) -> str:
-    """Create the process work pool ``name`` with ``env`` for its runs, or update its
-    template; returns ``created`` or ``updated``."""
+def ensure_pool(
+    env: Mapping[str, str], name: str = WORK_POOL, command: str | None = RUN_COMMAND
+) -> str:
+    """Create the process work pool ``name`` with ``env`` and ``command`` for its runs, or
+    update its template; returns ``created`` or ``updated``."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
-    template = base_job_template(env, ProcessWorker.get_default_base_job_template())
+    template = base_job_template(env, ProcessWorker.get_default_base_job_template(), command)
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
@@ -127,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="another setting for every run (CARETAKER_..., PREFECT_...); repeatable",
     )
     pool.add_argument("--name", default=WORK_POOL, help=f"work pool (default {WORK_POOL})")
+    pool.add_argument(
+        "--command",
+        default=RUN_COMMAND,
+        help=f"its runs' job command (default {RUN_COMMAND!r}: the machine's fork server,"
+        " else Prefect's engine; '' for Prefect's own, a new Python process per run)",
+    )
     args = parser.parse_args(argv)
 
     from history.store import open_store
@@ -135,12 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = pool_env(args.store_url, args.set)
         with open_store(args.store_url) as store:
             version = store.schema_version()
-        done = ensure_pool(env, args.name)
+        done = ensure_pool(env, args.name, args.command or None)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"work pool {args.name} {done}: its runs use the history store {store.url}")
     print(f"(schema version {version}); settings: {', '.join(sorted(env))}")
+    print(f"job command: {args.command or 'Prefect default (python -m prefect.engine)'}")
     return 0
 
 

@@ -16,6 +16,14 @@ its worker's whole process group is killed with SIGKILL. The dead run is marked 
 as the zombie-run automation does, and a rerun of the same change runs on the surviving
 worker: it takes the run lock over from the dead run (the lock lives in the shared store,
 so the worker on the other machine sees it) and finishes the change without asking again.
+
+The workers are ``caretaker-worker`` (docs' worker block): each machine's runs are forked
+from its fork server. The deployed commit carries one line more than the working tree
+(``tasks/__init__.py`` prints where it was imported from, the run's id and a setting of
+the pool), so the worker logs show that every run imported the DEPLOYED commit from its
+clone (not the code the fork server and the workers' venv were started from), in a
+process forked by the fork server, with the job's environment; killing fleetb's job
+command (the client) with SIGKILL kills that process at once.
 """
 
 from __future__ import annotations
@@ -27,9 +35,10 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -41,7 +50,7 @@ from sqlalchemy.engine import make_url
 from deployments.server import ensure_server, stop_server
 from sandbox import faults
 from sandbox.estate import Estate
-from sandbox.git_server import GitServer, publish_repository
+from sandbox.git_server import GitServer, git, publish_repository
 from sandbox.prefect_blocks import ssh_identity
 from sandbox.repo import PackageSpec
 from sandbox.webhook import WebhookReceiver
@@ -68,6 +77,52 @@ DOCS = REPO / "docs" / "deployments.md"
 BIN = Path(sys.executable).parent
 #: fleeta: h01 staging, h02 production; fleetb: h03 staging, h04 + h05 production (one batch).
 HOSTS = {"fleeta": ("h01", "h02"), "fleetb": ("h03", "h04", "h05")}
+#: Appended to the deployed commit's tasks/__init__.py (only there): what each run prints.
+MARKER = """
+import os as _os
+print(
+    "fleet-marker", _os.environ.get("PREFECT__FLOW_RUN_ID"), _os.getpid(), __file__,
+    _os.environ.get("CARETAKER_REBOOT_TIMEOUT_S"),
+    open(f"/proc/{_os.getppid()}/cmdline").read().replace("\\0", " ").strip(),
+    sep="|", flush=True,
+)
+"""
+
+
+def deployed_commit(git_server: GitServer) -> GitServer:
+    """The deploying checkout one commit ahead of the working tree (the marker), pushed."""
+    init = git_server.checkout / "tasks" / "__init__.py"
+    init.write_text(init.read_text() + MARKER)
+    git(git_server.checkout, "commit", "-q", "-am", "the deployed commit prints a marker")
+    git(git_server.checkout, "push", "-q", "origin", "HEAD")
+    return replace(git_server, commit=git(git_server.checkout, "rev-parse", "HEAD"))
+
+
+def markers(root: Path) -> dict[str, list[list[str]]]:
+    """The markers the runs' processes printed (a resumed run prints again), by flow run
+    id: [pid, tasks' file, the pool's setting, the parent's command line] each."""
+    found: dict[str, list[list[str]]] = {}
+    for log in sorted(root.glob("machine-*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("fleet-marker|"):
+                _, run_id, *rest = line.split("|")
+                found.setdefault(run_id, []).append(rest)
+    return found
+
+
+def process_gone(pid: int, within: float) -> bool:
+    """Whether ``pid`` is gone (or dead and not yet reaped) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def docs_block(name: str) -> str:
@@ -134,10 +189,8 @@ class Fleet:
         }
 
     def worker_of(self, flow_run: Any) -> str | None:
-        """Which worker started the process running ``flow_run`` (its infrastructure pid).
-
-        Prefect's process worker starts each flow run in a session of its own, so the
-        run is the worker's descendant, not a member of its process group."""
+        """Which worker started the process running ``flow_run`` (its infrastructure pid:
+        the job command, the fork server's client, a child of the worker)."""
         pid = int(str(flow_run.infrastructure_pid or "0").rsplit(":", 1)[-1])
         while pid > 1:
             found = next((n for n, w in self.workers.items() if w.pid == pid), None)
@@ -186,7 +239,9 @@ def fleet(estate: Estate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     from tasks.notify import save_demo_webhook
 
     root = tmp_path_factory.mktemp("fleet")
-    git = publish_repository(root, {s: client_file(estate, s) for s in HOSTS})
+    git_server = deployed_commit(
+        publish_repository(root, {s: client_file(estate, s) for s in HOSTS})
+    )
     with database("caretaker_fleet_prefect") as prefect_db, database("caretaker_fleet") as db:
         pg = make_url(ADMIN_URL)
         home = root / "prefect-home"
@@ -201,7 +256,7 @@ def fleet(estate: Estate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"},
         )
         store_url = pg.set(database=db).render_as_string(hide_password=False)
-        fleet = Fleet(api=f"{url}/api", store_url=store_url, git=git, workers={}, root=root)
+        fleet = Fleet(api=f"{url}/api", store_url=store_url, git=git_server, workers={}, root=root)
         inbox = WebhookReceiver().__enter__()
         try:
             with temporary_settings({PREFECT_API_URL: fleet.api}):
@@ -223,9 +278,9 @@ def fleet(estate: Estate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             )
             done = subprocess.run(
                 ["sh", "-ec", deploy],
-                cwd=git.checkout,
+                cwd=git_server.checkout,
                 env=fleet.env(
-                    CARETAKER_GIT_REPOSITORY=git.url,
+                    CARETAKER_GIT_REPOSITORY=git_server.url,
                     CARETAKER_HISTORY_STORE_URL=store_url,
                     PREFECT_CLI_PROMPT="false",
                 ),
@@ -243,7 +298,7 @@ def fleet(estate: Estate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                     ["sh", "-ec", docs_block("worker")],
                     cwd=machine,
                     env=fleet.env(
-                        CARETAKER_GIT_REPOSITORY=git.url,
+                        CARETAKER_GIT_REPOSITORY=git_server.url,
                         RUNS_AT_ONCE="1",
                         PREFECT_WORKER_QUERY_SECONDS="1",
                     ),
@@ -381,11 +436,18 @@ def test_two_workers_run_two_clients_then_one_is_killed_and_its_change_recovered
             done_a = eventually(lambda: resumed_and_final("fleeta"), 120, f"fleeta:\n{logs(fleet)}")
             assert done_a.state.is_completed(), f"{done_a.state!r}\n{logs(fleet)}"
 
-            # fleetb's batch runs: h04 patched, h05 waiting for its lock. Kill its machine.
+            # fleetb's batch runs: h04 patched, h05 waiting for its lock. Its job command
+            # (the fork server's client) is killed: the run's process goes at once. Then
+            # its whole machine.
             eventually(lambda: True if agent(estate, "h04") == "1.1" else None, 90, "h04")
-            machine = fleet.worker_of(seen("fleetb"))
+            running_b = seen("fleetb")
+            machine = fleet.worker_of(running_b)
             assert machine, f"fleetb runs on no worker:\n{logs(fleet)}"
             doomed = fleet.workers[machine]
+            run_pid = int(markers(fleet.root)[runs["fleetb"]][-1][0])
+            assert not process_gone(run_pid, 0), "fleetb's run process is not running"
+            os.kill(int(str(running_b.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
+            assert process_gone(run_pid, 10), "the run outlived its killed client"
             kill_machine(doomed)
             ssh(estate, "h05", "pkill -KILL -x apt-get; pkill -KILL -x dpkg; true")
         finally:
@@ -426,6 +488,19 @@ def test_two_workers_run_two_clients_then_one_is_killed_and_its_change_recovered
     assert [r.outcome.value for r in record_a if r.outcome] == ["completed"]
     # The runs used the shared store the pool named; no machine made a store of its own.
     assert not (fleet.root / "data" / "caretaker.db").exists()
+
+    # Every run process was forked by its machine's fork server (none fell back to Prefect's
+    # own command), took the pool's settings, and imported caretaker from its clone of the
+    # deployed commit (the marker is only there), not from the code the workers run.
+    printed = markers(fleet.root)
+    assert {runs["fleeta"], runs["fleetb"], rerun} <= set(printed), printed
+    for run_id in (runs["fleeta"], runs["fleetb"], rerun):
+        for _pid, tasks_file, setting, parent in printed[run_id]:
+            assert tasks_file.endswith("/tasks/__init__.py"), tasks_file
+            assert not tasks_file.startswith((str(REPO), str(fleet.root))), tasks_file
+            assert setting == "8"  # CARETAKER_REBOOT_TIMEOUT_S, from the pool's job variables
+            assert "-m deployments.forkserver" in parent, parent
+    assert "starting python -m prefect.engine" not in logs(fleet)
 
     # A machine that does not get the fleet's store (the URL emptied for this one run): the
     # run refuses before it touches anything, and makes no store of its own.

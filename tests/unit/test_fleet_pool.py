@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from uuid import uuid4
+
 import pytest
 
 from core.errors import ConfigError
-from deployments.fleet import base_job_template, main, pool_env
+from deployments.fleet import RUN_COMMAND, base_job_template, main, pool_env
 
 PG = "postgresql+psycopg://caretaker@db.internal:5432/caretaker"
 
@@ -42,15 +44,36 @@ def test_what_the_pool_refuses(url: str, sets: list[str], match: str) -> None:
     assert "s3cret" not in str(caught.value)
 
 
-def test_the_template_keeps_prefects_default_and_only_sets_the_env_default() -> None:
+def test_the_template_keeps_prefects_default_and_sets_the_env_and_command_defaults() -> None:
     from prefect.workers.process import ProcessWorker
 
     default = ProcessWorker.get_default_base_job_template()
     template = base_job_template({"A": "1"}, default)
 
     assert template["variables"]["properties"]["env"]["default"] == {"A": "1"}
+    assert template["variables"]["properties"]["command"]["default"] == RUN_COMMAND
     assert template["job_configuration"] == default["job_configuration"]
     assert "default" not in default["variables"]["properties"]["env"]  # not changed in place
+    assert default["variables"]["properties"]["command"]["default"] is None
+    prefects = base_job_template({"A": "1"}, default, command=None)
+    assert (
+        prefects["variables"]["properties"]["command"]
+        == default["variables"]["properties"]["command"]
+    )
+
+
+def test_the_run_command_is_what_prefects_process_worker_will_run() -> None:
+    """A configured command replaces ``python -m prefect.engine`` (Prefect 3.9's
+    ``ProcessJobConfiguration``): the client module, started as the worker starts it."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
+
+    template = base_job_template({}, ProcessWorker.get_default_base_job_template())
+    config = ProcessJobConfiguration(
+        command=template["variables"]["properties"]["command"]["default"]
+    )
+    config.prepare_for_flow_run(FlowRun(flow_id=uuid4()))
+    assert config.command == RUN_COMMAND and config._command_configured
 
 
 def test_the_command_refuses_a_sqlite_store_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
