@@ -1,8 +1,8 @@
 """The ``health-check`` flow: every server's checks, into the history store, every 5 minutes.
 
 Orchestration only. For one client or all of them, all servers in parallel,
-in batches (one ``check_servers`` task per batch of up to 25 servers of a client, threads
-inside, about 64 servers at once in all, never more than the estate-wide SSH session limit
+in batches (one ``check_servers`` task per batch of 25 servers of a client or more on a big
+round, threads inside, 64 servers at once in all, never more than the estate-wide SSH session limit
 ``caretaker-ssh-sessions``, whose slots each batch holds while it works: tasks/limits.py):
 
     per server: one SSH command (reachability, the inventory's systemd units, load,
@@ -49,9 +49,10 @@ from tasks.checks import (
     METRIC_FACTS,
     CheckResult,
     ServerCheck,
-    batch_workers,
+    batch_threads,
     check_servers,
     health_batches,
+    round_batch_size,
     summarize_checks,
 )
 from tasks.limits import ssh_session_limit
@@ -213,17 +214,19 @@ def health_check(client: str | None = None) -> State[Any]:
             inv.slug: stack.enter_context(open_sessions(inv, inv.servers)) for inv in inventories
         }
         servers = [(inv.slug, s) for inv in inventories for s in inv.servers]
-        batches = health_batches([len(inv.servers) for inv in inventories])
         # Threads of the whole round: never more than the estate-wide SSH session limit.
         session_limit = ssh_session_limit()
         concurrency = min(HEALTH_CONCURRENCY, session_limit or HEALTH_CONCURRENCY)
+        batches = health_batches(
+            [len(inv.servers) for inv in inventories], round_batch_size(len(servers), concurrency)
+        )
+        threads = batch_threads([len(batch) for batch in batches], concurrency)
         numbers: Counter[str] = Counter()
         futures: list[tuple[range, PrefectFuture[list[ServerCheck]]]] = []
-        for batch in batches:
+        for batch, workers in zip(batches, threads, strict=True):
             slug = servers[batch[0]][0]
             numbers[slug] += 1
             hosts = [(s, sessions[slug].host(s)) for _, s in (servers[i] for i in batch)]
-            workers = batch_workers(len(batches), len(batch), concurrency)
             futures.append((batch, check_servers.submit(f"{slug}-{numbers[slug]}", hosts, workers)))
         for batch, future in futures:
             future.wait()

@@ -558,10 +558,13 @@ def summarize_checks(results: Sequence[CheckResult]) -> tuple[bool, list[str]]:
 
 # ------------------------------------------------------------- a health-check round, batched
 
-#: Servers per ``check_servers`` task: a round over 500 servers is 20 task runs, not 1000.
+#: Servers per ``check_servers`` task, at least: a round over 500 servers is 20 task runs,
+#: not 1000 (more per batch on a big round: ``round_batch_size``).
 HEALTH_BATCH_SIZE = 25
 #: Threads checking servers at once in a whole round (spread over its batches).
 HEALTH_CONCURRENCY = 64
+#: Threads a batch gets, about, on a big round (``round_batch_size``).
+_BATCH_THREADS = 8
 
 # Attempts of one server's checks (an unexpected error, not a failed check) and their
 # pauses: what ``run_health_checks``'s retries do, per server inside a batch.
@@ -661,9 +664,51 @@ def health_batches(sizes: Sequence[int], batch_size: int = HEALTH_BATCH_SIZE) ->
     return batches
 
 
-def batch_workers(batches: int, batch_len: int, concurrency: int = HEALTH_CONCURRENCY) -> int:
-    """Threads of one batch so that the round checks about ``concurrency`` servers at once."""
-    return max(1, min(batch_len, -(-concurrency // max(batches, 1))))
+def round_batch_size(total: int, concurrency: int = HEALTH_CONCURRENCY) -> int:
+    """Servers per batch in a round of ``total`` servers (pure).
+
+    ``HEALTH_BATCH_SIZE``, or more on a big round, so that a batch gets about
+    ``_BATCH_THREADS`` of the round's ``concurrency`` threads: with 25 servers a batch at
+    1,000 servers, 40 batches shared 64 threads as 1 or 2 each, and a one-thread batch
+    took twice as long as the others (the round waits for its slowest batch); with 125,
+    10 batches get 6 or 7 threads each, and 10 task runs cost less than 40.
+    """
+    return max(HEALTH_BATCH_SIZE, -(-total * _BATCH_THREADS // max(concurrency, 1)))
+
+
+def batch_threads(lengths: Sequence[int], concurrency: int = HEALTH_CONCURRENCY) -> list[int]:
+    """Threads of each batch of a round (pure): ``concurrency`` shared in proportion to
+    the batches' servers (largest remainders), each batch at least 1 and at most one per
+    server.
+
+    They add up to at most ``concurrency`` (unless there are more batches than that): each
+    batch holds one SSH session slot per thread, and a round asking for more slots than
+    the limit has made one of its own batches wait for the others (Prefect answers a
+    refused acquisition with a retry seconds later).
+
+    Args:
+        lengths: the servers of each batch, in order.
+        concurrency: the round's threads (at most the SSH session limit).
+
+    Returns:
+        One thread count per batch, in order.
+    """
+    total = sum(lengths)
+    if total == 0:
+        return [1] * len(lengths)
+    shares = [concurrency * n / total for n in lengths]
+    threads = [max(1, min(n, int(share))) for n, share in zip(lengths, shares, strict=True)]
+    by_remainder = sorted(range(len(lengths)), key=lambda i: int(shares[i]) - shares[i])
+    left = concurrency - sum(threads)
+    for i in by_remainder:
+        if left <= 0:
+            break
+        if threads[i] < lengths[i]:
+            threads[i] += 1
+            left -= 1
+    while sum(threads) > concurrency and max(threads) > 1:  # batches raised to 1 thread
+        threads[threads.index(max(threads))] -= 1
+    return threads
 
 
 @task(

@@ -20,7 +20,7 @@ from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.checks import (
     SSH_PROBE,
     CheckResult,
-    batch_workers,
+    batch_threads,
     build_health_script,
     check_http,
     check_server,
@@ -29,6 +29,7 @@ from tasks.checks import (
     health_batches,
     parse_health_output,
     parse_systemctl_is_active,
+    round_batch_size,
     run_health_checks,
     summarize_checks,
     systemctl_is_active_command,
@@ -514,7 +515,39 @@ def test_a_round_is_cut_into_even_batches_that_never_mix_clients() -> None:
     assert health_batches([]) == []
 
 
-def test_the_threads_of_a_round_are_spread_over_its_batches() -> None:
-    assert batch_workers(20, 25, concurrency=64) == 4
-    assert batch_workers(1, 3, concurrency=64) == 3
-    assert batch_workers(100, 25, concurrency=64) == 1
+@pytest.mark.parametrize(
+    ("total", "concurrency", "size"),
+    [
+        (8, 3, 25),  # a small round: the default batch
+        (250, 64, 32),
+        (500, 64, 63),
+        (1000, 64, 125),  # 10 batches of about 8 threads, not 40 of 1 or 2
+        (1000, 8, 1000),  # a low session limit: one thread per batch's worth
+        (0, 64, 25),
+    ],
+)
+def test_a_big_round_gets_bigger_batches(total: int, concurrency: int, size: int) -> None:
+    assert round_batch_size(total, concurrency) == size
+
+
+@pytest.mark.parametrize(
+    ("lengths", "concurrency", "threads"),
+    [
+        ([25] * 10, 64, [7, 7, 7, 7, 6, 6, 6, 6, 6, 6]),  # 64 exactly, not 10 x 7 = 70
+        ([25] * 40, 64, [2] * 24 + [1] * 16),
+        ([100] * 10, 64, [7, 7, 7, 7, 6, 6, 6, 6, 6, 6]),
+        ([8], 3, [3]),
+        ([3], 64, [3]),  # never more threads than servers
+        ([200, 1, 1], 64, [62, 1, 1]),  # tiny batches get one, the sum stays 64
+        ([50, 10], 64, [50, 10]),  # fewer servers than threads
+        ([25] * 70, 64, [1] * 70),  # more batches than slots: one each
+        ([], 64, []),
+    ],
+)
+def test_the_threads_of_a_round_are_shared_by_its_batches_within_the_limit(
+    lengths: list[int], concurrency: int, threads: list[int]
+) -> None:
+    got = batch_threads(lengths, concurrency)
+    assert got == threads
+    if len(lengths) <= concurrency:
+        assert sum(got) <= concurrency
