@@ -36,6 +36,13 @@ wait as ``TIMEOUT_APPROVER``, and the resumed run records the timeout. A run tha
 a deployment's (a direct call, ``python -m flows...``) cannot be suspended: it pauses in
 its process instead, and :class:`ApprovalDeadline` (a timer in that process) keeps its
 deadline.
+
+**A late answer does not count**, whenever it is read: an answer counts only when the
+Prefect server created its run input before the wait's deadline (:func:`answer_given_at`,
+judged by :func:`answer_timing`), not when a worker reads it. An answer given after the
+deadline, before the sweep or the timer ended the wait, ends the wait as the timeout; an
+answer given in time and read late (the run queued for a worker) still counts. The same
+rule holds for suspended and in-process waits (one loop, :func:`ask`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
+import math
 import re
 import shutil
 import subprocess
@@ -69,6 +78,7 @@ from history.change import Approval, Verification
 from inventory.types import ssh_key_blob, ssh_key_fingerprint
 from tasks.packages import MaintenancePlan
 from tasks.rollout import RestoreAnswer
+from tasks.sessions import close_sessions
 
 #: The signature namespace: a signature made for anything else (git commits, files) is refused.
 NAMESPACE = "caretaker-approval"
@@ -81,6 +91,8 @@ VERIFY_TIMEOUT_S = 10.0
 WAIT_GRACE_S = 3600
 #: The command shown to approvers (the file is the message, saved as message.txt).
 SIGN_COMMAND = f"ssh-keygen -Y sign -n {NAMESPACE} -f ~/.ssh/id_ed25519 message.txt"
+
+log = logging.getLogger(__name__)
 
 #: Who may answer, and the public key each answer must be signed with (None: cannot count).
 ApproverKeys = Mapping[str, "str | None"]
@@ -769,6 +781,61 @@ def open_wait(
 
 FormT = TypeVar("FormT", bound=RunInput)
 
+#: Whether an answer came in time: ``in-time`` counts as its proof says; ``late`` (given at
+#: or after the deadline) and ``timeout`` (the deadline's own answer) end the wait.
+Timing = Literal["in-time", "late", "timeout"]
+
+
+def answer_timing(
+    approver: str, given_at: datetime | None, read_at: datetime, deadline: datetime
+) -> Timing:
+    """Whether an answer was given before the wait's deadline (pure).
+
+    ``given_at`` is when the Prefect server stored the answer (its run input's
+    ``created``): a clock the approver does not control, and that does not move when the
+    run is queued and read late. Unknown (the API did not say), the time it was read is
+    used instead: later than the real one, so an answer is never counted on a guess.
+    The deadline's own answer (``TIMEOUT_APPROVER``) ends the wait once it is read at or
+    after the deadline; before it, it is someone typing the name (an unlisted answer).
+
+    Args:
+        approver: the name in the answer.
+        given_at: when the server stored the answer (aware), or None when unknown.
+        read_at: when the run read it (aware).
+        deadline: the wait's deadline (aware).
+    """
+    if approver.strip() == TIMEOUT_APPROVER and read_at >= deadline:
+        return "timeout"
+    at = read_at if given_at is None else given_at
+    return "in-time" if at < deadline else "late"
+
+
+def answer_given_at(answer: RunInput) -> datetime | None:
+    """When the Prefect server stored ``answer`` (its run input's ``created``), or None.
+
+    None for an answer that did not come from a run input (a scripted one in tests) or
+    when the API does not say (then :func:`answer_timing` uses the time it was read).
+    """
+    try:
+        meta = answer.metadata
+    except AttributeError:  # not loaded from a run input
+        return None
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.filter_flow_run_input(
+                meta.receiver, key_prefix=meta.key, limit=10, exclude_keys=set()
+            )
+    except Exception as exc:  # any API failure: the read time is used, never a guess
+        log.warning("when answer %s was given is unknown (%s): its read time counts", meta.key, exc)
+        return None
+    for item in found:
+        if item.key == meta.key and item.created is not None:
+            # a plain aware datetime: Prefect's DateTime loses its zone in arithmetic
+            return datetime.fromtimestamp(item.created.timestamp(), UTC)
+    return None
+
 
 class Pause(Protocol):
     """Prefect's wait, or a scripted stand-in in tests: the answer to one form."""
@@ -802,8 +869,13 @@ def prefect_wait(form: type[FormT], timeout_s: int, poll_s: int, key: str) -> Fo
     Suspended, the process exits here (Prefect's ``Pause`` signal) and the run is run
     again from the start once answered; called again with the same key, the answer given
     is returned at once. A run without a deployment cannot be suspended: it pauses, its
-    process (and its worker, if any) waiting.
+    process (and its worker, if any) waiting. Either way the run's SSH sessions are
+    closed first and their slots of ``caretaker-ssh-sessions`` given back (decision 78):
+    a waiting run holds none; they reconnect at their next command. (Not for a round
+    already answered: its answer comes back at once.)
     """
+    if not (suspends() and key in used_pause_keys()):
+        close_sessions()
     if suspends():
         return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
     return prefect_pause(form, timeout_s, poll_s, key)
@@ -822,6 +894,7 @@ def ask(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     first_round: int = 1,
     answered: Collection[str] = frozenset(),
+    given_at: Callable[[RunInput], datetime | None] = answer_given_at,
 ) -> bool:
     """Wait with a form until ``settle`` says the wait is over, or the deadline passes.
 
@@ -829,7 +902,8 @@ def ask(
     far) under the key ``<key>-<round>``. Prefect's own pause timeout is only a backstop
     (``WAIT_GRACE_S`` past the deadline): the deadline is kept by :class:`ApprovalDeadline`
     (in process) or :func:`end_expired_waits` (suspended), so that a timeout is recorded
-    rather than failing the run.
+    rather than failing the run. An answer given at or after the deadline (by the Prefect
+    server's clock: :func:`answer_timing`) is not taken: the wait ends as the timeout.
 
     Args:
         make_form: builds the form for the next round.
@@ -843,7 +917,8 @@ def ask(
         now: the clock.
         first_round: the number of the first round asked (a resumed wait continues).
         answered: pause keys already answered (a resumed run reads their answers even
-            past the deadline: they were given before the run was ended).
+            past the deadline; each still counts only if it was given before it).
+        given_at: when the server stored an answer (:func:`answer_given_at`).
 
     Returns:
         True when settled, False when the deadline passed first.
@@ -852,16 +927,30 @@ def ask(
     while True:
         asked += 1
         round_key = f"{key}-{asked}"
-        remaining = int((deadline - now()).total_seconds())
+        left = (deadline - now()).total_seconds()
+        remaining = int(left)
         if remaining <= 0 and round_key not in answered:
             return False
+        # The timer fires just past the deadline, so its answer is stored after it.
         with (
-            ApprovalDeadline(flow_run_id, remaining, form=form_name)
+            ApprovalDeadline(flow_run_id, math.ceil(left) + 1, form=form_name)
             if remaining > 0
             else nullcontext()
         ):
             answer = pause(make_form(), max(remaining, 0) + WAIT_GRACE_S, poll_s, round_key)
-        if getattr(answer, "approver", None) == TIMEOUT_APPROVER and now() >= deadline:
+        approver = str(getattr(answer, "approver", ""))
+        given = given_at(answer)
+        timing = answer_timing(approver, given, now(), deadline)
+        if timing == "late":
+            log.warning(
+                "%s: the answer of %r was given at %s, after the deadline %s: it does not"
+                " count, the wait ends as the timeout",
+                round_key,
+                approver,
+                (given or now()).isoformat(),
+                deadline.isoformat(),
+            )
+        if timing != "in-time":
             return False
         if settle(answer):
             return True
@@ -886,6 +975,7 @@ def wait_for_approval(
     first_round: int = 1,
     recorded: Sequence[Approval] = (),
     answered: Collection[str] = frozenset(),
+    given_at: Callable[[RunInput], datetime | None] = answer_given_at,
 ) -> ApprovalTally | None:
     """Ask for approval until the tally is decided or the deadline passes.
 
@@ -913,9 +1003,11 @@ def wait_for_approval(
         recorded: the answers this wait recorded in earlier executions (they count as
             they were counted; the next round follows them).
         answered: pause keys already answered (:func:`used_pause_keys`).
+        given_at: when the server stored an answer (:func:`answer_given_at`).
 
     Returns:
-        The decided tally (approved or rejected), or None at the deadline.
+        The decided tally (approved or rejected), or None at the deadline (or when an
+        answer came after it).
     """
     tally = ApprovalTally(required=required, answers=tuple(recorded))
     if tally.verdict != "pending":
@@ -957,6 +1049,7 @@ def wait_for_approval(
         now=now,
         first_round=first_round + len(recorded),
         answered=answered,
+        given_at=given_at,
     )
     return tally if settled else None
 
@@ -975,6 +1068,7 @@ def ask_restore(
     deadline: datetime | None = None,
     resumed: bool = False,
     answered: Collection[str] = frozenset(),
+    given_at: Callable[[RunInput], datetime | None] = answer_given_at,
 ) -> RestoreAnswer:
     """Ask a listed approver whether to restore a failed server; no answer in time is a no.
 
@@ -994,6 +1088,7 @@ def ask_restore(
             then resumed): its request is published already, and its answered rounds are
             read again from the first (answers that did not count are not recorded).
         answered: pause keys already answered (:func:`used_pause_keys`).
+        given_at: when the server stored an answer (:func:`answer_given_at`).
     """
     assert question.server is not None, "the restore question names its server"
     answers: list[RestoreAnswer] = []
@@ -1029,6 +1124,7 @@ def ask_restore(
         pause=pause,
         now=now,
         answered=answered,
+        given_at=given_at,
     )
     return answers[0] if answers else RestoreAnswer(False, f"no decision within {timeout}")
 

@@ -3,11 +3,17 @@
 Two Prefect global concurrency limits, created from the settings (``core.settings``):
 
 - ``caretaker-ssh-sessions`` (``ssh_sessions_limit``, default 64): SSH sessions open at
-  once. A health-check batch takes one slot per checking thread for as long as its
-  threads work (:func:`ssh_sessions`); a thread holds at most one open session (each
-  server's session is closed when its checks are done), so the sessions open across all
-  workers never exceed the limit. The round sizes its threads by the limit
-  (:func:`ssh_session_limit`).
+  once, every session caretaker opens (decision 78). A session of a maintenance run, an
+  audit or any other run holds one slot from its connection to its close
+  (:class:`SessionSlots`, through ``tasks.sessions``), released on close, when its
+  connection failed or was lost, and before a run waits for an answer. A health-check
+  batch instead takes one slot per checking thread for as long as its threads work
+  (:func:`ssh_sessions`): a thread holds at most one open session (each server's session
+  is closed when its checks are done), and the sessions opened inside the batch take no
+  slot of their own. The round sizes its threads by the limit (:func:`ssh_session_limit`).
+  A run never waits on its own idle sessions: a session that needs a slot when none is
+  free takes the slot of the run's longest idle session (closing it), so a run working on
+  more hosts at once than the limit goes on, reconnecting as it goes.
 - ``caretaker-aws-api-<region>`` (``aws_api_calls_per_s``, default 20): a rate limit (slots
   decay at that many per second; a burst of the same size). Every EC2 call takes one slot
   first (:func:`aws_api_call`, in ``tasks.snapshots.aws.endpoint.Ec2.call``).
@@ -30,9 +36,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from typing import Literal
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +52,9 @@ __all__ = [
     "AWS_API_PREFIX",
     "SSH_SESSIONS",
     "LimitSpec",
+    "PrefectSlots",
+    "SessionSlots",
+    "SlotApi",
     "aws_api_call",
     "aws_limit_spec",
     "desired_limits",
@@ -50,6 +62,9 @@ __all__ = [
     "forget_limits",
     "limit_actions",
     "read_limits",
+    "session_slots",
+    "sessions_counted_by_batch",
+    "slot_step",
     "ssh_limit_spec",
     "ssh_session_limit",
     "ssh_sessions",
@@ -64,6 +79,14 @@ AWS_API_PREFIX = "caretaker-aws-api-"
 SSH_SLOT_TIMEOUT_S = 240.0
 #: How long an AWS call waits for its rate limit.
 AWS_SLOT_TIMEOUT_S = 120.0
+#: How long one session waits for its slot before the run gets a LimitUnavailable.
+SESSION_SLOT_TIMEOUT_S = 240.0
+#: A session slot's lease: slots of a process killed before it released them are free
+#: again after this long (renewed while held; Prefect's minimum is 60 s).
+SESSION_LEASE_S = 300.0
+#: How often a session waiting for a slot asks the server again (sooner when one of the
+#: run's own sessions goes idle or closes).
+SESSION_POLL_S = 1.0
 
 Action = Literal["create", "update", "keep"]
 
@@ -202,9 +225,20 @@ def ssh_session_limit() -> int | None:
     return ensure_limit(ssh_limit_spec(settings())).limit
 
 
+_batch_slots: ContextVar[bool] = ContextVar("caretaker_batch_ssh_slots", default=False)
+
+
+def sessions_counted_by_batch() -> bool:
+    """Whether the sessions opened here are counted by a batch's slots (:func:`ssh_sessions`)."""
+    return _batch_slots.get()
+
+
 @contextmanager
 def ssh_sessions(count: int, *, timeout_s: float = SSH_SLOT_TIMEOUT_S) -> Iterator[None]:
     """Hold ``count`` slots of ``caretaker-ssh-sessions`` while the block opens sessions.
+
+    The sessions the block (and the threads it starts with a copy of its context) opens
+    take no slot of their own: the caller opens at most ``count`` at a time.
 
     Raises:
         LimitUnavailable: the slots were not granted within ``timeout_s`` (or the limit
@@ -226,7 +260,297 @@ def ssh_sessions(count: int, *, timeout_s: float = SSH_SLOT_TIMEOUT_S) -> Iterat
                 f"{count} SSH session slot(s) of {SSH_SESSIONS} not granted: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        yield
+        token = _batch_slots.set(True)
+        try:
+            yield
+        finally:
+            _batch_slots.reset(token)
+
+
+# ---- one slot per open session ------------------------------------------------------------
+
+Step = Literal["hold", "take", "evict", "wait", "fail"]
+
+
+def slot_step(*, holds: bool, granted: bool, idle_other: bool, time_left_s: float) -> Step:
+    """What a session about to run a command does about its slot (pure).
+
+    ``hold``: it holds one already. ``take``: the server granted one. ``evict``: none is
+    free, but another session of the same run is idle: close that one and take its slot
+    (a run never waits on itself, so it cannot deadlock however many hosts it works on at
+    once). ``wait``: every slot is held elsewhere or by the run's busy sessions: wait and
+    ask again. ``fail``: the wait is over.
+    """
+    if holds:
+        return "hold"
+    if granted:
+        return "take"
+    if idle_other:
+        return "evict"
+    return "wait" if time_left_s > 0 else "fail"
+
+
+class SlotApi(Protocol):
+    """Where session slots come from: the Prefect server (:class:`PrefectSlots`) or a fake."""
+
+    def take(self) -> str | None:
+        """One slot's lease, or None when none is free right now (never waits)."""
+        ...
+
+    def give_back(self, lease: str) -> None:
+        """Release the slot of ``lease``."""
+        ...
+
+    def renew(self, lease: str) -> None:
+        """Keep the slot of ``lease`` for another lease period."""
+        ...
+
+
+class PrefectSlots:
+    """Slots of ``caretaker-ssh-sessions`` on the Prefect server, one lease per slot.
+
+    The limit is created from the settings when it is missing (:func:`ensure_limit`); a
+    limit that vanished afterwards is a :class:`LimitUnavailable` (strict).
+    """
+
+    def __init__(self, name: str = SSH_SESSIONS, lease_s: float = SESSION_LEASE_S) -> None:
+        self.name = name
+        self.lease_s = lease_s
+
+    def take(self) -> str | None:
+        from httpx import HTTPStatusError
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[self.name], slots=1, mode="concurrency", lease_duration=self.lease_s
+                )
+        except HTTPStatusError as exc:
+            if exc.response.status_code == 423:  # locked: every slot is held
+                return None
+            raise LimitUnavailable(
+                f"{self.name}: the Prefect API refused a slot: {exc.response.status_code}"
+            ) from exc
+        except Exception as exc:
+            raise LimitUnavailable(f"{self.name}: no slot: {type(exc).__name__}: {exc}") from exc
+        body = response.json()
+        if not body.get("limits"):
+            raise LimitUnavailable(f"{self.name} does not exist (deleted during the run?)")
+        return str(body["lease_id"])
+
+    def give_back(self, lease: str) -> None:
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(UUID(lease))
+
+    def renew(self, lease: str) -> None:
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.renew_concurrency_lease(UUID(lease), lease_duration=self.lease_s)
+
+
+class Session(Protocol):
+    """A session the slots are held for: it can drop its connection (to give its slot)."""
+
+    name: str
+
+    def disconnect(self) -> None:
+        """Close the connection; the next command reconnects (and takes a slot again)."""
+        ...
+
+
+@dataclass
+class _Held:
+    session: Session
+    lease: str | None = None
+    busy: int = 0
+    idle_since: float = 0.0
+
+
+class SessionSlots:
+    """One slot of ``caretaker-ssh-sessions`` per open session of a run.
+
+    A session takes its slot before its first command (:meth:`enter`), keeps it between
+    commands and gives it back when it is closed (:meth:`release`), when its connection
+    failed or was lost (:meth:`leave` with ``connected=False``), and all at once when the
+    run's sessions are closed or the run waits for an answer (:meth:`release_all`).
+    Leases are renewed by one thread while any is held, so the slots of a killed process
+    come back after ``SESSION_LEASE_S``.
+
+    Args:
+        api: where slots come from.
+        timeout_s: how long a session waits for its slot.
+        poll_s: how often a waiting session asks the server again.
+        clock: monotonic seconds (a test's clock).
+    """
+
+    def __init__(
+        self,
+        api: SlotApi,
+        *,
+        timeout_s: float = SESSION_SLOT_TIMEOUT_S,
+        poll_s: float = SESSION_POLL_S,
+        renew_every_s: float = SESSION_LEASE_S / 3,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = SSH_SESSIONS,
+    ) -> None:
+        self._api = api
+        self._timeout_s = timeout_s
+        self._poll_s = poll_s
+        self._renew_every_s = renew_every_s
+        self._clock = clock
+        self._name = name
+        self._cond = threading.Condition()
+        self._held: dict[int, _Held] = {}
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def leases(self) -> list[str]:
+        """The leases held now."""
+        with self._cond:
+            return [h.lease for h in self._held.values() if h.lease is not None]
+
+    def enter(self, session: Session) -> None:
+        """Before a command: ``session`` holds a slot (taken, or waited for).
+
+        Raises:
+            LimitUnavailable: no slot within the timeout (the message names the limit),
+                or the limit is gone.
+        """
+        deadline = self._clock() + self._timeout_s
+        while True:
+            with self._cond:
+                held = self._held.setdefault(id(session), _Held(session))
+                if held.lease is not None:
+                    held.busy += 1
+                    return
+            lease = self._api.take()
+            victim: _Held | None = None
+            with self._cond:
+                held = self._held.setdefault(id(session), _Held(session))
+                if held.lease is not None:  # another thread of this session took one
+                    step: Step = "hold"
+                else:
+                    victim = self._idle_other(session)
+                    step = slot_step(
+                        holds=False,
+                        granted=lease is not None,
+                        idle_other=victim is not None,
+                        time_left_s=deadline - self._clock(),
+                    )
+                if step == "take":
+                    held.lease, lease = lease, None
+                elif step == "evict":
+                    assert victim is not None
+                    held.lease, victim.lease = victim.lease, None
+                    victim.session.disconnect()  # idle: nothing runs on it
+                    log.info(
+                        "%s: took the slot of idle session %s (%s is full)",
+                        session.name,
+                        victim.session.name,
+                        self._name,
+                    )
+                if step in ("hold", "take", "evict"):
+                    held.busy += 1
+                    self._start_renewer()
+            if lease is not None:  # granted, but not needed any more
+                self._api.give_back(lease)
+            if step in ("hold", "take", "evict"):
+                return
+            if step == "fail":
+                raise LimitUnavailable(
+                    f"{session.name}: no slot of {self._name} free within "
+                    f"{self._timeout_s:g}s (every SSH session caretaker may open is open: "
+                    f"raise ssh_sessions_limit with `caretaker-limits apply`, or wait)"
+                )
+            with self._cond:
+                self._cond.wait(min(self._poll_s, max(deadline - self._clock(), 0.0)))
+
+    def leave(self, session: Session, *, connected: bool = True) -> None:
+        """After a command: ``session`` is idle; without a connection its slot goes back."""
+        lease = None
+        with self._cond:
+            held = self._held.get(id(session))
+            if held is None:
+                return
+            held.busy = max(held.busy - 1, 0)
+            if held.busy == 0:
+                held.idle_since = self._clock()
+                if not connected:
+                    lease, held.lease = held.lease, None
+            self._cond.notify_all()
+        if lease is not None:
+            self._give_back(lease)
+
+    def release(self, session: Session) -> None:
+        """``session`` was closed: its slot goes back."""
+        with self._cond:
+            held = self._held.pop(id(session), None)
+            self._cond.notify_all()
+        if held is not None and held.lease is not None:
+            self._give_back(held.lease)
+
+    def release_all(self) -> None:
+        """Every slot goes back (the run's sessions were closed)."""
+        with self._cond:
+            leases = [h.lease for h in self._held.values() if h.lease is not None]
+            self._held.clear()
+            self._cond.notify_all()
+        for lease in leases:
+            self._give_back(lease)
+
+    def close(self) -> None:
+        """Release every slot and stop renewing."""
+        self._stop.set()
+        self.release_all()
+
+    def _idle_other(self, session: Session) -> _Held | None:
+        idle = [
+            h
+            for key, h in self._held.items()
+            if key != id(session) and h.lease is not None and h.busy == 0
+        ]
+        return min(idle, key=lambda h: h.idle_since) if idle else None
+
+    def _give_back(self, lease: str) -> None:
+        try:
+            self._api.give_back(lease)
+        except Exception as exc:  # the lease then expires on the server
+            log.warning(
+                "%s: a slot was not released (%s): it expires with its lease", self._name, exc
+            )
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None:
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name="caretaker-session-slots", daemon=True
+            )
+            self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self._renew_every_s):
+            for lease in self.leases:
+                try:
+                    self._api.renew(lease)
+                except Exception as exc:  # expired: the slot may be counted no more
+                    log.warning("%s: lease %s not renewed: %s", self._name, lease, exc)
+
+
+def session_slots() -> SessionSlots | None:
+    """Slots for the sessions of a run (the limit created when missing); None outside a
+    run (a unit test calling a function directly: nothing to count)."""
+    if not _in_run():
+        return None
+    ensure_limit(ssh_limit_spec(settings()))
+    return SessionSlots(PrefectSlots())
 
 
 def aws_api_call(region: str, *, timeout_s: float = AWS_SLOT_TIMEOUT_S) -> None:

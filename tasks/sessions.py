@@ -4,17 +4,28 @@
 the inventory or the credentials. Where the hosts come from is passed in (STYLE 8): the
 default, :func:`ssh_hosts`, loads the SSH identity blocks the selected servers name
 (once each) and opens pooled SSH sessions; a unit test passes scripted hosts instead.
+
+Every session :func:`ssh_hosts` opens in a flow or task run holds a slot of the estate-wide
+``caretaker-ssh-sessions`` limit while its connection is open (:class:`CountedHost`,
+``tasks.limits.SessionSlots``; decision 78), unless a health-check batch's slots already
+count it. Before a run waits for an answer (suspended or paused in process) it closes
+its sessions (:func:`close_sessions`): a waiting run holds no session and no slot.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from blocks.ssh import SshIdentity
 from core.errors import ConfigError
 from inventory import ClientInventory, Server
-from tasks.remote import RemoteHost, SessionPool, SshJump, SshTarget
+from tasks.limits import SessionSlots, session_slots, sessions_counted_by_batch
+from tasks.remote import CommandResult, RemoteHost, SessionPool, SshJump, SshTarget
+from tasks.remote.ssh import SshRemoteHost
 
 
 def ssh_target(server: Server) -> SshTarget:
@@ -61,9 +72,81 @@ class FleetSessions:
         return self._factory(server)
 
 
+class CountedHost:
+    """An SSH host whose open connection holds one slot of ``caretaker-ssh-sessions``.
+
+    The slot is taken before a command (waiting for one, bounded), kept between commands,
+    and given back on :meth:`close`, when the connection failed or was lost, or when the
+    run's other sessions need it while this one is idle (:meth:`disconnect`). Inside a
+    health-check batch (whose slots count its threads' sessions) no slot is taken.
+    """
+
+    def __init__(self, host: SshRemoteHost, slots: SessionSlots) -> None:
+        self.name = host.name
+        self._host = host
+        self._slots = slots
+
+    def run(self, command: str, **options: Any) -> CommandResult:
+        """``SshRemoteHost.run`` (the same options), holding the session's slot."""
+        if sessions_counted_by_batch():
+            return self._host.run(command, **options)
+        self._slots.enter(self)
+        try:
+            return self._host.run(command, **options)
+        finally:
+            transport = self._host.transport
+            self._slots.leave(self, connected=transport is not None and transport.is_active())
+
+    def close(self) -> None:
+        """Close the connection and give its slot back; the next command reconnects."""
+        try:
+            self._host.close()
+        finally:
+            self._slots.release(self)
+
+    def disconnect(self) -> None:
+        """Close the connection only (its slot is being handed to another session)."""
+        self._host.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # never the host's private parts (nor a copy's recursion)
+            raise AttributeError(name)
+        return getattr(self._host, name)
+
+
+class _RunSessions:
+    """The hosts one ``ssh_hosts`` block handed out, to close them before a wait."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, RemoteHost] = {}
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock:
+            hosts = list(self.hosts.values())
+        for host in hosts:
+            host.close()
+
+
+_open_runs: ContextVar[tuple[_RunSessions, ...]] = ContextVar("caretaker_open_sessions", default=())
+
+
+def close_sessions() -> int:
+    """Close every SSH session the blocks open here handed out, and give back their
+    slots; each reconnects (taking a slot again) at its next command. Called before a run
+    waits for an answer. Returns how many hosts were closed."""
+    runs = _open_runs.get()
+    for run in runs:
+        run.close()
+    return sum(len(run.hosts) for run in runs)
+
+
 @contextmanager
 def ssh_hosts(inventory: ClientInventory, servers: Sequence[Server]) -> Iterator[HostFactory]:
     """Pooled SSH sessions with the identity blocks the servers name; closed at the end.
+
+    In a flow or task run each session holds a slot of ``caretaker-ssh-sessions`` while
+    it is open (:class:`CountedHost`); all are given back when the block ends.
 
     Args:
         inventory: the client, for error messages.
@@ -84,10 +167,31 @@ def ssh_hosts(inventory: ClientInventory, servers: Sequence[Server]) -> Iterator
     block_of = {s.name: s.ssh_block for s in servers}
     targets = {s.name: ssh_target(s) for s in servers}
     pool = SessionPool(lambda target: identities[block_of[target.name]])
+    slots = session_slots()
+    handed = _RunSessions()
+
+    def host(server: Server) -> RemoteHost:
+        with handed.lock:
+            found = handed.hosts.get(server.name)
+            if found is None:
+                inner = pool.get(targets[server.name])
+                found = inner if slots is None else CountedHost(inner, slots)
+                handed.hosts[server.name] = found
+            return found
+
+    token = _open_runs.set((*_open_runs.get(), handed))
     try:
-        yield lambda server: pool.get(targets[server.name])
+        yield host
     finally:
-        pool.close_all()
+        try:
+            _open_runs.reset(token)
+        except ValueError:  # ended in another context than it began: nothing to undo there
+            pass
+        try:
+            pool.close_all()  # the connections first: then their slots
+        finally:
+            if slots is not None:
+                slots.close()
 
 
 @contextmanager

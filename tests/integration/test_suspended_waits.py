@@ -18,7 +18,9 @@ the two answers and the restore.
 
 And the deadline nobody's process keeps: the health-check round's sweep answers a
 Suspended wait past its deadline as the timeout approver (the run is scheduled again), and
-leaves a wait before its deadline alone.
+leaves a wait before its deadline alone. An answer given after the deadline but before any
+sweep (or timer) ended the wait does not count, suspended or paused in process, however
+soon it is read; one given in time counts however late a worker reads it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -280,3 +282,81 @@ def test_a_suspended_wait_past_its_deadline_is_answered_as_the_timeout_and_no_ot
     answer = read_flow_run_input("suspended-approval-1-response", flow_run_id=late)
     assert answer == TIMEOUT_ANSWERS["approval"]
     assert waiting_state is not None and waiting_state.name == "Suspended"
+
+
+def test_an_answer_given_after_the_deadline_never_counts_and_one_given_before_it_always_does(
+    prefect_api: None,
+) -> None:
+    """Runs waiting at ``approval-1`` as Prefect leaves them (Suspended by a deployment's
+    run, Paused by a direct call's), answered through the API now: the server stores each
+    answer (its ``created`` is the clock that counts). Read back by the wait loop, as the
+    run executed again reads it: an answer stored after the deadline ends the wait as the
+    timeout, one stored before it counts even when it is read an hour after it."""
+    from uuid import uuid4
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input.run_input import keyset_from_base_key
+    from prefect.states import Paused, Suspended
+
+    from tasks.approval import ApprovalForm
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("server-maintenance")
+        deployment_id = client.create_deployment(flow_id, f"late-{uuid4().hex[:8]}")
+
+        def waiting(kind: Callable[..., Any]) -> tuple[UUID, str]:
+            run = client.create_flow_run_from_deployment(deployment_id)
+            state = kind(timeout_seconds=7200, pause_key="approval-1")
+            base = f"{state.name.lower()}-approval-1"
+            state.state_details.run_input_keyset = keyset_from_base_key(base)
+            client.set_flow_run_state(run.id, state, force=True)
+            ApprovalForm.save(keyset_from_base_key(base), flow_run_id=run.id)
+            return run.id, state.name.lower()
+
+        runs = [waiting(Suspended), waiting(Paused)]
+        answer = {"decision": "approve", "approver": "alice", "signature": "s", "comment": ""}
+        for run_id, _ in runs:
+            resume_flow_run(run_id, run_input=dict(answer))
+
+    for run_id, state_name in runs:
+        late_and_timely_answers(run_id, state_name)
+
+
+def late_and_timely_answers(run_id: UUID, state_name: str) -> None:
+    """The answer stored for ``run_id``, read by the wait loop with two deadlines."""
+    from datetime import datetime, timedelta
+
+    from prefect.input.run_input import keyset_from_base_key
+
+    from tasks.approval import ApprovalForm, answer_given_at, ask
+
+    def read_answer(form: type[ApprovalForm], timeout_s: int, poll_s: int, key: str) -> Any:
+        # what suspend_flow_run / pause_flow_run hand back for an answered key
+        return form.load(keyset_from_base_key(f"{state_name}-{key}"), flow_run_id=run_id)
+
+    given = answer_given_at(read_answer(ApprovalForm, 0, 0, "approval-1"))
+    assert given is not None
+    settled: list[str] = []
+
+    def wait(deadline: datetime, read_at: datetime) -> bool:
+        return ask(
+            lambda: ApprovalForm,
+            lambda a: settled.append(a.approver) is None,
+            flow_run_id=str(run_id),
+            deadline=deadline,
+            key="approval",
+            form_name="approval",
+            poll_s=1,
+            pause=read_answer,
+            now=lambda: read_at,
+            answered={"approval-1"},
+        )
+
+    # the deadline passed a moment before the answer was stored; no sweep ran yet
+    assert wait(given - timedelta(seconds=1), given + timedelta(seconds=1)) is False
+    assert settled == []
+    # stored a moment before the deadline, read by a worker an hour after it
+    deadline = given + timedelta(seconds=1)
+    assert wait(deadline, deadline + timedelta(hours=1)) is True
+    assert settled == ["alice"]

@@ -36,6 +36,8 @@ from tasks.approval import (
     Question,
     RestoreForm,
     Wait,
+    answer_given_at,
+    answer_timing,
     approval_description,
     ask,
     ask_restore,
@@ -543,17 +545,29 @@ def test_the_restore_question_names_the_server_the_failure_and_the_approvers() -
 
 
 class Script:
-    """A scripted pause: each call advances the clock and returns the next answer."""
+    """A scripted pause: each call advances the clock and returns the next answer.
 
-    def __init__(self, answers: list[tuple[float, RunInput]], start: datetime = AT) -> None:
+    An answer is given when it is read, unless ``given`` says when the server stored it
+    (a run read by a worker later than the answer was given)."""
+
+    def __init__(
+        self,
+        answers: list[tuple[float, RunInput]],
+        start: datetime = AT,
+        given: dict[int, datetime | None] | None = None,
+    ) -> None:
         self.answers: Iterator[tuple[float, RunInput]] = iter(answers)
         self.clock = start
         self.keys: list[str] = []
         self.timeouts: list[int] = []
         self.forms: list[type[RunInput]] = []
+        self.given = dict(given or {})
 
     def now(self) -> datetime:
         return self.clock
+
+    def given_at(self, answer: RunInput) -> datetime | None:
+        return self.given.get(id(answer))
 
     def __call__(self, form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT:
         self.keys.append(key)
@@ -561,6 +575,7 @@ class Script:
         self.forms.append(form)
         waited, answer = next(self.answers)
         self.clock += timedelta(seconds=waited)
+        self.given.setdefault(id(answer), self.clock)
         return cast(FormT, answer)
 
 
@@ -579,6 +594,7 @@ def run_ask(script: Script, deadline_s: float, settle: list[RunInput]) -> bool:
         poll_s=1,
         pause=script,
         now=script.now,
+        given_at=script.given_at,
     )
 
 
@@ -596,9 +612,13 @@ def form(name: str) -> ApprovalForm:
         # the watchdog's name before the deadline is someone typing it: an unlisted answer
         ([(10, form(TIMEOUT_APPROVER)), (10, form("alice"))], True, 2, [TIMEOUT_APPROVER, "alice"]),
         # answers that never settle it, until the time is up
-        ([(1800, form("mallory")), (1800, form("bob"))], False, 2, ["mallory", "bob"]),
+        ([(1800, form("mallory")), (1799, form("bob")), (1, form(TIMEOUT_APPROVER))], False, 3,
+         ["mallory", "bob"]),
+        # an answer given at (or after) the deadline is not taken, whoever gave it
+        ([(1800, form("mallory")), (1800, form("alice"))], False, 2, ["mallory"]),
+        ([(5400, form("alice"))], False, 1, []),
     ],
-)
+)  # fmt: skip
 def test_the_ask_loop_waits_for_a_settling_answer_until_the_deadline(
     answers: list[tuple[float, RunInput]],
     settled: bool,
@@ -645,6 +665,7 @@ def approve_run(
         pause=script,
         now=script.now,
         publish=lambda key, request, _run: published.append((key, request)),
+        given_at=script.given_at,
     )
     return tally, seen, published
 
@@ -792,19 +813,66 @@ def ask_late(script: Script, first_round: int, settle: Callable[[RunInput], bool
         now=script.now,
         first_round=first_round,
         answered={"approval-1", "approval-2", "approval-3"},
+        given_at=script.given_at,
     )
 
 
-def test_a_resumed_ask_loop_reads_the_answer_given_to_its_round_even_past_the_deadline() -> None:
-    # Run again after its deadline, round 3 was answered (Prefect keeps its key): it is read.
-    script = Script([(0, form("alice"))], start=AT + timedelta(hours=2))
+@pytest.mark.parametrize(
+    ("given", "counts"),
+    [
+        (AT + timedelta(minutes=59), True),  # given in time, read an hour late (queued)
+        (AT + timedelta(hours=1), False),  # given at the deadline
+        (AT + timedelta(hours=1, minutes=1), False),  # given before any sweep ended it
+        (None, False),  # when it was given is unknown: its read time (late) counts
+    ],
+)
+def test_a_resumed_ask_loop_takes_the_answer_of_its_round_only_if_given_before_the_deadline(
+    given: datetime | None, counts: bool
+) -> None:
+    # Run again after its deadline, round 3 was answered (Prefect keeps its key): it is read,
+    # and it counts only if the server stored it before the deadline.
+    alice = form("alice")
+    script = Script([(0, alice)], start=AT + timedelta(hours=2))
+    script.given[id(alice)] = given
     got: list[RunInput] = []
-    assert ask_late(script, 3, lambda a: got.append(a) is None) is True
-    assert script.keys == ["approval-3"] and len(got) == 1
+    assert ask_late(script, 3, lambda a: got.append(a) is None) is counts
+    assert script.keys == ["approval-3"] and len(got) == int(counts)
     # the round after it was never asked: past the deadline nothing more is asked
     script = Script([], start=AT + timedelta(hours=2))
     assert ask_late(script, 4, lambda a: False) is False
     assert script.keys == []
+
+
+D = AT + timedelta(hours=1)
+SECOND = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("approver", "given", "read", "timing"),
+    [
+        ("alice", D - SECOND, D - SECOND, "in-time"),
+        ("alice", D - SECOND, D + timedelta(hours=3), "in-time"),  # a worker picked it up late
+        ("alice", D, D, "late"),  # at the deadline is not before it
+        ("alice", D + SECOND, D + SECOND, "late"),  # between the deadline and the sweep
+        ("alice", None, D - SECOND, "in-time"),  # unknown: read before the deadline
+        ("alice", None, D, "late"),  # unknown: never counted on a guess
+        (" alice ", D + SECOND, D + SECOND, "late"),
+        # the deadline's own answer ends the wait once read at the deadline
+        (TIMEOUT_APPROVER, D + SECOND, D + SECOND, "timeout"),
+        (TIMEOUT_APPROVER, D - SECOND, D, "timeout"),  # stored a moment early, read at it
+        # typed by someone before the deadline: an unlisted answer, not the timeout
+        (TIMEOUT_APPROVER, D - SECOND, D - SECOND, "in-time"),
+        (f" {TIMEOUT_APPROVER}", D - SECOND, D - SECOND, "in-time"),
+    ],
+)
+def test_an_answer_counts_only_if_the_server_stored_it_before_the_deadline(
+    approver: str, given: datetime | None, read: datetime, timing: str
+) -> None:
+    assert answer_timing(approver, given, read, D) == timing
+
+
+def test_an_answer_not_from_a_run_input_has_no_server_time() -> None:
+    assert answer_given_at(form("alice")) is None
 
 
 def test_a_resumed_approval_wait_keeps_its_recorded_answers_and_asks_the_next_round(
