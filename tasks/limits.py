@@ -64,6 +64,7 @@ __all__ = [
     "read_limits",
     "session_slots",
     "sessions_counted_by_batch",
+    "slot_answer",
     "slot_step",
     "ssh_limit_spec",
     "ssh_session_limit",
@@ -290,6 +291,25 @@ def slot_step(*, holds: bool, granted: bool, idle_other: bool, time_left_s: floa
     return "wait" if time_left_s > 0 else "fail"
 
 
+SlotAnswer = Literal["busy", "failed", "refused"]
+
+
+def slot_answer(status_code: int) -> SlotAnswer:
+    """What an error answer to a slot request means (pure).
+
+    ``busy``: 423, every slot is held: wait and ask again. ``failed``: a server error (5xx,
+    seen as 500 from ``increment-with-lease`` when 200 sessions asked at once on a
+    two-process server): the request may succeed next time, so it is asked again within the
+    same bounded wait, never counted as a slot. ``refused``: any other answer (the request
+    itself is wrong, or the credentials): asking again will not help.
+    """
+    if status_code == 423:
+        return "busy"
+    if 500 <= status_code <= 599:
+        return "failed"
+    return "refused"
+
+
 class SlotApi(Protocol):
     """Where session slots come from: the Prefect server (:class:`PrefectSlots`) or a fake."""
 
@@ -316,9 +336,11 @@ class PrefectSlots:
     def __init__(self, name: str = SSH_SESSIONS, lease_s: float = SESSION_LEASE_S) -> None:
         self.name = name
         self.lease_s = lease_s
+        #: Why the last ask got no answer (a server error), for the message of a wait that ends.
+        self.last_error: str | None = None
 
     def take(self) -> str | None:
-        from httpx import HTTPStatusError
+        from httpx import HTTPStatusError, TransportError
         from prefect.client.orchestration import get_client
 
         try:
@@ -327,13 +349,23 @@ class PrefectSlots:
                     names=[self.name], slots=1, mode="concurrency", lease_duration=self.lease_s
                 )
         except HTTPStatusError as exc:
-            if exc.response.status_code == 423:  # locked: every slot is held
-                return None
-            raise LimitUnavailable(
-                f"{self.name}: the Prefect API refused a slot: {exc.response.status_code}"
-            ) from exc
+            code = exc.response.status_code
+            answer = slot_answer(code)
+            if answer == "refused":
+                raise LimitUnavailable(
+                    f"{self.name}: the Prefect API refused a slot: {code}"
+                ) from exc
+            if answer == "failed":
+                self.last_error = f"the Prefect API answered {code}"
+                log.warning("%s: %s; asking again", self.name, self.last_error)
+            return None
+        except TransportError as exc:
+            self.last_error = f"the Prefect API did not answer ({type(exc).__name__})"
+            log.warning("%s: %s; asking again", self.name, self.last_error)
+            return None
         except Exception as exc:
             raise LimitUnavailable(f"{self.name}: no slot: {type(exc).__name__}: {exc}") from exc
+        self.last_error = None
         body = response.json()
         if not body.get("limits"):
             raise LimitUnavailable(f"{self.name} does not exist (deleted during the run?)")
@@ -466,6 +498,12 @@ class SessionSlots:
             if step in ("hold", "take", "evict"):
                 return
             if step == "fail":
+                api_error = getattr(self._api, "last_error", None)
+                if api_error:
+                    raise LimitUnavailable(
+                        f"{session.name}: no slot of {self._name} within "
+                        f"{self._timeout_s:g}s: {api_error}"
+                    )
                 raise LimitUnavailable(
                     f"{session.name}: no slot of {self._name} free within "
                     f"{self._timeout_s:g}s (every SSH session caretaker may open is open: "

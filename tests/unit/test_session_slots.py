@@ -17,7 +17,7 @@ import pytest
 
 from core.errors import LimitUnavailable
 from tasks import limits
-from tasks.limits import SessionSlots, slot_step
+from tasks.limits import SessionSlots, slot_answer, slot_step
 from tasks.remote import CommandResult
 from tasks.sessions import CountedHost, _open_runs, _RunSessions, close_sessions
 
@@ -162,6 +162,64 @@ def test_sessions_held_elsewhere_are_waited_for() -> None:
     started = time.monotonic()
     slots.enter(web)
     assert 0.15 < time.monotonic() - started < 4 and len(server.active) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [
+        (423, "busy"),  # every slot held: wait
+        (500, "failed"),  # seen: 200 sessions asking at once of a two-process server
+        (502, "failed"),
+        (503, "failed"),
+        (504, "failed"),
+        (400, "refused"),  # a wrong request does not get better by asking again
+        (401, "refused"),
+        (404, "refused"),
+        (422, "refused"),
+    ],
+)
+def test_a_server_error_is_asked_again_a_wrong_request_is_not(status: int, answer: str) -> None:
+    assert slot_answer(status) == answer
+
+
+class FlakyServer(FakeServer):
+    """A server that fails its first ``failures`` asks with a 500, as PrefectSlots sees it."""
+
+    def __init__(self, limit: int, failures: int) -> None:
+        super().__init__(limit)
+        self.failures = failures
+        self.last_error: str | None = None
+
+    def take(self) -> str | None:
+        if self.failures > 0:
+            self.failures -= 1
+            self.last_error = "the Prefect API answered 500"
+            return None
+        self.last_error = None
+        return super().take()
+
+
+def test_a_server_error_costs_a_retry_not_the_run() -> None:
+    server = FlakyServer(1, failures=3)
+    slots = keeper(server, timeout_s=5.0)
+    slots.enter(Session("web-1"))
+    assert server.failures == 0 and len(server.active) == 1
+
+
+def test_a_server_that_keeps_failing_ends_the_wait_naming_its_error() -> None:
+    server = FlakyServer(1, failures=10**6)
+    clock = [0.0]
+
+    def ticking() -> float:
+        clock[0] += 1.0
+        return clock[0]
+
+    slots = SessionSlots(server, timeout_s=3.0, poll_s=0.0, clock=ticking)
+    with pytest.raises(LimitUnavailable) as caught:
+        slots.enter(Session("web-1"))
+    message = str(caught.value)
+    assert "web-1" in message and "caretaker-ssh-sessions" in message
+    assert "the Prefect API answered 500" in message and server.active == set()
 
 
 def test_a_vanished_limit_stops_the_session_instead_of_letting_it_through() -> None:
