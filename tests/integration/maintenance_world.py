@@ -18,6 +18,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,8 +63,10 @@ __all__ = [
     "Approver",
     "agent",
     "estate",
+    "fresh_world",
     "private_key",
     "public_key",
+    "reset_hosts",
     "run",
     "signed_answer",
     "stored_records",
@@ -235,6 +239,19 @@ class Approver(threading.Thread):
                 time.sleep(0.3)
 
 
+def reset_hosts(estate: Estate, *remove: str) -> None:
+    """The repository back to its initial packages, and every host at once (one SSH session
+    each) back to their versions, with no reboot pending and the files ``remove`` gone."""
+    estate.repo.reset()
+    command = (
+        "apt-get -q update >/dev/null && apt-get -y -q --allow-downgrades "
+        "install caretaker-agent=1.0 caretaker-libsec=1.0 >/dev/null 2>&1; "
+        f"rm -f /var/run/reboot-required* {' '.join(remove)}"
+    )
+    with ThreadPoolExecutor(len(estate.spec.hosts)) as pool:
+        list(pool.map(lambda host: ssh(estate, host.name, command), estate.spec.hosts))
+
+
 @pytest.fixture(scope="module")
 def estate() -> Iterator[Estate]:
     """Five fresh hosts: h01 staging, h02..h05 production (batches of 2)."""
@@ -249,33 +266,32 @@ def estate() -> Iterator[Estate]:
         estate.down(purge=True)
 
 
+@contextmanager
+def fresh_world(estate: Estate, folder: Path, env: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """What ``world`` gives, in ``folder`` with the settings set through ``env``: for a
+    module-scoped fixture whose one run several tests read (a shared run)."""
+    reset_hosts(estate)
+    estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
+    ssh_identity(estate).save("test-maint-ssh", overwrite=True)
+    with WebhookReceiver() as inbox:
+        save_demo_webhook(inbox.url, name="test-maint-hook")
+        inventory = folder / "clients"
+        inventory.mkdir()
+        env.setenv("CARETAKER_INVENTORY_DIR", str(inventory))
+        env.setenv("CARETAKER_DATA_DIR", str(folder / "data"))
+        env.setenv("CARETAKER_APPROVAL_POLL_S", "1")
+        env.setenv("CARETAKER_REBOOT_TIMEOUT_S", "8")
+        env.setenv("CARETAKER_DPKG_LOCK_TIMEOUT_S", "3")
+        yield {"dir": inventory, "inbox": inbox}
+
+
 @pytest.fixture()
 def world(
     estate: Estate, prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Any]]:
     """A fresh repository state per test, the client files and the settings for speed."""
-    estate.repo.reset()
-    for host in estate.spec.hosts:
-        ssh(
-            estate,
-            host.name,
-            "apt-get -q update >/dev/null && apt-get -y -q --allow-downgrades "
-            "install caretaker-agent=1.0 caretaker-libsec=1.0 >/dev/null 2>&1; "
-            "rm -f /var/run/reboot-required*",
-        )
-    estate.publish(PackageSpec(name="caretaker-agent", version="1.1"))
-    ssh_identity(estate).save("test-maint-ssh", overwrite=True)
-    inbox = WebhookReceiver().__enter__()
-    save_demo_webhook(inbox.url, name="test-maint-hook")
-    inventory = tmp_path / "clients"
-    inventory.mkdir()
-    monkeypatch.setenv("CARETAKER_INVENTORY_DIR", str(inventory))
-    monkeypatch.setenv("CARETAKER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("CARETAKER_APPROVAL_POLL_S", "1")
-    monkeypatch.setenv("CARETAKER_REBOOT_TIMEOUT_S", "8")
-    monkeypatch.setenv("CARETAKER_DPKG_LOCK_TIMEOUT_S", "3")
-    yield {"dir": inventory, "inbox": inbox}
-    inbox.__exit__(None, None, None)
+    with fresh_world(estate, tmp_path, monkeypatch) as fresh:
+        yield fresh
 
 
 def agent(estate: Estate, host: str) -> str:

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from inventory.types import ssh_key_fingerprint
 from sandbox.estate import Estate
-from tests.integration.maintenance_world import agent, private_key, public_key, run, write_client
+from tests.integration.maintenance_world import (
+    agent,
+    fresh_world,
+    private_key,
+    public_key,
+    run,
+    write_client,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,19 +47,54 @@ def assert_production_untouched(estate: Estate, record: Any) -> None:
     assert not [c for c in record.package_changes if c.server in PRODUCTION]
 
 
+# A forged answer, garbage, and answers signed for another change, plan or decision: one
+# run gets them all, one after the other (each is refused and the run waits again), then
+# a proven rejection. The two tests below read that one run (the staging phase before the
+# approval is the run's cost): forged and garbage answers are its first two, the replayed
+# ones the next three.
+FORGED = [
+    {"decision": "approve", "approver": "alice", "signer": "mallory"},
+    {"decision": "approve", "approver": "alice", "signature": "alice, honest"},
+]
+REPLAYED = [
+    {"decision": "approve", "approver": "alice", "signed_change": "CHG-OLD"},
+    {"decision": "approve", "approver": "alice", "signed_plan": "sha256:" + "0" * 64},
+    {"decision": "approve", "approver": "alice", "signed_decision": "reject"},
+]
+
+
+@pytest.fixture(scope="module")
+def unproven(
+    estate: Estate, prefect_api: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """The run answered FORGED, REPLAYED, then REJECT: its state, record, approver, and
+    the production hosts' versions right after it."""
+    folder = tmp_path_factory.mktemp("unproven")
+    with pytest.MonkeyPatch.context() as env, fresh_world(estate, folder, env) as world:
+        write_client(world["dir"], estate, "unproven")
+        state, record, approver = run("unproven", [*FORGED, *REPLAYED, REJECT], change_ref="CHG-U")
+        yield {
+            "state": state,
+            "record": record,
+            "approver": approver,
+            "versions": {h: agent(estate, h) for h in PRODUCTION},
+        }
+
+
+def assert_untouched_after(unproven: dict[str, Any]) -> None:
+    assert set(unproven["versions"].values()) == {"1.0"}
+    assert not [c for c in unproven["record"].package_changes if c.server in PRODUCTION]
+
+
 @pytest.mark.fault
 def test_a_forged_approval_by_a_listed_name_is_not_counted_and_production_is_untouched(
-    estate: Estate, world: dict[str, Any]
+    unproven: dict[str, Any],
 ) -> None:
-    write_client(world["dir"], estate, "forged")
-    forged = {"decision": "approve", "approver": "alice", "signer": "mallory"}
-    garbage = {"decision": "approve", "approver": "alice", "signature": "alice, honest"}
-    state, record, approver = run("forged", [forged, garbage, REJECT], change_ref="CHG-F")
-
+    state, record, approver = unproven["state"], unproven["record"], unproven["approver"]
     assert state.is_cancelled() and record.outcome.value == "rejected"
-    assert_production_untouched(estate, record)
-    assert approver.paused_seen == 3
-    (first, second, rejection) = record.approvals
+    assert_untouched_after(unproven)
+    assert approver.paused_seen == len(FORGED) + len(REPLAYED) + 1  # it waited again each time
+    (first, second), rejection = record.approvals[:2], record.approvals[-1]
     assert not first.counted and not second.counted
     assert first.not_counted_reason.startswith(
         f"signed with another key ({fingerprint('mallory')}), not alice's ({fingerprint('alice')})"
@@ -59,31 +102,25 @@ def test_a_forged_approval_by_a_listed_name_is_not_counted_and_production_is_unt
     assert "not an OpenSSH signature" in second.not_counted_reason
     assert first.proof.startswith("not proven: ") and second.proof.startswith("not proven: ")
     assert rejection.counted and rejection.proof == f"ssh-signature {fingerprint('bob')}"
-    assert {a.plan_digest for a in record.approvals} == {rejection.plan_digest}
+    assert {a.plan_digest for a in (first, second, rejection)} == {rejection.plan_digest}
     assert rejection.plan_digest.startswith("sha256:")
 
 
 @pytest.mark.fault
 def test_an_approval_replayed_from_another_change_or_plan_is_not_counted(
-    estate: Estate, world: dict[str, Any]
+    unproven: dict[str, Any],
 ) -> None:
-    write_client(world["dir"], estate, "replay")
-    other_change = {"decision": "approve", "approver": "alice", "signed_change": "CHG-OLD"}
-    other_plan = {"decision": "approve", "approver": "alice", "signed_plan": "sha256:" + "0" * 64}
-    other_decision = {"decision": "approve", "approver": "alice", "signed_decision": "reject"}
-    _state, record, _ = run(
-        "replay", [other_change, other_plan, other_decision, REJECT], change_ref="CHG-R"
-    )
-
+    record = unproven["record"]
     assert record.outcome.value == "rejected"
-    assert_production_untouched(estate, record)
-    assert [(name, counted) for name, counted, _ in answers_of(record)] == [
+    assert_untouched_after(unproven)
+    replayed = record.approvals[len(FORGED) :]
+    assert [(a.approver, a.counted) for a in replayed] == [
         ("alice", False),
         ("alice", False),
         ("alice", False),
         ("bob", True),
     ]
-    for answer in record.approvals[:3]:
+    for answer in replayed[:3]:
         assert "not over this answer's message" in answer.not_counted_reason
 
 

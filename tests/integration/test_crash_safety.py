@@ -30,9 +30,12 @@ from tests.integration.maintenance_world import CHILD, eventually, write_client
 pytestmark = pytest.mark.integration
 
 SLUG = "crashco"
-#: Prefect's heartbeat floor is 30 s; the automation waits a little longer than one.
+#: Prefect's heartbeat floor is 30 s; the automation waits a little longer than one. Here
+#: the only live run watched goes from Running to Paused (each arms the wait) in well under
+#: 30 s, and a heartbeat comes at its start and every 30 s: 5 s over the floor is margin
+#: enough for a heartbeat sent late, and each second more is a second this test waits.
 HEARTBEAT_S = 30
-SILENCE = timedelta(seconds=40)
+SILENCE = timedelta(seconds=35)
 
 
 def flow_run_state(run_id: str) -> Any:

@@ -416,6 +416,12 @@ def test_serve_unpauses_on_start_pauses_on_stop_and_deploy_hands_back_to_the_wor
         assert proc.returncode == 0, output
         return output
 
+    # As serve's last stop leaves them (shown below): paused. Starting must resume them.
+    with api(deployed) as client:
+        for deployment in read_all().values():
+            client.pause_deployment(deployment.id)
+    assert all(d.paused for d in read_all().values())
+
     served = serve_until_polling()
     try:
         deployments = read_all()
@@ -438,16 +444,10 @@ def test_serve_unpauses_on_start_pauses_on_stop_and_deploy_hands_back_to_the_wor
         output = stop(served)
     assert served_run.state is not None and served_run.state.is_failed(), output
     assert "no-such-server" in (served_run.state.message or ""), served_run.state.message
-    assert all(not d.paused for d in deployments.values()), output
+    assert all(not d.paused for d in deployments.values()), "serve did not resume its schedules"
     # Taken over from the work pool: a worker of caretaker-process no longer gets these runs.
     assert all(d.work_pool_name is None for d in deployments.values()), output
     assert all(d.paused for d in read_all().values()), "stopping serve left a schedule running"
-
-    served = serve_until_polling()
-    try:
-        assert all(not d.paused for d in read_all().values()), "serve did not resume its schedules"
-    finally:
-        stop(served)
 
     prefect(deployed, "--no-prompt", "deploy", "--all", timeout=120)
     for deployment in read_all().values():

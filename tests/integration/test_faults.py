@@ -38,6 +38,7 @@ from tests.integration.maintenance_world import (
     APPROVE,
     Approver,
     agent,
+    reset_hosts,
     run,
     stored_records,
     write_client,
@@ -69,19 +70,6 @@ def dpkg_status(estate: Estate, host: str) -> str:
 def results(record: Any) -> dict[str, str]:
     """Production server -> what the record says became of it."""
     return {server: str(result) for server, result in record.production_results.items()}
-
-
-def fresh_hosts(estate: Estate) -> None:
-    """Every host back at caretaker-agent 1.0, configured, no fault markers (as ``world``)."""
-    estate.repo.reset()
-    for host in estate.spec.hosts:
-        ssh(
-            estate,
-            host.name,
-            "apt-get -q update >/dev/null && apt-get -y -q --allow-downgrades "
-            "install caretaker-agent=1.0 caretaker-libsec=1.0 >/dev/null 2>&1; "
-            f"rm -f /var/run/reboot-required* {SLOW} {BROKEN}",
-        )
 
 
 # ---------------------------------------------------------------- one bad night
@@ -123,7 +111,7 @@ def night(
     estate: Estate, prefect_api: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     """The bad night's run: its state, record, notices and the host versions after it."""
-    fresh_hosts(estate)
+    reset_hosts(estate, SLOW, BROKEN)  # as ``world`` does, fault markers gone too
     estate.publish(AGENT_1_1)
     ssh_identity(estate).save("test-maint-ssh", overwrite=True)
     ssh(estate, "h02", f"touch {SLOW}")

@@ -262,14 +262,12 @@ def test_on_failure_halt_leaves_the_failed_host_and_starts_no_further_batch(
 
 # --- the window closes mid-rollout; reboot: never ----------------------------------------------
 
-#: Seconds the run gets to reach the approval pause (preflight, staging snapshot and patch).
-LEAD_S = 25
-#: The answer comes this long before the window has only a batch's time left: batch 1 passes
-#: its gate, and batch 2's gate, a batch later, finds too little time.
-MARGIN_S = 6
-#: Batch 1 lasts at least this long after the answer: another process holds h02's dpkg
-#: lock until then (apt waits for it), so batch 2's gate comes after the margin is used up.
-BATCH_1_S = 14
+#: Seconds the run gets to pass batch 1's window gate (preflight, staging snapshot and patch,
+#: the approval pause answered at once, batch 1's snapshots).
+LEAD_S = 20
+#: Another process holds h02's dpkg lock (apt waits for it) until this long after the moment
+#: the window has only a batch's time left: batch 1 ends, and batch 2's gate comes, after it.
+LATE_S = 1
 
 
 @pytest.mark.fault
@@ -279,7 +277,10 @@ def test_a_window_closing_mid_rollout_stops_before_the_next_batch_and_names_its_
     from flows.server_maintenance import server_maintenance
 
     # The window closes LEAD_S + 5 min from now; a batch is expected to take the floor
-    # (5 min: twice the measured staging time is less).
+    # (5 min: twice the measured staging time is less). Batch 1's gate comes within LEAD_S
+    # (inside: a floor and more is left); batch 1 cannot end before h02's dpkg lock is let
+    # go, LATE_S after the window has only the floor left, so batch 2's gate is too late.
+    # Both follow from the run's own progress, not from a guess of how long it takes.
     zone = ZoneInfo("Europe/Paris")
     now = datetime.now(zone)
     start = now.replace(second=0, microsecond=0)
@@ -295,22 +296,20 @@ def test_a_window_closing_mid_rollout_stops_before_the_next_batch_and_names_its_
     estate.publish(
         PackageSpec(name="caretaker-libsec", version="1.0+sec1", security=True, reboot=True)
     )
-    answer_at = (close - BATCH_TIME_FLOOR).timestamp() - MARGIN_S
+    release_at = (close - BATCH_TIME_FLOOR).timestamp() + LATE_S
     approver = Approver("closing", [APPROVE])
-    timer = threading.Timer(max(0.0, answer_at - time.time()), approver.start)
     monkeypatch.setenv("CARETAKER_DPKG_LOCK_TIMEOUT_S", "60")
     faults.hold_dpkg_lock(estate, "h02")
     release = threading.Timer(
-        max(0.0, answer_at + BATCH_1_S - time.time()), faults.release_dpkg_lock, (estate, "h02")
+        max(0.0, release_at - time.time()), faults.release_dpkg_lock, (estate, "h02")
     )
-    timer.start()
+    approver.start()
     release.start()
     try:
         state: Any = server_maintenance(
             client="closing", change_ref="CHG-CLOSING", return_state=True
         )
     finally:
-        timer.cancel()
         approver.stop.set()
         release.cancel()
         faults.release_dpkg_lock(estate, "h02")

@@ -172,16 +172,6 @@ def test_an_unlisted_approver_is_not_counted_and_the_run_waits_again(
     assert "not a listed approver" in (record.approvals[0].not_counted_reason or "")
 
 
-def test_an_approval_timeout_leaves_production_untouched(
-    estate: Estate, world: dict[str, Any]
-) -> None:
-    write_client(world["dir"], estate, "timeout", approval_timeout="4s")
-    state, record, _ = run("timeout", [])
-    assert state.is_failed()
-    assert record.outcome.value == "approval-timeout"
-    assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
-
-
 @pytest.mark.fault
 def test_a_staging_failure_asks_no_approval_and_leaves_production_untouched(
     estate: Estate, world: dict[str, Any]
@@ -238,12 +228,16 @@ def test_a_reboot_that_never_returns_is_bounded_and_recorded(
     assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
 
 
-def test_a_rerun_with_the_same_change_ref_takes_no_second_snapshot(
+def test_an_approval_timeout_leaves_production_untouched_and_a_rerun_takes_no_second_snapshot(
     estate: Estate, world: dict[str, Any]
 ) -> None:
+    # Nobody answers: the approval times out, production untouched. The rerun of the same
+    # change (answered this time) then continues it.
     write_client(world["dir"], estate, "rerun", approval_timeout="3s")
-    _first_state, first, _ = run("rerun", [], change_ref="CHG-RERUN")
+    first_state, first, _ = run("rerun", [], change_ref="CHG-RERUN")
+    assert first_state.is_failed()
     assert first.outcome.value == "approval-timeout"
+    assert {agent(estate, f"h0{i}") for i in range(2, 6)} == {"1.0"}
     write_client(world["dir"], estate, "rerun", approval_timeout="2m")
     state, record, _ = run("rerun", [APPROVE], change_ref="CHG-RERUN")
     assert state.is_completed(), state.message
