@@ -8,11 +8,13 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from core.errors import CommandTimeout, ConnectError
@@ -131,50 +133,95 @@ def test_no_checks_at_all_is_not_a_pass() -> None:
 # ------------------------------------------------------------------------------ http
 
 
-def _http(handler: Any, **check: Any) -> CheckResult:
-    spec = {"type": "http", "url": "http://127.0.0.1:8080/health", **check}
-    srv = server(spec)
+class _Answers(BaseHTTPRequestHandler):
+    """``/health`` 200 ``ok``, ``/503``, ``/moved`` 301, ``/slow`` after 3 s, ``/auth`` echoes
+    the Authorization header's status (200 with it, 401 without), ``/cut`` hangs up."""
+
+    def do_GET(self) -> None:
+        if self.path == "/slow":
+            time.sleep(3)
+        if self.path == "/cut":
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        status = {"/health": 200, "/503": 503, "/moved": 301}.get(self.path, 404)
+        if self.path == "/auth":
+            status = 200 if self.headers["Authorization"] == "Basic dTpwQHNz" else 401
+        try:
+            self.send_response(status)
+            if status == 301:
+                self.send_header("Location", "/health")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+        except OSError:
+            pass  # the check gave up first
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture(scope="module")
+def http_port() -> Iterator[int]:
+    """A real HTTP service on a free loopback port."""
+    service = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    service.daemon_threads = True
+    thread = threading.Thread(target=service.serve_forever, daemon=True)
+    thread.start()
+    yield int(service.server_address[1])
+    service.shutdown()
+    service.server_close()
+
+
+def _http(url: str, **check: Any) -> CheckResult:
+    srv = server({"type": "http", "url": url, **check})
     (http_check,) = srv.checks
     assert isinstance(http_check, HttpCheck)
-    return check_http(srv, http_check, transport=httpx.MockTransport(handler))
+    return check_http(srv, http_check)
 
 
-def test_an_http_check_passes_on_the_expected_status_and_reports_latency() -> None:
-    checked = _http(lambda request: httpx.Response(200, text="ok"))
+def test_an_http_check_passes_on_the_expected_status_and_reports_latency(http_port: int) -> None:
+    url = f"http://127.0.0.1:{http_port}/health"
+    checked = _http(url)
     assert checked.ok and checked.detail == "HTTP 200"
-    assert checked.kind == "http" and checked.target == "http://127.0.0.1:8080/health"
+    assert checked.kind == "http" and checked.target == url
     assert checked.latency_ms is not None and checked.latency_ms >= 0
 
 
-def test_an_http_check_fails_on_another_status() -> None:
-    checked = _http(lambda request: httpx.Response(503))
+def test_an_http_check_fails_on_another_status(http_port: int) -> None:
+    checked = _http(f"http://127.0.0.1:{http_port}/503")
     assert not checked.ok and checked.detail == "HTTP 503 (expected 200)"
 
 
-def test_a_redirect_is_reported_not_followed() -> None:
-    def redirect(request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/health", "the redirect was followed"
-        return httpx.Response(301, headers={"location": "/elsewhere"})
-
-    assert _http(redirect, expect_status=301).ok
-    assert _http(redirect).detail == "HTTP 301 (expected 200)"
+def test_a_redirect_is_reported_not_followed(http_port: int) -> None:
+    assert _http(f"http://127.0.0.1:{http_port}/moved", expect_status=301).ok
+    assert _http(f"http://127.0.0.1:{http_port}/moved").detail == "HTTP 301 (expected 200)"
 
 
-def test_an_http_timeout_fails_with_its_bound() -> None:
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
+def test_credentials_in_the_url_are_sent_as_basic_auth(http_port: int) -> None:
+    assert _http(f"http://u:p%40ss@127.0.0.1:{http_port}/auth").ok
+    assert _http(f"http://127.0.0.1:{http_port}/auth").detail == "HTTP 401 (expected 200)"
 
-    checked = _http(slow, timeout="2s")
-    assert not checked.ok and checked.detail == "timed out after 2s"
+
+def test_an_http_timeout_fails_with_its_bound(http_port: int) -> None:
+    checked = _http(f"http://127.0.0.1:{http_port}/slow", timeout="1s")
+    assert not checked.ok and checked.detail == "timed out after 1s"
     assert checked.latency_ms is None
 
 
 def test_an_unreachable_http_service_fails_with_the_reason() -> None:
-    def refused(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
-
-    checked = _http(refused)
+    checked = _http(f"http://127.0.0.1:{_closed_port()}/health")
     assert not checked.ok and "Connection refused" in checked.detail
+
+
+def test_a_service_that_hangs_up_fails_with_the_reason(http_port: int) -> None:
+    checked = _http(f"http://127.0.0.1:{http_port}/cut")
+    assert not checked.ok and checked.detail.startswith("RemoteDisconnected: ")
+
+
+def test_an_https_check_verifies_the_certificate(http_port: int) -> None:
+    # A plain-HTTP service spoken to in TLS: the handshake fails, never a pass.
+    checked = _http(f"https://127.0.0.1:{http_port}/health")
+    assert not checked.ok and checked.latency_ms is None
 
 
 # ------------------------------------------------------------------------------- tcp
