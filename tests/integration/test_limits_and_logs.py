@@ -1,12 +1,21 @@
 """Limits across workers, module logs in the run, and the operator path, on real parts.
 
-- Two health-check runs in two processes against one Prefect server share the
-  ``caretaker-ssh-sessions`` bound: the SSH sessions open to the sandbox hosts (counted
-  from outside: the kernel's established TCP connections to port 22) never exceed the
-  limit, which the first run created from its settings, and reach it; every slot is free
-  again at the end. The ``tasks.limits`` module logger's line about creating it reached
-  exactly one run's logs in the API, and Prefect's "Finished in state Completed()" lines
-  are there too.
+- A health-check run and a maintenance run (a dry run: facts from all 8 hosts at once) in
+  two processes against one Prefect server share the ``caretaker-ssh-sessions`` bound:
+  the SSH sessions open to the sandbox hosts (counted from outside: the kernel's
+  established TCP connections to port 22) never exceed the limit, which the first run
+  created from its settings, and reach it; the maintenance run, on more hosts than the
+  limit, plans every one of them (its sessions take one slot each and lend them to each
+  other instead of waiting on themselves); every slot is free again at the end. The
+  ``tasks.limits`` module logger's line about creating it reached exactly one run's logs
+  in the API, and Prefect's "Finished in state Completed()" lines are there too.
+- Before that, the same two processes ask EC2 (moto's server) for scheduled events
+  through caretaker's provider code, both at once, and share ``caretaker-aws-api-<region>``:
+  counted where the calls arrive (a proxy in front of moto that notes each request's time
+  and which process's key signed it), no window holds more calls than the rate limit lets
+  through, both processes' calls interleave, and together they take as long as the one
+  shared rate makes them. (One test for both limits: the processes, the Prefect runs and
+  moto are set up once.)
 - ``caretaker-prune`` removes from the server the deployments of a client whose file is
   gone (``--dry-run`` first: nothing removed), and nothing else.
 - ``prefect block register -m blocks`` on the server registers both caretaker block types.
@@ -14,6 +23,8 @@
 
 from __future__ import annotations
 
+import http.client
+import importlib.util
 import os
 import re
 import socket
@@ -25,19 +36,21 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from deployments.prune import main as prune
-from sandbox.estate import Estate
+from sandbox import moto
+from sandbox.estate import AwsInstanceSpec, Estate, EstateSpec
 from sandbox.prefect_blocks import ssh_identity
-from tasks.limits import SSH_SESSIONS, forget_limits
+from tasks.limits import AWS_API_PREFIX, SSH_SESSIONS, forget_limits
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 3  # SSH sessions at once, across both runs
-HOLD_S = 1.0  # each server's http check answers after this long: its session stays open
+HOLD_S = 0.5  # each server's http check answers after this long: its session stays open
 
 CLIENT = """\
 client:
@@ -105,13 +118,13 @@ def _sessions_open(fleet: Estate) -> int:
     return len(connections)
 
 
-def _delete_limit() -> None:
+def _delete_limit(name: str = SSH_SESSIONS) -> None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.delete_global_concurrency_limit_by_name(SSH_SESSIONS)
+            client.delete_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             pass
     forget_limits()
@@ -130,15 +143,152 @@ def _logs(flow_run_id: str) -> list[Any]:
         )
 
 
+def _worker(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """``python -c <args>`` in a process group of its own: a worker of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-c", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+REGION = "eu-west-1"
+RATE = 8  # EC2 calls a second in the region, for both processes together (burst as many)
+ROUNDS = 4  # scheduled-events questions per process, two EC2 calls each
+JITTER_S = 0.5  # a granted call reaches the endpoint this much later at most
+
+#: First, each process asks EC2 for scheduled events through the provider code (in a flow
+#: run), both at once: they start together.
+ASK_EC2 = """
+import sys
+from prefect import flow
+from inventory import Server
+from tasks.providers import instance_events
+
+server = Server.model_validate({{
+    "name": "lim-web-1", "role": "production", "address": "10.0.0.1", "ssh_block": "k",
+    "os_family": "debian",
+    "provider": {{"type": "aws", "region": {region!r}, "instance_name": "lim-web-1",
+                 "credentials_block": sys.argv[1]}},
+}})
+
+@flow
+def ask_ec2(rounds: int) -> int:
+    for _ in range(rounds):
+        assert instance_events([server], "acme") == []
+    return rounds
+
+print("asked", ask_ec2({rounds}), flush=True)
+"""
+
+#: Then one process runs a health check.
 RUN = """
 from flows.health_check import health_check
 state = health_check(client={slug!r}, return_state=True)
 print("flow-run-id", state.state_details.flow_run_id, state.type.value, flush=True)
 """
 
+#: And the other a maintenance run's sessions: the dry run reads every host's facts at once.
+DRY_RUN = """
+from flows.server_maintenance import server_maintenance
+state = server_maintenance(client={slug!r}, dry_run=True, return_state=True)
+print("flow-run-id", state.state_details.flow_run_id, state.type.value, flush=True)
+plan = state.result(raise_on_failure=False)
+print("planned", len(getattr(plan, "hosts", [])), len(getattr(plan, "unreachable", [])))
+"""
 
-def test_two_workers_never_open_more_ssh_sessions_than_the_limit(
-    fleet: Estate, prefect_api: None, slow_url: str, tmp_path: Path
+
+class _Counting(BaseHTTPRequestHandler):
+    """Forwards each request to moto; notes when it arrived and whose key signed it."""
+
+    upstream = ""  # moto
+    url = ""  # this proxy
+    seen: list[tuple[float, str]] = []
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        arrived = time.monotonic()
+        key = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
+        with self.lock:
+            self.seen.append((arrived, key[1] if key else "?"))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        target = urlsplit(self.upstream)
+        conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
+        skip = {"host", "content-length", "connection"}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+        conn.request("POST", self.path, body=body, headers=headers)
+        answer = conn.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for k, v in answer.getheaders():
+            if k.lower() not in {"content-length", "connection", "transfer-encoding"}:
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        conn.close()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture()
+def counted_ec2() -> Iterator[type[_Counting]]:
+    """moto with one instance, behind a counting proxy on a free port; a credentials block
+    per process (``caretaker-test-limits-aws-a``, ``-b``: access keys ``limits-a``, ``-b``)."""
+    if importlib.util.find_spec("moto.server") is None:
+        pytest.skip("moto[server] is not installed")
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+    from pydantic import SecretStr
+
+    spec = EstateSpec(
+        name="test-limits-aws",
+        net=73,
+        hosts=[],
+        aws=[AwsInstanceSpec(name="lim-web-1", region=REGION, client="acme", data_volumes=0)],
+    )
+    estate = Estate(spec)
+    estate.dir.mkdir(parents=True, exist_ok=True)
+    handler = type("Counting", (_Counting,), {"seen": [], "lock": threading.Lock()})
+    try:
+        handler.upstream = moto.start(estate)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        handler.url = f"http://127.0.0.1:{server.server_address[1]}"
+        for who in ("a", "b"):
+            AwsCredentials(
+                aws_access_key_id=f"limits-{who}",
+                aws_secret_access_key=SecretStr(moto.SECRET_KEY),
+                aws_client_parameters=AwsClientParameters(endpoint_url=handler.url),
+            ).save(f"caretaker-test-limits-aws-{who}", overwrite=True)
+        yield handler
+        server.shutdown()
+    finally:
+        estate.down(purge=True)
+
+
+def most_in_window(times: list[float], window_s: float) -> int:
+    """The most calls that arrived within any ``window_s`` seconds (``times`` sorted)."""
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] > window_s:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_two_workers_never_exceed_the_ssh_session_limit_nor_the_aws_rate(
+    fleet: Estate,
+    prefect_api: None,
+    slow_url: str,
+    counted_ec2: type[_Counting],
+    tmp_path: Path,
 ) -> None:
     from prefect.client.orchestration import get_client
 
@@ -153,26 +303,22 @@ def test_two_workers_never_open_more_ssh_sessions_than_the_limit(
     for slug in ("limitsa", "limitsb"):
         _client_file(folder, slug, servers)
     ssh_identity(fleet).save("test-limits-ssh", overwrite=True)
-    _delete_limit()  # the runs create it from their settings
+    aws_limit = f"{AWS_API_PREFIX}{REGION}"
+    for name in (SSH_SESSIONS, aws_limit):
+        _delete_limit(name)  # the runs create them from their settings
     env = dict(
         os.environ,
         PREFECT_API_URL=_api_url(),
         CARETAKER_INVENTORY_DIR=str(folder),
         CARETAKER_HISTORY_STORE_URL=f"sqlite:///{tmp_path / 'store.db'}",
         CARETAKER_SSH_SESSIONS_LIMIT=str(LIMIT),
+        CARETAKER_AWS_API_CALLS_PER_S=str(RATE),
     )
     assert _sessions_open(fleet) == 0
+    ask = ASK_EC2.format(region=REGION, rounds=ROUNDS)
     workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RUN.format(slug=slug)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for slug in ("limitsa", "limitsb")
+        _worker([ask + script.format(slug=slug), f"caretaker-test-limits-aws-{who}"], env)
+        for script, slug, who in ((RUN, "limitsa", "a"), (DRY_RUN, "limitsb", "b"))
     ]
     seen: list[int] = []
     try:
@@ -187,16 +333,20 @@ def test_two_workers_never_open_more_ssh_sessions_than_the_limit(
         for w in workers:
             if w.poll() is None:
                 os.killpg(w.pid, 9)
-        _delete_limit()  # later tests get the default back
+        for name in (SSH_SESSIONS, aws_limit):
+            _delete_limit(name)  # later tests get the defaults back
     runs = []
     for out in outputs:
+        assert f"asked {ROUNDS}" in out, out[-3000:]
         found = re.search(r"flow-run-id (\S+) (\w+)", out)
         assert found, out[-3000:]
         assert found[2] == "COMPLETED", out[-3000:]
         runs.append(found[1])
-    # 16 servers x 1 s with a session open, two processes of 3 threads each: without the
-    # shared bound 6 sessions would be open at once.
+    # 8 servers x 0.5 s with a session open in 3 threads, and 8 sessions at once for the
+    # dry run's facts: without the shared bound 11 sessions would be open at once.
     assert max(seen) <= LIMIT, f"sessions open at once: {max(seen)} > {LIMIT}"
+    planned = re.search(r"planned (\d+) (\d+)", outputs[1])
+    assert planned and planned.groups() == (str(len(fleet.spec.hosts)), "0"), outputs[1][-3000:]
     assert max(seen) == LIMIT, f"the bound was never reached: {max(seen)}"
     assert (limit.limit, limit.active_slots) == (LIMIT, 0)
     logs = [log for run in runs for log in _logs(run)]
@@ -207,6 +357,31 @@ def test_two_workers_never_open_more_ssh_sessions_than_the_limit(
     )
     finished = [log for log in logs if log.message.startswith("Finished in state Completed(")]
     assert len([log for log in finished if log.task_run_id]) >= 2  # a batch task per run
+    within_the_aws_rate(sorted(counted_ec2.seen))
+
+
+def within_the_aws_rate(seen: list[tuple[float, str]]) -> None:
+    """The EC2 calls of both processes, as they reached moto, kept to the one rate."""
+    times = [at for at, _ in seen]
+    calls = 2 * 2 * ROUNDS  # describe_instances and describe_instance_status per round
+    assert len(times) == calls and {who for _, who in seen} == {"limits-a", "limits-b"}
+    # The token bucket: RATE at once, then RATE a second; a call reaches moto a little after
+    # its slot was granted, so windows are widened by JITTER_S.
+    for window in (0.25, 0.5, 1.0, 2.0):
+        most = most_in_window(times, window)
+        assert most <= RATE + RATE * (window + JITTER_S), (window, most)
+    # Both processes were calling at once, and the one rate held them both back: alone
+    # each would be done in (8 - 8) / 8 = 0 s: a burst.
+    a = [at for at, who in seen if who == "limits-a"]
+    b = [at for at, who in seen if who == "limits-b"]
+    assert max(a[0], b[0]) < min(a[-1], b[-1]), "the two processes never overlapped"
+    span = times[-1] - times[0]
+    assert span >= 0.8 * (calls - RATE) / RATE, span
+    print(
+        f"aws rate {RATE}/s, {calls} calls from 2 processes in {span:.2f}s"
+        f" ({(calls - 1) / span:.1f}/s); most in 1 s: {most_in_window(times, 1.0)},"
+        f" in 0.5 s: {most_in_window(times, 0.5)}"
+    )
 
 
 def test_prune_removes_only_the_deployments_of_a_gone_client(
