@@ -34,6 +34,7 @@ from prefect.events import emit_event
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from core.logs import redact_logs
@@ -227,7 +228,11 @@ def health_check(client: str | None = None) -> State[Any]:
             slug = servers[batch[0]][0]
             numbers[slug] += 1
             hosts = [(s, sessions[slug].host(s)) for _, s in (servers[i] for i in batch)]
-            futures.append((batch, check_servers.submit(f"{slug}-{numbers[slug]}", hosts, workers)))
+            # quote: Prefect would walk every server model of the batch looking for futures
+            # (twice per batch, on this thread, before the batch starts; measured ~2.5 % of
+            # the flow process's CPU at 1,000 servers): there are none.
+            label = f"{slug}-{numbers[slug]}"
+            futures.append((batch, check_servers.submit(label, quote(hosts), workers)))
         for batch, future in futures:
             future.wait()
             state = future.state
