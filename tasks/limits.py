@@ -88,6 +88,8 @@ SESSION_LEASE_S = 300.0
 #: How often a session waiting for a slot asks the server again (sooner when one of the
 #: run's own sessions goes idle or closes).
 SESSION_POLL_S = 1.0
+#: The first wait before asking again after a server error (doubled each time, up to the poll).
+RETRY_FIRST_S = 0.05
 
 Action = Literal["create", "update", "keep"]
 
@@ -340,6 +342,11 @@ class PrefectSlots:
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._open: Any = None
+        # One request at a time per run: five sessions opening at once made five concurrent
+        # writes of one row, which a SQLite-backed server answers with 503 and Prefect's
+        # client retries after ~2 s of backoff (seen on every parallel open in the tests);
+        # one after another they take ~8 ms each.
+        self._asking = threading.Lock()
 
     def _client(self) -> Any:
         """One API client for the run's slots, opened at the first ask.
@@ -364,11 +371,16 @@ class PrefectSlots:
 
     def take(self) -> str | None:
         from httpx import HTTPStatusError, TransportError
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
         try:
-            response = self._client().increment_concurrency_slots_with_lease(
-                names=[self.name], slots=1, mode="concurrency", lease_duration=self.lease_s
-            )
+            # Asked again by SessionSlots.enter after a short backoff, not by Prefect's client
+            # (2 s, 4 s, ...): a SQLite-backed server answers 503 while the run's own events
+            # hold its write lock, and that happened at nearly every session's first ask.
+            with self._asking, temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                response = self._client().increment_concurrency_slots_with_lease(
+                    names=[self.name], slots=1, mode="concurrency", lease_duration=self.lease_s
+                )
         except HTTPStatusError as exc:
             code = exc.response.status_code
             answer = slot_answer(code)
@@ -395,12 +407,14 @@ class PrefectSlots:
     def give_back(self, lease: str) -> None:
         from uuid import UUID
 
-        self._client().release_concurrency_slots_with_lease(UUID(lease))
+        with self._asking:
+            self._client().release_concurrency_slots_with_lease(UUID(lease))
 
     def renew(self, lease: str) -> None:
         from uuid import UUID
 
-        self._client().renew_concurrency_lease(UUID(lease), lease_duration=self.lease_s)
+        with self._asking:
+            self._client().renew_concurrency_lease(UUID(lease), lease_duration=self.lease_s)
 
 
 class Session(Protocol):
@@ -473,6 +487,7 @@ class SessionSlots:
                 or the limit is gone.
         """
         deadline = self._clock() + self._timeout_s
+        failures = 0
         while True:
             with self._cond:
                 held = self._held.setdefault(id(session), _Held(session))
@@ -512,6 +527,12 @@ class SessionSlots:
                 self._api.give_back(lease)
             if step in ("hold", "take", "evict"):
                 return
+            if lease is None and getattr(self._api, "last_error", None):
+                failures += 1  # a server error: ask again soon, backing off to the poll
+                with self._cond:
+                    self._cond.wait(min(self._poll_s, RETRY_FIRST_S * 2 ** (failures - 1)))
+                if step == "wait":
+                    continue
             if step == "fail":
                 api_error = getattr(self._api, "last_error", None)
                 if api_error:
