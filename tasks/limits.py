@@ -387,11 +387,11 @@ class PrefectSlots:
                 ) from exc
             if answer == "failed":
                 self.last_error = f"the Prefect API answered {code}"
-                log.info("%s: %s; asking again", self.name, self.last_error)
+                log.debug("%s: %s; asking again", self.name, self.last_error)
             return None
         except TransportError as exc:
             self.last_error = f"the Prefect API did not answer ({type(exc).__name__})"
-            log.info("%s: %s; asking again", self.name, self.last_error)
+            log.debug("%s: %s; asking again", self.name, self.last_error)
             return None
         except Exception as exc:
             raise LimitUnavailable(f"{self.name}: no slot: {type(exc).__name__}: {exc}") from exc
