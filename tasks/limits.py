@@ -343,8 +343,7 @@ class PrefectSlots:
         self._lock = threading.Lock()
         self._open: Any = None
         # One request at a time per run: five sessions opening at once made five concurrent
-        # writes of one row, which a SQLite-backed server answers with 503 and Prefect's
-        # client retries after ~2 s of backoff (seen on every parallel open in the tests);
+        # writes of one row, which a SQLite-backed server answers with 503 (see _send);
         # one after another they take ~8 ms each.
         self._asking = threading.Lock()
 
@@ -372,11 +371,15 @@ class PrefectSlots:
     def take(self) -> str | None:
         from httpx import HTTPStatusError, TransportError
 
-        ask = {"names": [self.name], "slots": 1, "mode": "concurrency"}
         try:
             response = self._send(
                 "/v2/concurrency_limits/increment-with-lease",
-                {**ask, "lease_duration": self.lease_s},
+                {
+                    "names": [self.name],
+                    "slots": 1,
+                    "mode": "concurrency",
+                    "lease_duration": self.lease_s,
+                },
             )
         except HTTPStatusError as exc:
             code = exc.response.status_code
@@ -558,14 +561,8 @@ class SessionSlots:
                 self._api.give_back(lease)
             if step in ("hold", "take", "evict"):
                 return
-            if lease is None and getattr(self._api, "last_error", None):
-                failures += 1  # a server error: ask again soon, backing off to the poll
-                with self._cond:
-                    self._cond.wait(min(self._poll_s, RETRY_FIRST_S * 2 ** (failures - 1)))
-                if step == "wait":
-                    continue
+            api_error = getattr(self._api, "last_error", None)
             if step == "fail":
-                api_error = getattr(self._api, "last_error", None)
                 if api_error:
                     raise LimitUnavailable(
                         f"{session.name}: no slot of {self._name} within "
@@ -576,8 +573,12 @@ class SessionSlots:
                     f"{self._timeout_s:g}s (every SSH session caretaker may open is open: "
                     f"raise ssh_sessions_limit with `caretaker-limits apply`, or wait)"
                 )
+            pause = self._poll_s
+            if api_error:  # a server error: ask again soon, backing off to the poll
+                failures += 1
+                pause = min(pause, RETRY_FIRST_S * 2 ** (failures - 1))
             with self._cond:
-                self._cond.wait(min(self._poll_s, max(deadline - self._clock(), 0.0)))
+                self._cond.wait(min(pause, max(deadline - self._clock(), 0.0)))
 
     def leave(self, session: Session, *, connected: bool = True) -> None:
         """After a command: ``session`` is idle; without a connection its slot goes back."""
