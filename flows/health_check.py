@@ -22,6 +22,7 @@ Failed naming it. See docs/health-check.md.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -222,6 +223,9 @@ def health_check(client: str | None = None) -> State[Any]:
             [len(inv.servers) for inv in inventories], round_batch_size(len(servers), concurrency)
         )
         threads = batch_threads([len(batch) for batch in batches], concurrency)
+        # The batches share their threads (core/lanes.py): none idles while another has
+        # servers left (batches never mix clients, so their shares of threads are uneven).
+        round_key = uuid.uuid4().hex
         numbers: Counter[str] = Counter()
         futures: list[tuple[range, PrefectFuture[list[ServerCheck]]]] = []
         for batch, workers in zip(batches, threads, strict=True):
@@ -232,7 +236,7 @@ def health_check(client: str | None = None) -> State[Any]:
             # (twice per batch, on this thread, before the batch starts; measured ~2.5 % of
             # the flow process's CPU at 1,000 servers): there are none.
             label = f"{slug}-{numbers[slug]}"
-            futures.append((batch, check_servers.submit(label, quote(hosts), workers)))
+            futures.append((batch, check_servers.submit(label, quote(hosts), workers, round_key)))
         for batch, future in futures:
             future.wait()
             state = future.state

@@ -22,7 +22,6 @@ the same SSH session, retries and crash isolation). See docs/health-check.md.
 from __future__ import annotations
 
 import base64
-import contextvars
 import errno
 import functools
 import http.client
@@ -31,7 +30,6 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -42,6 +40,7 @@ from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import CommandTimeout, RemoteError
+from core.lanes import run_on_lanes
 from inventory import HttpCheck, Server, SystemdCheck, TcpCheck
 from tasks.facts.script import HostFacts, build_facts_script, parse_facts, split_facts_output
 from tasks.limits import ssh_sessions
@@ -730,7 +729,10 @@ def batch_threads(lengths: Sequence[int], concurrency: int = HEALTH_CONCURRENCY)
     task_run_name="health-checks-{label}",
 )
 def check_servers(
-    label: str, servers: Sequence[tuple[Server, RemoteHost | None]], workers: int
+    label: str,
+    servers: Sequence[tuple[Server, RemoteHost | None]],
+    workers: int,
+    round_key: str | None = None,
 ) -> list[ServerCheck]:
     """Check a batch of servers, ``workers`` at a time: per server ``check_server``.
 
@@ -745,20 +747,23 @@ def check_servers(
         label: names the task run (``<client>-<n>``).
         servers: each server with its SSH session (None: no SSH check, no metrics).
         workers: threads (each holds a slot of ``caretaker-ssh-sessions`` meanwhile).
+        round_key: the round's id: the batches of a round in this process share their
+            threads (core/lanes.py), so none waits idle while another still has servers.
 
     Returns:
         One ``ServerCheck`` per server, in order.
     """
     threads = max(1, min(workers, len(servers)))
     # A thread has at most one session open at a time: one slot of the estate-wide SSH
-    # session limit per thread, held while the batch works (tasks/limits.py).
-    with ssh_sessions(threads), ThreadPoolExecutor(max_workers=threads) as pool:
-        # Each thread runs in a copy of this task's context, so its logs are the task's.
-        futures = [
-            pool.submit(contextvars.copy_context().run, _check_and_close, server, host)
-            for server, host in servers
-        ]
-        return [f.result() for f in futures]
+    # session limit per thread, held while the batch works (tasks/limits.py). A server of
+    # this batch may be checked on another batch's thread: that batch holds its slot, and
+    # the check runs in this task's context (its logs are this task's).
+    with ssh_sessions(threads):
+        return run_on_lanes(
+            [functools.partial(_check_and_close, server, host) for server, host in servers],
+            threads,
+            round_key=round_key,
+        )
 
 
 def _check_and_close(server: Server, host: RemoteHost | None) -> ServerCheck:
