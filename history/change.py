@@ -314,7 +314,9 @@ class Approval(_Part):
 
     approver: str = Field(min_length=1, description="Who answered (the form's approver field).")
     decision: Literal["approve", "reject"] = Field(description="What they decided.")
-    at: UtcDatetime = Field(description="When the answer arrived.")
+    at: UtcDatetime = Field(
+        description="When the answer was given: the Prefect server's stored time of its run input."
+    )
     comment: str = Field(default="", description="The approver's comment.")
     ticket: str | None = Field(
         default=None, description="Ticket reference given with the answer (change ticket)."

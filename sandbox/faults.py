@@ -65,8 +65,8 @@ def stop_sshd(estate: Estate, host: str) -> None:
 
 
 def start_sshd(estate: Estate, host: str) -> None:
-    """Start sshd again on a host where it was stopped."""
-    proc = _nsenter(estate, host, "/usr/sbin/sshd")
+    """Start sshd again on a host where it was stopped (``-r`` as the host's init starts it)."""
+    proc = _nsenter(estate, host, "/usr/sbin/sshd", "-r")
     if proc.returncode != 0:
         raise SandboxError(f"{host}: sshd did not start: {proc.stderr.strip()}")
 

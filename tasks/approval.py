@@ -883,7 +883,7 @@ def prefect_wait(form: type[FormT], timeout_s: int, poll_s: int, key: str) -> Fo
 
 def ask(
     make_form: Callable[[], type[FormT]],
-    settle: Callable[[FormT], bool],
+    settle: Callable[[FormT, datetime], bool],
     *,
     flow_run_id: str,
     deadline: datetime,
@@ -907,7 +907,8 @@ def ask(
 
     Args:
         make_form: builds the form for the next round.
-        settle: takes one answer; True when no further answer is needed.
+        settle: takes one answer and when it was given (the server's stored time, else
+            when it was read); True when no further answer is needed.
         flow_run_id: the waiting run (the deadline watchdog resumes it).
         deadline: when to stop waiting (aware).
         key: the pause key's prefix (``approval``, ``restore-<server>``).
@@ -952,7 +953,7 @@ def ask(
             )
         if timing != "in-time":
             return False
-        if settle(answer):
+        if settle(answer, given or now()):
             return True
 
 
@@ -1029,11 +1030,11 @@ def wait_for_approval(
             )
         )
 
-    def settle(answer: ApprovalForm) -> bool:
+    def settle(answer: ApprovalForm, at: datetime) -> bool:
         nonlocal tally
         proof = check_answer(answer, question.approvers, question.message, verify)
         names = list(question.approvers)
-        tally = count_answer(tally, answer, names, now(), proof, question.digest)
+        tally = count_answer(tally, answer, names, at, proof, question.digest)
         on_answer(tally)
         return tally.verdict != "pending"
 
@@ -1101,7 +1102,7 @@ def ask_restore(
         text += "\n\n" + "\n".join(how_to_answer(question, choices="restore or leave"))
         return RestoreForm.with_initial_data(description=text)
 
-    def settle(form: RestoreForm) -> bool:
+    def settle(form: RestoreForm, at: datetime) -> bool:
         proof = check_answer(form, question.approvers, question.message, verify)
         answer = restore_answer(form, names, proof)
         if answer is None:

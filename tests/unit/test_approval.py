@@ -580,7 +580,7 @@ class Script:
 
 
 def run_ask(script: Script, deadline_s: float, settle: list[RunInput]) -> bool:
-    def take(answer: RunInput) -> bool:
+    def take(answer: RunInput, at: datetime) -> bool:
         settle.append(answer)
         return getattr(answer, "approver", "") == "alice"
 
@@ -715,6 +715,27 @@ def test_the_approval_wait_ends_approved_rejected_or_at_the_deadline(
     assert "decision" in script.forms[0].model_json_schema()["required"]
 
 
+@pytest.mark.parametrize(
+    ("stored_after_s", "recorded_after_s"),
+    [
+        (10, 10),  # stored 50 s before the run read it (a suspended run picked up late)
+        (None, 60),  # no server time (not a run input): when it was read
+    ],
+)
+def test_an_answer_is_recorded_at_the_time_the_server_stored_it(
+    keys: Keys, stored_after_s: float | None, recorded_after_s: float
+) -> None:
+    answers = signed_answers(keys, [("alice", "approve", "alice", 60)])
+    given: dict[int, datetime | None] = (
+        {}
+        if stored_after_s is None
+        else {id(answers[0][1]): AT + timedelta(seconds=stored_after_s)}
+    )
+    tally, _, _ = approve_run(keys, Script(answers, given=given), 1)
+    assert tally is not None and tally.verdict == "approved"
+    assert [a.at for a in tally.answers] == [AT + timedelta(seconds=recorded_after_s)]
+
+
 def test_the_restore_question_is_answered_by_a_listed_approvers_signature_or_left_at_the_deadline(
     keys: Keys,
 ) -> None:
@@ -799,7 +820,9 @@ def test_a_wait_is_continued_when_the_run_is_run_again_and_begun_again_for_a_new
     assert next_wait(existing, digest, now, DAY, recorded) == (expected, new)
 
 
-def ask_late(script: Script, first_round: int, settle: Callable[[RunInput], bool]) -> bool:
+def ask_late(
+    script: Script, first_round: int, settle: Callable[[RunInput, datetime], bool]
+) -> bool:
     """The loop of a run executed again an hour past its deadline, rounds 1-3 answered."""
     return ask(
         lambda: ApprovalForm,
@@ -835,11 +858,11 @@ def test_a_resumed_ask_loop_takes_the_answer_of_its_round_only_if_given_before_t
     script = Script([(0, alice)], start=AT + timedelta(hours=2))
     script.given[id(alice)] = given
     got: list[RunInput] = []
-    assert ask_late(script, 3, lambda a: got.append(a) is None) is counts
+    assert ask_late(script, 3, lambda a, at: got.append(a) is None) is counts
     assert script.keys == ["approval-3"] and len(got) == int(counts)
     # the round after it was never asked: past the deadline nothing more is asked
     script = Script([], start=AT + timedelta(hours=2))
-    assert ask_late(script, 4, lambda a: False) is False
+    assert ask_late(script, 4, lambda a, at: False) is False
     assert script.keys == []
 
 
