@@ -55,12 +55,15 @@ server. Everything it makes (estate, databases, server, workers) is removed at t
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import os
 import re
 import secrets
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -176,6 +179,164 @@ def tree_cpu(root: int) -> float:
     return sum(sum(int(x) for x in stats[pid][11:15]) for pid in tree if pid in stats) / _TICK
 
 
+# ---- where a window's CPU goes, by process class (``--cpu-by-class``) ----------------------
+
+#: struct acct_v3 (linux/acct.h): flag, version, tty, exitcode, uid, gid, pid, ppid, btime,
+#: etime, then utime, stime, mem, io, rw, minflt, majflt, swaps (comp_t), comm[16].
+ACCT_V3 = "<BBHIIIIIIf8H16s"
+ACCT_HZ = 100  # the v3 record's time unit (AHZ)
+APT_COMMANDS = frozenset(
+    "apt apt-get apt-mark apt-config apt-cache dpkg dpkg-query gpgv sqv file store copy"
+    " http".split()
+)
+
+
+def comp_t(value: int) -> int:
+    """A ``comp_t`` of a process accounting record: 13-bit mantissa, base-8 exponent (pure)."""
+    return (value & 0x1FFF) << (3 * (value >> 13))
+
+
+def acct_records(data: bytes) -> list[dict[str, Any]]:
+    """The exited processes of a BSD process accounting (v3) file: pid, ppid, comm and
+    CPU seconds (user + system) of each (pure)."""
+    size = struct.calcsize(ACCT_V3)
+    found = []
+    for offset in range(0, len(data) - size + 1, size):
+        f = struct.unpack_from(ACCT_V3, data, offset)
+        if f[1] & 0x7F != 3:
+            continue
+        found.append(
+            {
+                "pid": f[6],
+                "ppid": f[7],
+                "comm": f[18].split(b"\0", 1)[0].decode(errors="replace"),
+                "cpu": (comp_t(f[10]) + comp_t(f[11])) / ACCT_HZ,
+            }
+        )
+    return found
+
+
+def cpu_class(pid: int, procs: dict[int, dict[str, Any]], roots: dict[int, str]) -> str:
+    """The class of process ``pid`` for the CPU breakdown of a window (pure).
+
+    ``procs``: pid -> ``comm``, ``cmd`` (empty for an exited process) and ``ppid``;
+    ``roots``: the benchmark's known processes (``machine``: a worker's process group
+    root; ``api``, ``services``: the Prefect server's; ``bench``: this one). A process
+    belongs to its nearest known root; in a machine, the fork server, the flow runs
+    (forked children of it, the git clone with them) and the rest (``prefect worker``,
+    the job commands); outside, PostgreSQL and Redis by name, the sandbox hosts as what
+    runs under an ``sshd`` (apt and dpkg, sshd itself, the rest; the estate's hosts are this
+    process's children), the kernel's threads (the bridge's softirqs among them)."""
+    chain: list[int] = []
+    cursor = pid
+    while cursor in procs and cursor not in chain and len(chain) < 64:
+        chain.append(cursor)
+        if cursor in roots:
+            break
+        cursor = procs[cursor]["ppid"]
+    me = procs.get(pid, {"comm": "?", "cmd": "", "ppid": 0})
+    comm = me["comm"]
+    if pid == 2 or me["ppid"] == 2:  # kthreadd's: softirqs (the bridge's traffic), kworkers
+        return "kernel threads"
+    if any(procs[p]["comm"].startswith("sshd") for p in chain):  # (started by this process)
+        if comm.startswith("sshd"):
+            return "hosts: sshd"
+        if comm in APT_COMMANDS or comm.startswith(("apt", "dpkg")):
+            return "hosts: apt, dpkg"
+        return "hosts: other commands"
+    if comm.startswith("postgres") or me["cmd"].startswith("postgres"):
+        return "PostgreSQL"
+    if comm.startswith("redis"):
+        return "Redis"
+    root = next((roots[p] for p in chain if p in roots), None)
+    if root == "machine":
+        server = next((p for p in chain if "deployments.forkserver" in procs[p]["cmd"]), None)
+        if server is not None:
+            parent = procs.get(procs[server]["ppid"], {"cmd": ""})
+            if server == pid and "deployments.forkserver" not in parent["cmd"]:
+                return "machines: fork servers"
+            return (
+                "machines: git clones of runs" if comm.startswith("git") else "machines: flow runs"
+            )
+        if "prefect.engine" in " ".join(procs[p]["cmd"] for p in chain):
+            return "machines: flow runs"
+        return "machines: workers, job commands"
+    if root in ("api", "services"):
+        return "Prefect API processes" if root == "api" else "Prefect services process"
+    if root == "bench":
+        return "benchmark driver"
+    return "other (not the benchmark's)"
+
+
+def proc_table() -> dict[int, dict[str, Any]]:
+    """Every live process: comm, command line, parent, start time and CPU seconds."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        head, tail = stat.rsplit(")", 1)
+        f = tail.split()
+        table[int(entry.name)] = {
+            "comm": head.split("(", 1)[1],
+            "cmd": cmd.strip(),
+            "ppid": int(f[1]),
+            "start": int(f[19]),
+            "cpu": (int(f[11]) + int(f[12])) / _TICK,
+        }
+    return table
+
+
+class ClassCpu:
+    """The CPU of every process on the machine over a window, by :func:`cpu_class`: the
+    live ones from /proc at both ends, those that exited in between from BSD process
+    accounting (``acct(2)``, on for the window only: root)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "window.acct"
+        self.before: dict[int, dict[str, Any]] = {}
+
+    def start(self) -> None:
+        self.path.write_bytes(b"")
+        self.before = proc_table()
+        self._acct(str(self.path))
+
+    def stop(self, roots: dict[int, str]) -> dict[str, float]:
+        after = proc_table()
+        self._acct(None)
+        exited = acct_records(self.path.read_bytes())
+        procs: dict[int, dict[str, Any]] = {
+            r["pid"]: {"comm": r["comm"], "cmd": "", "ppid": r["ppid"]} for r in exited
+        }
+        procs.update(self.before)
+        procs.update(after)
+        sums: dict[str, float] = {}
+        spent = [
+            (pid, p["cpu"] - (b["cpu"] if b and b["start"] == p["start"] else 0.0))
+            for pid, p in after.items()
+            for b in [self.before.get(pid)]
+        ]
+        spent += [
+            (r["pid"], r["cpu"] - (self.before[r["pid"]]["cpu"] if r["pid"] in self.before else 0))
+            for r in exited
+        ]
+        for pid, seconds in spent:
+            if seconds > 0:
+                name = cpu_class(pid, procs, roots)
+                sums[name] = sums.get(name, 0.0) + seconds
+        return dict(sorted(sums.items(), key=lambda kv: -kv[1]))
+
+    @staticmethod
+    def _acct(path: str | None) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.acct(path.encode() if path else None) != 0:
+            raise OSError(ctypes.get_errno(), f"acct({path})")
+
+
 def stop_machine(worker: subprocess.Popen[bytes]) -> None:
     """SIGKILL a worker and every process it started (flow runs have sessions of their own)."""
     pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
@@ -233,6 +394,18 @@ def schedule_all(slugs: Sequence[str], at: datetime) -> list[UUID]:
             ).id
             for slug in slugs
         ]
+
+
+def read_runs(client: Any, run_ids: Sequence[UUID]) -> list[Any]:
+    """The flow runs of ``run_ids``, in one request."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return list(
+        client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids))),
+            limit=len(run_ids),
+        )
+    )
 
 
 def union_seconds(spans: list[tuple[float, float]]) -> float:
@@ -325,9 +498,12 @@ def one_round(
     pin: bool,
     lead: float,
     plain: bool,
-) -> dict[str, float]:
+    server_home: Path | None = None,
+    tag: str = "",
+) -> dict[str, Any]:
     """Start ``workers`` workers, schedule every client's run at one instant ``lead``
-    seconds ahead (the window's start), wait for all runs."""
+    seconds ahead (the window's start), wait for all runs. With ``server_home`` (the
+    Prefect server's PREFECT_HOME), the window's CPU by process class too (``classes``)."""
     from prefect.client.orchestration import get_client
 
     estate.up()  # idempotent: the bridge and every host, as they should be
@@ -336,7 +512,7 @@ def one_round(
         raise RuntimeError(f"{len(quiet)} sandbox host(s) do not answer: {quiet[:10]}")
     procs = []
     for n in range(workers):
-        machine = root / f"round{workers}-limit{limit}-machine-{n + 1}"
+        machine = root / f"round{workers}-limit{limit}{tag}-machine-{n + 1}"
         machine.mkdir()
         log = (machine.parent / f"{machine.name}.log").open("wb")
         procs.append(
@@ -374,30 +550,46 @@ def one_round(
                 ]
                 ready = plain or all(
                     "serving on" in log.read_text(errors="replace")
-                    for log in root.glob(f"round{workers}-limit{limit}-machine-*.log")
+                    for log in root.glob(f"round{workers}-limit{limit}{tag}-machine-*.log")
                 )
                 if len(polled) >= workers and ready:  # and each fork server has its imports
                     break
                 time.sleep(1)
             else:
-                raise RuntimeError(f"workers did not poll: see {root}/round{workers}-*.log")
+                raise RuntimeError(
+                    f"workers did not poll: see {root}/round{workers}-limit{limit}{tag}-*.log"
+                )
+        meter = ClassCpu(root) if server_home is not None else None
+        if meter is not None:
+            meter.start()
         cpu_before = sum(tree_cpu(p.pid) for p in procs)
         at = datetime.now(UTC) + timedelta(seconds=lead)
         run_ids = schedule_all(slugs, at)
         deadline = time.monotonic() + 3600
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline:
-                states = [client.read_flow_run(r).state for r in run_ids]
-                if all(s is not None and s.is_final() for s in states):
+                # One request for all 40 (it was one per run: 20 a second on the API
+                # processes the window shares the cores with).
+                states = [r.state for r in read_runs(client, run_ids)]
+                if len(states) == len(run_ids) and all(s and s.is_final() for s in states):
                     break
                 if any(p.poll() is not None for p in procs):
-                    raise RuntimeError(f"a worker exited: see {root}/round{workers}-*.log")
+                    raise RuntimeError(
+                        f"a worker exited: see {root}/round{workers}-limit{limit}{tag}-*.log"
+                    )
                 time.sleep(2)
         time.sleep(3)  # the last runs' processes exit (and are reaped) after their end state
         cpu = sum(tree_cpu(p.pid) for p in procs) - cpu_before
+        classes: dict[str, float] = {}
+        if meter is not None and server_home is not None:
+            server_pids = json.loads((server_home / "server.json").read_text())["pids"]
+            roots = {p.pid: "machine" for p in procs}
+            roots.update(zip(server_pids, ("api", "services"), strict=False))
+            roots[os.getpid()] = "bench"
+            classes = meter.stop(roots)
         fallbacks = sum(
             log.read_text(errors="replace").count("starting python -m prefect.engine")
-            for log in root.glob(f"round{workers}-limit{limit}-machine-*.log")
+            for log in root.glob(f"round{workers}-limit{limit}{tag}-machine-*.log")
         )
     finally:
         for proc in procs:
@@ -432,7 +624,90 @@ def one_round(
         "apt_mean": statistics.fmean(r["apt"] for r in runs),
         "run_mean": statistics.fmean(r["end"] - r["running"] for r in runs),
         "cpu_per_run": cpu / len(runs),
+        "classes": classes,
     }
+
+
+def round_order(rep: int) -> tuple[int, int]:
+    """The worker counts of repetition ``rep`` (from 0), alternating so that neither
+    count always runs first on a machine whose load drifts (pure)."""
+    return (1, 2) if rep % 2 == 0 else (2, 1)
+
+
+def ratios(one: Sequence[float], two: Sequence[float]) -> dict[str, float]:
+    """Two workers against one from each round's throughput (pure): the ratio of the
+    medians, the median of the ratios of the rounds run together (repetition by
+    repetition), and the lowest and highest of those."""
+    paired = [b / a for a, b in zip(one, two, strict=True)]
+    return {
+        "of_medians": statistics.median(two) / statistics.median(one),
+        "median": statistics.median(paired),
+        "min": min(paired),
+        "max": max(paired),
+    }
+
+
+def round_text(
+    r: dict[str, Any],
+    workers: int,
+    limit: int,
+    starter: str,
+    args: argparse.Namespace,
+    runs: int,
+    rep: int,
+) -> str:
+    """One round's figures, as printed."""
+    text = (
+        f"{workers} worker(s) ({starter}), --limit {limit},"
+        f" {'all cores shared' if args.shared_cores else 'one core each'},"
+        f"{f' repetition {rep + 1},' if args.repeat > 1 else ''}"
+        f" {runs} runs due {args.lead:.0f}s after they were scheduled"
+        f" ({r['failed']} not completed, {r['unplanned']} host(s) not planned,"
+        f" {r['fallbacks']} without the fork server):\n"
+        f"    wall {r['wall']:.1f}s from the window's start"
+        f" ({r['busy']:.1f}s from the first run taken),"
+        f" {r['throughput']:.1f} runs/min\n"
+        f"    scheduling lag p50 {r['lag_p50']:.1f}s p95 {r['lag_p95']:.1f}s"
+        f" (min {r['lag_min']:.1f}s, max {r['lag_max']:.1f}s; first wave of"
+        f" {min(runs, workers * limit)}: p95 {r['wave_p95']:.1f}s);"
+        f" taken {r['ready_before']:.1f}s before the window on average\n"
+        f"    overhead per run (each run's own wall time, taken or window"
+        f" start to end, minus apt) p50 {r['overhead_p50']:.2f}s"
+        f" p95 {r['overhead_p95']:.2f}s mean {r['overhead_mean']:.2f}s"
+        f" (run {r['run_mean']:.1f}s, of it apt {r['apt_mean']:.1f}s)\n"
+        f"    machine wall time per run (the window's wall / runs)"
+        f" {r['wall_per_run']:.2f}s;"
+        f" CPU per run {r['cpu_per_run']:.2f}s (worker, job command, run)"
+    )
+    if r["classes"]:
+        total = sum(r["classes"].values())
+        text += (
+            f"\n    CPU of the window (scheduling to the last run's end + 3 s) by process"
+            f" class: {total:.1f}s in all, {total / runs:.2f}s per run\n"
+        )
+        text += "\n".join(
+            f"      {seconds:7.1f}s {seconds / runs:6.2f}s/run"
+            f" {100 * seconds / total:5.1f}%  {name}"
+            for name, seconds in r["classes"].items()
+        )
+    return text
+
+
+def verdict(limit: int, one: Sequence[dict[str, Any]], two: Sequence[dict[str, Any]]) -> str:
+    """The two-workers-against-one line of a limit (the medians when repeated)."""
+    load = f"(machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
+    r = ratios([x["throughput"] for x in one], [x["throughput"] for x in two])
+    if len(one) == 1:
+        return f"--limit {limit}: two workers / one worker throughput: {r['median']:.2f}x {load}"
+    return (
+        f"--limit {limit}, {len(one)} rounds each: two workers / one worker throughput:"
+        f" median of the paired rounds {r['median']:.2f}x (min {r['min']:.2f}x,"
+        f" max {r['max']:.2f}x); medians {statistics.median(x['throughput'] for x in two):.1f}"
+        f" / {statistics.median(x['throughput'] for x in one):.1f} runs/min ="
+        f" {r['of_medians']:.2f}x; wall medians"
+        f" {statistics.median(x['wall'] for x in one):.1f}s (one) and"
+        f" {statistics.median(x['wall'] for x in two):.1f}s (two) {load}"
+    )
 
 
 def main() -> int:
@@ -462,6 +737,19 @@ def main() -> int:
         action="store_true",
         help="let every worker use every core (default: worker N is pinned to core N)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of each worker count per limit, alternating (1 2, 2 1, ...); medians printed",
+    )
+    parser.add_argument(
+        "--cpu-by-class",
+        action="store_true",
+        help="print each window's CPU by process class (machines, Prefect server,"
+        " PostgreSQL, Redis, the hosts' sshd and apt), with process accounting on for the"
+        " window",
+    )
     args = parser.parse_args()
     telemetry_off()
     if args.clients * args.hosts > 200:
@@ -472,7 +760,7 @@ def main() -> int:
     slugs = [f"bench{c + 1:02d}" for c in range(args.clients)]
     pg = make_url(ADMIN_URL)
     home = root / "prefect-home"
-    results: dict[tuple[int, int], dict[str, float]] = {}
+    results: dict[tuple[int, int], list[dict[str, Any]]] = {}
     limits = [int(n) for n in args.limit.split(",")]
     try:
         started = time.perf_counter()
@@ -482,6 +770,14 @@ def main() -> int:
             f"estate of {len(estate.spec.hosts)} hosts up in {time.perf_counter() - started:.1f}s"
         )
         git = publish_repository(root, client_files(estate, args.clients, args.hosts))
+        # The repository packed, as a git server keeps it (a push arrives as a pack; servers
+        # repack): the bare clone of a local folder holds loose objects, which made every
+        # run's clone compress each object anew (0.44-0.49 s of CPU per clone against
+        # 0.15-0.16 s packed, measured with Prefect's clone and checkout of the commit).
+        subprocess.run(
+            ["git", "-C", git.url.removeprefix("file://"), "repack", "-a", "-d", "-q"],
+            check=True,
+        )
         with database("caretaker_bench_prefect") as prefect_db, database("caretaker_bench") as db:
             extra = {
                 "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
@@ -523,50 +819,36 @@ def main() -> int:
             )
             starter = "prefect worker start" if args.plain else "caretaker-worker"
             for limit in limits:
-                for workers in (1, 2):
-                    with temporary_settings({PREFECT_API_URL: api}):
-                        results[limit, workers] = r = one_round(
-                            workers,
-                            limit,
-                            slugs,
-                            git,
-                            api,
-                            root,
-                            estate,
-                            not args.shared_cores,
-                            args.lead,
-                            args.plain,
+                for rep in range(args.repeat):
+                    tag = f"-rep{rep + 1}" if args.repeat > 1 else ""
+                    for workers in round_order(rep):
+                        with temporary_settings({PREFECT_API_URL: api}):
+                            r = one_round(
+                                workers,
+                                limit,
+                                slugs,
+                                git,
+                                api,
+                                root,
+                                estate,
+                                not args.shared_cores,
+                                args.lead,
+                                args.plain,
+                                home if args.cpu_by_class else None,
+                                tag,
+                            )
+                        results.setdefault((limit, workers), []).append(r)
+                        print(
+                            round_text(r, workers, limit, starter, args, len(slugs), rep),
+                            flush=True,
                         )
-                    print(
-                        f"{workers} worker(s) ({starter}), --limit {limit},"
-                        f" {'all cores shared' if args.shared_cores else 'one core each'},"
-                        f" {len(slugs)} runs due {args.lead:.0f}s after they were scheduled"
-                        f" ({r['failed']} not completed, {r['unplanned']} host(s) not planned,"
-                        f" {r['fallbacks']} without the fork server):\n"
-                        f"    wall {r['wall']:.1f}s from the window's start"
-                        f" ({r['busy']:.1f}s from the first run taken),"
-                        f" {r['throughput']:.1f} runs/min\n"
-                        f"    scheduling lag p50 {r['lag_p50']:.1f}s p95 {r['lag_p95']:.1f}s"
-                        f" (min {r['lag_min']:.1f}s, max {r['lag_max']:.1f}s; first wave of"
-                        f" {min(len(slugs), workers * limit)}: p95 {r['wave_p95']:.1f}s);"
-                        f" taken {r['ready_before']:.1f}s before the window on average\n"
-                        f"    overhead per run (each run's own wall time, taken or window"
-                        f" start to end, minus apt) p50 {r['overhead_p50']:.2f}s"
-                        f" p95 {r['overhead_p95']:.2f}s mean {r['overhead_mean']:.2f}s"
-                        f" (run {r['run_mean']:.1f}s, of it apt {r['apt_mean']:.1f}s)\n"
-                        f"    machine wall time per run (the window's wall / runs)"
-                        f" {r['wall_per_run']:.2f}s;"
-                        f" CPU per run {r['cpu_per_run']:.2f}s (worker, job command, run)"
-                    )
-                print(
-                    f"--limit {limit}: two workers / one worker throughput: "
-                    f"{results[limit, 2]['throughput'] / results[limit, 1]['throughput']:.2f}x"
-                    f" (machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
-                )
+                print(verdict(limit, results[limit, 1], results[limit, 2]), flush=True)
     finally:
         stop_server(home=home)
         estate.down(purge=True)
-    bad = sum(r["failed"] + r["unplanned"] + r["fallbacks"] for r in results.values())
+    bad = sum(
+        r["failed"] + r["unplanned"] + r["fallbacks"] for rounds in results.values() for r in rounds
+    )
     # (--plain: the pool has Prefect's own command, which never asks a fork server)
     if bad:
         print(
