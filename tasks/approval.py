@@ -73,7 +73,7 @@ from prefect.flow_runs import resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import ConfigError
+from core.errors import CaretakerError, ConfigError
 from history.change import Approval, Verification
 from inventory.types import ssh_key_blob, ssh_key_fingerprint
 from tasks.packages import MaintenancePlan
@@ -1150,7 +1150,15 @@ def end_expired_waits(flow_name: str = "server-maintenance") -> list[str]:
     A suspended run has no process to keep its deadline, so this does: each such run is
     resumed with the answer :data:`TIMEOUT_ANSWERS` gives its form, and the run, executed
     again by a worker, records the timeout (production untouched) and sends its notices.
-    A run answered just before is skipped. Called by every ``health-check`` round.
+    A run answered just before is skipped. A run whose answer was written through the API
+    without resuming it (its ``...-response`` input is there: Prefect's resume would fail
+    on it) is scheduled again as Prefect's resume does: it reads that answer, which counts
+    only if the server stored it before the deadline. Called by every ``health-check``
+    round.
+
+    Raises:
+        CaretakerError: naming the runs whose wait could not be ended (every other run's
+            was; the next round tries them again).
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -1161,9 +1169,12 @@ def end_expired_waits(flow_name: str = "server-maintenance") -> list[str]:
         FlowRunFilterStateName,
     )
     from prefect.exceptions import FlowPauseTimeout, NotPausedError
+    from prefect.states import Scheduled
 
     now = datetime.now(UTC)
     runs: list[Any] = []
+    ended: list[str] = []
+    failed: list[str] = []
     with get_client(sync_client=True) as client:
         while True:
             page = client.read_flow_runs(
@@ -1177,15 +1188,26 @@ def end_expired_waits(flow_name: str = "server-maintenance") -> list[str]:
             runs += page
             if len(page) < 200:
                 break
-    ended = []
-    for run in runs:
-        pause_key = str(run.state.state_details.pause_key or "") if run.state else ""
-        raw = read_input(wait_key(pause_key.rsplit("-", 1)[0]), str(run.id))
-        if not wait_expired(Wait.model_validate(raw) if raw else None, now):
-            continue
-        try:
-            resume_flow_run(run.id, run_input=dict(TIMEOUT_ANSWERS[form_of(pause_key)]))
-        except (NotPausedError, FlowPauseTimeout, RuntimeError):  # answered just before
-            continue
-        ended.append(str(run.id))
+        for run in runs:
+            details = run.state.state_details if run.state else None
+            pause_key = str(details.pause_key or "") if details else ""
+            keyset = details.run_input_keyset if details else None
+            try:
+                raw = read_input(wait_key(pause_key.rsplit("-", 1)[0]), str(run.id))
+                if not wait_expired(Wait.model_validate(raw) if raw else None, now):
+                    continue
+                if keyset and read_input(keyset["response"], str(run.id)) is not None:
+                    client.set_flow_run_state(
+                        run.id, Scheduled(name="Resuming", scheduled_time=now), force=True
+                    )
+                else:
+                    resume_flow_run(run.id, run_input=dict(TIMEOUT_ANSWERS[form_of(pause_key)]))
+            except (NotPausedError, FlowPauseTimeout, RuntimeError):  # answered just before
+                continue
+            except Exception as exc:  # one run's failure never keeps the others waiting
+                failed.append(f"{run.id} ({type(exc).__name__}: {exc})")
+                continue
+            ended.append(str(run.id))
+    if failed:
+        raise CaretakerError(f"{len(ended)} expired wait(s) ended; not ended: {'; '.join(failed)}")
     return ended

@@ -238,17 +238,21 @@ def _deployment_exists(name: str) -> bool | None:
 def test_a_suspended_wait_past_its_deadline_is_answered_as_the_timeout_and_no_other(
     prefect_api: None,
 ) -> None:
-    """The health-check round's sweep (``end_expired_waits``) against the real API: two
-    runs Suspended at ``approval-1`` as ``suspend_flow_run`` leaves them (the form's schema
-    in the run's inputs, the wait kept as ``approval-wait``), one past its deadline."""
+    """The health-check round's sweep (``end_expired_waits``) against the real API: runs
+    Suspended at ``approval-1`` as ``suspend_flow_run`` leaves them (the form's schema in
+    the run's inputs, the wait kept as ``approval-wait``): one past its deadline, one
+    before it; one past it whose answer was written through the API without a resume (so
+    Prefect's resume would fail on its existing response); one whose kept wait is broken.
+    The broken one is named and left; it keeps none of the others waiting."""
     from datetime import UTC, datetime, timedelta
     from uuid import uuid4
 
     from prefect.client.orchestration import get_client
-    from prefect.input.actions import read_flow_run_input
+    from prefect.input.actions import create_flow_run_input, read_flow_run_input
     from prefect.input.run_input import keyset_from_base_key
     from prefect.states import Suspended
 
+    from core.errors import CaretakerError
     from tasks.approval import (
         TIMEOUT_ANSWERS,
         ApprovalForm,
@@ -259,29 +263,51 @@ def test_a_suspended_wait_past_its_deadline_is_answered_as_the_timeout_and_no_ot
     )
 
     now = datetime.now(UTC)
+    forged = {"decision": "approve", "approver": "alice", "signature": "s", "comment": ""}
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("server-maintenance")
         deployment_id = client.create_deployment(flow_id, f"sweep-{uuid4().hex[:8]}")
 
-        def suspended(deadline: datetime) -> UUID:
+        def suspended(deadline: datetime, *, broken: bool = False) -> UUID:
             run = client.create_flow_run_from_deployment(deployment_id)
             state = Suspended(timeout_seconds=7200, pause_key="approval-1")
             keyset = keyset_from_base_key("suspended-approval-1")
             state.state_details.run_input_keyset = keyset
             client.set_flow_run_state(run.id, state, force=True)
             ApprovalForm.save(keyset, flow_run_id=run.id)
-            wait = Wait(digest="sha256:" + "1" * 64, deadline=deadline)
-            publish_request(wait_key("approval"), wait.model_dump(mode="json"), str(run.id))
+            wait = (
+                {"deadline": "not a time"}
+                if broken
+                else Wait(digest="sha256:" + "1" * 64, deadline=deadline).model_dump(mode="json")
+            )
+            publish_request(wait_key("approval"), wait, str(run.id))
             return run.id
 
         late, waiting = suspended(now - timedelta(minutes=1)), suspended(now + timedelta(hours=1))
-        ended = end_expired_waits.fn()
-        assert str(late) in ended and str(waiting) not in ended
-        late_state, waiting_state = (client.read_flow_run(r).state for r in (late, waiting))
-    assert late_state is not None and late_state.is_scheduled()  # a worker runs it again
+        answered = suspended(now - timedelta(minutes=1))
+        create_flow_run_input("suspended-approval-1-response", forged, flow_run_id=answered)
+        broken = suspended(now - timedelta(minutes=1), broken=True)
+        with pytest.raises(CaretakerError, match=f"not ended: .*{broken} \\(ValidationError"):
+            end_expired_waits.fn()
+        states = {r: client.read_flow_run(r).state for r in (late, waiting, answered, broken)}
+    assert states[late] is not None and states[late].is_scheduled()  # a worker runs it again
     answer = read_flow_run_input("suspended-approval-1-response", flow_run_id=late)
     assert answer == TIMEOUT_ANSWERS["approval"]
-    assert waiting_state is not None and waiting_state.name == "Suspended"
+    assert states[waiting] is not None and states[waiting].name == "Suspended"
+    # scheduled again as Prefect's resume would; the answer it reads is the one written
+    # (given after the deadline: the run ends as the timeout, decided by the wait loop)
+    assert states[answered] is not None and states[answered].is_scheduled()
+    assert read_flow_run_input("suspended-approval-1-response", flow_run_id=answered) == forged
+    assert states[broken] is not None and states[broken].name == "Suspended"
+    # the next round again: the broken one is still named, nothing else is touched
+    try:
+        with pytest.raises(CaretakerError, match=f"not ended: .*{broken} \\(ValidationError"):
+            end_expired_waits.fn()
+    finally:  # later tests' sweeps share this server: the broken wait is not theirs
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(broken, Cancelled(), force=True)
 
 
 def test_an_answer_given_after_the_deadline_never_counts_and_one_given_before_it_always_does(
@@ -342,7 +368,7 @@ def late_and_timely_answers(run_id: UUID, state_name: str) -> None:
     def wait(deadline: datetime, read_at: datetime) -> bool:
         return ask(
             lambda: ApprovalForm,
-            lambda a: settled.append(a.approver) is None,
+            lambda a, _at: settled.append(a.approver) is None,
             flow_run_id=str(run_id),
             deadline=deadline,
             key="approval",
