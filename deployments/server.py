@@ -66,8 +66,27 @@ REDIS_MODULES = {
 }
 
 
+#: The background services' batches on a server of several processes (Redis messaging).
+#: Prefect reads its message streams one message at a time and records every task-run
+#: event in a transaction of its own by default (a Redis read, an acknowledgement and a
+#: database commit per event: each task run sends three); a window of 40 maintenance runs
+#: sends ~1,200 at once. Here each consumer reads up to 50 waiting messages per Redis call
+#: (it never waits to fill a batch), and the task-run recorder writes up to 50 events per
+#: transaction, within 1 s (its states reach the UI at most a second later); a crash of
+#: the services process loses the events it had not written yet, as Prefect's event
+#: persister's own batches already do (docs/decisions.md).
+SERVICE_BATCHES = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "50",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "50",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "50",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_READ_BATCH_SIZE": "50",
+}
+
+
 def redis_env(host: str = "127.0.0.1", port: int = 6379, db: int = 0) -> dict[str, str]:
-    """The server environment for Redis messaging at ``host:port``, database ``db``.
+    """The server environment for Redis messaging at ``host:port``, database ``db``, with
+    the services' batches of a server that needs it (:data:`SERVICE_BATCHES`).
 
     Raises:
         ConfigError: prefect-redis is not installed.
@@ -80,6 +99,7 @@ def redis_env(host: str = "127.0.0.1", port: int = 6379, db: int = 0) -> dict[st
         ) from exc
     return {
         **REDIS_MODULES,
+        **SERVICE_BATCHES,
         "PREFECT_REDIS_MESSAGING_HOST": host,
         "PREFECT_REDIS_MESSAGING_PORT": str(port),
         "PREFECT_REDIS_MESSAGING_DB": str(db),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -34,6 +35,8 @@ from deployments.forkserver import (
     child_sys_path,
     exit_status,
     fork_hazards,
+    share_ssl_contexts,
+    shared_context_key,
 )
 
 PROBE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "forkserver"
@@ -311,3 +314,40 @@ def test_without_a_fork_server_the_client_runs_prefects_engine_and_says_so(
         assert reason in err.decode()
         assert "starting python -m prefect.engine" in err.decode()
         assert "Invalid flow run id" in err.decode()  # Prefect's engine ran, with the argv
+
+
+@pytest.mark.parametrize(
+    ("purpose", "cafile", "capath", "cadata", "shared"),
+    [
+        (ssl.Purpose.SERVER_AUTH, "/etc/ca.pem", None, None, True),  # Prefect's, httpx's call
+        (ssl.Purpose.SERVER_AUTH, Path("/etc/ca.pem"), None, None, True),
+        (ssl.Purpose.SERVER_AUTH, None, None, None, False),  # the insecure mode changes its own
+        (ssl.Purpose.SERVER_AUTH, "", None, None, False),
+        (ssl.Purpose.SERVER_AUTH, "/etc/ca.pem", "/etc/certs", None, False),
+        (ssl.Purpose.SERVER_AUTH, "/etc/ca.pem", None, "PEM", False),
+        (ssl.Purpose.CLIENT_AUTH, "/etc/ca.pem", None, None, False),  # a server's context
+    ],
+)
+def test_only_a_server_check_against_one_ca_file_shares_its_context(
+    purpose: ssl.Purpose, cafile: object, capath: object, cadata: object, shared: bool
+) -> None:
+    key = shared_context_key(purpose, cafile, capath, cadata)
+    assert (key == os.path.realpath("/etc/ca.pem")) if shared else key is None
+
+
+def test_runs_share_one_context_per_ca_file_and_get_their_own_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import certifi
+
+    monkeypatch.setattr(ssl, "create_default_context", ssl.create_default_context)
+    share_ssl_contexts([certifi.where()])
+    share_ssl_contexts()  # twice: still one layer
+    first = ssl.create_default_context(cafile=certifi.where())
+    assert ssl.create_default_context(cafile=certifi.where()) is first
+    assert first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname
+    assert first.cert_store_stats()["x509_ca"] > 100  # the bundle is loaded
+    own = ssl.create_default_context()
+    assert own is not first and ssl.create_default_context() is not own
+    own.check_hostname = False  # Prefect's insecure mode: the shared one is untouched
+    assert first.check_hostname
