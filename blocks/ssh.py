@@ -104,33 +104,14 @@ class SshIdentity(Block):
                 f"SSH identity {self._label()}: PKCS#8 keys are not supported; convert "
                 "with `ssh-keygen -p -f <keyfile>` (writes OpenSSH format) and paste again"
             )
-        # A PEM header names the type; trying only that class keeps the error message relevant.
-        if "BEGIN RSA PRIVATE KEY" in text:
-            classes: tuple[type[paramiko.PKey], ...] = (paramiko.RSAKey,)
-        elif "BEGIN EC PRIVATE KEY" in text:
-            classes = (paramiko.ECDSAKey,)
-        else:
-            classes = _KEY_CLASSES
-        needs_password = False
-        last: Exception | None = None
-        for key_class in classes:
-            try:
-                return key_class.from_private_key(io.StringIO(text), password=password)
-            except paramiko.PasswordRequiredException as exc:
-                needs_password, last = True, exc
-            except (paramiko.SSHException, ValueError, TypeError, IndexError) as exc:
-                # Each class rejects the other key types; only the last failure matters.
-                last = exc
-        if needs_password and password is None:
-            reason = "the key is encrypted and no passphrase is set"
-        elif password is not None:
-            reason = "the passphrase does not decrypt it, or it is not an ed25519/rsa/ecdsa key"
-        else:
-            reason = "it is not an OpenSSH or PEM ed25519/rsa/ecdsa private key"
-        # Chained for debugging: paramiko/cryptography messages name formats, never key bytes.
-        raise ConfigError(
-            f"SSH identity {self._label()}: cannot read private_key: {reason}"
-        ) from last
+        try:
+            return _parse_pkey(text, password)
+        except _KeyUnreadable as exc:
+            # Chained for debugging: paramiko/cryptography messages name formats, never
+            # key bytes.
+            raise ConfigError(
+                f"SSH identity {self._label()}: cannot read private_key: {exc.reason}"
+            ) from exc.__cause__
 
     def host_key_entries(self) -> list[HostKeyEntry]:
         """Parse ``known_hosts`` into paramiko host-key entries.
@@ -183,6 +164,46 @@ class _KnownHostsLineError(Exception):
         super().__init__(lineno)
         self.lineno = lineno
         self.malformed = malformed
+
+
+class _KeyUnreadable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_pkey(text: str, password: str | None) -> paramiko.PKey:
+    """The private key, parsed once per process (a failure is not kept: asked again).
+
+    Every connection of a round signs with the same key: an encrypted key's KDF (bcrypt,
+    ~0.1 s of CPU) or even a plain key's parse (~0.15 ms) per connection adds up on a
+    fleet. A paramiko key only signs once loaded: one object serves every thread.
+    """
+    # A PEM header names the type; trying only that class keeps the error message relevant.
+    if "BEGIN RSA PRIVATE KEY" in text:
+        classes: tuple[type[paramiko.PKey], ...] = (paramiko.RSAKey,)
+    elif "BEGIN EC PRIVATE KEY" in text:
+        classes = (paramiko.ECDSAKey,)
+    else:
+        classes = _KEY_CLASSES
+    needs_password = False
+    last: Exception | None = None
+    for key_class in classes:
+        try:
+            return key_class.from_private_key(io.StringIO(text), password=password)
+        except paramiko.PasswordRequiredException as exc:
+            needs_password, last = True, exc
+        except (paramiko.SSHException, ValueError, TypeError, IndexError) as exc:
+            # Each class rejects the other key types; only the last failure matters.
+            last = exc
+    if needs_password and password is None:
+        reason = "the key is encrypted and no passphrase is set"
+    elif password is not None:
+        reason = "the passphrase does not decrypt it, or it is not an ed25519/rsa/ecdsa key"
+    else:
+        reason = "it is not an OpenSSH or PEM ed25519/rsa/ecdsa private key"
+    raise _KeyUnreadable(reason) from last
 
 
 @functools.lru_cache(maxsize=32)

@@ -358,6 +358,21 @@ def test_load_pkey_decrypts_with_the_passphrase() -> None:
     assert isinstance(identity.load_pkey(), paramiko.Ed25519Key)
 
 
+def test_a_key_is_parsed_once_per_process_and_a_wrong_passphrase_is_refused_every_time() -> None:
+    """Every connection of a round signs with the same key: an encrypted key's KDF runs
+    once, not per connection; a failure is never kept as an answer."""
+    text = _pem(ed25519.Ed25519PrivateKey.generate(), ser.PrivateFormat.OpenSSH, b"open sesame")
+    first = SshIdentity(private_key=text, passphrase="open sesame", known_hosts="").load_pkey()
+    again = SshIdentity(private_key=text, passphrase="open sesame", known_hosts="").load_pkey()
+    assert again is first
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="passphrase does not decrypt"):
+            SshIdentity(private_key=text, passphrase="wrong", known_hosts="").load_pkey()
+    other = _pem(ed25519.Ed25519PrivateKey.generate(), ser.PrivateFormat.OpenSSH, b"open sesame")
+    key = SshIdentity(private_key=other, passphrase="open sesame", known_hosts="").load_pkey()
+    assert key is not first and key.get_fingerprint() != first.get_fingerprint()
+
+
 @pytest.mark.parametrize(
     ("passphrase", "fmt", "message"),
     [
