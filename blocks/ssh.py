@@ -127,8 +127,24 @@ class SshIdentity(Block):
         Raises:
             ConfigError: A line is malformed (names the line number).
         """
+        return list(self._known_hosts()[0])
+
+    def host_key_entries_for(self, hostname: str) -> list[HostKeyEntry]:
+        """The entries that can match ``hostname`` as paramiko looks it up (``address``,
+        or ``[address]:port`` off port 22): its own plain entries and every hashed one.
+
+        Looked up in an index made once per process: a connection scanning a fleet's
+        whole file cost ~4 ms of CPU at 1,000 servers, for each of the 1,000.
+
+        Raises:
+            ConfigError: A line is malformed (names the line number).
+        """
+        _, by_name, hashed = self._known_hosts()
+        return [*by_name.get(hostname, ()), *hashed]
+
+    def _known_hosts(self) -> _KnownHosts:
         try:
-            return list(_parse_known_hosts(self.known_hosts))
+            return _parse_known_hosts(self.known_hosts)
         except _KnownHostsLineError as exc:
             what = "is malformed (expected '<hosts> <key type> <base64 key>')"
             raise ConfigError(
@@ -206,11 +222,18 @@ def _parse_pkey(text: str, password: str | None) -> paramiko.PKey:
     raise _KeyUnreadable(reason) from last
 
 
+#: A known_hosts text's entries: all, by plain host name, and the hashed ones.
+_KnownHosts = tuple[
+    tuple[HostKeyEntry, ...], dict[str, tuple[HostKeyEntry, ...]], tuple[HostKeyEntry, ...]
+]
+
+
 @functools.lru_cache(maxsize=32)
-def _parse_known_hosts(text: str) -> tuple[HostKeyEntry, ...]:
+def _parse_known_hosts(text: str) -> _KnownHosts:
     """The usable entries of a known_hosts text, parsed once per text: every connection
     of a run verifies against the same block, and parsing a fleet's file for each of its
-    connections grew with the square of the fleet. (Errors are not cached: they raise.)"""
+    connections grew with the square of the fleet. (Errors are not cached: they raise.)
+    With them, by plain host name, and the hashed ones (which could match any name)."""
     entries: list[HostKeyEntry] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -224,4 +247,12 @@ def _parse_known_hosts(text: str) -> tuple[HostKeyEntry, ...]:
             raise _KnownHostsLineError(lineno, malformed=False) from exc
         if entry is not None:
             entries.append(entry)
-    return tuple(entries)
+    by_name: dict[str, list[HostKeyEntry]] = {}
+    hashed: list[HostKeyEntry] = []
+    for entry in entries:
+        if any(name.startswith("|1|") for name in entry.hostnames):
+            hashed.append(entry)
+        for name in entry.hostnames:
+            if not name.startswith("|1|"):
+                by_name.setdefault(name, []).append(entry)
+    return tuple(entries), {k: tuple(v) for k, v in by_name.items()}, tuple(hashed)

@@ -278,7 +278,7 @@ class SshRemoteHost:
         # for each connection grew with the cube of the fleet.
         lookup = address if port == 22 else f"[{address}]:{port}"
         keys = client.get_host_keys()
-        for entry in identity.host_key_entries():
+        for entry in identity.host_key_entries_for(lookup):
             for hostname in entry.hostnames:
                 if hostname == lookup or hostname.startswith("|1|"):
                     keys.add(hostname, entry.key.get_name(), entry.key)

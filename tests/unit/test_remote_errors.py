@@ -454,6 +454,14 @@ def test_a_connection_trusts_only_the_entries_that_can_name_its_host() -> None:
     assert trusted("10.0.0.5", 22) == [["10.0.0.5"], [hashed]]
     assert trusted("10.0.0.6", 2222) == [["[10.0.0.6]:2222"], [hashed]]
     assert trusted("10.0.0.6", 22) == [[hashed]]  # another port is another host to ssh
+    assert trusted("web1", 22) == [["web1"], [hashed]]  # an alias on the same line
+    assert trusted("10.0.1.7", 22) == [["10.0.1.7"], [hashed]]
+    # Looked up by name in an index, not by scanning the fleet's entries per connection.
+    assert [e.hostnames for e in identity.host_key_entries_for("10.0.1.7")] == [
+        ["10.0.1.7"],
+        [hashed],
+    ]
+    assert [e.hostnames for e in identity.host_key_entries_for("nowhere")] == [[hashed]]
     # Parsed once per known_hosts text, whatever the number of connections.
     assert identity.host_key_entries()[0].key is identity.host_key_entries()[0].key
 
@@ -462,3 +470,7 @@ def test_a_connection_trusts_only_the_entries_that_can_name_its_host() -> None:
 def test_a_malformed_known_hosts_line_is_a_config_error(line: str) -> None:
     with pytest.raises(ConfigError, match="line 2"):
         SshIdentity(private_key="x", known_hosts=f"# header\n{line}\n").host_key_entries()
+    with pytest.raises(ConfigError, match="line 2"):
+        SshIdentity(private_key="x", known_hosts=f"# header\n{line}\n").host_key_entries_for(
+            "10.0.0.5"
+        )
