@@ -9,7 +9,8 @@ clients, the work pool made by ``python -m deployments.fleet pool`` and the 40
 ``server-maintenance/<client>`` deployments by ``prefect deploy --name
 'server-maintenance/*'`` (the other deployments of ``--all``, reports, audits and the
 health check, are not run here: deploying them cost ~70 s of set-up). Every run clones
-the deployed commit, as on a real fleet.
+the deployed commit, as on a real fleet, from the repository packed as a git server keeps
+it.
 
 Each round starts its workers, each in its own folder and process group, as the docs say:
 ``caretaker-worker --pool caretaker-process --limit L`` (a fork server and ``prefect
@@ -38,6 +39,18 @@ has one worker, round 2 two. Printed per round, from each run's Prefect state hi
   (worker, job commands, fork server and runs; the fork server's imports are before the
   round and not counted).
 
+``--repeat N`` runs N rounds of each worker count per limit, alternating which goes
+first (1 2, 2 1, ...), and prints the median of the paired ratios (each repetition's two
+rounds) with its range, and the ratio of the median throughputs. ``--cpu-by-class``
+prints where the CPU of each round's window went (from scheduling to the last run's end):
+every process on the machine, the live ones from /proc at both ends and those that ended
+in between from BSD process accounting (on for the window only), by class: the machines'
+flow runs, their git clones, the fork servers, the workers and job commands; the Prefect
+API processes and services process; PostgreSQL; Redis; the hosts' sshd, apt and dpkg and
+other commands; the kernel's threads; the benchmark itself; anything else. The benchmark
+asks the server for its 40 runs' states in one request per poll (it was one per run: 20
+requests a second on the API the window shares the cores with).
+
 The runs are dry runs (``dry_run=true``): the exact plan of each host, with real apt on
 all 200 hosts, and the whole orchestration path (deployment, worker, git clone, flow run
 process, SSH sessions, artifact) without the approval round trip. The full procedure's own
@@ -46,6 +59,7 @@ costs (snapshots, staging, approval, batches, restore test) are measured per run
 2-core machine and measure apt and snapshots, not the fleet's orchestration.
 
     .venv/bin/python benchmarks/fleet_scale.py [--limit 20] [--lead 60] [--shared-cores]
+        [--repeat 3] [--cpu-by-class] [--server-workers 2] [--plain]
 
 Needs root (the sandbox), PostgreSQL at 127.0.0.1:5432 (``CARETAKER_TEST_PG_URL``
 overrides the administrative URL) and Redis at 127.0.0.1:6379 for the multi-process
