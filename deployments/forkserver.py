@@ -222,7 +222,7 @@ def share_ssl_contexts(preload: Sequence[str] = ()) -> None:
     another purpose, ``capath`` or ``cadata``, or no CA file (Prefect's insecure mode,
     which then changes its context) gets a new one as before. Nothing caretaker runs
     changes a context it did not make (httpcore sets the same ALPN list before each TLS
-    handshake of an HTTP/1.1 client; httpx's deprecated ``cert=`` is not used).
+    handshake of an HTTP/1.1 client; httpx's deprecated ``cert=`` is not used). Decision 88.
     """
     original = ssl.create_default_context
     if getattr(original, "caretaker_shared", False):

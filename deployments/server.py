@@ -74,7 +74,7 @@ REDIS_MODULES = {
 #: (it never waits to fill a batch), and the task-run recorder writes up to 50 events per
 #: transaction, within 1 s (its states reach the UI at most a second later); a crash of
 #: the services process loses the events it had not written yet, as Prefect's event
-#: persister's own batches already do (docs/decisions.md).
+#: persister's own batches already do. Decision 87.
 SERVICE_BATCHES = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "50",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "50",
