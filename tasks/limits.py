@@ -38,7 +38,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -243,6 +243,13 @@ def ssh_sessions(count: int, *, timeout_s: float = SSH_SLOT_TIMEOUT_S) -> Iterat
     The sessions the block (and the threads it starts with a copy of its context) opens
     take no slot of their own: the caller opens at most ``count`` at a time.
 
+    The slots are one lease (renewed while held, given back at the end), asked for like a
+    session's (:class:`PrefectSlots`: one request at a time per process, sent once past
+    Prefect's retrying client, asked again after 50 ms doubling on a server error, every
+    second while every slot is held). Through Prefect's ``concurrency()`` the ten batches
+    of a health-check round asking at once met SQLite's "database is locked" (503), after
+    which Prefect's client sleeps 2 s: ~3 s of every round.
+
     Raises:
         LimitUnavailable: the slots were not granted within ``timeout_s`` (or the limit
             vanished, or the API refused); the block did not run.
@@ -250,24 +257,72 @@ def ssh_sessions(count: int, *, timeout_s: float = SSH_SLOT_TIMEOUT_S) -> Iterat
     if count <= 0 or not _in_run():
         yield
         return
-    from prefect.concurrency.sync import concurrency
-
     ensure_limit(ssh_limit_spec(settings()))
-    with ExitStack() as stack:
+    api = _batch_slot_api()
+    lease = _take_slots(api, count, timeout_s)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(api.lease_s / 3):
+            try:
+                api.renew(lease)
+            except Exception as exc:  # expired: the slots may be counted no more
+                log.warning("%s: lease %s not renewed: %s", api.name, lease, exc)
+
+    renewer = threading.Thread(target=renew, name="caretaker-batch-slots", daemon=True)
+    renewer.start()
+    token = _batch_slots.set(True)
+    try:
+        yield
+    finally:
+        _batch_slots.reset(token)
+        stop.set()
+        renewer.join()
         try:
-            stack.enter_context(
-                concurrency(SSH_SESSIONS, occupy=count, timeout_seconds=timeout_s, strict=True)
-            )
-        except Exception as exc:  # Prefect's timeout and acquisition errors
+            api.give_back(lease)
+        except Exception as exc:  # the lease expires by itself: never hide the block's error
+            log.warning("%s: lease %s not given back: %s", api.name, lease, exc)
+
+
+def _take_slots(
+    api: PrefectSlots, count: int, timeout_s: float, poll_s: float = SESSION_POLL_S
+) -> str:
+    """Ask until ``count`` slots are granted (one lease), or raise at ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    failures = 0
+    while True:
+        lease = api.take(count)
+        if lease is not None:
+            return lease
+        left = deadline - time.monotonic()
+        if left <= 0:
+            why = api.last_error or "not free (every SSH session caretaker may open is open)"
             raise LimitUnavailable(
-                f"{count} SSH session slot(s) of {SSH_SESSIONS} not granted: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        token = _batch_slots.set(True)
-        try:
-            yield
-        finally:
-            _batch_slots.reset(token)
+                f"{count} SSH session slot(s) of {api.name} not granted within {timeout_s:g}s:"
+                f" {why}"
+            )
+        pause = poll_s
+        if api.last_error:  # a server error: ask again soon, backing off to the poll
+            failures += 1
+            pause = min(pause, RETRY_FIRST_S * 2 ** (failures - 1))
+        time.sleep(min(pause, left))
+
+
+_batch_apis: dict[str, PrefectSlots] = {}
+_batch_apis_lock = threading.Lock()
+
+
+def _batch_slot_api() -> PrefectSlots:
+    """One :class:`PrefectSlots` per Prefect API in this process, shared by its batches:
+    their requests go one at a time over one client (a client costs ~45 ms of CPU)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = str(PREFECT_API_URL.value() or "")
+    with _batch_apis_lock:
+        api = _batch_apis.get(url)
+        if api is None:
+            api = _batch_apis[url] = PrefectSlots()
+        return api
 
 
 # ---- one slot per open session ------------------------------------------------------------
@@ -368,7 +423,7 @@ class PrefectSlots:
         if client is not None:
             client.__exit__(None, None, None)
 
-    def take(self) -> str | None:
+    def take(self, slots: int = 1) -> str | None:
         from httpx import HTTPStatusError, TransportError
 
         try:
@@ -376,7 +431,7 @@ class PrefectSlots:
                 "/v2/concurrency_limits/increment-with-lease",
                 {
                     "names": [self.name],
-                    "slots": 1,
+                    "slots": slots,
                     "mode": "concurrency",
                     "lease_duration": self.lease_s,
                 },

@@ -215,3 +215,45 @@ def test_approve_list_says_the_api_is_down_in_one_line(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.startswith("error: the Prefect API did not answer: ConnectError")
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+class _Answers:
+    """A slot API answering from a script: a lease, "busy" (423) or "error" (5xx)."""
+
+    name = "caretaker-ssh-sessions"
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = iter(answers)
+        self.asked: list[int] = []
+        self.last_error: str | None = None
+
+    def take(self, slots: int = 1) -> str | None:
+        self.asked.append(slots)
+        answer = next(self.answers)
+        self.last_error = "the Prefect API answered 503" if answer == "error" else None
+        return answer if answer.startswith("lease") else None
+
+
+@pytest.mark.parametrize(
+    ("answers", "timeout_s", "outcome"),
+    [
+        (["lease-1"], 5, "lease-1"),
+        (["error", "error", "lease-2"], 5, "lease-2"),  # a server error: asked again soon
+        (["busy", "lease-3"], 5, "lease-3"),  # every slot held: asked again at the poll
+        (["busy"] * 50, 0.05, "not free"),
+        (["error"] * 50, 0.12, "answered 503"),
+    ],
+)
+def test_a_batch_asks_for_its_slots_in_one_lease_until_granted_or_its_wait_is_over(
+    answers: list[str], timeout_s: float, outcome: str
+) -> None:
+    from core.errors import LimitUnavailable
+    from tasks.limits import _take_slots
+
+    api = _Answers(answers)
+    if outcome.startswith("lease"):
+        assert _take_slots(api, 7, timeout_s, poll_s=0.02) == outcome  # type: ignore[arg-type]
+    else:
+        with pytest.raises(LimitUnavailable, match=f"7 SSH session slot.*{outcome}"):
+            _take_slots(api, 7, timeout_s, poll_s=0.02)  # type: ignore[arg-type]
+    assert set(api.asked) == {7}  # always the batch's whole count, in one request
