@@ -45,6 +45,7 @@ import importlib.util
 import os
 import runpy
 import selectors
+import shutil
 import signal
 import socket
 import ssl
@@ -55,7 +56,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -568,6 +569,43 @@ def _parent_death_signal(signum: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
+FOLDER_PREFIX = "caretaker-forkserver-"
+
+
+def stale_folder(name: str, owner_uid: int, my_uid: int, alive: Callable[[int], bool]) -> bool:
+    """Whether a fork-server folder is a dead machine's (pure): this user's, named
+    ``caretaker-forkserver-<pid>-...`` by a ``caretaker-worker`` whose process is gone."""
+    if not name.startswith(FOLDER_PREFIX) or owner_uid != my_uid:
+        return False
+    pid, dash, _ = name[len(FOLDER_PREFIX) :].partition("-")
+    return bool(dash) and pid.isdigit() and not alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_folders(base: str, alive: Callable[[int], bool] = _alive) -> list[str]:
+    """Remove the fork-server folders (their socket) of machines killed with SIGKILL,
+    which could not clean up; a folder of a live worker, or of another user, is kept."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(base):
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False) and stale_folder(
+                    entry.name, entry.stat(follow_symlinks=False).st_uid, os.getuid(), alive
+                ):
+                    shutil.rmtree(entry.path)
+                    removed.append(entry.path)
+    return removed
+
+
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """``caretaker-worker [prefect worker start's options]``: this machine's fork server
     and ``prefect worker start`` beside it, in this process group; stops both when
@@ -578,7 +616,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         print("usage: caretaker-worker [prefect worker start's options, e.g. --pool P --limit N]")
         print(f"\n{worker_main.__doc__}")
         raise SystemExit(0)
-    folder = tempfile.mkdtemp(prefix="caretaker-forkserver-")  # 0700: this user's only
+    remove_stale_folders(tempfile.gettempdir())
+    # 0700: this user's only; named by this process, so a later start can tell it is stale
+    folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
     path = os.path.join(folder, "socket")
     bin_dir = Path(sys.executable).parent
     prefect = bin_dir / "prefect"

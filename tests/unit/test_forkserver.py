@@ -351,3 +351,36 @@ def test_runs_share_one_context_per_ca_file_and_get_their_own_otherwise(
     assert own is not first and ssl.create_default_context() is not own
     own.check_hostname = False  # Prefect's insecure mode: the shared one is untouched
     assert first.check_hostname
+
+
+@pytest.mark.parametrize(
+    ("name", "owner", "dead", "stale"),
+    [
+        ("caretaker-forkserver-4242-ab12cd", 0, {4242}, True),  # its worker is gone
+        ("caretaker-forkserver-4242-ab12cd", 0, set(), False),  # its worker runs
+        ("caretaker-forkserver-4242-ab12cd", 1000, {4242}, False),  # another user's
+        ("caretaker-forkserver-ab12cd", 0, {4242}, False),  # no pid in the name: unknown
+        ("caretaker-forkserver-42x-ab", 0, {42}, False),
+        ("something-else-4242-ab", 0, {4242}, False),
+    ],
+)
+def test_a_fork_server_folder_is_stale_only_when_its_users_worker_is_gone(
+    name: str, owner: int, dead: set[int], stale: bool
+) -> None:
+    from deployments.forkserver import stale_folder
+
+    assert stale_folder(name, owner, 0, lambda pid: pid not in dead) is stale
+
+
+def test_a_killed_machines_folder_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    from deployments.forkserver import FOLDER_PREFIX, remove_stale_folders
+
+    proc = subprocess.Popen(["true"])  # a pid that has exited
+    proc.wait()
+    dead = tmp_path / f"{FOLDER_PREFIX}{proc.pid}-x1"
+    live = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-x2"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "socket").write_text("")
+    assert remove_stale_folders(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and live.exists()
