@@ -304,7 +304,7 @@ def _take_slots(
         pause = poll_s
         if api.last_error:  # a server error: ask again soon, backing off to the poll
             failures += 1
-            pause = min(pause, RETRY_FIRST_S * 2 ** (failures - 1))
+            pause = error_pause(pause, failures)
         time.sleep(min(pause, left))
 
 
@@ -328,6 +328,12 @@ def _batch_slot_api() -> PrefectSlots:
 # ---- one slot per open session ------------------------------------------------------------
 
 Step = Literal["hold", "take", "evict", "wait", "fail"]
+
+
+def error_pause(poll_s: float, failures: int) -> float:
+    """The pause before asking again after ``failures`` server errors in a row (pure):
+    50 ms, doubling, never longer than the poll."""
+    return min(poll_s, RETRY_FIRST_S * 2 ** (failures - 1))
 
 
 def slot_step(*, holds: bool, granted: bool, idle_other: bool, time_left_s: float) -> Step:
@@ -631,7 +637,7 @@ class SessionSlots:
             pause = self._poll_s
             if api_error:  # a server error: ask again soon, backing off to the poll
                 failures += 1
-                pause = min(pause, RETRY_FIRST_S * 2 ** (failures - 1))
+                pause = error_pause(pause, failures)
             with self._cond:
                 self._cond.wait(min(pause, max(deadline - self._clock(), 0.0)))
 
