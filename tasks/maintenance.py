@@ -54,6 +54,7 @@ from tasks.checks import run_health_checks
 from tasks.compliance import audit_rows, store_audit_results, stored_audits
 from tasks.facts import HostFacts
 from tasks.facts.collect import AUDIT_FACTS, PLAN_FACTS, collect_facts
+from tasks.hygiene.software import PlanFacts, SoftwarePlan, collect_plan_facts
 from tasks.hygiene.steps import HygieneSteps, summary_update
 from tasks.notify import notice_approval_requested, notice_before_change, notify
 from tasks.packages import (
@@ -160,12 +161,18 @@ def plan_fleet(
     """The dry run: facts from every host in parallel, and the plan per host (unreachable
     hosts are in the plan as not planned; any other error is raised)."""
     log = get_run_logger()
-    facts = states({s.name: collect_facts.submit(sessions.host(s), PLAN_FACTS) for s in servers})
+    software = inventory.hygiene.software
+    facts = states(
+        {s.name: collect_plan_facts.submit(sessions.host(s), PLAN_FACTS, software) for s in servers}
+    )
     hosts = []
+    removals: dict[str, SoftwarePlan] = {}
     for server in servers:
         state = facts[server.name]
         if state.is_completed():
-            hosts.append(plan_server(inventory, server, state.result()))
+            read: PlanFacts = state.result()
+            hosts.append(plan_server(inventory, server, read.facts))
+            removals[server.name] = read.software
             continue
         error = state.result(raise_on_failure=False)
         if not isinstance(error, RemoteError):
@@ -178,7 +185,9 @@ def plan_fleet(
         )
     reachable = [s for s in servers if all(h.reachable for h in hosts if h.server == s.name)]
     window = change_window(inventory, datetime.now(UTC), None)
-    hygiene = HygieneSteps(inventory, reachable, sessions).plan((window.start, window.end))
+    hygiene = HygieneSteps(inventory, reachable, sessions).plan(
+        (window.start, window.end), removals
+    )
     return MaintenancePlan(
         client=inventory.slug,
         change_ref=change_ref,
@@ -268,8 +277,10 @@ class Maintenance:
                 else set()
             )
             servers = [s for s in self.servers if s.name not in dealt]
+            software = self.inv.hygiene.software
             facts_states = self._fan_out(
-                servers, lambda s: collect_facts.submit(self.sessions.host(s), PLAN_FACTS)
+                servers,
+                lambda s: collect_plan_facts.submit(self.sessions.host(s), PLAN_FACTS, software),
             )
             unreachable = {
                 n: error_of(st) for n, st in facts_states.items() if not st.is_completed()
@@ -279,7 +290,8 @@ class Maintenance:
                 raise MaintenanceStopped(
                     Outcome.FAILED, f"preflight failed, nothing changed: {lines}"
                 )
-            facts: dict[str, HostFacts] = {n: st.result() for n, st in facts_states.items()}
+            read: dict[str, PlanFacts] = {n: st.result() for n, st in facts_states.items()}
+            facts = {n: r.facts for n, r in read.items()}
             problems = preflight_problems(facts)
             probes = self._fan_out(
                 servers,
@@ -308,7 +320,10 @@ class Maintenance:
                 )
             scope = self.record.plan.scope if self.record.plan else "all"
             self.record.plan = plan_summary(self.inv, self.servers, plan, scope)
-            hygiene = self.hygiene_steps.plan((self.record.window.start, self.record.window.end))
+            hygiene = self.hygiene_steps.plan(
+                (self.record.window.start, self.record.window.end),
+                {n: r.software for n, r in read.items()},
+            )
             self.record.plan = self.record.plan.model_copy(update=summary_update(hygiene))
             plan = plan.model_copy(update=summary_update(hygiene, as_lists=True))
             publish_plan(plan)

@@ -52,9 +52,9 @@ from tasks.resume import continue_record, resume_record
 from tasks.rollout import NOTHING_CHANGED
 
 
-@task(name="publish-plan", cache_policy=NO_CACHE)
 def publish_plan(plan: MaintenancePlan) -> None:
-    """Show the plan in the Prefect UI as a table artifact and a markdown artifact.
+    """Show the plan in the Prefect UI as a table artifact and a markdown artifact, the
+    flow run's own (no task run of its own: two API calls need no state machine).
 
     Args:
         plan: the plan to publish.

@@ -8,7 +8,7 @@ the firewall and the logs).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -17,7 +17,7 @@ from tasks.facts.script import HostFacts, build_facts_script, parse_facts, split
 from tasks.packages import APT_REFRESH
 from tasks.remote.base import RemoteHost
 
-__all__ = ["AUDIT_FACTS", "PLAN_FACTS", "collect_facts"]
+__all__ = ["AUDIT_FACTS", "PLAN_FACTS", "collect_facts", "read_facts"]
 
 #: Everything the plan and the verification need, gathered in one SSH round trip.
 PLAN_FACTS: tuple[str, ...] = (
@@ -58,7 +58,25 @@ def collect_facts(host: RemoteHost, names: Sequence[str], refresh: bool = True) 
     Returns:
         The host's facts; a fact that could not be read is named in ``errors``.
     """
+    return read_facts(host, names, refresh)[0]
+
+
+def read_facts(
+    host: RemoteHost,
+    names: Sequence[str],
+    refresh: bool = True,
+    extra: Mapping[str, str] | None = None,
+    timeout: int = 120,
+) -> tuple[HostFacts, dict[str, tuple[int, str]]]:
+    """:func:`collect_facts`' work, with ``extra`` commands in the same round trip.
+
+    Returns:
+        The facts, and each extra section's ``(exit code, output)`` (absent: the script
+        was cut short before it).
+    """
     if refresh:
         host.run(APT_REFRESH, sudo=True, timeout=300, check=True)
-    result = host.run(build_facts_script(names), sudo=True, timeout=120)
-    return parse_facts(split_facts_output(result.stdout))
+    result = host.run(build_facts_script(names, extra), sudo=True, timeout=timeout)
+    sections = split_facts_output(result.stdout)
+    own = {n: sections.pop(n) for n in list(sections) if n in (extra or {})}
+    return parse_facts(sections), own

@@ -110,10 +110,11 @@ def facts_for_family(family: str) -> list[str]:
 # ------------------------------------------------------------------------- collector
 
 _MARK_BEGIN = "@@caretaker:begin@@"
+_SECTION_NAME = re.compile(r"[a-z0-9_]+")
 _SECTION_END = re.compile(r"\n@@caretaker:(?P<name>[a-z0-9_]+):(?P<rc>\d+)@@(?:\n|$)")
 
 
-def build_facts_script(names: Sequence[str]) -> str:
+def build_facts_script(names: Sequence[str], extra: Mapping[str, str] | None = None) -> str:
     """Build one POSIX sh script that reads the named facts in one round trip.
 
     Each command runs in a subshell with stdin from /dev/null (so a command cannot
@@ -122,26 +123,37 @@ def build_facts_script(names: Sequence[str]) -> str:
     ends a last line that has none; ``split_facts_output`` removes exactly that
     newline. The script itself always exits 0: failures are per fact.
 
+    A caller's own read-only commands can ride in the same round trip: ``extra`` names
+    them, each gets its section the same way and ``split_facts_output`` returns it beside
+    the facts (the caller parses it; ``parse_facts`` is given the facts' sections only).
+
     Args:
         names: fact names (keys of ``FACTS``); duplicates are run once.
+        extra: section name -> command, run after the facts; a name is not a fact's.
 
     Returns:
         The script text.
 
     Raises:
         KeyError: an unknown fact name.
+        ValueError: an extra section's name is a fact's, or not ``[a-z0-9_]+``.
     """
     unknown = [n for n in names if n not in FACTS]
     if unknown:
         raise KeyError(f"unknown facts: {', '.join(unknown)} (known: {', '.join(FACTS)})")
+    sections = {name: FACTS[name].command for name in dict.fromkeys(names)}
+    for name, command in (extra or {}).items():
+        if name in FACTS or not _SECTION_NAME.fullmatch(name):
+            raise ValueError(f"extra section {name!r}: a fact's name, or not [a-z0-9_]+")
+        sections[name] = command
     parts = [
         "LC_ALL=C",
         "export LC_ALL",
         # Anything a login script printed before this line is dropped by the splitter.
         f"printf '%s\\n' '{_MARK_BEGIN}'",
     ]
-    for name in dict.fromkeys(names):
-        parts.append(f"(\n{FACTS[name].command}\n) </dev/null")
+    for name, command in sections.items():
+        parts.append(f"(\n{command}\n) </dev/null")
         parts.append(f"printf '\\n@@caretaker:%s:%s@@\\n' '{name}' \"$?\"")
     parts.append("exit 0")
     return "\n".join(parts) + "\n"

@@ -13,6 +13,7 @@ server's pre-change snapshot holds the packages, so a removal is undone by resto
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import CommandFailed, FactParseError
 from inventory.hygiene import SoftwarePolicy
+from tasks.facts.collect import read_facts
+from tasks.facts.script import HostFacts, build_facts_script, split_facts_output
 from tasks.hygiene.base import sections
 from tasks.remote import RemoteHost, sh_join
 
@@ -129,13 +132,62 @@ def remove_command(names: list[str], lock_timeout_s: int, simulate: bool) -> str
     return "DEBIAN_FRONTEND=noninteractive " + sh_join([*args, "remove", *names])
 
 
-@task(name="plan-removals", cache_policy=NO_CACHE, task_run_name="plan-removals-{host.name}")
-def plan_removals(host: RemoteHost, policy: SoftwarePolicy) -> SoftwarePlan:
-    """What removing unnecessary software would remove on the host (read-only)."""
+class PlanFacts(BaseModel):
+    """A host's facts and its removal plan, read in one SSH round trip."""
+
+    model_config = ConfigDict(frozen=True)
+
+    facts: HostFacts
+    software: SoftwarePlan
+
+
+#: The removal survey's section in the facts script.
+SURVEY_SECTION = "software_survey"
+
+
+def survey_plan(section: tuple[int, str] | None, policy: SoftwarePolicy) -> SoftwarePlan:
+    """The removal plan from the survey's section of the facts script (pure).
+
+    Args:
+        section: its ``(exit code, output)``; None when the script was cut short before it.
+        policy: the inventory's software policy.
+    """
     if not policy.autoremove and not policy.unwanted:
         return SoftwarePlan()
-    result = host.run("LC_ALL=C; export LC_ALL; " + survey_command(policy), sudo=True, timeout=120)
-    return parse_survey(result.stdout, policy)
+    if section is None:
+        return SoftwarePlan(error="no survey output (script cut short?)")
+    try:
+        return parse_survey(section[1], policy)
+    except FactParseError as exc:
+        return SoftwarePlan(error=str(exc))
+
+
+@task(name="plan-removals", cache_policy=NO_CACHE, task_run_name="plan-removals-{host.name}")
+def plan_removals(host: RemoteHost, policy: SoftwarePolicy) -> SoftwarePlan:
+    """What removing unnecessary software would remove on the host (read-only), for a
+    server whose facts are not read (:func:`collect_plan_facts` reads both at once)."""
+    if not policy.autoremove and not policy.unwanted:
+        return SoftwarePlan()
+    script = build_facts_script((), {SURVEY_SECTION: survey_command(policy)})
+    result = host.run(script, sudo=True, timeout=120)
+    return survey_plan(split_facts_output(result.stdout).get(SURVEY_SECTION), policy)
+
+
+@task(name="collect-facts", cache_policy=NO_CACHE, task_run_name="collect-facts-{host.name}")
+def collect_plan_facts(
+    host: RemoteHost, names: Sequence[str], policy: SoftwarePolicy, refresh: bool = True
+) -> PlanFacts:
+    """A host's facts (:func:`tasks.facts.collect.collect_facts`) and what removing
+    unnecessary software would remove, in the same round trip (read-only; ``refresh``
+    updates apt's package lists first, never packages).
+
+    One task run and one SSH command per host instead of two of each: the survey is
+    :func:`survey_command` as a section of the facts script (decision 90).
+    """
+    wanted = policy.autoremove or bool(policy.unwanted)
+    extra = {SURVEY_SECTION: survey_command(policy)} if wanted else {}
+    facts, own = read_facts(host, names, refresh, extra, timeout=240)
+    return PlanFacts(facts=facts, software=survey_plan(own.get(SURVEY_SECTION), policy))
 
 
 @task(name="remove-packages", cache_policy=NO_CACHE, task_run_name="remove-packages-{host.name}")

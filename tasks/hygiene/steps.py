@@ -149,11 +149,18 @@ class HygieneSteps:
         self.sessions = sessions
         self.planned = HygienePlan()
 
-    def plan(self, window: tuple[datetime, datetime]) -> HygienePlan:
-        """Survey every server (read-only) and the providers; what the change will do."""
+    def plan(
+        self, window: tuple[datetime, datetime], removals: Mapping[str, SoftwarePlan]
+    ) -> HygienePlan:
+        """Survey every server's services (read-only) and the providers; what the change
+        will do. ``removals``: each server's removal plan, read with its facts
+        (:func:`tasks.hygiene.software.collect_plan_facts`); a server without one (its
+        facts not read: a rerun's production servers already dealt with) is surveyed
+        here."""
         software = self.inv.hygiene.software
-        removals = _states(
-            {s.name: plan_removals.submit(self.sessions.host(s), software) for s in self.servers}
+        missing = [s for s in self.servers if s.name not in removals]
+        surveys = _states(
+            {s.name: plan_removals.submit(self.sessions.host(s), software) for s in missing}
         )
         surveyed = _states(
             {
@@ -164,10 +171,13 @@ class HygieneSteps:
         )
         plan = HygienePlan()
         for server in self.servers:
-            state = removals[server.name]
-            plan.removals[server.name] = (
-                state.result() if state.is_completed() else SoftwarePlan(error=_error(state))
-            )
+            given = removals.get(server.name)
+            if given is None:
+                state = surveys[server.name]
+                given = (
+                    state.result() if state.is_completed() else SoftwarePlan(error=_error(state))
+                )
+            plan.removals[server.name] = given
             survey = surveyed.get(server.name)
             if survey is not None and survey.is_completed():
                 result: ServiceSurvey = survey.result()

@@ -105,6 +105,20 @@ def test_facts_script_refuses_an_unknown_fact() -> None:
         build_facts_script(["kernel", "no_such_fact"])
 
 
+def test_extra_sections_ride_in_the_same_script_after_the_facts() -> None:
+    script = build_facts_script(["kernel"], {"mine": "echo one; exit 2", "other": "printf x"})
+    sections = split_facts_output(_run_sh(script))
+    assert sections["mine"] == (2, "one\n") and sections["other"] == (0, "x")
+    assert set(sections) == {"kernel", "mine", "other"}
+    assert script.index("uname -r") < script.index("echo one")
+
+
+@pytest.mark.parametrize("name", ["kernel", "Bad-Name", "", "a b"])
+def test_an_extra_section_cannot_take_a_facts_name_or_break_the_markers(name: str) -> None:
+    with pytest.raises(ValueError, match="extra section"):
+        build_facts_script(["uptime"], {name: "true"})
+
+
 # Tools that can be installed and still not runnable on this machine, by what they say
 # then. `sshd -T` refuses to run until its privilege separation directory exists, which
 # only the first sshd start creates (systemd's RuntimeDirectory, or the sandbox's sshd):

@@ -29,7 +29,13 @@ from tasks.hygiene.services import (
     services_to_disable,
     unused_services,
 )
-from tasks.hygiene.software import parse_removals, parse_survey, removal_check, remove_command
+from tasks.hygiene.software import (
+    parse_removals,
+    parse_survey,
+    removal_check,
+    remove_command,
+    survey_plan,
+)
 from tasks.hygiene.stress import StressRun, parse_stress, stress_command, stress_failures
 from tasks.rollout import batches, rollout_order
 
@@ -149,6 +155,41 @@ def test_the_removal_plan_is_apts_own_simulation_dependents_included() -> None:
 def test_nothing_to_remove_plans_nothing() -> None:
     plan = parse_survey(recorded("software_nothing"), SoftwarePolicy(unwanted=("telnet",)))
     assert plan.removals == [] and plan.error is None
+
+
+_POLICY = SoftwarePolicy(unwanted=("stress-ng", "telnet"))
+
+
+@pytest.mark.parametrize(
+    ("section", "policy", "names", "error"),
+    [
+        # read in the facts' round trip: the same plan as the survey alone
+        (
+            "software_unwanted_and_autoremove",
+            _POLICY,
+            ["libipsec-mb1", "libjudydebian1", "stress-ng"],
+            None,
+        ),
+        ("software_nothing", SoftwarePolicy(unwanted=("telnet",)), [], None),
+        # a policy that removes nothing is not surveyed, whatever the section says
+        (None, SoftwarePolicy(autoremove=False), [], None),
+        ("garbage", SoftwarePolicy(autoremove=False), [], None),
+        # the script cut short before the survey, or output that is no survey
+        (None, _POLICY, [], "no survey output (script cut short?)"),
+        ("garbage", _POLICY, [], "output before the first '=== section' line"),
+    ],
+)
+def test_the_survey_section_of_the_facts_script_becomes_the_removal_plan(
+    section: str | None, policy: SoftwarePolicy, names: list[str], error: str | None
+) -> None:
+    text = (
+        None
+        if section is None
+        else ("no marker here\n" if section == "garbage" else recorded(section))
+    )
+    plan = survey_plan(None if text is None else (0, text), policy)
+    assert plan.names == names
+    assert (plan.error is None) if error is None else (error in (plan.error or ""))
 
 
 @pytest.mark.parametrize(
