@@ -49,11 +49,14 @@ class CaretakerSettings(BaseSettings):
             " store is per machine, so it is refused then."
         ),
     )
-    approval_poll_s: int = Field(
+    approval_poll_s: float = Field(
         default=10,
-        ge=1,
+        ge=0.1,
         le=300,
-        description="Seconds between checks for an approver's answer while a run is paused.",
+        description=(
+            "Seconds between checks for an approver's answer while a run is paused"
+            " (fractions allowed: the tests answer within a second)."
+        ),
     )
     reboot_timeout_s: float = Field(
         default=600,

@@ -63,7 +63,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 from uuid import UUID
 
 from prefect import pause_flow_run, task
@@ -840,7 +840,7 @@ def answer_given_at(answer: RunInput) -> datetime | None:
 class Pause(Protocol):
     """Prefect's wait, or a scripted stand-in in tests: the answer to one form."""
 
-    def __call__(self, form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT: ...
+    def __call__(self, form: type[FormT], timeout_s: int, poll_s: float, key: str) -> FormT: ...
 
 
 def suspends() -> bool:
@@ -858,12 +858,14 @@ def used_pause_keys() -> frozenset[str]:
     return frozenset(run.empirical_policy.pause_keys or ()) if run is not None else frozenset()
 
 
-def prefect_pause(form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT:
+def prefect_pause(form: type[FormT], timeout_s: int, poll_s: float, key: str) -> FormT:
     """Pause the flow run in its process with ``form`` until someone answers it."""
-    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_s, key=key)
+    # Prefect types poll_interval as int but only sleeps it (anyio.sleep): a fraction works.
+    interval = cast(int, poll_s)
+    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=interval, key=key)
 
 
-def prefect_wait(form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT:
+def prefect_wait(form: type[FormT], timeout_s: int, poll_s: float, key: str) -> FormT:
     """Wait for an answer to ``form``: suspended when the run is a deployment's, else paused.
 
     Suspended, the process exits here (Prefect's ``Pause`` signal) and the run is run
@@ -889,7 +891,7 @@ def ask(
     deadline: datetime,
     key: str,
     form_name: Literal["approval", "restore"],
-    poll_s: int,
+    poll_s: float,
     pause: Pause = prefect_wait,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     first_round: int = 1,
@@ -967,7 +969,7 @@ def wait_for_approval(
     production_text: str,
     tz: tzinfo,
     on_answer: Callable[[ApprovalTally], None],
-    poll_s: int,
+    poll_s: float,
     pause: Pause = prefect_wait,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     verify: Verifier = verify_signature,
@@ -1061,7 +1063,7 @@ def ask_restore(
     why: str,
     timeout: timedelta,
     on_ignored: Callable[[str, str], None],
-    poll_s: int,
+    poll_s: float,
     pause: Pause = prefect_wait,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     verify: Verifier = verify_signature,

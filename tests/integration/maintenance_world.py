@@ -279,7 +279,7 @@ def fresh_world(estate: Estate, folder: Path, env: pytest.MonkeyPatch) -> Iterat
         inventory.mkdir()
         env.setenv("CARETAKER_INVENTORY_DIR", str(inventory))
         env.setenv("CARETAKER_DATA_DIR", str(folder / "data"))
-        env.setenv("CARETAKER_APPROVAL_POLL_S", "1")
+        env.setenv("CARETAKER_APPROVAL_POLL_S", "0.2")
         env.setenv("CARETAKER_REBOOT_TIMEOUT_S", "8")
         env.setenv("CARETAKER_DPKG_LOCK_TIMEOUT_S", "3")
         yield {"dir": inventory, "inbox": inbox}

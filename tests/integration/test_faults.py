@@ -134,7 +134,7 @@ def night(
         save_demo_webhook(inbox.url, name="test-maint-hook")
         env.setenv("CARETAKER_INVENTORY_DIR", str(inventory))
         env.setenv("CARETAKER_DATA_DIR", str(base / "data"))
-        env.setenv("CARETAKER_APPROVAL_POLL_S", "1")
+        env.setenv("CARETAKER_APPROVAL_POLL_S", "0.2")
         env.setenv("CARETAKER_REBOOT_TIMEOUT_S", "8")
         env.setenv("CARETAKER_DPKG_LOCK_TIMEOUT_S", "3")
         drop.start()

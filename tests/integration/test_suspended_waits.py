@@ -357,7 +357,7 @@ def late_and_timely_answers(run_id: UUID, state_name: str) -> None:
 
     from tasks.approval import ApprovalForm, answer_given_at, ask
 
-    def read_answer(form: type[ApprovalForm], timeout_s: int, poll_s: int, key: str) -> Any:
+    def read_answer(form: type[ApprovalForm], timeout_s: int, poll_s: float, key: str) -> Any:
         # what suspend_flow_run / pause_flow_run hand back for an answered key
         return form.load(keyset_from_base_key(f"{state_name}-{key}"), flow_run_id=run_id)
 

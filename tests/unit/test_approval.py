@@ -569,7 +569,7 @@ class Script:
     def given_at(self, answer: RunInput) -> datetime | None:
         return self.given.get(id(answer))
 
-    def __call__(self, form: type[FormT], timeout_s: int, poll_s: int, key: str) -> FormT:
+    def __call__(self, form: type[FormT], timeout_s: int, poll_s: float, key: str) -> FormT:
         self.keys.append(key)
         self.timeouts.append(timeout_s)
         self.forms.append(form)

@@ -381,7 +381,7 @@ def test_a_run_about_to_wait_for_an_answer_closes_its_sessions_first(
     handed.hosts[host.name] = host
     during: list[tuple[int, int]] = []
 
-    def pause(form: Any, timeout_s: int, poll_s: int, key: str) -> str:
+    def pause(form: Any, timeout_s: int, poll_s: float, key: str) -> str:
         during.append((inner.closed, len(server.active)))  # what the wait holds
         return "answer"
 
