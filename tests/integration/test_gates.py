@@ -263,8 +263,10 @@ def test_on_failure_halt_leaves_the_failed_host_and_starts_no_further_batch(
 # --- the window closes mid-rollout; reboot: never ----------------------------------------------
 
 #: Seconds the run gets to pass batch 1's window gate (preflight, staging snapshot and patch,
-#: the approval pause answered at once, batch 1's snapshots).
-LEAD_S = 20
+#: the approval pause answered at once, batch 1's snapshots): it came 3.7 s after the run's
+#: start (2026-12-05, load ~2), so 10 s leaves more than twice that; each second more is a
+#: second this test waits.
+LEAD_S = 10
 #: Another process holds h02's dpkg lock (apt waits for it) until this long after the moment
 #: the window has only a batch's time left: batch 1 ends, and batch 2's gate comes, after it.
 LATE_S = 1

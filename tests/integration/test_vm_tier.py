@@ -101,7 +101,7 @@ def test_reboot_really_reboots(vm_estate: VmEstate) -> None:
     before = vm_estate.ssh("vm1", "cat /proc/sys/kernel/random/boot_id").stdout.strip()
     try:
         with _host(vm_estate, "vm1") as host:
-            result = reboot_host.fn(host, "vm1", timeout_s=240, poll_s=2)
+            result = reboot_host.fn(host, "vm1", timeout_s=240, poll_s=0.5)
         assert result.old_boot_id == before
         assert result.new_boot_id != before
         after = vm_estate.ssh("vm1", "cat /proc/sys/kernel/random/boot_id; cat /proc/uptime")
