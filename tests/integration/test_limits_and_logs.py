@@ -102,6 +102,47 @@ def _tcp_address(address: str, port: int) -> str:
     return f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
 
 
+def _connections(fleet: Estate) -> dict[tuple[str, str], str]:
+    """The established SSH connections to the fleet's hosts: (local, remote) -> inode."""
+    targets = {_tcp_address(h.address, 22) for h in fleet.spec.hosts}
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] in targets and fields[3] == ESTABLISHED:
+            found[(fields[1], fields[2])] = fields[9]
+    return found
+
+
+def _owners(inodes: set[str]) -> dict[str, str]:
+    """Which process holds each socket inode: ``pid (pgid)`` (for a failure's message)."""
+    owners = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    owners[link[8:-1]] = f"{proc.name} (pgid {os.getpgid(int(proc.name))})"
+        except OSError:
+            continue
+    return owners
+
+
+def _open_now(fleet: Estate) -> dict[tuple[str, str], str]:
+    """The connections open now: those in two reads of the table one after the other.
+
+    /proc/net/tcp is read in several reads (a page or so each), so one read of it is no
+    snapshot: a session closed after its line was read and another opened before its line
+    was (a run handing its idle session's slot to the next one does exactly that, within a
+    millisecond) are both in it, as if open at once (seen: 4 of 3, the fourth held by no
+    process any more). A connection open in both of two reads was open between them; a
+    real fourth session stays open for its command (here 0.5 s at least), far longer."""
+    first = _connections(fleet)
+    second = _connections(fleet)
+    return {key: inode for key, inode in second.items() if first.get(key) == inode}
+
+
 def _sessions_open(fleet: Estate) -> int:
     """SSH connections open to the fleet's hosts right now: the kernel's TCP table of the
     root network namespace (where the workers run), established ones to port 22. (Counting
@@ -109,13 +150,7 @@ def _sessions_open(fleet: Estate) -> int:
     The table is not read atomically: a socket the kernel moves between hash buckets while
     it is read can be listed twice (seen: one sample of 4 or 5 among ~800 of 3), so
     connections are counted once each, by their local and remote address."""
-    targets = {_tcp_address(h.address, 22) for h in fleet.spec.hosts}
-    connections = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[2] in targets and fields[3] == ESTABLISHED:
-            connections.add((fields[1], fields[2]))
-    return len(connections)
+    return len(_open_now(fleet))
 
 
 def _delete_limit(name: str = SSH_SESSIONS) -> None:
@@ -162,9 +197,13 @@ ROUNDS = 4  # scheduled-events questions per process, two EC2 calls each
 JITTER_S = 0.5  # a granted call reaches the endpoint this much later at most
 
 #: First, each process asks EC2 for scheduled events through the provider code (in a flow
-#: run), both at once: they start together.
+#: run), both at once: they meet at a barrier (a file each in a shared folder) inside their
+#: flow runs, so that a process slower to import or start its run still overlaps the other.
 ASK_EC2 = """
+import os
+import pathlib
 import sys
+import time
 from prefect import flow
 from inventory import Server
 from tasks.providers import instance_events
@@ -178,6 +217,11 @@ server = Server.model_validate({{
 
 @flow
 def ask_ec2(rounds: int) -> int:
+    barrier = pathlib.Path(os.environ["LIMITS_TEST_BARRIER"])
+    (barrier / sys.argv[1]).touch()
+    deadline = time.monotonic() + 60
+    while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     for _ in range(rounds):
         assert instance_events([server], "acme") == []
     return rounds
@@ -294,6 +338,8 @@ def test_two_workers_never_exceed_the_ssh_session_limit_nor_the_aws_rate(
 
     folder = tmp_path / "clients"
     folder.mkdir()
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     servers = [
         f"  - {{name: {h.name}, role: {'staging' if i == 0 else 'production'},"
         f" address: {h.address}, provider: {{type: none, reason: a test server}},"
@@ -313,6 +359,7 @@ def test_two_workers_never_exceed_the_ssh_session_limit_nor_the_aws_rate(
         CARETAKER_HISTORY_STORE_URL=f"sqlite:///{tmp_path / 'store.db'}",
         CARETAKER_SSH_SESSIONS_LIMIT=str(LIMIT),
         CARETAKER_AWS_API_CALLS_PER_S=str(RATE),
+        LIMITS_TEST_BARRIER=str(barrier),
     )
     assert _sessions_open(fleet) == 0
     ask = ASK_EC2.format(region=REGION, rounds=ROUNDS)
@@ -321,10 +368,21 @@ def test_two_workers_never_exceed_the_ssh_session_limit_nor_the_aws_rate(
         for script, slug, who in ((RUN, "limitsa", "a"), (DRY_RUN, "limitsb", "b"))
     ]
     seen: list[int] = []
+    over: list[str] = []  # whose connections they were, when more than the limit
     try:
         deadline = time.monotonic() + 120
         while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-            seen.append(_sessions_open(fleet))
+            connections = _open_now(fleet)
+            seen.append(len(connections))
+            if len(connections) > LIMIT:
+                owners = _owners(set(connections.values()))
+                over.append(
+                    f"{time.monotonic():.3f}: "
+                    + ", ".join(
+                        f"{local}->{remote} {owners.get(inode, '?')}"
+                        for (local, remote), inode in sorted(connections.items())
+                    )
+                )
             time.sleep(0.01)
         outputs = [w.communicate(timeout=30)[0] for w in workers]
         with get_client(sync_client=True) as client:
@@ -344,7 +402,9 @@ def test_two_workers_never_exceed_the_ssh_session_limit_nor_the_aws_rate(
         runs.append(found[1])
     # 8 servers x 0.5 s with a session open in 3 threads, and 8 sessions at once for the
     # dry run's facts: without the shared bound 11 sessions would be open at once.
-    assert max(seen) <= LIMIT, f"sessions open at once: {max(seen)} > {LIMIT}"
+    assert max(seen) <= LIMIT, f"sessions open at once: {max(seen)} > {LIMIT}: {over[:5]}" + (
+        f" workers: {[w.pid for w in workers]}"
+    )
     planned = re.search(r"planned (\d+) (\d+)", outputs[1])
     assert planned and planned.groups() == (str(len(fleet.spec.hosts)), "0"), outputs[1][-3000:]
     assert max(seen) == LIMIT, f"the bound was never reached: {max(seen)}"
