@@ -98,11 +98,12 @@ def deployed_commit(git_server: GitServer) -> GitServer:
     return replace(git_server, commit=git(git_server.checkout, "rev-parse", "HEAD"))
 
 
-def markers(root: Path) -> dict[str, list[list[str]]]:
+def markers(root: Path, machine: str = "machine-*") -> dict[str, list[list[str]]]:
     """The markers the runs' processes printed (a resumed run prints again), by flow run
-    id: [pid, tasks' file, the pool's setting, the parent's command line] each."""
+    id: [pid, tasks' file, the pool's setting, the parent's command line] each; in the
+    order printed within one machine's log (``machine``), not across machines' logs."""
     found: dict[str, list[list[str]]] = {}
-    for log in sorted(root.glob("machine-*.log")):
+    for log in sorted(root.glob(f"{machine}.log")):
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("fleet-marker|"):
                 _, run_id, *rest = line.split("|")
@@ -444,7 +445,9 @@ def test_two_workers_run_two_clients_then_one_is_killed_and_its_change_recovered
             machine = fleet.worker_of(running_b)
             assert machine, f"fleetb runs on no worker:\n{logs(fleet)}"
             doomed = fleet.workers[machine]
-            run_pid = int(markers(fleet.root)[runs["fleetb"]][-1][0])
+            # the process of this execution: the last marker of the machine running it (a
+            # resumed run may run on the other machine, whose log sorts first or last)
+            run_pid = int(markers(fleet.root, machine)[runs["fleetb"]][-1][0])
             assert not process_gone(run_pid, 0), "fleetb's run process is not running"
             os.kill(int(str(running_b.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
             assert process_gone(run_pid, 10), "the run outlived its killed client"
