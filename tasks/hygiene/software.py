@@ -145,6 +145,11 @@ class PlanFacts(BaseModel):
 SURVEY_SECTION = "software_survey"
 
 
+def surveyed(policy: SoftwarePolicy) -> bool:
+    """Whether ``policy`` can remove anything, so that hosts are surveyed at all (pure)."""
+    return policy.autoremove or bool(policy.unwanted)
+
+
 def survey_plan(section: tuple[int, str] | None, policy: SoftwarePolicy) -> SoftwarePlan:
     """The removal plan from the survey's section of the facts script (pure).
 
@@ -152,7 +157,7 @@ def survey_plan(section: tuple[int, str] | None, policy: SoftwarePolicy) -> Soft
         section: its ``(exit code, output)``; None when the script was cut short before it.
         policy: the inventory's software policy.
     """
-    if not policy.autoremove and not policy.unwanted:
+    if not surveyed(policy):
         return SoftwarePlan()
     if section is None:
         return SoftwarePlan(error="no survey output (script cut short?)")
@@ -166,7 +171,7 @@ def survey_plan(section: tuple[int, str] | None, policy: SoftwarePolicy) -> Soft
 def plan_removals(host: RemoteHost, policy: SoftwarePolicy) -> SoftwarePlan:
     """What removing unnecessary software would remove on the host (read-only), for a
     server whose facts are not read (:func:`collect_plan_facts` reads both at once)."""
-    if not policy.autoremove and not policy.unwanted:
+    if not surveyed(policy):
         return SoftwarePlan()
     script = build_facts_script((), {SURVEY_SECTION: survey_command(policy)})
     result = host.run(script, sudo=True, timeout=120)
@@ -184,8 +189,7 @@ def collect_plan_facts(
     One task run and one SSH command per host instead of two of each: the survey is
     :func:`survey_command` as a section of the facts script (decision 90).
     """
-    wanted = policy.autoremove or bool(policy.unwanted)
-    extra = {SURVEY_SECTION: survey_command(policy)} if wanted else {}
+    extra = {SURVEY_SECTION: survey_command(policy)} if surveyed(policy) else {}
     facts, own = read_facts(host, names, refresh, extra, timeout=240)
     return PlanFacts(facts=facts, software=survey_plan(own.get(SURVEY_SECTION), policy))
 
